@@ -1,0 +1,32 @@
+# Two commands: `make demo` and `make test`. Both create .venv on first use and
+# reuse it afterwards (the stamp is refreshed only when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/forecast demo
+
+test: $(STAMP)
+	$(BIN)/ruff check forecast tests benchmarks
+	$(BIN)/ruff format --check forecast tests benchmarks
+	$(BIN)/python -m pytest -q
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix forecast tests benchmarks
+	$(BIN)/ruff format forecast tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
