@@ -1,0 +1,365 @@
+"""`DealLog`: a validated, canonical deal history and its point-in-time views.
+
+The canonical event frame is described in ``docs/internals.md`` §2. A `DealLog` is
+built only by the readers (:func:`forecast.read_deal_log`), which validate and
+repair; the constructor trusts its input.
+
+:meth:`DealLog.as_of` is the one place where time is cut: every view first keeps
+the rows with ``timestamp <= as_of``, so nothing after the as-of date can reach a
+pipeline, a spell table or a fit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from forecast.calendar import _as_datetime
+from forecast.data.stages import StageMap
+from forecast.errors import ParameterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from forecast.data.validation import ValidationReport
+
+__all__ = ["CANONICAL_COLUMNS", "DealLog"]
+
+#: Columns every canonical event frame has, with their polars dtypes.
+CANONICAL_COLUMNS: dict[str, pl.DataType] = {
+    "deal_id": pl.Utf8(),
+    "timestamp": pl.Datetime("us"),
+    "stage": pl.Utf8(),
+    "amount": pl.Float64(),
+    "close_date": pl.Datetime("us"),
+    "created_at": pl.Datetime("us"),
+    "source_row": pl.Int64(),
+}
+
+_US_PER_DAY = 86_400_000_000.0
+
+
+def _days(expr: pl.Expr) -> pl.Expr:
+    """Duration expression -> float days."""
+    return expr.dt.total_microseconds().cast(pl.Float64) / _US_PER_DAY
+
+
+@dataclass(frozen=True, eq=False)
+class DealLog:
+    """A deal history: one row per change, validated and in canonical form.
+
+    Parameters
+    ----------
+    events : polars.DataFrame
+        Canonical event frame (``docs/internals.md`` §2), sorted by
+        ``(deal_id, timestamp, source_row)``.
+    stages : StageMap
+        Classification of every stage name in ``events``.
+    segment_columns : tuple of str
+        Names of the segment columns carried in ``events``.
+    report : ValidationReport or None
+        What the reader checked and repaired.
+    cut : datetime or None
+        The as-of instant this log was cut at (``None``: not cut).
+    """
+
+    events: pl.DataFrame
+    stages: StageMap
+    segment_columns: tuple[str, ...] = ()
+    report: ValidationReport | None = None
+    cut: dt.datetime | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segment_columns", tuple(self.segment_columns))
+        missing = [c for c in CANONICAL_COLUMNS if c not in self.events.columns]
+        missing += [c for c in self.segment_columns if c not in self.events.columns]
+        if missing:
+            raise ParameterError(
+                f"`DealLog` needs a canonical event frame; columns {missing} are missing. "
+                "Build it with `forecast.read_deal_log`."
+            )
+
+    # -- basic facts -------------------------------------------------------------
+    def __repr__(self) -> str:
+        span = (
+            f"{self.first_timestamp:%Y-%m-%d} .. {self.last_timestamp:%Y-%m-%d}"
+            if self.events.height
+            else "empty"
+        )
+        return (
+            f"DealLog({self.n_deals} deals, {self.events.height} events, {span}, "
+            f"open stages {list(self.stages.open)}, segments {list(self.segment_columns)})"
+        )
+
+    @property
+    def n_deals(self) -> int:
+        """Number of distinct deals."""
+        return int(self.events["deal_id"].n_unique())
+
+    @property
+    def first_timestamp(self) -> dt.datetime:
+        """Earliest event time (naive UTC)."""
+        return self.events["timestamp"].min()  # type: ignore[return-value]
+
+    @property
+    def last_timestamp(self) -> dt.datetime:
+        """Latest event time (naive UTC)."""
+        return self.events["timestamp"].max()  # type: ignore[return-value]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical events and stage map (hex, 16 characters)."""
+        h = hashlib.sha256()
+        h.update(repr(self.stages.to_dict()).encode())
+        h.update(repr(self.segment_columns).encode())
+        for name in self.events.columns:
+            col = self.events[name]
+            h.update(name.encode())
+            if col.dtype == pl.Utf8:
+                h.update("\x1f".join(col.fill_null("\x00").to_list()).encode())
+            else:
+                h.update(col.to_physical().fill_null(-(2**62)).to_numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # -- the time cut ---------------------------------------------------------------
+    def as_of(self, as_of: object) -> DealLog:
+        """The log as it was known at ``as_of``: rows with ``timestamp <= as_of``.
+
+        Parameters
+        ----------
+        as_of : date, datetime, numpy.datetime64 or ISO-8601 str
+            Cut instant (naive UTC; a date means its midnight).
+
+        Returns
+        -------
+        DealLog
+            A new log; ``cut`` records the instant.
+        """
+        t = _as_datetime(as_of, "as_of")
+        if self.cut is not None and t >= self.cut:
+            return self
+        key = f"as_of:{t.isoformat()}"
+        if key not in self._cache:
+            ev = self.events.filter(pl.col("timestamp") <= t)
+            self._cache[key] = DealLog(ev, self.stages, self.segment_columns, self.report, cut=t)
+        return self._cache[key]
+
+    def _resolve(self, as_of: object | None) -> tuple[DealLog, dt.datetime]:
+        if as_of is None:
+            if self.cut is not None:
+                return self, self.cut
+            return self, self.last_timestamp
+        t = _as_datetime(as_of, "as_of")
+        return self.as_of(t), t
+
+    # -- visits: the shared building block of every view ---------------------------
+    def _visits(self) -> pl.DataFrame:
+        """One row per stage visit of every deal in this (already cut) log."""
+        if "visits" in self._cache:
+            return self._cache["visits"]
+        codes = self.stages.codes()
+        kinds = {s: self.stages.kind(s) for s in codes}
+        seg = list(self.segment_columns)
+        ev = self.events.with_columns(
+            pl.col("amount").forward_fill().over("deal_id").alias("_amount"),
+            pl.col("close_date").forward_fill().over("deal_id").alias("_close"),
+        ).with_columns(
+            (pl.col("stage") != pl.col("stage").shift(1).over("deal_id"))
+            .fill_null(True)
+            .cum_sum()
+            .over("deal_id")
+            .sub(1)
+            .cast(pl.Int32)
+            .alias("visit"),
+        )
+        visits = (
+            ev.group_by(["deal_id", "visit"], maintain_order=True)
+            .agg(
+                pl.col("stage").first(),
+                pl.col("timestamp").first().alias("entered_at"),
+                pl.col("_amount").first().alias("amount_at_entry"),
+                pl.col("_amount").last().alias("amount_last"),
+                pl.col("_close").last().alias("close_date_last"),
+            )
+            .with_columns(
+                pl.col("stage").replace_strict(codes, return_dtype=pl.Int32).alias("stage_code"),
+                pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8).alias("kind"),
+                pl.col("stage").shift(-1).over("deal_id").alias("destination"),
+                pl.col("entered_at").shift(-1).over("deal_id").alias("exited_at"),
+                pl.col("amount_at_entry").shift(-1).over("deal_id").alias("amount_next"),
+            )
+        )
+        per_deal = ev.group_by("deal_id", maintain_order=True).agg(
+            pl.min_horizontal(pl.col("created_at").min(), pl.col("timestamp").min()).alias(
+                "created_at"
+            ),
+            *[pl.col(c).drop_nulls().last().alias(c) for c in seg],
+        )
+        visits = visits.join(per_deal, on="deal_id", how="left", maintain_order="left")
+        self._cache["visits"] = visits
+        return visits
+
+    # -- views -------------------------------------------------------------------------
+    def spells(self, as_of: object | None = None) -> pl.DataFrame:
+        """One row per visit to an open stage, right-censored at ``as_of``.
+
+        Parameters
+        ----------
+        as_of : date-like, optional
+            Cut instant; default: this log's cut, else its last event.
+
+        Returns
+        -------
+        polars.DataFrame
+            Columns ``deal_id, visit, stage, stage_code, entered_at, exited_at,
+            destination, destination_code, duration_days, censored,
+            amount_at_entry, amount_at_exit, created_at, <segments>``
+            (``docs/internals.md`` §3). Durations in days, amounts in currency.
+        """
+        log, t = self._resolve(as_of)
+        codes = self.stages.codes()
+        v = log._visits().filter(pl.col("kind") == "open")
+        out = v.select(
+            "deal_id",
+            "visit",
+            "stage",
+            "stage_code",
+            "entered_at",
+            "exited_at",
+            "destination",
+            pl.col("destination")
+            .replace_strict(codes, default=-1, return_dtype=pl.Int32)
+            .alias("destination_code"),
+            _days(
+                pl.col("exited_at").fill_null(pl.lit(t, dtype=pl.Datetime("us")))
+                - pl.col("entered_at")
+            ).alias("duration_days"),
+            pl.col("exited_at").is_null().alias("censored"),
+            "amount_at_entry",
+            pl.coalesce("amount_next", "amount_last").alias("amount_at_exit"),
+            "created_at",
+            *self.segment_columns,
+        )
+        return out
+
+    def pipeline(self, as_of: object | None = None) -> pl.DataFrame:
+        """Open deals at ``as_of``.
+
+        Returns
+        -------
+        polars.DataFrame
+            One row per open deal: ``deal_id, stage, stage_code, entered_stage_at,
+            days_in_stage, created_at, age_days, amount, close_date,
+            close_date_pushes, <segments>``. ``days_in_stage`` and ``age_days`` in
+            days; ``amount`` in currency (latest known, null if never given);
+            ``close_date_pushes`` counts how often the rep's close date moved later.
+        """
+        log, t = self._resolve(as_of)
+        tlit = pl.lit(t, dtype=pl.Datetime("us"))
+        last = log._visits().group_by("deal_id", maintain_order=True).last()
+        open_ = last.filter(pl.col("kind") == "open")
+        pushes = (
+            log.events.select(
+                "deal_id",
+                (
+                    pl.col("close_date")
+                    > pl.col("close_date").forward_fill().shift(1).over("deal_id")
+                )
+                .fill_null(False)
+                .alias("_pushed"),
+            )
+            .group_by("deal_id")
+            .agg(pl.col("_pushed").sum().cast(pl.Int32).alias("close_date_pushes"))
+        )
+        return open_.join(pushes, on="deal_id", how="left", maintain_order="left").select(
+            "deal_id",
+            "stage",
+            "stage_code",
+            pl.col("entered_at").alias("entered_stage_at"),
+            _days(tlit - pl.col("entered_at")).alias("days_in_stage"),
+            "created_at",
+            _days(tlit - pl.col("created_at")).alias("age_days"),
+            pl.col("amount_last").alias("amount"),
+            pl.col("close_date_last").alias("close_date"),
+            pl.col("close_date_pushes").fill_null(0),
+            *self.segment_columns,
+        )
+
+    def outcomes(self, as_of: object | None = None) -> pl.DataFrame:
+        """Every deal that exists at ``as_of``, with its status then.
+
+        Returns
+        -------
+        polars.DataFrame
+            ``deal_id, created_at, first_stage, first_stage_code,
+            amount_at_creation, status ('open'|'won'|'lost'|'no_decision'),
+            closed_at, amount, <segments>``; amounts in currency.
+        """
+        log, _ = self._resolve(as_of)
+        v = log._visits()
+        return v.group_by("deal_id", maintain_order=True).agg(
+            pl.col("created_at").first(),
+            pl.col("stage").first().alias("first_stage"),
+            pl.col("stage_code").first().alias("first_stage_code"),
+            pl.col("amount_at_entry").first().alias("amount_at_creation"),
+            pl.col("kind").last().alias("status"),
+            pl.when(pl.col("kind").last() != "open")
+            .then(pl.col("entered_at").last())
+            .otherwise(None)
+            .alias("closed_at"),
+            pl.col("amount_last").last().alias("amount"),
+            *[pl.col(c).first() for c in self.segment_columns],
+        )
+
+    def bookings(self, start: object, end: object) -> pl.DataFrame:
+        """Wins booked in ``[start, end)``: every transition into a won stage.
+
+        Parameters
+        ----------
+        start, end : date-like
+            Window bounds (naive UTC); ``end`` is exclusive.
+
+        Returns
+        -------
+        polars.DataFrame
+            ``deal_id, won_at, amount, <segments>``; amount in currency at the win.
+        """
+        t0, t1 = _as_datetime(start, "start"), _as_datetime(end, "end")
+        if t1 <= t0:
+            raise ParameterError(
+                f"`bookings` needs `start` < `end`. Got start={t0:%Y-%m-%d %H:%M}, "
+                f"end={t1:%Y-%m-%d %H:%M}."
+            )
+        ev = self.events.filter(pl.col("timestamp") < t1)
+        log = DealLog(ev, self.stages, self.segment_columns, self.report, cut=t1)
+        v = log._visits()
+        return v.filter(
+            (pl.col("kind") == "won") & (pl.col("entered_at") >= t0) & (pl.col("entered_at") < t1)
+        ).select(
+            "deal_id",
+            pl.col("entered_at").alias("won_at"),
+            pl.col("amount_at_entry").alias("amount"),
+            *self.segment_columns,
+        )
+
+    def booked_amount(self, start: object, end: object) -> float:
+        """Total won amount (currency) booked in ``[start, end)``."""
+        return float(self.bookings(start, end)["amount"].fill_null(0.0).sum())
+
+    def segments(self, by: Sequence[str] | None = None) -> list[tuple[str, ...]]:
+        """Distinct segment keys (tuples of values of ``by``), sorted."""
+        by = list(self.segment_columns if by is None else by)
+        if not by:
+            return [()]
+        keys = self.events.select(by).unique().sort(by).rows()
+        return [tuple(str(x) for x in k) for k in keys]
+
+    def deal_ids(self) -> np.ndarray:
+        """Distinct deal ids, in event-frame order."""
+        return self.events["deal_id"].unique(maintain_order=True).to_numpy()
