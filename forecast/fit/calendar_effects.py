@@ -1,0 +1,328 @@
+"""Quarter-end effect: how strongly wins bunch in the last days of a fiscal quarter.
+
+Model (``docs/internals.md`` §5): a win that would fall in the first ``W`` days of
+quarter ``q + 1`` is moved into the last ``W`` days of quarter ``q`` with
+probability ``pi``. If wins arrive at a base rate ``b`` per day around a quarter
+boundary, the expected number of wins is ``b W (1 + pi)`` in the last ``W`` days
+before the boundary and ``b W (1 - pi)`` in the first ``W`` days after it. Given
+``n = n_last + n_first`` wins in the two windows, ``n_last ~ Binomial(n, (1 + pi) / 2)``,
+so
+
+    pi_hat = (n_last - n_first) / (n_last + n_first),   SE = sqrt((1 - pi_hat²) / n)
+
+(``pi_hat = 2 p_hat - 1`` with ``p_hat = n_last / n``). Only complete boundaries
+are used (both windows inside the observed history), and the estimate is clipped
+to ``[0, 1)`` because the simulator can only pull wins forward. The base rate is
+assumed the same on both sides of a boundary (a trend or seasonality over two
+weeks is negligible next to the push).
+
+Also holds the vectorised fiscal-quarter arithmetic the other component fitters use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast.errors import ParameterError
+from forecast.fit.bootstrap import (
+    WEIGHT_COLUMN,
+    check_as_of,
+    check_calendar,
+    check_positive_int,
+    float_or_none,
+    to_datetime64,
+    with_weight,
+)
+
+__all__ = ["MAX_PULL_IN", "QuarterEndEffect", "fit_quarter_end_effect"]
+
+#: Upper clip of the pull-in probability (the estimate lives in [0, 1)).
+MAX_PULL_IN = 0.999
+_DAY_US = 86_400_000_000
+
+
+# -- vectorised fiscal quarters -------------------------------------------------------------------
+def quarter_start_month_index(times: np.ndarray, calendar: FiscalCalendar) -> np.ndarray:
+    """Month index (months since 1970-01) of the start of each time's fiscal quarter.
+
+    Parameters
+    ----------
+    times : ndarray of datetime64, shape (n,)
+    calendar : FiscalCalendar
+
+    Returns
+    -------
+    ndarray of int64, shape (n,)
+        Convert back with ``.astype("datetime64[M]")``. Agrees with
+        ``calendar.quarter_of(t).start`` for every ``t``.
+    """
+    months = np.asarray(times).astype("datetime64[M]").astype(np.int64)
+    offset = (months % 12 - (calendar.start_month - 1)) % 3
+    return months - offset
+
+
+def fiscal_quarter_number(month_index: np.ndarray, calendar: FiscalCalendar) -> np.ndarray:
+    """Fiscal quarter number (1..4) of quarters starting at ``month_index`` (int64, (n,))."""
+    return ((np.asarray(month_index) % 12 - (calendar.start_month - 1)) % 12) // 3 + 1
+
+
+def month_index_to_datetime(month_index: np.ndarray) -> np.ndarray:
+    """Month index (months since 1970-01) -> ``datetime64[us]`` of that month's first instant."""
+    return np.asarray(month_index, dtype=np.int64).astype("datetime64[M]").astype("datetime64[us]")
+
+
+def in_quarter_end_window(
+    times: np.ndarray, calendar: FiscalCalendar, window_days: float
+) -> np.ndarray:
+    """Whether each time falls in the last ``window_days`` days of its fiscal quarter.
+
+    Parameters
+    ----------
+    times : ndarray of datetime64, shape (n,)
+    calendar : FiscalCalendar
+    window_days : float
+        Window length in days.
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+        ``quarter_end - window_days <= t < quarter_end``.
+    """
+    t = np.asarray(times).astype("datetime64[us]")
+    q_end = month_index_to_datetime(quarter_start_month_index(t, calendar) + 3)
+    return (q_end - t).astype(np.int64) <= np.int64(round(window_days * _DAY_US))
+
+
+# -- the quarter-end effect -----------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class QuarterEndEffect:
+    """Fitted quarter-end pull-in (see the module docstring for the model).
+
+    Attributes
+    ----------
+    pi : float
+        Pull-in probability in ``[0, MAX_PULL_IN]``: the share of wins due in the
+        first ``window_days`` days of a quarter that close in the last
+        ``window_days`` days of the previous one instead. 0 when not estimable.
+    standard_error : float
+        Binomial standard error of the unclipped estimate, ``sqrt((1 - pi²) / n)``
+        with ``n`` the (Kish effective) number of wins in the windows; ``inf``
+        when no complete boundary was observed.
+    raw_estimate : float
+        ``(n_last - n_first) / (n_last + n_first)`` before clipping (0 if n = 0).
+    n_last, n_first : float
+        (Weighted) wins in the last / first ``window_days`` days around the
+        complete quarter boundaries.
+    n_boundaries : int
+        Number of complete quarter boundaries used.
+    window_days : int
+        ``W``, in days.
+    boundaries : tuple of dict
+        Per boundary: ``boundary`` (ISO date of the quarter start), ``quarter``
+        (label of the quarter that ends), ``n_last``, ``n_first``.
+    note : str
+        Empty, or why the estimate is a fallback.
+    """
+
+    pi: float
+    standard_error: float
+    raw_estimate: float
+    n_last: float
+    n_first: float
+    n_boundaries: int
+    window_days: int
+    boundaries: tuple[dict[str, Any], ...] = ()
+    note: str = ""
+
+    @property
+    def estimated(self) -> bool:
+        """Whether at least one complete boundary had wins (else ``pi`` is the fallback 0)."""
+        return self.n_last + self.n_first > 0
+
+    def summary(self) -> pl.DataFrame:
+        """One row: ``pi, standard_error, raw_estimate, n_last, n_first, n_boundaries, window_days, note``."""
+        return pl.DataFrame(
+            [
+                {
+                    "pi": self.pi,
+                    "standard_error": self.standard_error,
+                    "raw_estimate": self.raw_estimate,
+                    "n_last": self.n_last,
+                    "n_first": self.n_first,
+                    "n_boundaries": self.n_boundaries,
+                    "window_days": self.window_days,
+                    "note": self.note,
+                }
+            ]
+        )
+
+    def boundary_table(self) -> pl.DataFrame:
+        """Per complete boundary: ``boundary, quarter, n_last, n_first``."""
+        schema = {
+            "boundary": pl.Utf8,
+            "quarter": pl.Utf8,
+            "n_last": pl.Float64,
+            "n_first": pl.Float64,
+        }
+        return pl.DataFrame(list(self.boundaries), schema=schema)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe description (``standard_error`` is ``None`` when infinite)."""
+        return {
+            "pi": self.pi,
+            "standard_error": float_or_none(self.standard_error),
+            "raw_estimate": self.raw_estimate,
+            "n_last": self.n_last,
+            "n_first": self.n_first,
+            "n_boundaries": self.n_boundaries,
+            "window_days": self.window_days,
+            "boundaries": [dict(b) for b in self.boundaries],
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuarterEndEffect:
+        """Inverse of :meth:`to_dict`."""
+        se = d["standard_error"]
+        return cls(
+            pi=float(d["pi"]),
+            standard_error=float("inf") if se is None else float(se),
+            raw_estimate=float(d["raw_estimate"]),
+            n_last=float(d["n_last"]),
+            n_first=float(d["n_first"]),
+            n_boundaries=int(d["n_boundaries"]),
+            window_days=int(d["window_days"]),
+            boundaries=tuple(dict(b) for b in d.get("boundaries", [])),
+            note=str(d.get("note", "")),
+        )
+
+
+def _win_times(wins: pl.DataFrame, time_column: str | None) -> tuple[pl.DataFrame, str]:
+    if time_column is None:
+        for c in ("won_at", "closed_at", "exited_at"):
+            if c in wins.columns:
+                time_column = c
+                break
+        else:
+            raise ParameterError(
+                "`fit_quarter_end_effect` needs the win times: a `won_at` column (bookings), "
+                f"`closed_at` (outcomes) or `exited_at` (won spells). Got columns {wins.columns}."
+            )
+    elif time_column not in wins.columns:
+        raise ParameterError(
+            f"The `time_column` {time_column!r} of `fit_quarter_end_effect` is not a column of "
+            f"`wins`. Got columns {wins.columns}."
+        )
+    if "status" in wins.columns:  # an outcomes frame: wins only
+        wins = wins.filter(pl.col("status") == "won")
+    return wins.filter(pl.col(time_column).is_not_null()), time_column
+
+
+def fit_quarter_end_effect(
+    wins: pl.DataFrame,
+    as_of: object,
+    calendar: FiscalCalendar,
+    window_days: int = 14,
+    *,
+    time_column: str | None = None,
+    history_start: object | None = None,
+) -> QuarterEndEffect:
+    """Estimate the quarter-end pull-in probability ``pi`` from past wins.
+
+    Parameters
+    ----------
+    wins : polars.DataFrame
+        One row per win: the ``bookings`` view (``won_at``), an ``outcomes`` frame
+        (``closed_at``; rows with ``status != 'won'`` are dropped) or won spells
+        (``exited_at``). An optional ``weight`` column (per-deal bootstrap weight)
+        weights each win.
+    as_of : date-like
+        The cut; only boundaries whose window after the boundary ends by ``as_of``
+        are used.
+    calendar : FiscalCalendar
+    window_days : int, default 14
+        ``W``: days on each side of a quarter boundary.
+    time_column : str, optional
+        Column of win times (default: the first of ``won_at``, ``closed_at``,
+        ``exited_at`` present).
+    history_start : date-like, optional
+        Start of the observed history; only boundaries with ``boundary - W >=
+        history_start`` are used. Default: the earliest win.
+
+    Returns
+    -------
+    QuarterEndEffect
+        ``pi = 0`` (``standard_error = inf``, with a ``note``) when no complete
+        boundary holds a win, e.g. with less than a quarter of history.
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> t = [dt.datetime(2024, 3, 25), dt.datetime(2024, 3, 28), dt.datetime(2024, 4, 3)]
+    >>> e = fit_quarter_end_effect(pl.DataFrame({"won_at": t}), dt.datetime(2024, 5, 1),
+    ...                            FiscalCalendar(), history_start=dt.datetime(2024, 1, 1))
+    >>> round(e.pi, 4), e.n_last, e.n_first
+    (0.3333, 2.0, 1.0)
+    """
+    caller = "fit_quarter_end_effect"
+    t_cut = check_as_of(as_of, caller)
+    calendar = check_calendar(calendar, caller)
+    w_days = check_positive_int(window_days, "window_days", caller)
+    frame, col = _win_times(wins, time_column)
+    frame = with_weight(frame, caller, "wins").filter(pl.col(col) <= t_cut)
+    times = to_datetime64(frame[col])
+    weights = frame[WEIGHT_COLUMN].to_numpy().astype(np.float64)
+    order = np.argsort(times, kind="stable")
+    times, weights = times[order], weights[order]
+    cum_w = np.concatenate([[0.0], np.cumsum(weights)])
+    cum_w2 = np.concatenate([[0.0], np.cumsum(weights**2)])
+
+    if history_start is None:
+        start = times[0].astype(dt.datetime) if times.size else t_cut
+    else:
+        start = _as_datetime(history_start, "history_start")
+    window = dt.timedelta(days=w_days)
+
+    rows: list[dict[str, Any]] = []
+    n_last = n_first = sum_w2 = 0.0
+    q = calendar.quarter_of(start)
+    while q.end + window <= t_cut:
+        if q.end - window >= start:
+            a, b, c = (np.datetime64(x, "us") for x in (q.end - window, q.end, q.end + window))
+            ia, ib, ic = np.searchsorted(times, [a, b, c], side="left")
+            last, first = cum_w[ib] - cum_w[ia], cum_w[ic] - cum_w[ib]
+            n_last += last
+            n_first += first
+            sum_w2 += cum_w2[ic] - cum_w2[ia]
+            rows.append(
+                {
+                    "boundary": q.end.date().isoformat(),
+                    "quarter": q.label,
+                    "n_last": float(last),
+                    "n_first": float(first),
+                }
+            )
+        q = calendar.shift(q, 1)
+
+    n = n_last + n_first
+    if n <= 0:
+        note = (
+            "no complete quarter boundary with wins in the history "
+            f"({len(rows)} complete boundaries); pull-in set to 0"
+        )
+        return QuarterEndEffect(
+            0.0, float("inf"), 0.0, n_last, n_first, len(rows), w_days, tuple(rows), note
+        )
+    raw = (n_last - n_first) / n
+    n_eff = n * n / sum_w2  # Kish effective sample size (= n for unit weights)
+    se = float(np.sqrt(max(1.0 - raw * raw, 0.0) / n_eff))
+    pi = float(np.clip(raw, 0.0, MAX_PULL_IN))
+    return QuarterEndEffect(
+        pi, se, float(raw), float(n_last), float(n_first), len(rows), w_days, tuple(rows)
+    )
