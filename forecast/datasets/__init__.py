@@ -1,0 +1,23 @@
+"""Synthetic CRM histories with known parameters, and the bundled sample log."""
+
+from forecast.datasets.sample import SAMPLE_STAGES, sample_events, sample_truth
+from forecast.datasets.synthetic import (
+    SYNTHETIC_STAGES,
+    ArrivalProcess,
+    SojournDistribution,
+    SyntheticCRM,
+    SyntheticTruth,
+    generate_crm,
+)
+
+__all__ = [
+    "SAMPLE_STAGES",
+    "SYNTHETIC_STAGES",
+    "ArrivalProcess",
+    "SojournDistribution",
+    "SyntheticCRM",
+    "SyntheticTruth",
+    "generate_crm",
+    "sample_events",
+    "sample_truth",
+]
