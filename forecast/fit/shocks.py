@@ -1,0 +1,385 @@
+"""Shared shocks: between-quarter variation of win odds beyond binomial noise.
+
+For each complete past fiscal quarter ``q``, take the spells that ended in a
+terminal outcome (won, lost or no decision) during ``q``; ``W_q`` of them (weighted)
+ended won and ``L_q`` otherwise. The empirical logit and its binomial sampling
+variance are (Haldane–Anscombe ½ correction, finite even for 0 or all wins)
+
+    y_q = log((W_q + ½) / (L_q + ½)),      v_q = 1 / (W_q + ½) + 1 / (L_q + ½).
+
+Model: ``y_q = x_qᵀ b + u_q + e_q`` with the shock ``u_q ~ N(0, sigma²)`` and the
+sampling error ``e_q ~ N(0, v_q)``; ``x_q = (1, t_q)`` (``t_q`` the quarter's
+midpoint in years) when ``detrend`` and at least ``min_quarters_trend`` quarters
+are available, else ``x_q = 1``. The linear term keeps a drifting win rate (a
+market slowly getting better or worse) from being read as quarter-to-quarter
+shocks. ``sigma²`` is estimated by restricted maximum likelihood (REML, the
+random-effects meta-regression estimator; boundary 0 allowed), with a 95%
+profile-likelihood interval (REML log-likelihood within χ²₁(0.95)/2 = 1.92 of
+its maximum). The method-of-moments value — variance of the residual logits
+minus the mean of ``v_q``, floored at 0 — is reported beside it.
+
+Meaning for the simulator (``docs/internals.md`` §5): per path and quarter,
+``z_q ~ N(-sigma²/2, sigma²)`` and each deal's odds of winning in that quarter are
+multiplied by ``exp(z_q)``; ``sigma`` is the standard deviation of that log-odds shift.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy.optimize import brentq, minimize_scalar
+
+from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast.fit.bootstrap import (
+    WEIGHT_COLUMN,
+    check_as_of,
+    check_calendar,
+    check_positive_int,
+    float_or_none,
+    require_columns,
+    to_datetime64,
+    with_weight,
+)
+from forecast.fit.calendar_effects import month_index_to_datetime, quarter_start_month_index
+
+__all__ = ["ShockModel", "fit_shocks", "reml_shock_variance"]
+
+_DAYS_PER_YEAR = 365.25
+#: Half the 95% quantile of χ² with 1 degree of freedom (profile-likelihood interval).
+_HALF_CHI2_95 = 0.5 * 3.841458820694124
+
+
+def _reml_loglik(tau2: float, y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
+    w = 1.0 / (v + tau2)
+    xtwx = X.T @ (w[:, None] * X)
+    b = np.linalg.solve(xtwx, X.T @ (w * y))
+    r = y - X @ b
+    _, logdet = np.linalg.slogdet(xtwx)
+    return -0.5 * float(np.sum(np.log(v + tau2)) + logdet + np.sum(w * r * r))
+
+
+def reml_shock_variance(
+    y: np.ndarray, v: np.ndarray, X: np.ndarray
+) -> tuple[float, float, float, float]:
+    """REML estimate of the between-period variance ``sigma²`` of ``y = X b + u + e``.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+        Per-period estimates (here: empirical logits).
+    v : ndarray, shape (n,)
+        Their known sampling variances (> 0).
+    X : ndarray, shape (n, p)
+        Fixed-effect design (``n > p``).
+
+    Returns
+    -------
+    sigma, ci_low, ci_high : float
+        Estimate of ``sigma`` (≥ 0) and its 95% profile-likelihood interval.
+    loglik : float
+        Maximised restricted log-likelihood.
+    """
+    y, v = np.asarray(y, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    spread = float(np.var(y)) if y.size > 1 else 0.0
+    s_max = math.sqrt(max(4.0 * spread, 1e-6)) + 1.0
+
+    def nll(s: float) -> float:
+        return -_reml_loglik(s * s, y, v, X)
+
+    grid = np.linspace(0.0, s_max, 201)
+    vals = np.array([nll(s) for s in grid])
+    i = int(np.argmin(vals))
+    if i == 0:
+        s_hat, best = 0.0, float(vals[0])
+        # the optimum may still be interior but below the first grid step
+        res = minimize_scalar(nll, bounds=(0.0, grid[1]), method="bounded", options={"xatol": 1e-9})
+        if res.fun < best:
+            s_hat, best = float(res.x), float(res.fun)
+    else:
+        lo, hi = grid[i - 1], grid[min(i + 1, grid.size - 1)]
+        res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-9})
+        s_hat, best = (
+            (float(res.x), float(res.fun))
+            if res.fun <= vals[i]
+            else (float(grid[i]), float(vals[i]))
+        )
+    target = best + _HALF_CHI2_95
+
+    def gap(s: float) -> float:
+        return nll(s) - target
+
+    ci_low = 0.0 if gap(0.0) <= 0 else float(brentq(gap, 0.0, s_hat)) if s_hat > 0 else 0.0
+    hi = max(s_hat, 1e-3) * 2.0
+    while gap(hi) < 0 and hi < 1e3:
+        hi *= 2.0
+    ci_high = float(brentq(gap, s_hat, hi)) if gap(hi) > 0 else float(hi)
+    return s_hat, ci_low, ci_high, -best
+
+
+@dataclass(frozen=True, eq=False)
+class ShockModel:
+    """Fitted between-quarter shock on win log-odds (see the module docstring).
+
+    Attributes
+    ----------
+    sigma : float
+        REML estimate of the shock standard deviation (log-odds scale); 0 when
+        not estimable (see ``note``).
+    ci_low, ci_high : float
+        95% profile-likelihood interval of ``sigma`` (``0, inf`` when not estimable).
+    standard_error : float
+        ``(ci_high - ci_low) / 3.92``, a normal-equivalent standard error of ``sigma``.
+    sigma_moments : float
+        Method-of-moments estimate (residual variance of the logits minus mean
+        binomial variance, floored at 0), for comparison.
+    detrended : bool
+        Whether a linear trend in the win log-odds was removed.
+    trend_per_year : float
+        Fitted trend of the log-odds per year (0 when not detrended).
+    n_quarters : int
+        Quarters used.
+    quarters : tuple of dict
+        Per quarter: ``quarter, n_closed, n_won, won_share, logit, sampling_variance,
+        residual`` (residual after the fixed effects).
+    note : str
+        Empty, or why ``sigma`` is a fallback or the trend was not removed.
+    """
+
+    sigma: float
+    ci_low: float
+    ci_high: float
+    standard_error: float
+    sigma_moments: float
+    detrended: bool
+    trend_per_year: float
+    n_quarters: int
+    quarters: tuple[dict[str, Any], ...] = ()
+    note: str = ""
+
+    @property
+    def estimated(self) -> bool:
+        """Whether ``sigma`` was estimated (else it is the fallback 0)."""
+        return math.isfinite(self.ci_high)
+
+    def summary(self) -> pl.DataFrame:
+        """One row: ``sigma, ci_low, ci_high, standard_error, sigma_moments, detrended,
+        trend_per_year, n_quarters, note``."""
+        return pl.DataFrame(
+            [
+                {
+                    "sigma": self.sigma,
+                    "ci_low": self.ci_low,
+                    "ci_high": float_or_none(self.ci_high),
+                    "standard_error": float_or_none(self.standard_error),
+                    "sigma_moments": self.sigma_moments,
+                    "detrended": self.detrended,
+                    "trend_per_year": self.trend_per_year,
+                    "n_quarters": self.n_quarters,
+                    "note": self.note,
+                }
+            ],
+            schema_overrides={"ci_high": pl.Float64, "standard_error": pl.Float64},
+        )
+
+    def quarter_table(self) -> pl.DataFrame:
+        """Per quarter: ``quarter, n_closed, n_won, won_share, logit, sampling_variance, residual``."""
+        schema = {
+            "quarter": pl.Utf8,
+            "n_closed": pl.Float64,
+            "n_won": pl.Float64,
+            "won_share": pl.Float64,
+            "logit": pl.Float64,
+            "sampling_variance": pl.Float64,
+            "residual": pl.Float64,
+        }
+        return pl.DataFrame(list(self.quarters), schema=schema)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe description (infinite values as ``None``)."""
+        return {
+            "sigma": self.sigma,
+            "ci_low": self.ci_low,
+            "ci_high": float_or_none(self.ci_high),
+            "standard_error": float_or_none(self.standard_error),
+            "sigma_moments": self.sigma_moments,
+            "detrended": self.detrended,
+            "trend_per_year": self.trend_per_year,
+            "n_quarters": self.n_quarters,
+            "quarters": [dict(q) for q in self.quarters],
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShockModel:
+        """Inverse of :meth:`to_dict`."""
+
+        def inf_if_none(x: Any) -> float:
+            return math.inf if x is None else float(x)
+
+        return cls(
+            sigma=float(d["sigma"]),
+            ci_low=float(d["ci_low"]),
+            ci_high=inf_if_none(d["ci_high"]),
+            standard_error=inf_if_none(d["standard_error"]),
+            sigma_moments=float(d["sigma_moments"]),
+            detrended=bool(d["detrended"]),
+            trend_per_year=float(d["trend_per_year"]),
+            n_quarters=int(d["n_quarters"]),
+            quarters=tuple(dict(q) for q in d.get("quarters", [])),
+            note=str(d.get("note", "")),
+        )
+
+
+def fit_shocks(
+    spells: pl.DataFrame,
+    as_of: object,
+    calendar: FiscalCalendar,
+    *,
+    n_open_stages: int | None = None,
+    detrend: bool = True,
+    min_closed_per_quarter: int = 10,
+    min_quarters: int = 3,
+    min_quarters_trend: int = 6,
+    history_start: object | None = None,
+) -> ShockModel:
+    """Estimate the between-quarter shock ``sigma`` on win log-odds.
+
+    Parameters
+    ----------
+    spells : polars.DataFrame
+        ``DealLog.spells(as_of)``: ``stage_code, destination_code, exited_at,
+        censored``; an optional ``weight`` column weights each spell's deal.
+    as_of : date-like
+        The cut; only fiscal quarters that ended by ``as_of`` are used.
+    calendar : FiscalCalendar
+    n_open_stages : int, optional
+        ``K`` (won is code ``K``; lost and no decision ``K + 1``, ``K + 2``).
+        Default: ``1 + max(stage_code)``, right whenever the last open stage has
+        been visited at least once.
+    detrend : bool, default True
+        Remove a linear trend of the log-odds over time (see the module docstring).
+    min_closed_per_quarter : int, default 10
+        Quarters with fewer terminal exits (unweighted count) are left out.
+    min_quarters : int, default 3
+        Fewer usable quarters: ``sigma`` falls back to 0 with a ``note`` (not an error,
+        so that short histories can still be fitted; check :attr:`ShockModel.estimated`).
+    min_quarters_trend : int, default 6
+        Quarters needed to also fit the trend.
+    history_start : date-like, optional
+        Quarters starting before it are left out. Default: the earliest ``entered_at``
+        if the column is present, else no limit.
+
+    Returns
+    -------
+    ShockModel
+    """
+    caller = "fit_shocks"
+    t = check_as_of(as_of, caller)
+    calendar = check_calendar(calendar, caller)
+    min_closed = check_positive_int(min_closed_per_quarter, "min_closed_per_quarter", caller)
+    min_q = check_positive_int(min_quarters, "min_quarters", caller, minimum=2)
+    min_q_trend = check_positive_int(min_quarters_trend, "min_quarters_trend", caller, minimum=3)
+    require_columns(
+        spells, ["stage_code", "destination_code", "exited_at", "censored"], caller, "spells"
+    )
+    sp = with_weight(spells, caller, "spells")
+    if n_open_stages is None:
+        if sp.height == 0:
+            k_open = 0
+        else:
+            k_open = int(sp["stage_code"].max()) + 1  # type: ignore[arg-type]
+    else:
+        k_open = check_positive_int(n_open_stages, "n_open_stages", caller)
+    if history_start is not None:
+        start: dt.datetime | None = _as_datetime(history_start, "history_start")
+    elif "entered_at" in sp.columns and sp.height:
+        start = sp["entered_at"].min()  # type: ignore[assignment]
+    else:
+        start = None
+
+    term = sp.filter(
+        ~pl.col("censored")
+        & pl.col("exited_at").is_not_null()
+        & (pl.col("exited_at") <= t)
+        & (pl.col("destination_code") >= k_open)
+    )
+    times = to_datetime64(term["exited_at"])
+    qm = quarter_start_month_index(times, calendar)
+    q_end = month_index_to_datetime(qm + 3)
+    keep = q_end <= np.datetime64(t, "us")
+    if start is not None:
+        keep &= month_index_to_datetime(qm) >= np.datetime64(start, "us")
+    won = term["destination_code"].to_numpy() == k_open
+    w = term[WEIGHT_COLUMN].to_numpy().astype(np.float64)
+    table = (
+        pl.DataFrame({"qm": qm[keep], "won": won[keep], "w": w[keep]})
+        .group_by("qm")
+        .agg(
+            pl.len().alias("n_raw"),
+            pl.col("w").sum().alias("n_closed"),
+            (pl.col("w") * pl.col("won")).sum().alias("n_won"),
+        )
+        .filter(pl.col("n_raw") >= min_closed)
+        .sort("qm")
+    )
+    n = table.height
+    if n < min_q:
+        return ShockModel(
+            0.0, 0.0, math.inf, math.inf, 0.0, False, 0.0, n,
+            note=(
+                f"only {n} complete fiscal quarters with ≥ {min_closed} closed spells "
+                f"(need {min_q}); shock sigma not estimable, set to 0"
+            ),
+        )  # fmt: skip
+    wq = table["n_won"].to_numpy()
+    lq = table["n_closed"].to_numpy() - wq
+    y = np.log((wq + 0.5) / (lq + 0.5))
+    v = 1.0 / (wq + 0.5) + 1.0 / (lq + 0.5)
+    starts = month_index_to_datetime(table["qm"].to_numpy())
+    mids = starts + (month_index_to_datetime(table["qm"].to_numpy() + 3) - starts) / 2
+    t_years = (mids - np.datetime64(t, "us")).astype(np.float64) / (86_400e6 * _DAYS_PER_YEAR)
+    note = ""
+    use_trend = bool(detrend) and n >= min_q_trend
+    if detrend and not use_trend:
+        note = f"trend not removed ({n} quarters < {min_q_trend})"
+    X = np.column_stack([np.ones(n), t_years]) if use_trend else np.ones((n, 1))
+
+    sigma, ci_low, ci_high, _ = reml_shock_variance(y, v, X)
+    # method of moments on OLS residuals (unbiased residual variance)
+    b_ols, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid_ols = y - X @ b_ols
+    s2_mom = float(resid_ols @ resid_ols) / (n - X.shape[1]) - float(v.mean())
+    # fixed effects at the REML estimate, for the per-quarter residuals
+    wts = 1.0 / (v + sigma * sigma)
+    b = np.linalg.solve(X.T @ (wts[:, None] * X), X.T @ (wts * y))
+    resid = y - X @ b
+    labels = [calendar.quarter_of(s.astype(dt.datetime)).label for s in starts]
+    rows = tuple(
+        {
+            "quarter": labels[i],
+            "n_closed": float(wq[i] + lq[i]),
+            "n_won": float(wq[i]),
+            "won_share": float(wq[i] / (wq[i] + lq[i])) if wq[i] + lq[i] > 0 else 0.0,
+            "logit": float(y[i]),
+            "sampling_variance": float(v[i]),
+            "residual": float(resid[i]),
+        }
+        for i in range(n)
+    )
+    return ShockModel(
+        sigma=float(sigma),
+        ci_low=float(ci_low),
+        ci_high=float(ci_high),
+        standard_error=float((ci_high - ci_low) / (2 * 1.959963984540054)),
+        sigma_moments=math.sqrt(max(s2_mom, 0.0)),
+        detrended=use_trend,
+        trend_per_year=float(b[1]) if use_trend else 0.0,
+        n_quarters=n,
+        quarters=rows,
+        note=note,
+    )
