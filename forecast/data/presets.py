@@ -1,0 +1,188 @@
+"""Named presets for CRM exports: column mapping, parsing rules and default stages.
+
+A preset tells :func:`forecast.read_deal_log` where the canonical columns of
+``docs/internals.md`` §2 are in a vendor's export, how its timestamps are written,
+which rows to drop on purpose (counted in the report), and how its stages are
+classified by default.
+
+Column names come from the vendors' documentation:
+
+``"salesforce"`` — the ``OpportunityHistory`` object ("Represents the stage history
+of an opportunity"), Salesforce Object Reference,
+https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_objects_opportunityhistory.htm
+and the field reference (labels),
+https://developer.salesforce.com/docs/atlas.en-us.196.0.sfFieldRef.meta/sfFieldRef/salesforce_field_reference_OpportunityHistory.htm :
+``OpportunityId`` (reference to the Opportunity; label "Opportunity"),
+``CreatedDate`` (datetime the history row was written, i.e. when the change
+happened; label "Created Date"), ``StageName`` (picklist; label "Stage Name"),
+``Amount`` (currency), ``CloseDate`` (date the opportunity is expected to close),
+``IsDeleted`` (moved to the Recycle Bin; label "Deleted"). Also present but unused:
+``Id``, ``ExpectedRevenue``, ``Probability``, ``ForecastCategory``, ``PrevAmount``,
+``PrevCloseDate``, ``SystemModstamp``, ``CreatedById``. The API writes datetimes as
+``2024-01-15T10:30:00.000+0000`` and dates as ``2024-01-15``. The history has no
+opportunity creation date: the first history row dates the deal. Stage names are
+per-org picklist values, so stages are inferred by name (Salesforce's standard
+sales process — Prospecting, Qualification, Needs Analysis, Value Proposition,
+Id. Decision Makers, Perception Analysis, Proposal/Price Quote, Negotiation/Review,
+Closed Won, Closed Lost — is recognised) unless a ``StageMap`` is given.
+
+``"hubspot"`` — the deal stage history, one row per change of the ``dealstage``
+property as returned by the CRM deals API with ``propertiesWithHistory=dealstage``
+(each version has ``value`` and ``timestamp``; the legacy v1 API's
+``includePropertyVersions`` gives ``versions`` with epoch-millisecond timestamps),
+https://developers.hubspot.com/docs/api/crm/deals , flattened to columns:
+deal id (``hs_object_id``; v1 and legacy exports call it ``dealId``; UI exports
+"Record ID"), ``dealstage`` (internal stage id), ``timestamp`` (of the version),
+``amount``, ``closedate``, ``createdate`` (deal properties; ``hs_createdate`` in
+older portals) and ``archived`` / ``isDeleted`` (rows dropped, counted). HubSpot
+writes ISO-8601 with ``Z`` (``2024-01-15T10:30:00.000Z``) in v3 and epoch
+milliseconds in v1; both are read. Default stages are the default sales pipeline's
+internal ids, in order: ``appointmentscheduled``, ``qualifiedtobuy``,
+``presentationscheduled``, ``decisionmakerboughtin``, ``contractsent``, then
+``closedwon`` and ``closedlost`` (HubSpot knowledge base, "Set up and customize
+your deal pipelines and deal stages"). Custom pipelines use numeric stage ids:
+pass ``stages=StageMap(...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from forecast.data.stages import StageMap
+from forecast.errors import ParameterError
+
+__all__ = [
+    "HUBSPOT",
+    "HUBSPOT_DEFAULT_PIPELINE",
+    "PRESETS",
+    "SALESFORCE",
+    "Preset",
+    "Shape",
+    "get_preset",
+]
+
+#: Layout of the caller's table: a stage-change event log, one row per deal, or
+#: periodic pipeline snapshots.
+Shape = Literal["events", "deals", "snapshots"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How to read one vendor's export.
+
+    Attributes
+    ----------
+    name : str
+        Name accepted by ``read_deal_log(preset=...)``.
+    shape : {"events", "deals", "snapshots"}
+        Layout of the export.
+    columns : mapping of str to tuple of str
+        Canonical column (``deal_id``, ``timestamp``, ``stage``, ``amount``,
+        ``close_date``, ``created_at``) -> the export's names for it, first present
+        wins.
+    optional : frozenset of str
+        Canonical columns the export may lack (filled with nulls, noted).
+    deleted_columns : tuple of str
+        Boolean columns marking deleted rows; rows where the first present one is
+        true are dropped and counted in ``ValidationReport.rows_filtered``.
+    timestamp_formats : tuple of str
+        Extra strptime formats (polars/chrono syntax) tried before ISO-8601.
+    epoch_unit : {"s", "ms", "us"} or None
+        Unit of numeric timestamps in the export.
+    stages : StageMap or None
+        Default stage map; ``None`` infers it from the stage names.
+    source : str
+        Where the column names are documented.
+    """
+
+    name: str
+    shape: Shape
+    columns: Mapping[str, tuple[str, ...]]
+    optional: frozenset[str] = frozenset()
+    deleted_columns: tuple[str, ...] = ()
+    timestamp_formats: tuple[str, ...] = ()
+    epoch_unit: Literal["s", "ms", "us"] | None = None
+    stages: StageMap | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        cols = {str(k): tuple(v) for k, v in self.columns.items()}
+        object.__setattr__(self, "columns", cols)
+        object.__setattr__(self, "optional", frozenset(self.optional))
+        object.__setattr__(self, "deleted_columns", tuple(self.deleted_columns))
+        object.__setattr__(self, "timestamp_formats", tuple(self.timestamp_formats))
+
+
+SALESFORCE = Preset(
+    name="salesforce",
+    shape="events",
+    columns={
+        "deal_id": ("OpportunityId", "Opportunity ID", "Opportunity"),
+        "timestamp": ("CreatedDate", "Created Date"),
+        "stage": ("StageName", "Stage Name", "Stage"),
+        "amount": ("Amount",),
+        "close_date": ("CloseDate", "Close Date"),
+        "created_at": (),  # not in OpportunityHistory: the first history row dates the deal
+    },
+    optional=frozenset({"close_date", "created_at"}),
+    deleted_columns=("IsDeleted", "Deleted"),
+    timestamp_formats=("%Y-%m-%dT%H:%M:%S%.f%z",),
+    stages=None,
+    source="https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/"
+    "sforce_api_objects_opportunityhistory.htm",
+)
+
+#: HubSpot's default sales pipeline (internal stage ids), earliest first.
+HUBSPOT_DEFAULT_PIPELINE = StageMap(
+    open=(
+        "appointmentscheduled",
+        "qualifiedtobuy",
+        "presentationscheduled",
+        "decisionmakerboughtin",
+        "contractsent",
+    ),
+    won=("closedwon",),
+    lost=("closedlost",),
+)
+
+HUBSPOT = Preset(
+    name="hubspot",
+    shape="events",
+    columns={
+        "deal_id": ("hs_object_id", "dealId", "deal_id", "Record ID"),
+        "timestamp": ("timestamp",),
+        "stage": ("dealstage",),
+        "amount": ("amount",),
+        "close_date": ("closedate",),
+        "created_at": ("createdate", "hs_createdate"),
+    },
+    optional=frozenset({"close_date", "created_at"}),
+    deleted_columns=("archived", "isDeleted"),
+    timestamp_formats=(),
+    epoch_unit="ms",
+    stages=HUBSPOT_DEFAULT_PIPELINE,
+    source="https://developers.hubspot.com/docs/api/crm/deals",
+)
+
+#: Every named preset, by name.
+PRESETS: dict[str, Preset] = {p.name: p for p in (SALESFORCE, HUBSPOT)}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    """Look up a preset by name (case-insensitive) or pass a :class:`Preset` through.
+
+    Raises
+    ------
+    ParameterError
+        For an unknown name, listing the known ones.
+    """
+    if isinstance(preset, Preset):
+        return preset
+    if isinstance(preset, str) and preset.lower() in PRESETS:
+        return PRESETS[preset.lower()]
+    raise ParameterError(
+        f"The `preset` parameter of `read_deal_log` must be one of {sorted(PRESETS)} or a "
+        f"`Preset`. Got {preset!r}."
+    )

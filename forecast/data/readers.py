@@ -1,0 +1,598 @@
+"""Readers: a CRM table in any supported form and shape -> a validated `DealLog`.
+
+:func:`read_deal_log` is the only way a :class:`~forecast.data.deal_log.DealLog` is
+built from outside data. It loads the table, maps the caller's (or a preset's)
+column names onto the canonical ones, parses and checks every cell, turns
+one-row-per-deal tables and pipeline snapshots into stage-change events, makes the
+deliberate repairs and counts them in a
+:class:`~forecast.data.validation.ValidationReport`, and returns the canonical event
+frame of ``docs/internals.md`` §2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from forecast.data.deal_log import DealLog
+from forecast.data.presets import Preset, Shape, get_preset
+from forecast.data.stages import StageMap
+from forecast.data.validation import (
+    EpochUnit,
+    _Tally,
+    check_deal_ids,
+    check_stages,
+    check_terminal_transitions,
+    deduplicate_and_sort,
+    parse_amount_column,
+    parse_datetime_column,
+    resolve_columns,
+    resolve_stage_map,
+)
+from forecast.errors import DataError, ParameterError, TimestampError, UnknownStageError
+
+__all__ = ["CANONICAL_NAMES", "SHAPES", "load_table", "read_deal_log"]
+
+#: Canonical column names a caller's ``columns=`` mapping may use.
+CANONICAL_NAMES: tuple[str, ...] = (
+    "deal_id",
+    "timestamp",
+    "stage",
+    "amount",
+    "close_date",
+    "created_at",
+)
+#: Accepted values of ``shape``.
+SHAPES: tuple[str, ...] = ("events", "deals", "snapshots")
+
+_ROW = "__forecast_source_row__"
+_US_PER_DAY = 86_400_000_000.0
+_REQUIRED: dict[str, frozenset[str]] = {
+    "events": frozenset({"deal_id", "timestamp", "stage", "amount"}),
+    "snapshots": frozenset({"deal_id", "timestamp", "stage", "amount"}),
+    "deals": frozenset({"deal_id", "created_at", "close_date", "stage", "amount"}),
+}
+_MAY_BE_ABSENT = frozenset({"amount", "close_date", "created_at"})
+_TRUE_TEXT = ["true", "t", "1", "yes", "y"]
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------
+def load_table(source: Any) -> pl.DataFrame:
+    """Load a table as a polars DataFrame, unchanged.
+
+    Parameters
+    ----------
+    source : str, path, polars DataFrame or LazyFrame, pandas DataFrame, pyarrow Table
+        A ``.parquet``/``.pq`` or ``.csv``/``.txt``/``.tsv`` file, or a table in
+        memory. CSV cells are read as text (so deal ids keep leading zeros) and
+        parsed by the validators; empty cells are null.
+
+    Returns
+    -------
+    polars.DataFrame
+        Rows in the caller's order (row ``i`` is ``source_row`` ``i``; for CSV, the
+        first line after the header is row 0).
+
+    Raises
+    ------
+    ParameterError
+        For an unsupported type or file suffix.
+    FileNotFoundError
+        If a path does not exist.
+    """
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"The `source` file of `read_deal_log` does not exist: {path}")
+        suffix = path.suffix.lower()
+        if suffix in (".parquet", ".pq"):
+            return pl.read_parquet(path)
+        if suffix in (".csv", ".txt", ".tsv"):
+            sep = "\t" if suffix == ".tsv" else ","
+            return pl.read_csv(path, infer_schema=False, separator=sep)
+        raise ParameterError(
+            f"The `source` file of `read_deal_log` must end in .parquet, .pq, .csv, .txt or "
+            f".tsv. Got {path.name!r}."
+        )
+    if isinstance(source, pl.DataFrame):
+        return source
+    if isinstance(source, pl.LazyFrame):
+        return source.collect()
+    module = type(source).__module__
+    if module.startswith("pandas") and type(source).__name__ == "DataFrame":
+        return pl.from_pandas(source)
+    if module.startswith("pyarrow") and type(source).__name__ in ("Table", "RecordBatch"):
+        frame = pl.from_arrow(source)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+    raise ParameterError(
+        "The `source` parameter of `read_deal_log` must be a Parquet or CSV path, a polars "
+        f"DataFrame or LazyFrame, a pandas DataFrame or a pyarrow Table. Got {type(source).__name__}."
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# the reader
+# ---------------------------------------------------------------------------------------
+def read_deal_log(
+    source: Any,
+    *,
+    shape: Shape | None = None,
+    preset: str | Preset | None = None,
+    columns: Mapping[str, str | None] | None = None,
+    stages: StageMap | None = None,
+    open_stages: Sequence[str] | None = None,
+    segment_columns: Sequence[str] = (),
+    entry_stage: str | None = None,
+    timestamp_formats: Sequence[str] | None = None,
+    epoch_unit: EpochUnit | None = None,
+) -> DealLog:
+    """Load, validate and canonicalise a CRM deal history.
+
+    Parameters
+    ----------
+    source : str, path, polars DataFrame or LazyFrame, pandas DataFrame, pyarrow Table
+        The caller's table (see :func:`load_table`).
+    shape : {"events", "deals", "snapshots"}, optional
+        ``"events"`` (default; the preset's if given): one row per change — the
+        deal's stage, amount and close date from ``timestamp`` on.
+        ``"deals"``: one row per deal with ``created_at``, ``close_date``, current
+        stage or outcome and ``amount``; becomes a creation event (in the current
+        open stage, or for closed deals in ``entry_stage``) and, for closed deals, a
+        terminal event at the close date. ``"snapshots"``: a row per deal per
+        snapshot date (``timestamp``); an event is emitted whenever the stage,
+        amount, close date or a segment changes between a deal's consecutive
+        snapshots, dated at the first snapshot showing it.
+    preset : {"salesforce", "hubspot"} or Preset, optional
+        Column names, parsing rules, deleted-row filter and default stages of a
+        vendor export (see :mod:`forecast.data.presets`).
+    columns : mapping of str to str or None, optional
+        Canonical name (``deal_id``, ``timestamp``, ``stage``, ``amount``,
+        ``close_date``, ``created_at``) -> column name in the caller's table;
+        overrides the preset. ``None`` declares an optional column (``amount``,
+        ``close_date``, ``created_at``) absent on purpose. Unmapped names default to
+        the preset's, else to the canonical name; ``amount`` is required unless
+        mapped to ``None``.
+    stages : StageMap, optional
+        Stage classification. Default: the preset's, else ``StageMap`` with
+        ``open_stages`` if given, else inferred from common stage names.
+    open_stages : sequence of str, optional
+        Open stages in pipeline order; terminal names are recognised by name.
+    segment_columns : sequence of str, optional
+        Columns of the caller's table to carry as segments (text, value from each
+        row on), under their own names.
+    entry_stage : str, optional
+        ``shape="deals"`` only: the open stage in which closed deals are created.
+        Default: the first open stage.
+    timestamp_formats : sequence of str, optional
+        Extra strptime formats (polars/chrono syntax, e.g. ``"%m/%d/%Y"``) tried
+        before ISO-8601, for every date column.
+    epoch_unit : {"s", "ms", "us"}, optional
+        Unit of numeric timestamps (default: the preset's; otherwise numbers are an
+        error).
+
+    Returns
+    -------
+    DealLog
+        Canonical events (``docs/internals.md`` §2) sorted by ``(deal_id,
+        timestamp, source_row)``, the stage map, the segment columns and a
+        :class:`~forecast.data.validation.ValidationReport` (``log.report``).
+
+    Raises
+    ------
+    MissingColumnError
+        A required column is absent (names the canonical and the source column).
+    TimestampError, MixedTimezoneError, AmountError, UnknownStageError,
+    TerminalEventError, DataError
+        A cell or a deal history is invalid (names column, deal and 0-based row).
+    ParameterError
+        An argument is invalid.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from forecast.data.readers import read_deal_log
+    >>> table = pl.DataFrame({
+    ...     "Id": ["a", "a", "b"],
+    ...     "When": ["2024-01-02", "2024-02-01", "2024-01-05"],
+    ...     "Stage": ["Prospecting", "Closed Won", "Prospecting"],
+    ...     "Value": [100.0, 120.0, 50.0],
+    ... })
+    >>> log = read_deal_log(table, columns={"deal_id": "Id", "timestamp": "When",
+    ...                                     "stage": "Stage", "amount": "Value"})
+    >>> log.pipeline("2024-03-01")["deal_id"].to_list()
+    ['b']
+    >>> log.report.events
+    3
+    """
+    p = get_preset(preset) if preset is not None else None
+    shape = shape if shape is not None else (p.shape if p is not None else "events")
+    if shape not in SHAPES:
+        raise ParameterError(
+            f"The `shape` parameter of `read_deal_log` must be one of {list(SHAPES)}. Got {shape!r}."
+        )
+    if epoch_unit is None and p is not None:
+        epoch_unit = p.epoch_unit
+    if isinstance(timestamp_formats, str):
+        timestamp_formats = (timestamp_formats,)
+    formats = [*(timestamp_formats or ()), *(p.timestamp_formats if p is not None else ())]
+    segments = _check_segments(segment_columns)
+    if stages is None and open_stages is None and p is not None:
+        stages = p.stages
+
+    table = load_table(source)
+    if _ROW in table.columns:  # pragma: no cover - defensive
+        table = table.drop(_ROW)
+    tally = _Tally(rows_read=table.height)
+    table = table.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW))
+    if p is not None:
+        table = _drop_deleted(table, p, tally)
+
+    candidates, required = _column_plan(shape, p, columns)
+    available = [c for c in table.columns if c != _ROW]
+    context = f"preset {p.name!r}" if p is not None else ""
+    found = resolve_columns(available, candidates, required, context=context)
+    for s in segments:
+        if s not in table.columns:
+            resolve_columns(available, {s: (s,)}, [s])  # raises MissingColumnError
+    for name in sorted(_MAY_BE_ABSENT - set(required)):
+        if found.get(name) is None and (columns is None or name not in columns):
+            tally.notes.append(f"No `{name}` column in the table: `{name}` is null throughout.")
+
+    frame = table.select(
+        *[
+            (pl.col(src) if src is not None else pl.lit(None)).alias(canon)
+            for canon, src in found.items()
+        ],
+        *[pl.col(s).cast(pl.Utf8) for s in segments],
+        pl.col(_ROW).alias("source_row"),
+    )
+    frame = _typed(frame, found, shape, formats, epoch_unit, tally)
+    stage_map = _stage_map(frame, stages, open_stages, found["stage"])
+    check_stages(frame, stage_map, found["stage"])
+
+    if shape == "events":
+        events = deduplicate_and_sort(frame, tally)
+        _note_created_at(events, tally)
+    elif shape == "snapshots":
+        events = _snapshots_to_events(frame, segments, stage_map, found, tally)
+    else:
+        events = _deals_to_events(frame, segments, stage_map, entry_stage, found, tally)
+    events = check_terminal_transitions(events, stage_map, tally)
+    events = events.select(
+        pl.col("deal_id").cast(pl.Utf8),
+        pl.col("timestamp").cast(pl.Datetime("us")),
+        pl.col("stage").cast(pl.Utf8),
+        pl.col("amount").cast(pl.Float64),
+        pl.col("close_date").cast(pl.Datetime("us")),
+        pl.col("created_at").cast(pl.Datetime("us")),
+        *[pl.col(s).cast(pl.Utf8) for s in segments],
+        pl.col("source_row").cast(pl.Int64),
+    )
+    return DealLog(events, stage_map, segments, tally.report(events))
+
+
+# ---------------------------------------------------------------------------------------
+# steps
+# ---------------------------------------------------------------------------------------
+def _check_segments(segment_columns: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(segment_columns, str):
+        segment_columns = (segment_columns,)
+    segs = tuple(str(s) for s in segment_columns)
+    clash = [s for s in segs if s in (*CANONICAL_NAMES, "source_row")]
+    if clash or len(set(segs)) != len(segs):
+        raise ParameterError(
+            "The `segment_columns` of `read_deal_log` must be distinct and must not use the "
+            f"canonical names {[*CANONICAL_NAMES, 'source_row']}. Got {list(segs)}; rename "
+            "the column in the table first."
+        )
+    return segs
+
+
+def _column_plan(
+    shape: str, p: Preset | None, columns: Mapping[str, str | None] | None
+) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+    """Candidate source names per canonical column, and the required ones."""
+    columns = dict(columns or {})
+    bad = sorted(set(columns) - set(CANONICAL_NAMES))
+    if bad:
+        raise ParameterError(
+            f"The `columns` mapping of `read_deal_log` has unknown key(s) {bad}; keys are "
+            f"canonical names {list(CANONICAL_NAMES)} and values your table's column names. "
+            "Segment columns go in `segment_columns`."
+        )
+    if shape == "deals" and columns.get("timestamp") is not None:
+        raise ParameterError(
+            "`columns['timestamp']` is not used with `shape='deals'`: a one-row-per-deal table "
+            "is dated by `created_at` and `close_date`."
+        )
+    candidates: dict[str, tuple[str, ...]] = {}
+    explicit: set[str] = set()
+    for canon in CANONICAL_NAMES:
+        if canon in columns:
+            value = columns[canon]
+            if value is not None and not isinstance(value, str):
+                raise ParameterError(
+                    f"`columns[{canon!r}]` must be a column name (str) or None. Got {value!r}."
+                )
+            candidates[canon] = () if value is None else (value,)
+            if value is not None:
+                explicit.add(canon)
+        elif p is not None and canon in p.columns:
+            candidates[canon] = p.columns[canon]
+        else:
+            candidates[canon] = (canon,)
+    if shape == "deals":
+        candidates["timestamp"] = ()
+    required = set(_REQUIRED[shape])
+    if p is not None:
+        required -= p.optional
+    required -= {c for c in _MAY_BE_ABSENT if c in columns and columns[c] is None}
+    if shape == "deals":
+        required |= {"created_at", "close_date"}  # the only dates of a deal row
+    required |= explicit
+    return candidates, [c for c in CANONICAL_NAMES if c in required]
+
+
+def _drop_deleted(table: pl.DataFrame, p: Preset, tally: _Tally) -> pl.DataFrame:
+    name = next((c for c in p.deleted_columns if c in table.columns), None)
+    if name is None:
+        return table
+    col = table[name]
+    if col.dtype == pl.Boolean:
+        flag = col.fill_null(False)
+    elif col.dtype.is_numeric():
+        flag = (col != 0).fill_null(False)
+    else:
+        flag = col.cast(pl.Utf8).str.strip_chars().str.to_lowercase().is_in(_TRUE_TEXT)
+        flag = flag.fill_null(False)
+    n = int(flag.sum())
+    if n:
+        tally.rows_filtered += n
+        tally.notes.append(
+            f"{n} row(s) with `{name}` true (deleted in the CRM) were dropped by preset {p.name!r}."
+        )
+    return table.filter(~flag)
+
+
+def _typed(
+    frame: pl.DataFrame,
+    found: Mapping[str, str | None],
+    shape: str,
+    formats: Sequence[str],
+    epoch_unit: EpochUnit | None,
+    tally: _Tally,
+) -> pl.DataFrame:
+    frame = frame.with_columns(check_deal_ids(frame, found["deal_id"]))
+    dates = {}
+    for name, required in (
+        ("timestamp", shape != "deals"),
+        ("close_date", False),
+        ("created_at", shape == "deals"),
+    ):
+        dates[name] = parse_datetime_column(
+            frame,
+            name,
+            source=found[name],
+            required=required,
+            formats=formats,
+            epoch_unit=epoch_unit,
+            tally=tally,
+        )
+    amount = parse_amount_column(frame, found["amount"])
+    return frame.with_columns(*dates.values(), amount, pl.col("stage").cast(pl.Utf8)).select(
+        "deal_id", *CANONICAL_NAMES[1:], pl.exclude(*CANONICAL_NAMES)
+    )
+
+
+def _stage_map(
+    frame: pl.DataFrame,
+    stages: StageMap | None,
+    open_stages: Sequence[str] | None,
+    source: str | None,
+) -> StageMap:
+    names = frame["stage"].drop_nulls().unique().to_list()
+    try:
+        return resolve_stage_map(names, stages, open_stages)
+    except UnknownStageError as err:
+        found = err.found if isinstance(err.found, list) else []
+        firsts = (
+            frame.filter(pl.col("stage").is_in(found))
+            .group_by("stage", maintain_order=True)
+            .first()
+            .sort("stage")
+        )
+        where = "; ".join(
+            f"{s!r} first at deal `{d}`, row {r}"
+            for s, d, r in firsts.select("stage", "deal_id", "source_row").iter_rows()
+        )
+        col = "`stage`" if source in (None, "stage") else f"`stage` (source column `{source}`)"
+        first = (
+            firsts.row(0, named=True) if firsts.height else {"deal_id": None, "source_row": None}
+        )
+        raise UnknownStageError(
+            err.message.replace("Column `stage`", f"Column {col}", 1)
+            + (f" Where: {where}." if where else ""),
+            column="stage",
+            deal_id=first["deal_id"],
+            row=first["source_row"],
+            expected=err.expected,
+            found=err.found,
+        ) from None
+
+
+def _note_created_at(events: pl.DataFrame, tally: _Tally) -> None:
+    varying = (
+        events.group_by("deal_id")
+        .agg(pl.col("created_at").drop_nulls().n_unique().alias("n"))
+        .filter(pl.col("n") > 1)
+        .height
+    )
+    if varying:
+        tally.notes.append(
+            f"{varying} deal(s) have `created_at` values that differ between rows; kept as "
+            "given (each view uses the earliest value known at its as-of date)."
+        )
+
+
+def _snapshots_to_events(
+    frame: pl.DataFrame,
+    segments: tuple[str, ...],
+    stages: StageMap,
+    found: Mapping[str, str | None],
+    tally: _Tally,
+) -> pl.DataFrame:
+    rows = deduplicate_and_sort(frame, tally)
+    watched = ["stage", "amount", "close_date", *segments]
+    first_of_deal = pl.int_range(pl.len()).over("deal_id") == 0
+    changed = pl.any_horizontal(
+        [pl.col(c).ne_missing(pl.col(c).shift(1).over("deal_id")) for c in watched]
+    )
+    events = rows.filter(first_of_deal | changed)
+    gaps = rows.select(
+        (pl.col("timestamp").diff().over("deal_id").dt.total_microseconds() / _US_PER_DAY)
+        .drop_nulls()
+        .median()
+    ).item()
+    gap_text = (
+        f"median {gaps:.1f} days between a deal's snapshots"
+        if gaps is not None
+        else ("each deal seen once")
+    )
+    tally.notes.append(
+        f"Snapshot table: {rows.height} snapshot rows became {events.height} events "
+        f"({rows.height - events.height} rows repeated the deal's previous snapshot). "
+        f"Transition times are known only to the snapshot interval ({gap_text}); each "
+        "change is dated at the first snapshot that shows it."
+    )
+    kinds = {s: stages.kind(s) for s in stages.names()}
+    last_date = rows["timestamp"].max()
+    vanished = (
+        rows.group_by("deal_id")
+        .agg(pl.col("timestamp").last(), pl.col("stage").last())
+        .filter(
+            (pl.col("timestamp") < last_date)
+            & (pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8) == "open")
+        )
+        .height
+    )
+    if vanished:
+        tally.notes.append(
+            f"{vanished} open deal(s) disappear from the snapshots before the last snapshot "
+            "date; they are kept open (censored) in their last stage."
+        )
+    if found.get("created_at") is None:
+        tally.notes.append(
+            "No `created_at` column: each deal's first snapshot dates its creation (late by up "
+            "to one snapshot interval)."
+        )
+    return events
+
+
+def _deals_to_events(
+    frame: pl.DataFrame,
+    segments: tuple[str, ...],
+    stages: StageMap,
+    entry_stage: str | None,
+    found: Mapping[str, str | None],
+    tally: _Tally,
+) -> pl.DataFrame:
+    entry = stages.open[0] if entry_stage is None else str(entry_stage)
+    if entry not in stages.open:
+        raise ParameterError(
+            f"The `entry_stage` parameter of `read_deal_log` must be an open stage "
+            f"{list(stages.open)}. Got {entry_stage!r}."
+        )
+    subset = [c for c in frame.columns if c != "source_row"]
+    deduped = frame.sort("source_row").unique(subset=subset, keep="first", maintain_order=True)
+    tally.exact_duplicates_removed += frame.height - deduped.height
+    frame = deduped
+    dup = frame.filter(pl.col("deal_id").is_duplicated())
+    if dup.height:
+        deal = dup["deal_id"][0]
+        rows = dup.filter(pl.col("deal_id") == deal)["source_row"].to_list()
+        raise DataError(
+            f"Column `deal_id`{_src(found, 'deal_id')}: deal `{deal}` appears on rows {rows} "
+            "with different values, but `shape='deals'` needs one row per deal. Use "
+            "`shape='events'` or `shape='snapshots'` for a history.",
+            column="deal_id",
+            deal_id=deal,
+            row=rows[1],
+            expected="one row per deal",
+            found=rows,
+        )
+    kinds = {s: stages.kind(s) for s in stages.names()}
+    closed = pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8) != "open"
+    frame = frame.with_columns(closed.alias("_closed"))
+    no_close = frame.filter(pl.col("_closed") & pl.col("close_date").is_null())
+    if no_close.height:
+        r = no_close.row(0, named=True)
+        raise TimestampError(
+            f"Column `close_date`{_src(found, 'close_date')}, deal `{r['deal_id']}`, row "
+            f"{r['source_row']}: the deal is closed ({r['stage']!r}) but has no close date. "
+            "Expected the date the deal was won or lost.",
+            column="close_date",
+            deal_id=r["deal_id"],
+            row=r["source_row"],
+            expected="a close date for every closed deal",
+            found=None,
+        )
+    early = frame.filter(
+        pl.col("_closed") & (pl.col("close_date") < pl.col("created_at").dt.truncate("1d"))
+    )
+    if early.height:
+        r = early.row(0, named=True)
+        raise TimestampError(
+            f"Column `close_date`{_src(found, 'close_date')}, deal `{r['deal_id']}`, row "
+            f"{r['source_row']}: the deal closed on {r['close_date']:%Y-%m-%d}, before it was "
+            f"created ({r['created_at']:%Y-%m-%d %H:%M}). Expected a close date on or after "
+            "the creation date.",
+            column="close_date",
+            deal_id=r["deal_id"],
+            row=r["source_row"],
+            expected="close_date >= created_at",
+            found=r["close_date"],
+        )
+    keep = ["deal_id", "timestamp", "stage", "amount", "close_date", "created_at", *segments]
+    creation = frame.with_columns(
+        pl.col("created_at").alias("timestamp"),
+        pl.when(pl.col("_closed")).then(pl.lit(entry)).otherwise(pl.col("stage")).alias("stage"),
+        # a closed deal's close date is its actual close, unknown before it: no leak
+        pl.when(pl.col("_closed"))
+        .then(pl.lit(None, dtype=pl.Datetime("us")))
+        .otherwise(pl.col("close_date"))
+        .alias("close_date"),
+        pl.lit(0).alias("_order"),
+    ).select(*keep, "source_row", "_order")
+    closing = (
+        frame.filter(pl.col("_closed"))
+        .with_columns(
+            pl.max_horizontal("close_date", "created_at").alias("timestamp"),
+            pl.lit(1).alias("_order"),
+        )
+        .select(*keep, "source_row", "_order")
+    )
+    events = (
+        pl.concat([creation, closing])
+        .sort(["deal_id", "timestamp", "source_row", "_order"])
+        .drop("_order")
+    )
+    n_closed = closing.height
+    tally.notes.append(
+        f"One-row-per-deal table: {frame.height} deals became {events.height} events. The "
+        f"{n_closed} closed deal(s) enter {entry!r} at creation and close at their close date "
+        "(no stage history in between; their close date is not shown before it happens); "
+        "open deals are in their current stage since creation."
+    )
+    return events
+
+
+def _src(found: Mapping[str, str | None], canon: str) -> str:
+    src = found.get(canon)
+    return f" (source column `{src}`)" if src is not None and src != canon else ""

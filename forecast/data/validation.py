@@ -1,0 +1,820 @@
+"""Validation of deal histories, the repairs made on purpose, and the report that counts them.
+
+Every reader (:func:`forecast.read_deal_log`) runs its input through the functions
+here, in one path, before a :class:`~forecast.data.deal_log.DealLog` is built:
+
+- :func:`resolve_columns` — required columns exist (:class:`MissingColumnError`);
+- :func:`check_deal_ids`, :func:`parse_datetime_column`, :func:`parse_amount_column`,
+  :func:`check_stages` — every cell is usable (:class:`DataError`,
+  :class:`TimestampError`, :class:`MixedTimezoneError`, :class:`AmountError`,
+  :class:`UnknownStageError`);
+- :func:`deduplicate_and_sort` and :func:`check_terminal_transitions` — the deliberate
+  repairs (exact duplicates removed, rows sorted into time order, re-opened deals
+  kept, updates after a terminal outcome kept) and the one impossible history
+  (:class:`TerminalEventError`).
+
+Errors name the column (canonical name and the caller's name), the deal, the 0-based
+row of the caller's table and the raw value. Repairs are counted in a
+:class:`ValidationReport`; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import polars as pl
+
+from forecast.data.stages import _LOST, _NO_DECISION, _WON, StageMap, _norm
+from forecast.errors import (
+    AmountError,
+    DataError,
+    MissingColumnError,
+    MixedTimezoneError,
+    ParameterError,
+    TerminalEventError,
+    TimestampError,
+    UnknownStageError,
+)
+
+__all__ = [
+    "DEFAULT_TIMESTAMP_FORMATS",
+    "EpochUnit",
+    "ValidationReport",
+    "check_deal_ids",
+    "check_stages",
+    "check_terminal_transitions",
+    "deduplicate_and_sort",
+    "parse_amount_column",
+    "parse_datetime_column",
+    "resolve_columns",
+    "resolve_stage_map",
+]
+
+#: Unit of numeric (epoch) timestamps: seconds, milliseconds or microseconds since
+#: 1970-01-01T00:00:00Z.
+EpochUnit = Literal["s", "ms", "us"]
+
+_EPOCH_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+#: Naive date-time formats tried, in order, on text timestamps (polars/chrono syntax;
+#: ``%.f`` also matches no fraction). Offsets (``Z``, ``+0000``, ``+02:00``) are
+#: recognised separately and converted to UTC.
+DEFAULT_TIMESTAMP_FORMATS: tuple[str, ...] = (
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d",
+)
+
+# A time of day followed by a UTC offset: "...10:30:00Z", "...10:30:00.000+0000",
+# "...10:30+02:00". Date-only strings such as "2024-01-15" never match.
+_AWARE_PATTERN = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|[+-]\d{2}:?\d{2})$"
+_EPOCH_PATTERN = r"^[+-]?\d+(?:\.\d*)?$"
+
+
+# ---------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValidationReport:
+    """What a reader checked and repaired on purpose; nothing is dropped silently.
+
+    Attributes
+    ----------
+    rows_read : int
+        Rows in the caller's table.
+    rows_kept : int
+        Source rows used: ``rows_read - rows_filtered - exact_duplicates_removed``.
+    rows_filtered : int
+        Rows dropped by a preset's rule (e.g. Salesforce ``IsDeleted = true``).
+    exact_duplicates_removed : int
+        Rows identical to an earlier row in every loaded column (first kept).
+    rows_reordered : int
+        Rows not already in time order: earlier than a row given before them for the
+        same deal. All rows are sorted by ``(deal_id, timestamp, source row)``; deals
+        appearing interleaved or in any order does not count.
+    reopened_deals : int
+        Deals that move from a terminal outcome back to an open stage. Kept as-is:
+        the point-in-time views see the deal closed until it re-opens.
+    post_terminal_updates : int
+        Rows after a terminal outcome that keep the same outcome (e.g. the amount of
+        a won deal corrected later). Kept; a differently spelt stage of the same
+        outcome is renamed to the first one (see ``notes``).
+    timestamps_converted_to_utc : int
+        Date-time cells (all date columns) that carried a UTC offset or time zone
+        and were converted to naive UTC.
+    amounts_missing : int
+        Events whose amount is null (unknown from that row on).
+    deals : int
+        Distinct deals in the canonical events.
+    events : int
+        Rows of the canonical event frame.
+    notes : tuple of str
+        Everything else worth knowing, one sentence each.
+    """
+
+    rows_read: int
+    rows_kept: int
+    rows_filtered: int = 0
+    exact_duplicates_removed: int = 0
+    rows_reordered: int = 0
+    reopened_deals: int = 0
+    post_terminal_updates: int = 0
+    timestamps_converted_to_utc: int = 0
+    amounts_missing: int = 0
+    deals: int = 0
+    events: int = 0
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "notes", tuple(self.notes))
+
+    def __str__(self) -> str:
+        lines = [
+            f"Validation report: {self.rows_read} rows read, {self.rows_kept} kept -> "
+            f"{self.events} events for {self.deals} deals",
+        ]
+        labels = {
+            "rows_filtered": "rows filtered by the preset",
+            "exact_duplicates_removed": "exact duplicate rows removed",
+            "rows_reordered": "rows sorted into time order",
+            "reopened_deals": "deals re-opened after a terminal outcome (kept)",
+            "post_terminal_updates": "updates after a terminal outcome (kept)",
+            "timestamps_converted_to_utc": "timestamps converted to UTC",
+            "amounts_missing": "events without an amount",
+        }
+        for name, label in labels.items():
+            lines.append(f"  {label:<48} {getattr(self, name):>8}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python copy (``notes`` as a list)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["notes"] = list(self.notes)
+        return d
+
+    def to_polars(self) -> pl.DataFrame:
+        """One-row frame with one column per count and ``notes`` as a list of str."""
+        d = self.to_dict()
+        schema: dict[str, pl.DataType] = {k: pl.Int64() for k in d if k != "notes"}
+        schema["notes"] = pl.List(pl.Utf8())
+        return pl.DataFrame([d], schema=schema)
+
+
+@dataclass
+class _Tally:
+    """Mutable counters filled while a reader works; frozen into a ValidationReport."""
+
+    rows_read: int = 0
+    rows_filtered: int = 0
+    exact_duplicates_removed: int = 0
+    rows_reordered: int = 0
+    reopened_deals: int = 0
+    post_terminal_updates: int = 0
+    timestamps_converted_to_utc: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def report(self, events: pl.DataFrame) -> ValidationReport:
+        return ValidationReport(
+            rows_read=self.rows_read,
+            rows_kept=self.rows_read - self.rows_filtered - self.exact_duplicates_removed,
+            rows_filtered=self.rows_filtered,
+            exact_duplicates_removed=self.exact_duplicates_removed,
+            rows_reordered=self.rows_reordered,
+            reopened_deals=self.reopened_deals,
+            post_terminal_updates=self.post_terminal_updates,
+            timestamps_converted_to_utc=self.timestamps_converted_to_utc,
+            amounts_missing=int(events["amount"].null_count()),
+            deals=int(events["deal_id"].n_unique()),
+            events=events.height,
+            notes=tuple(self.notes),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# helpers for messages
+# ---------------------------------------------------------------------------------------
+def _label(column: str, source: str | None) -> str:
+    """ "`amount` (source column `Amount`)" or just "`amount`"."""
+    if source is None or source == column:
+        return f"`{column}`"
+    return f"`{column}` (source column `{source}`)"
+
+
+def _first(frame: pl.DataFrame, mask: pl.Series, *cols: str) -> dict[str, Any]:
+    """Values of ``cols`` on the first row where ``mask`` holds (in frame order)."""
+    return frame.filter(mask).select(cols).row(0, named=True)
+
+
+# ---------------------------------------------------------------------------------------
+# columns
+# ---------------------------------------------------------------------------------------
+def resolve_columns(
+    available: Sequence[str],
+    candidates: Mapping[str, Sequence[str]],
+    required: Iterable[str],
+    *,
+    context: str = "",
+) -> dict[str, str | None]:
+    """Find each canonical column's source column.
+
+    Parameters
+    ----------
+    available : sequence of str
+        Column names of the caller's table.
+    candidates : mapping of str to sequence of str
+        Canonical name -> source names to look for, first present wins. An empty
+        sequence means the column is absent on purpose.
+    required : iterable of str
+        Canonical names that must be found.
+    context : str, optional
+        Where the mapping came from (e.g. ``"preset 'salesforce'"``), for messages.
+
+    Returns
+    -------
+    dict of str to str or None
+        Canonical name -> source column name, or ``None`` if absent.
+
+    Raises
+    ------
+    MissingColumnError
+        For the first required column not found; the message names the canonical
+        column, the source name(s) looked for, and lists the available columns.
+    """
+    have = list(available)
+    present = set(have)
+    found: dict[str, str | None] = {}
+    for canonical, names in candidates.items():
+        found[canonical] = next((n for n in names if n in present), None)
+    for canonical in required:
+        if found.get(canonical) is not None:
+            continue
+        names = list(candidates.get(canonical, ()))
+        if not names:
+            raise ParameterError(
+                f"Column `{canonical}` is required but was mapped to nothing "
+                f"(`columns={{'{canonical}': None}}`). Map it to a column of the table."
+            )
+        looked = " or ".join(f"`{n}`" for n in names)
+        close = sorted({m for n in names for m in difflib.get_close_matches(n, have, n=3)})
+        hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+        src = f" ({context})" if context else ""
+        extra = (
+            f" If the table has no amounts at all, pass `columns={{'{canonical}': None}}`."
+            if canonical == "amount"
+            else ""
+        )
+        raise MissingColumnError(
+            f"Missing column `{canonical}`: looked for source column {looked}{src}, "
+            f"but the table has only {have}.{hint} Map it with "
+            f"`columns={{'{canonical}': '<column name in your table>'}}`.{extra}",
+            column=canonical,
+            expected=names,
+            found=have,
+        )
+    return found
+
+
+def check_deal_ids(frame: pl.DataFrame, source: str | None = None) -> pl.Series:
+    """Deal ids as non-empty text.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        Must hold ``deal_id`` (any dtype) and ``source_row``.
+    source : str, optional
+        The caller's name of the column, for messages.
+
+    Returns
+    -------
+    polars.Series
+        ``deal_id`` as Utf8, shape ``(n_rows,)``.
+
+    Raises
+    ------
+    DataError
+        If a deal id is missing or empty, naming the row.
+    """
+    ids = frame["deal_id"].cast(pl.Utf8)
+    bad = ids.is_null() | (ids.str.strip_chars() == "")
+    if bad.any():
+        row = _first(frame, bad, "source_row")["source_row"]
+        raise DataError(
+            f"Column {_label('deal_id', source)}, row {row}: the deal id is missing. "
+            "Every row needs the id of the deal it describes.",
+            column="deal_id",
+            row=row,
+            expected="a non-empty deal id",
+            found=None,
+        )
+    return ids.alias("deal_id")
+
+
+# ---------------------------------------------------------------------------------------
+# timestamps
+# ---------------------------------------------------------------------------------------
+def _timestamp_error(
+    frame: pl.DataFrame,
+    mask: pl.Series,
+    raw: pl.Series,
+    column: str,
+    source: str | None,
+    what: str,
+    expected: str,
+) -> TimestampError:
+    r = frame.select("deal_id", "source_row").with_columns(raw.alias("_raw")).filter(mask).row(0)
+    deal, row, value = r
+    return TimestampError(
+        f"Column {_label(column, source)}, deal `{deal}`, row {row}: {what} "
+        f"(found {value!r}). Expected {expected}.",
+        column=column,
+        deal_id=deal,
+        row=row,
+        expected=expected,
+        found=value,
+    )
+
+
+def parse_datetime_column(
+    frame: pl.DataFrame,
+    column: str,
+    *,
+    source: str | None = None,
+    required: bool = False,
+    formats: Sequence[str] | None = None,
+    epoch_unit: EpochUnit | None = None,
+    tally: _Tally | None = None,
+) -> pl.Series:
+    """Parse one date column into naive UTC ``Datetime("us")``.
+
+    Accepted cells: datetimes (naive: taken as UTC; time-zone aware: converted),
+    dates (midnight), text in ISO-8601 or one of ``formats`` with or without a UTC
+    offset (``Z``, ``+0000``, ``+02:00``; offsets are converted to UTC), and numbers
+    or all-digit text as epoch time when ``epoch_unit`` is given.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        Holds ``column`` plus ``deal_id`` and ``source_row`` (for messages).
+    column : str
+        Canonical name of the column to parse.
+    source : str, optional
+        The caller's name of the column, for messages.
+    required : bool, default False
+        Whether a missing (null or empty) cell is an error.
+    formats : sequence of str, optional
+        strptime-style formats (polars/chrono syntax) tried before
+        :data:`DEFAULT_TIMESTAMP_FORMATS`.
+    epoch_unit : {"s", "ms", "us"}, optional
+        Unit of numeric timestamps; without it numbers are an error.
+    tally : _Tally, optional
+        Receives the count of converted time-zone-aware cells.
+
+    Returns
+    -------
+    polars.Series
+        Naive UTC ``Datetime("us")``, shape ``(n_rows,)``, named ``column``.
+
+    Raises
+    ------
+    TimestampError
+        A required cell is missing, or a cell cannot be parsed (deal, row and raw
+        value named).
+    MixedTimezoneError
+        Text cells of the column mix values with a UTC offset and values without.
+    """
+    raw = frame[column]
+    dtype = raw.dtype
+    out: pl.Series
+    converted = 0
+    if dtype == pl.Null:
+        out = pl.Series(column, [None] * frame.height, dtype=pl.Datetime("us"))
+    elif dtype == pl.Date:
+        out = raw.cast(pl.Datetime("us"))
+    elif isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is not None:
+            converted = raw.len() - raw.null_count()
+            out = raw.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        else:
+            out = raw
+        out = out.dt.cast_time_unit("us")
+    elif dtype.is_numeric():
+        out = _parse_epoch(frame, raw, column, source, epoch_unit)
+    else:
+        text = raw.cast(pl.Utf8) if dtype != pl.Utf8 else raw
+        out, converted = _parse_text(frame, text, column, source, formats, epoch_unit)
+    out = out.alias(column)
+    if required and out.null_count():
+        raise _timestamp_error(
+            frame,
+            out.is_null(),
+            raw,
+            column,
+            source,
+            "the date-time is missing",
+            "a date-time on every row",
+        )
+    if tally is not None:
+        tally.timestamps_converted_to_utc += int(converted)
+    return out
+
+
+def _parse_epoch(
+    frame: pl.DataFrame,
+    raw: pl.Series,
+    column: str,
+    source: str | None,
+    epoch_unit: EpochUnit | None,
+) -> pl.Series:
+    if epoch_unit is None:
+        raise _timestamp_error(
+            frame,
+            raw.is_not_null(),
+            raw,
+            column,
+            source,
+            "numbers found where date-times were expected",
+            "date-times, or numbers with `epoch_unit='s'|'ms'|'us'` passed to `read_deal_log`",
+        )
+    if epoch_unit not in _EPOCH_TO_US:
+        raise ParameterError(
+            f"The `epoch_unit` parameter must be one of {sorted(_EPOCH_TO_US)}. Got {epoch_unit!r}."
+        )
+    values = raw.cast(pl.Float64)
+    bad = values.is_nan() | values.is_infinite()
+    if bad.any():
+        raise _timestamp_error(
+            frame, bad.fill_null(False), raw, column, source, "not a finite number", "epoch time"
+        )
+    us = (values * _EPOCH_TO_US[epoch_unit]).round(0).cast(pl.Int64)
+    return us.cast(pl.Datetime("us"))
+
+
+def _parse_text(
+    frame: pl.DataFrame,
+    text: pl.Series,
+    column: str,
+    source: str | None,
+    formats: Sequence[str] | None,
+    epoch_unit: EpochUnit | None,
+) -> tuple[pl.Series, int]:
+    s = text.str.strip_chars()
+    s = pl.select(pl.when(s.str.len_chars() == 0).then(None).otherwise(s)).to_series()
+    present = s.is_not_null()
+    epoch = (s.str.contains(_EPOCH_PATTERN) & present) if epoch_unit else present & False
+    aware = s.str.contains(_AWARE_PATTERN).fill_null(False) & ~epoch
+    naive = present & ~aware & ~epoch
+    user = list(formats or ())
+    if aware.any() and naive.any():
+        a = _first(frame.with_columns(text.alias("_raw")), aware, "deal_id", "source_row", "_raw")
+        n = _first(frame.with_columns(text.alias("_raw")), naive, "deal_id", "source_row", "_raw")
+        raise MixedTimezoneError(
+            f"Column {_label(column, source)} mixes date-times with a UTC offset (deal "
+            f"`{a['deal_id']}`, row {a['source_row']}: {a['_raw']!r}) and without one (deal "
+            f"`{n['deal_id']}`, row {n['source_row']}: {n['_raw']!r}). The naive ones cannot be "
+            "placed in time; export the column with offsets everywhere, or naive UTC everywhere.",
+            column=column,
+            deal_id=n["deal_id"],
+            row=n["source_row"],
+            expected="all values with a UTC offset, or none",
+            found=[a["_raw"], n["_raw"]],
+        )
+    parsed = pl.Series(column, [None] * s.len(), dtype=pl.Datetime("us"))
+    converted = 0
+    if aware.any():
+        norm = s.str.replace(r"\s*[zZ]$", "+0000").str.replace(r"\s+([+-]\d{2}:?\d{2})$", "$1")
+        fmts = [f for f in user if "%z" in f] + [
+            f + "%z" for f in (*user, *DEFAULT_TIMESTAMP_FORMATS) if "%z" not in f and "%H" in f
+        ]
+        parts = [
+            norm.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC")
+            .dt.replace_time_zone(None)
+            .alias(column)
+            for f in fmts
+        ]
+        got = pl.select(pl.coalesce(parts)).to_series()
+        parsed = pl.select(pl.when(aware).then(got).otherwise(parsed)).to_series()
+        converted = int((aware & got.is_not_null()).sum())
+    if naive.any():
+        fmts = [f for f in (*user, *DEFAULT_TIMESTAMP_FORMATS) if "%z" not in f]
+        parts = [s.str.to_datetime(f, strict=False, time_unit="us").alias(column) for f in fmts]
+        got = pl.select(pl.coalesce(parts)).to_series()
+        parsed = pl.select(pl.when(naive).then(got).otherwise(parsed)).to_series()
+    if epoch.any():
+        assert epoch_unit is not None
+        us = (s.cast(pl.Float64, strict=False) * _EPOCH_TO_US[epoch_unit]).round(0)
+        got = us.cast(pl.Int64, strict=False).cast(pl.Datetime("us"))
+        parsed = pl.select(pl.when(epoch).then(got).otherwise(parsed)).to_series()
+    bad = present & parsed.is_null()
+    if bad.any():
+        shown = [*user, *DEFAULT_TIMESTAMP_FORMATS]
+        raise _timestamp_error(
+            frame,
+            bad,
+            text,
+            column,
+            source,
+            "cannot parse the date-time",
+            f"ISO-8601 such as '2024-01-15T10:30:00' or '2024-01-15T10:30:00.000+0000'; "
+            f"formats tried: {shown}"
+            + ("; epoch numbers need `epoch_unit`" if epoch_unit is None else "")
+            + ". Pass `timestamp_formats=[...]` to `read_deal_log` for other layouts",
+        )
+    return parsed.alias(column), converted
+
+
+# ---------------------------------------------------------------------------------------
+# amounts
+# ---------------------------------------------------------------------------------------
+def parse_amount_column(frame: pl.DataFrame, source: str | None = None) -> pl.Series:
+    """Amounts as finite, non-negative Float64 (null = unknown).
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        Holds ``amount`` (numeric or text) plus ``deal_id`` and ``source_row``.
+    source : str, optional
+        The caller's name of the column, for messages.
+
+    Returns
+    -------
+    polars.Series
+        ``amount`` in the log's currency, Float64, shape ``(n_rows,)``.
+
+    Raises
+    ------
+    AmountError
+        A cell is not a number, is NaN or infinite, or is negative.
+    """
+    raw = frame["amount"]
+    if raw.dtype == pl.Null:
+        return pl.Series("amount", [None] * frame.height, dtype=pl.Float64)
+    if raw.dtype == pl.Utf8:
+        s = raw.str.strip_chars()
+        s = pl.select(pl.when(s.str.len_chars() == 0).then(None).otherwise(s)).to_series()
+        values = s.cast(pl.Float64, strict=False)
+        bad = s.is_not_null() & values.is_null()
+        _raise_amount(frame, bad, raw, source, "is not a number")
+    elif raw.dtype.is_numeric():
+        values = raw.cast(pl.Float64)
+    else:
+        _raise_amount(frame, raw.is_not_null(), raw, source, f"has dtype {raw.dtype}")
+        values = raw.cast(pl.Float64)  # pragma: no cover (unreachable)
+    _raise_amount(frame, values.is_nan().fill_null(False), raw, source, "is not a number (NaN)")
+    _raise_amount(frame, values.is_infinite().fill_null(False), raw, source, "is infinite")
+    _raise_amount(frame, (values < 0).fill_null(False), raw, source, "is negative")
+    return values.alias("amount")
+
+
+def _raise_amount(
+    frame: pl.DataFrame, bad: pl.Series, raw: pl.Series, source: str | None, what: str
+) -> None:
+    if not bad.any():
+        return
+    deal, row, value = (
+        frame.select("deal_id", "source_row").with_columns(raw.alias("_raw")).filter(bad).row(0)
+    )
+    raise AmountError(
+        f"Column {_label('amount', source)}, deal `{deal}`, row {row}: the amount {what} "
+        f"(found {value!r}). Expected a finite number >= 0 in the log's currency, or an "
+        "empty cell if unknown.",
+        column="amount",
+        deal_id=deal,
+        row=row,
+        expected="a finite number >= 0 or null",
+        found=value,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# stages
+# ---------------------------------------------------------------------------------------
+def resolve_stage_map(
+    stage_names: Iterable[str],
+    stages: StageMap | None = None,
+    open_stages: Sequence[str] | None = None,
+) -> StageMap:
+    """The stage map to use: given, built from ``open_stages``, or inferred by name.
+
+    Parameters
+    ----------
+    stage_names : iterable of str
+        Every stage name in the data.
+    stages : StageMap, optional
+        Used as-is when given.
+    open_stages : sequence of str, optional
+        Open stages in pipeline order; the remaining names are classified as won,
+        lost or no decision by their names ("Closed Won", "Lost", "No Decision", ...),
+        with ``"Closed Won"`` / ``"Closed Lost"`` as defaults.
+
+    Returns
+    -------
+    StageMap
+
+    Raises
+    ------
+    ParameterError
+        If both ``stages`` and ``open_stages`` are given.
+    UnknownStageError
+        If inference cannot classify a name.
+    """
+    if stages is not None and open_stages is not None:
+        raise ParameterError(
+            "Pass either `stages=StageMap(...)` or `open_stages=[...]` to `read_deal_log`, not both."
+        )
+    if stages is not None:
+        if not isinstance(stages, StageMap):
+            raise ParameterError(
+                f"The `stages` parameter must be a `StageMap`. Got {type(stages).__name__}."
+            )
+        return stages
+    names = sorted({str(s) for s in stage_names})
+    if open_stages is not None:
+        if isinstance(open_stages, str):
+            open_stages = (open_stages,)
+        open_ = tuple(str(s) for s in open_stages)
+        rest = [n for n in names if n not in open_]
+        won = tuple(n for n in rest if _norm(n) in _WON) or ("Closed Won",)
+        lost = tuple(n for n in rest if _norm(n) in _LOST) or ("Closed Lost",)
+        nd = tuple(n for n in rest if _norm(n) in _NO_DECISION)
+        return StageMap(open=open_, won=won, lost=lost, no_decision=nd)
+    return StageMap.infer(names)
+
+
+def check_stages(frame: pl.DataFrame, stages: StageMap, source: str | None = None) -> None:
+    """Every row has a stage the map classifies.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        Holds ``stage`` (Utf8), ``deal_id`` and ``source_row``.
+    stages : StageMap
+    source : str, optional
+        The caller's name of the column, for messages.
+
+    Raises
+    ------
+    UnknownStageError
+        A stage is missing, or names not in the map (all listed, with the deal and
+        row of the first occurrence of each, and how to classify them).
+    """
+    missing = frame["stage"].is_null()
+    if missing.any():
+        r = _first(frame, missing, "deal_id", "source_row")
+        raise UnknownStageError(
+            f"Column {_label('stage', source)}, deal `{r['deal_id']}`, row {r['source_row']}: "
+            "the stage is missing. Every row needs the stage the deal was in from then on.",
+            column="stage",
+            deal_id=r["deal_id"],
+            row=r["source_row"],
+            expected="a stage name",
+            found=None,
+        )
+    known = set(stages.names())
+    unknown = frame.filter(~pl.col("stage").is_in(list(known)))
+    if unknown.height == 0:
+        return
+    firsts = unknown.group_by("stage", maintain_order=True).first().sort("stage")
+    where = "; ".join(
+        f"{s!r} (first at deal `{d}`, row {r})"
+        for s, d, r in firsts.select("stage", "deal_id", "source_row").iter_rows()
+    )
+    first = firsts.row(0, named=True)
+    raise UnknownStageError(
+        f"Column {_label('stage', source)}: cannot classify stage(s) {where}. Known open "
+        f"stages (in order): {list(stages.open)}; won: {list(stages.won)}; lost: "
+        f"{list(stages.lost)}; no decision: {list(stages.no_decision)}. Pass "
+        "`stages=StageMap(open=[...in order...], won=[...], lost=[...], no_decision=[...])` "
+        "(or `open_stages=[...]`) to `read_deal_log` to classify them.",
+        column="stage",
+        deal_id=first["deal_id"],
+        row=first["source_row"],
+        expected="a stage listed in the StageMap",
+        found=firsts["stage"].to_list(),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# repairs and the history check
+# ---------------------------------------------------------------------------------------
+def deduplicate_and_sort(frame: pl.DataFrame, tally: _Tally) -> pl.DataFrame:
+    """Remove exact duplicate rows and sort by ``(deal_id, timestamp, source_row)``.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        Typed rows in the caller's order, with ``deal_id``, ``timestamp`` and
+        ``source_row`` among the columns.
+    tally : _Tally
+        Receives ``exact_duplicates_removed`` (rows equal to an earlier row in every
+        column but ``source_row``; the earliest is kept) and ``rows_reordered``
+        (rows earlier than a row given before them for the same deal).
+
+    Returns
+    -------
+    polars.DataFrame
+        Same columns, sorted.
+    """
+    subset = [c for c in frame.columns if c != "source_row"]
+    frame = frame.sort("source_row")
+    deduped = frame.unique(subset=subset, keep="first", maintain_order=True)
+    tally.exact_duplicates_removed += frame.height - deduped.height
+    late = deduped.select(
+        (pl.col("timestamp") < pl.col("timestamp").cum_max().shift(1).over("deal_id"))
+        .fill_null(False)
+        .sum()
+    ).item()
+    tally.rows_reordered += int(late)
+    return deduped.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
+
+
+def check_terminal_transitions(
+    events: pl.DataFrame, stages: StageMap, tally: _Tally
+) -> pl.DataFrame:
+    """Check what happens after each terminal outcome; count the kept repairs.
+
+    Within each deal (rows sorted by time):
+
+    - terminal -> open stage: a re-opened deal, kept as-is (counted per deal);
+    - terminal -> the same outcome: a post-terminal update, kept (counted per row);
+      a different name of the same outcome is renamed to the first one so that the
+      views see one visit (counted in a note);
+    - terminal -> a different outcome with no open stage between: an error.
+
+    Parameters
+    ----------
+    events : polars.DataFrame
+        Sorted canonical events.
+    stages : StageMap
+    tally : _Tally
+
+    Returns
+    -------
+    polars.DataFrame
+        ``events`` with same-outcome renames applied.
+
+    Raises
+    ------
+    TerminalEventError
+        Naming the deal, both rows and both stages.
+    """
+    kinds = {s: stages.kind(s) for s in stages.names()}
+    ev = events.with_columns(
+        pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8).alias("_kind"),
+    ).with_columns(
+        pl.col("_kind").shift(1).over("deal_id").alias("_prev_kind"),
+        pl.col("stage").shift(1).over("deal_id").alias("_prev_stage"),
+        pl.col("source_row").shift(1).over("deal_id").alias("_prev_row"),
+    )
+    prev_terminal = pl.col("_prev_kind").is_not_null() & (pl.col("_prev_kind") != "open")
+    is_terminal = pl.col("_kind") != "open"
+    conflict = ev.filter(prev_terminal & is_terminal & (pl.col("_kind") != pl.col("_prev_kind")))
+    if conflict.height:
+        r = conflict.row(0, named=True)
+        raise TerminalEventError(
+            f"Column `stage`, deal `{r['deal_id']}`, row {r['source_row']}: the deal goes from "
+            f"the terminal stage {r['_prev_stage']!r} (row {r['_prev_row']}, "
+            f"{r['_prev_kind']}) to the different terminal stage {r['stage']!r} "
+            f"({r['_kind']}) without being re-opened. A deal has one outcome at a time; if it "
+            "was re-opened, the history needs a row in an open stage between the two, "
+            "otherwise correct or remove one of the rows.",
+            column="stage",
+            deal_id=r["deal_id"],
+            row=r["source_row"],
+            expected=f"{r['_prev_kind']} or an open stage after {r['_prev_stage']!r}",
+            found=r["stage"],
+        )
+    ev = ev.with_columns(
+        (pl.col("_kind") != pl.col("_prev_kind"))
+        .fill_null(True)
+        .cum_sum()
+        .over("deal_id")
+        .alias("_run")
+    )
+    ev = ev.with_columns(pl.col("stage").first().over(["deal_id", "_run"]).alias("_run_stage"))
+    same_outcome = ev.select((prev_terminal & is_terminal).sum()).item()
+    renamed = ev.filter(is_terminal & (pl.col("stage") != pl.col("_run_stage")))
+    reopened = ev.filter(prev_terminal & ~is_terminal)["deal_id"].n_unique()
+    tally.post_terminal_updates += int(same_outcome)
+    tally.reopened_deals += int(reopened)
+    if renamed.height:
+        pairs = sorted(set(renamed.select("stage", "_run_stage").iter_rows()))
+        tally.notes.append(
+            f"{renamed.height} row(s) after a terminal outcome name the same outcome "
+            f"differently; renamed to the first name so the outcome is one visit: "
+            + ", ".join(f"{a!r} -> {b!r}" for a, b in pairs)
+            + "."
+        )
+    if reopened:
+        tally.notes.append(
+            f"{reopened} deal(s) re-open after a terminal outcome; kept as-is (closed until "
+            "re-opened in the point-in-time views)."
+        )
+    return ev.with_columns(
+        pl.when(is_terminal).then(pl.col("_run_stage")).otherwise(pl.col("stage")).alias("stage")
+    ).drop("_kind", "_prev_kind", "_prev_stage", "_prev_row", "_run", "_run_stage")
