@@ -88,18 +88,18 @@ def load_table(source: Any) -> pl.DataFrame:
     """
     if isinstance(source, str | os.PathLike):
         path = Path(source)
+        suffix = path.suffix.lower()
+        if suffix not in (".parquet", ".pq", ".csv", ".txt", ".tsv"):
+            raise ParameterError(
+                "The `source` file of `read_deal_log` must end in .parquet, .pq, .csv, .txt or "
+                f".tsv. Got {path.name!r}."
+            )
         if not path.is_file():
             raise FileNotFoundError(f"The `source` file of `read_deal_log` does not exist: {path}")
-        suffix = path.suffix.lower()
         if suffix in (".parquet", ".pq"):
             return pl.read_parquet(path)
-        if suffix in (".csv", ".txt", ".tsv"):
-            sep = "\t" if suffix == ".tsv" else ","
-            return pl.read_csv(path, infer_schema=False, separator=sep)
-        raise ParameterError(
-            f"The `source` file of `read_deal_log` must end in .parquet, .pq, .csv, .txt or "
-            f".tsv. Got {path.name!r}."
-        )
+        sep = "\t" if suffix == ".tsv" else ","
+        return pl.read_csv(path, infer_schema=False, separator=sep)
     if isinstance(source, pl.DataFrame):
         return source
     if isinstance(source, pl.LazyFrame):
