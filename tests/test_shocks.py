@@ -30,10 +30,10 @@ def simulate_spells(sigma, n_quarters, n_per_quarter, seed, base_logit=-0.85, tr
         for _ in range(n_per_quarter):
             exit_t = q.start + dt.timedelta(seconds=float(rng.uniform(0, span)))
             dest = K if rng.random() < p else int(rng.choice([K + 1, K + 2]))
-            rows.append((int(rng.integers(0, K)), dest, exit_t, False))
-        rows.append((0, 1, q.start + dt.timedelta(days=3), False))  # open -> open: not terminal
+            rows.append((int(rng.integers(0, K)), dest, exit_t, False, float(rng.uniform(1, 90))))
+        rows.append((0, 1, q.start + dt.timedelta(days=3), False, 3.0))  # open -> open
         q = CAL.shift(q, 1)
-    rows.append((1, -1, None, True))  # censored
+    rows.append((1, -1, None, True, 10.0))  # censored
     frame = pl.DataFrame(
         rows,
         schema={
@@ -41,6 +41,7 @@ def simulate_spells(sigma, n_quarters, n_per_quarter, seed, base_logit=-0.85, tr
             "destination_code": pl.Int32,
             "exited_at": pl.Datetime("us"),
             "censored": pl.Boolean,
+            "duration_days": pl.Float64,
         },
         orient="row",
     )
@@ -61,7 +62,7 @@ def test_reml_equals_closed_form_with_equal_variances():
     assert s0 == 0.0 and lo0 == 0.0
 
 
-def test_quarter_table_by_hand():
+def test_quarter_table_by_hand_without_baseline():
     # Q1 2024: 3 won, 7 lost; Q2 2024: 5 won, 5 no decision; Q3 2024 incomplete at as_of.
     rows = [(0, K, D(2024, 2, 1), False)] * 3 + [(1, K + 1, D(2024, 3, 1), False)] * 7
     rows += [(2, K, D(2024, 5, 1), False)] * 5 + [(0, K + 2, D(2024, 6, 1), False)] * 5
@@ -77,11 +78,14 @@ def test_quarter_table_by_hand():
         },
         orient="row",
     )
-    m = fit_shocks(sp, D(2024, 8, 15), CAL, min_closed_per_quarter=10, min_quarters=2)
+    m = fit_shocks(
+        sp, D(2024, 8, 15), CAL, baseline="none", min_closed_per_quarter=10, min_quarters=2
+    )
     t = m.quarter_table()
     assert t["quarter"].to_list() == ["FY2024-Q1", "FY2024-Q2"]
     assert t["n_won"].to_list() == [3.0, 5.0] and t["n_closed"].to_list() == [10.0, 10.0]
-    assert t["logit"].to_list() == pytest.approx([math.log(3.5 / 7.5), 0.0])
+    # without a baseline the shift is the Haldane–Anscombe empirical logit (closed form)
+    assert t["log_odds_shift"].to_list() == pytest.approx([math.log(3.5 / 7.5), 0.0])
     assert t["sampling_variance"].to_list() == pytest.approx([1 / 3.5 + 1 / 7.5, 2 / 5.5])
     assert not m.detrended and "trend not removed" in m.note
 
@@ -143,3 +147,38 @@ def test_json_round_trip():
     assert back.to_dict() == m.to_dict()
     assert back.quarter_table().equals(m.quarter_table())
     assert m.summary().height == 1
+
+
+def test_heterogeneous_deals_do_not_attenuate_sigma():
+    # Per quarter 200 fast exits (sojourn 1-30 days) won with p = expit(z_q) and 200 slow
+    # "zombie" exits (200-400 days) won with p = expit(-6 + z_q) ≈ 0: the aggregate won share
+    # ≈ expit(z)/2 moves its logit by only ≈ 2/3 of z (d logit(p/2)/dz at z = 0), while the
+    # stratified baseline compares each exit with its own stratum. Fast exits carry the
+    # information: v ≈ 1/(200 · 0.25) = 0.02, so SE(sigma) ≈ sqrt(2/38)·(0.16 + 0.02)/0.8 ≈
+    # 0.05; tolerance 3 SE = 0.15.
+    rng = np.random.default_rng(13)
+    q = CAL.quarter_of(D(2014, 1, 1))
+    parts = []
+    for _ in range(40):
+        z = rng.normal(0.0, 0.4)
+        dur = np.concatenate([rng.uniform(1, 30, 200), rng.uniform(200, 400, 200)])
+        base = np.concatenate([np.zeros(200), np.full(200, -6.0)])
+        won = rng.random(400) < 1.0 / (1.0 + np.exp(-(base + z)))
+        parts.append(
+            pl.DataFrame(
+                {
+                    "stage_code": np.zeros(400, dtype=np.int32),
+                    "destination_code": np.where(won, K, K + 1).astype(np.int32),
+                    "exited_at": [q.start + dt.timedelta(days=10)] * 400,
+                    "censored": False,
+                    "duration_days": dur,
+                },
+                schema_overrides={"exited_at": pl.Datetime("us")},
+            )
+        )
+        q = CAL.shift(q, 1)
+    sp = pl.concat(parts)
+    strat = fit_shocks(sp, q.start, CAL, n_open_stages=K, detrend=False)
+    aggregate = fit_shocks(sp, q.start, CAL, n_open_stages=K, detrend=False, baseline="none")
+    assert abs(strat.sigma - 0.4) < 0.15
+    assert aggregate.sigma < strat.sigma - 0.05  # the naive aggregate logit is attenuated

@@ -1,11 +1,24 @@
 """Shared shocks: between-quarter variation of win odds beyond binomial noise.
 
 For each complete past fiscal quarter ``q``, take the spells that ended in a
-terminal outcome (won, lost or no decision) during ``q``; ``W_q`` of them (weighted)
-ended won and ``L_q`` otherwise. The empirical logit and its binomial sampling
-variance are (Haldane–Anscombe ½ correction, finite even for 0 or all wins)
+terminal outcome (won, lost or no decision) during ``q``. The quarter's shift of
+the win log-odds is estimated *at the deal level*: each terminal spell ``i`` gets
+a baseline log-odds ``o_i``, the pooled (all quarters) won share of its stratum —
+open stage × segment × sojourn-duration bin (``n_duration_bins`` quantile bins per
+stage), with a ½ pseudo-count — and ``y_q`` solves the one-parameter logistic
+score equation
 
-    y_q = log((W_q + ½) / (L_q + ½)),      v_q = 1 / (W_q + ½) + 1 / (L_q + ½).
+    Σ_i w_i (won_i - expit(o_i + y_q)) + (½ - expit(ō_q + y_q)) = 0,
+    v_q = 1 / (Σ_i w_i p_i (1 - p_i) + p̄ (1 - p̄))
+
+(the last term, a half-won pseudo-observation at the quarter's mean offset,
+keeps ``y_q`` finite when a quarter has no or only wins). Why not simply the
+logit of the quarter's won share: exits whose baseline is ≈ 0 (e.g. zombie deals
+lost after a very long sojourn) cannot respond to a shock, so the aggregate
+share moves far less than each deal's odds — on the synthetic generator the
+aggregate logit reads about half of the true ``sigma``. With
+``baseline="none"`` (all ``o_i = 0``) ``y_q`` is exactly the Haldane–Anscombe
+empirical logit ``log((W_q + ½) / (L_q + ½))`` with ``v_q = 1/(W_q + ½) + 1/(L_q + ½)``.
 
 Model: ``y_q = x_qᵀ b + u_q + e_q`` with the shock ``u_q ~ N(0, sigma²)`` and the
 sampling error ``e_q ~ N(0, v_q)``; ``x_q = (1, t_q)`` (``t_q`` the quarter's
@@ -15,7 +28,7 @@ market slowly getting better or worse) from being read as quarter-to-quarter
 shocks. ``sigma²`` is estimated by restricted maximum likelihood (REML, the
 random-effects meta-regression estimator; boundary 0 allowed), with a 95%
 profile-likelihood interval (REML log-likelihood within χ²₁(0.95)/2 = 1.92 of
-its maximum). The method-of-moments value — variance of the residual logits
+its maximum). The method-of-moments value — variance of the residual shifts
 minus the mean of ``v_q``, floored at 0 — is reported beside it.
 
 Meaning for the simulator (``docs/internals.md`` §5): per path and quarter,
@@ -27,15 +40,18 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 from scipy.optimize import brentq, minimize_scalar
 
 from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast.errors import ParameterError
 from forecast.fit.bootstrap import (
+    _SEGMENT,
     WEIGHT_COLUMN,
     check_as_of,
     check_calendar,
@@ -43,6 +59,7 @@ from forecast.fit.bootstrap import (
     float_or_none,
     require_columns,
     to_datetime64,
+    with_segment_label,
     with_weight,
 )
 from forecast.fit.calendar_effects import month_index_to_datetime, quarter_start_month_index
@@ -52,6 +69,50 @@ __all__ = ["ShockModel", "fit_shocks", "reml_shock_variance"]
 _DAYS_PER_YEAR = 365.25
 #: Half the 95% quantile of χ² with 1 degree of freedom (profile-likelihood interval).
 _HALF_CHI2_95 = 0.5 * 3.841458820694124
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _baseline_offsets(
+    term: pl.DataFrame, won: np.ndarray, w: np.ndarray, n_bins: int
+) -> np.ndarray:
+    """Baseline log-odds of each terminal spell: pooled won share of its stratum
+    (stage × segment × duration quantile bin), with a ½ pseudo-count each way."""
+    stage = term["stage_code"].to_numpy().astype(np.int64)
+    dur = term["duration_days"].to_numpy().astype(np.float64)
+    bins = np.zeros(stage.size, dtype=np.int64)
+    for k in np.unique(stage):
+        sel = stage == k
+        edges = np.unique(np.quantile(dur[sel], np.linspace(0, 1, n_bins + 1)[1:-1]))
+        bins[sel] = np.searchsorted(edges, dur[sel], side="right")
+    _, seg = np.unique(term[_SEGMENT].to_numpy(), return_inverse=True)
+    _, stratum = np.unique(np.column_stack([stage, seg, bins]), axis=0, return_inverse=True)
+    stratum = stratum.ravel()
+    n_w = np.bincount(stratum, weights=w * won)
+    n_all = np.bincount(stratum, weights=w)
+    p = (n_w + 0.5) / (n_all + 1.0)
+    return np.log(p / (1.0 - p))[stratum]
+
+
+def _quarter_shift(won: np.ndarray, w: np.ndarray, offset: np.ndarray) -> tuple[float, float]:
+    """Log-odds shift ``y_q`` of one quarter and its sampling variance (module docstring)."""
+    o_bar = float((w * offset).sum() / w.sum()) if w.sum() > 0 else 0.0
+    target = float((w * won).sum()) + 0.5
+
+    def score(z: float) -> float:
+        return target - float((w * _expit(offset + z)).sum()) - float(_expit(np.array(o_bar + z)))
+
+    lo, hi = -1.0, 1.0
+    while score(lo) < 0:
+        lo *= 2.0
+    while score(hi) > 0:
+        hi *= 2.0
+    z = float(brentq(score, lo, hi, xtol=1e-12))
+    p = _expit(offset + z)
+    p_bar = float(_expit(np.array(o_bar + z)))
+    return z, 1.0 / (float((w * p * (1.0 - p)).sum()) + p_bar * (1.0 - p_bar))
 
 
 def _reml_loglik(tau2: float, y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
@@ -144,8 +205,9 @@ class ShockModel:
     n_quarters : int
         Quarters used.
     quarters : tuple of dict
-        Per quarter: ``quarter, n_closed, n_won, won_share, logit, sampling_variance,
-        residual`` (residual after the fixed effects).
+        Per quarter: ``quarter, n_closed, n_won, won_share, log_odds_shift,
+        sampling_variance, residual`` (``log_odds_shift`` is ``y_q``, residual after
+        the fixed effects).
     note : str
         Empty, or why ``sigma`` is a fallback or the trend was not removed.
     """
@@ -187,13 +249,13 @@ class ShockModel:
         )
 
     def quarter_table(self) -> pl.DataFrame:
-        """Per quarter: ``quarter, n_closed, n_won, won_share, logit, sampling_variance, residual``."""
+        """Per quarter: ``quarter, n_closed, n_won, won_share, log_odds_shift, sampling_variance, residual``."""
         schema = {
             "quarter": pl.Utf8,
             "n_closed": pl.Float64,
             "n_won": pl.Float64,
             "won_share": pl.Float64,
-            "logit": pl.Float64,
+            "log_odds_shift": pl.Float64,
             "sampling_variance": pl.Float64,
             "residual": pl.Float64,
         }
@@ -241,6 +303,9 @@ def fit_shocks(
     calendar: FiscalCalendar,
     *,
     n_open_stages: int | None = None,
+    segment_columns: Sequence[str] = (),
+    baseline: Literal["stratified", "none"] = "stratified",
+    n_duration_bins: int = 10,
     detrend: bool = True,
     min_closed_per_quarter: int = 10,
     min_quarters: int = 3,
@@ -253,7 +318,8 @@ def fit_shocks(
     ----------
     spells : polars.DataFrame
         ``DealLog.spells(as_of)``: ``stage_code, destination_code, exited_at,
-        censored``; an optional ``weight`` column weights each spell's deal.
+        censored`` (and ``duration_days`` for the stratified baseline); an optional
+        ``weight`` column weights each spell's deal.
     as_of : date-like
         The cut; only fiscal quarters that ended by ``as_of`` are used.
     calendar : FiscalCalendar
@@ -261,6 +327,13 @@ def fit_shocks(
         ``K`` (won is code ``K``; lost and no decision ``K + 1``, ``K + 2``).
         Default: ``1 + max(stage_code)``, right whenever the last open stage has
         been visited at least once.
+    segment_columns : sequence of str, default ()
+        Segment columns that enter the baseline strata (e.g. ``["_segment"]``).
+    baseline : {"stratified", "none"}, default "stratified"
+        Deal-level baseline log-odds per stage × segment × duration bin, or none
+        (the quarter's aggregate empirical logit; see the module docstring).
+    n_duration_bins : int, default 10
+        Quantile bins of the sojourn duration (days) per stage for the baseline.
     detrend : bool, default True
         Remove a linear trend of the log-odds over time (see the module docstring).
     min_closed_per_quarter : int, default 10
@@ -284,10 +357,18 @@ def fit_shocks(
     min_closed = check_positive_int(min_closed_per_quarter, "min_closed_per_quarter", caller)
     min_q = check_positive_int(min_quarters, "min_quarters", caller, minimum=2)
     min_q_trend = check_positive_int(min_quarters_trend, "min_quarters_trend", caller, minimum=3)
-    require_columns(
-        spells, ["stage_code", "destination_code", "exited_at", "censored"], caller, "spells"
+    if baseline not in ("stratified", "none"):
+        raise ParameterError(
+            f"The `baseline` parameter of `{caller}` must be 'stratified' or 'none'. Got {baseline!r}."
+        )
+    n_bins = check_positive_int(n_duration_bins, "n_duration_bins", caller)
+    needed = ["stage_code", "destination_code", "exited_at", "censored"]
+    if baseline == "stratified":
+        needed.append("duration_days")
+    require_columns(spells, needed, caller, "spells")
+    sp = with_segment_label(
+        with_weight(spells, caller, "spells"), segment_columns, caller, "spells"
     )
-    sp = with_weight(spells, caller, "spells")
     if n_open_stages is None:
         if sp.height == 0:
             k_open = 0
@@ -314,16 +395,18 @@ def fit_shocks(
     keep = q_end <= np.datetime64(t, "us")
     if start is not None:
         keep &= month_index_to_datetime(qm) >= np.datetime64(start, "us")
-    won = term["destination_code"].to_numpy() == k_open
+    term = term.filter(pl.Series(keep))
+    won = (term["destination_code"].to_numpy() == k_open).astype(np.float64)
     w = term[WEIGHT_COLUMN].to_numpy().astype(np.float64)
+    qm = qm[keep]
+    offset = (
+        _baseline_offsets(term, won, w, n_bins) if baseline == "stratified" else np.zeros(won.size)
+    )
     table = (
-        pl.DataFrame({"qm": qm[keep], "won": won[keep], "w": w[keep]})
+        pl.DataFrame({"qm": qm})
+        .with_row_index("i")
         .group_by("qm")
-        .agg(
-            pl.len().alias("n_raw"),
-            pl.col("w").sum().alias("n_closed"),
-            (pl.col("w") * pl.col("won")).sum().alias("n_won"),
-        )
+        .agg(pl.len().alias("n_raw"), pl.col("i"))
         .filter(pl.col("n_raw") >= min_closed)
         .sort("qm")
     )
@@ -336,10 +419,13 @@ def fit_shocks(
                 f"(need {min_q}); shock sigma not estimable, set to 0"
             ),
         )  # fmt: skip
-    wq = table["n_won"].to_numpy()
-    lq = table["n_closed"].to_numpy() - wq
-    y = np.log((wq + 0.5) / (lq + 0.5))
-    v = 1.0 / (wq + 0.5) + 1.0 / (lq + 0.5)
+    y, v = np.empty(n), np.empty(n)
+    wq, nq = np.empty(n), np.empty(n)
+    for r, idx in enumerate(table["i"].to_list()):
+        idx = np.asarray(idx, dtype=np.int64)
+        y[r], v[r] = _quarter_shift(won[idx], w[idx], offset[idx])
+        wq[r], nq[r] = float((w[idx] * won[idx]).sum()), float(w[idx].sum())
+    lq = nq - wq
     starts = month_index_to_datetime(table["qm"].to_numpy())
     mids = starts + (month_index_to_datetime(table["qm"].to_numpy() + 3) - starts) / 2
     t_years = (mids - np.datetime64(t, "us")).astype(np.float64) / (86_400e6 * _DAYS_PER_YEAR)
@@ -365,7 +451,7 @@ def fit_shocks(
             "n_closed": float(wq[i] + lq[i]),
             "n_won": float(wq[i]),
             "won_share": float(wq[i] / (wq[i] + lq[i])) if wq[i] + lq[i] > 0 else 0.0,
-            "logit": float(y[i]),
+            "log_odds_shift": float(y[i]),
             "sampling_variance": float(v[i]),
             "residual": float(resid[i]),
         }
