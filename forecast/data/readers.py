@@ -23,7 +23,7 @@ from forecast.data.presets import Preset, Shape, get_preset
 from forecast.data.stages import StageMap
 from forecast.data.validation import (
     EpochUnit,
-    _Tally,
+    RepairCounts,
     check_deal_ids,
     check_stages,
     check_terminal_transitions,
@@ -229,7 +229,7 @@ def read_deal_log(
     table = load_table(source)
     if _ROW in table.columns:  # pragma: no cover - defensive
         table = table.drop(_ROW)
-    tally = _Tally(rows_read=table.height)
+    tally = RepairCounts(rows_read=table.height)
     table = table.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW))
     if p is not None:
         table = _drop_deleted(table, p, tally)
@@ -340,7 +340,7 @@ def _column_plan(
     return candidates, [c for c in CANONICAL_NAMES if c in required]
 
 
-def _drop_deleted(table: pl.DataFrame, p: Preset, tally: _Tally) -> pl.DataFrame:
+def _drop_deleted(table: pl.DataFrame, p: Preset, tally: RepairCounts) -> pl.DataFrame:
     name = next((c for c in p.deleted_columns if c in table.columns), None)
     if name is None:
         return table
@@ -367,7 +367,7 @@ def _typed(
     shape: str,
     formats: Sequence[str],
     epoch_unit: EpochUnit | None,
-    tally: _Tally,
+    tally: RepairCounts,
 ) -> pl.DataFrame:
     frame = frame.with_columns(check_deal_ids(frame, found["deal_id"]))
     dates = {}
@@ -427,7 +427,7 @@ def _stage_map(
         ) from None
 
 
-def _note_created_at(events: pl.DataFrame, tally: _Tally) -> None:
+def _note_created_at(events: pl.DataFrame, tally: RepairCounts) -> None:
     varying = (
         events.group_by("deal_id")
         .agg(pl.col("created_at").drop_nulls().n_unique().alias("n"))
@@ -446,7 +446,7 @@ def _snapshots_to_events(
     segments: tuple[str, ...],
     stages: StageMap,
     found: Mapping[str, str | None],
-    tally: _Tally,
+    tally: RepairCounts,
 ) -> pl.DataFrame:
     rows = deduplicate_and_sort(frame, tally)
     watched = ["stage", "amount", "close_date", *segments]
@@ -501,7 +501,7 @@ def _deals_to_events(
     stages: StageMap,
     entry_stage: str | None,
     found: Mapping[str, str | None],
-    tally: _Tally,
+    tally: RepairCounts,
 ) -> pl.DataFrame:
     entry = stages.open[0] if entry_stage is None else str(entry_stage)
     if entry not in stages.open:

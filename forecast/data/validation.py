@@ -42,6 +42,7 @@ from forecast.errors import (
 __all__ = [
     "DEFAULT_TIMESTAMP_FORMATS",
     "EpochUnit",
+    "RepairCounts",
     "ValidationReport",
     "check_deal_ids",
     "check_stages",
@@ -167,8 +168,12 @@ class ValidationReport:
 
 
 @dataclass
-class _Tally:
-    """Mutable counters filled while a reader works; frozen into a ValidationReport."""
+class RepairCounts:
+    """Mutable counters a reader fills while it validates and repairs.
+
+    The fields mirror :class:`ValidationReport`; :meth:`report` freezes them, adding
+    the counts read off the final canonical events (deals, events, missing amounts).
+    """
 
     rows_read: int = 0
     rows_filtered: int = 0
@@ -180,6 +185,7 @@ class _Tally:
     notes: list[str] = field(default_factory=list)
 
     def report(self, events: pl.DataFrame) -> ValidationReport:
+        """The frozen report for the canonical event frame ``events``."""
         return ValidationReport(
             rows_read=self.rows_read,
             rows_kept=self.rows_read - self.rows_filtered - self.exact_duplicates_removed,
@@ -348,7 +354,7 @@ def parse_datetime_column(
     required: bool = False,
     formats: Sequence[str] | None = None,
     epoch_unit: EpochUnit | None = None,
-    tally: _Tally | None = None,
+    tally: RepairCounts | None = None,
 ) -> pl.Series:
     """Parse one date column into naive UTC ``Datetime("us")``.
 
@@ -372,7 +378,7 @@ def parse_datetime_column(
         :data:`DEFAULT_TIMESTAMP_FORMATS`.
     epoch_unit : {"s", "ms", "us"}, optional
         Unit of numeric timestamps; without it numbers are an error.
-    tally : _Tally, optional
+    tally : RepairCounts, optional
         Receives the count of converted time-zone-aware cells.
 
     Returns
@@ -702,7 +708,7 @@ def check_stages(frame: pl.DataFrame, stages: StageMap, source: str | None = Non
 # ---------------------------------------------------------------------------------------
 # repairs and the history check
 # ---------------------------------------------------------------------------------------
-def deduplicate_and_sort(frame: pl.DataFrame, tally: _Tally) -> pl.DataFrame:
+def deduplicate_and_sort(frame: pl.DataFrame, tally: RepairCounts) -> pl.DataFrame:
     """Remove exact duplicate rows and sort by ``(deal_id, timestamp, source_row)``.
 
     Parameters
@@ -710,7 +716,7 @@ def deduplicate_and_sort(frame: pl.DataFrame, tally: _Tally) -> pl.DataFrame:
     frame : polars.DataFrame
         Typed rows in the caller's order, with ``deal_id``, ``timestamp`` and
         ``source_row`` among the columns.
-    tally : _Tally
+    tally : RepairCounts
         Receives ``exact_duplicates_removed`` (rows equal to an earlier row in every
         column but ``source_row``; the earliest is kept) and ``rows_reordered``
         (rows earlier than a row given before them for the same deal).
@@ -734,7 +740,7 @@ def deduplicate_and_sort(frame: pl.DataFrame, tally: _Tally) -> pl.DataFrame:
 
 
 def check_terminal_transitions(
-    events: pl.DataFrame, stages: StageMap, tally: _Tally
+    events: pl.DataFrame, stages: StageMap, tally: RepairCounts
 ) -> pl.DataFrame:
     """Check what happens after each terminal outcome; count the kept repairs.
 
@@ -751,7 +757,7 @@ def check_terminal_transitions(
     events : polars.DataFrame
         Sorted canonical events.
     stages : StageMap
-    tally : _Tally
+    tally : RepairCounts
 
     Returns
     -------
