@@ -425,3 +425,17 @@ def test_chain_argument_errors():
         win_probability(curves, 0, 1)
     with pytest.raises(ParameterError, match="`curves_by_stage`"):
         absorption_probabilities([])
+
+
+def test_win_within_long_horizon_equals_eventual_win():
+    # Convolution route and linear-solve route agree once the horizon covers the mass:
+    # what is left after 3000 days is ≤ S(3000 | age) of stage 0 (≤ 1.2e-8 at these ages,
+    # checked below) plus stage 1's remainder (its curve ends at 0 survival).
+    curves = _stale_stage_curves(32)
+    for age in (0.0, 50.0, 300.0):
+        left = float(curves[0].conditional_on_age(age).survival(3000.0))
+        assert left < 2e-8
+        eventual = win_probability(curves, 0, 2, age=age)
+        within = win_probability(curves, 0, 2, age=age, within=3000.0)
+        assert within <= eventual + 1e-12
+        assert within == pytest.approx(eventual, abs=left + 1e-10)

@@ -147,3 +147,26 @@ def test_shrink_curves_mixes_with_pooled():
         shrink_curves(own, pooled, [0.5])
     with pytest.raises(ParameterError, match="`weights`"):
         shrink_curves(own, pooled, [0.5, 1.2])
+
+
+def test_time_bands_make_speed_differences_credible():
+    # Same destination mix everywhere, but segment speeds differ by a factor 2.5:
+    # destination indicators see no between-segment variance (Z = 0 or tiny), the
+    # (destination, quartile band) cells do (a 2.5× speed change moves ~40% of exits
+    # across quartile bands, a between variance far above its noise at these sizes).
+    rng = np.random.default_rng(11)
+    mix = [0.0, 0.3, 0.4, 0.3]
+    spells = []
+    for n, mean in ((1500, 10.0), (800, 25.0), (1200, 15.0), (40, 25.0)):
+        dest = rng.choice(4, size=n, p=mix)
+        spells.append(CensoredSpells(rng.exponential(mean, n), dest, n_codes=4))
+    by_dest = credibility_weights(spells)
+    by_cell = credibility_weights(spells, time_bands="quartiles")
+    assert by_dest.weights[0] < 0.5
+    assert by_cell.weights[0] > 0.9 and by_cell.weights[1] > 0.9
+    assert by_cell.weights[3] < by_cell.weights[1]
+    assert by_cell.segment_means.shape == (4, 4 * 4)
+    explicit = credibility_weights(spells, time_bands=[5.0, 12.0, 30.0])
+    assert explicit.segment_means.shape == (4, 4 * 4)
+    with pytest.raises(ParameterError, match="`time_bands`"):
+        credibility_weights(spells, time_bands="deciles")

@@ -461,6 +461,11 @@ class ExitCurves:
         return int(self.cif_grid.shape[1] - 1)
 
     @property
+    def n_events(self) -> int:
+        """Observed exits behind the fit (unweighted)."""
+        return int(self.counts.sum())
+
+    @property
     def n_spells(self) -> int:
         """Spells behind the fit (exits + censored)."""
         return int(self.counts.sum()) + self.n_censored

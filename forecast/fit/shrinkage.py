@@ -137,7 +137,9 @@ def credibility_from_counts(destination_counts: Any) -> Credibility:
     return Credibility(z, float(k), n_g, float(epv), float(vhm), means, overall)
 
 
-def credibility_weights(segment_spells: Sequence[CensoredSpells]) -> Credibility:
+def credibility_weights(
+    segment_spells: Sequence[CensoredSpells], *, time_bands: Any = None
+) -> Credibility:
     """Credibility weights of segments from their spells in one stage.
 
     Parameters
@@ -145,11 +147,20 @@ def credibility_weights(segment_spells: Sequence[CensoredSpells]) -> Credibility
     segment_spells : sequence of CensoredSpells, length G
         The stage's spells of each segment (same ``n_codes``). Only exits count;
         case weights are used.
+    time_bands : None, "quartiles" or array_like of float (days), optional
+        ``None`` (default): the indicators are the destinations alone, so only
+        differences in destination mix make segments credible. Otherwise each exit
+        is a (destination, sojourn band) cell, so differences in speed count too;
+        ``"quartiles"`` cuts at the pooled quartiles of the exit times, an array
+        gives the cut points. (Censored spells still do not count, so segments
+        with very different follow-up look faster than they are.)
 
     Returns
     -------
     Credibility
         ``weights[g]`` is ``Z_g``, ``k`` the credibility constant (in exits).
+        ``segment_means`` has ``C`` columns, or ``C × (bands)`` with time bands
+        (destination-major).
     """
     spells = list(segment_spells)
     if not spells:
@@ -160,7 +171,27 @@ def credibility_weights(segment_spells: Sequence[CensoredSpells]) -> Credibility
             raise ParameterError(
                 f"`segment_spells[{i}]` must be CensoredSpells with n_codes={c} like `segment_spells[0]`."
             )
-    return credibility_from_counts(np.stack([s.weighted_event_counts for s in spells]))
+    if time_bands is None:
+        return credibility_from_counts(np.stack([s.weighted_event_counts for s in spells]))
+    if isinstance(time_bands, str):
+        if time_bands != "quartiles":
+            raise ParameterError(
+                f"`time_bands` must be None, 'quartiles' or an array of days. Got {time_bands!r}."
+            )
+        exits = np.concatenate([s.durations[s.observed] for s in spells])
+        cuts = np.unique(np.quantile(exits, [0.25, 0.5, 0.75])) if exits.size else np.zeros(0)
+    else:
+        cuts = np.sort(np.asarray(time_bands, dtype=np.float64).reshape(-1))
+        if not np.all(np.isfinite(cuts)):
+            raise ParameterError("`time_bands` must be finite days.")
+    n_bands = cuts.size + 1
+    rows = []
+    for s in spells:
+        obs = s.observed
+        band = np.searchsorted(cuts, s.durations[obs], side="left")
+        cell = s.destinations[obs] * n_bands + band
+        rows.append(np.bincount(cell, weights=s.weights[obs], minlength=c * n_bands))
+    return credibility_from_counts(np.stack(rows))
 
 
 def shrink_curves(
