@@ -1,7 +1,10 @@
 """forecast: Monte Carlo sales-pipeline forecasting from CRM deal histories."""
 
 from forecast.calendar import FiscalCalendar, FiscalQuarter
+from forecast.data.deal_log import DealLog
+from forecast.data.readers import read_deal_log
 from forecast.data.stages import StageMap
+from forecast.data.validation import ValidationReport
 from forecast.errors import (
     AmountError,
     DataError,
@@ -14,22 +17,31 @@ from forecast.errors import (
     TimestampError,
     UnknownStageError,
 )
+from forecast.fit.fitting import fit
+from forecast.fit.model import PipelineModel
+from forecast.results import Forecast
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmountError",
     "DataError",
+    "DealLog",
     "FiscalCalendar",
     "FiscalQuarter",
+    "Forecast",
     "ForecastError",
     "MissingColumnError",
     "MixedTimezoneError",
     "ModelError",
     "ParameterError",
+    "PipelineModel",
     "StageMap",
     "TerminalEventError",
     "TimestampError",
     "UnknownStageError",
+    "ValidationReport",
     "__version__",
+    "fit",
+    "read_deal_log",
 ]

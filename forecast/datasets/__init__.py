@@ -1,6 +1,6 @@
 """Synthetic CRM histories with known parameters, and the bundled sample log."""
 
-from forecast.datasets.sample import SAMPLE_STAGES, sample_events, sample_truth
+from forecast.datasets.sample import SAMPLE_STAGES, load_sample, sample_events, sample_truth
 from forecast.datasets.synthetic import (
     SYNTHETIC_STAGES,
     ArrivalProcess,
@@ -18,6 +18,7 @@ __all__ = [
     "SyntheticCRM",
     "SyntheticTruth",
     "generate_crm",
+    "load_sample",
     "sample_events",
     "sample_truth",
 ]

@@ -19,12 +19,14 @@ from typing import Any
 
 import polars as pl
 
+from forecast.data.deal_log import DealLog
 from forecast.datasets.synthetic import SYNTHETIC_STAGES, SyntheticTruth, generate_crm
 
 __all__ = [
     "SAMPLE_FILE",
     "SAMPLE_PARAMETERS",
     "SAMPLE_STAGES",
+    "load_sample",
     "main",
     "sample_events",
     "sample_truth",
@@ -59,6 +61,23 @@ def sample_events() -> pl.DataFrame:
     """
     data = resources.files("forecast.datasets").joinpath(SAMPLE_FILE).read_bytes()
     return pl.read_parquet(io.BytesIO(data))
+
+
+def load_sample() -> DealLog:
+    """The bundled sample, loaded and validated as a :class:`~forecast.data.deal_log.DealLog`.
+
+    Segment columns are ``segment`` (SMB, MidMarket, Enterprise) and ``region``.
+
+    Examples
+    --------
+    >>> load_sample().n_deals > 1000
+    True
+    """
+    from forecast.data.readers import read_deal_log
+
+    return read_deal_log(
+        sample_events(), stages=SAMPLE_STAGES, segment_columns=("segment", "region")
+    )
 
 
 def sample_truth() -> SyntheticTruth:

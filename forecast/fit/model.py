@@ -1,0 +1,417 @@
+"""`PipelineModel`: the fitted, immutable, JSON-serialisable pipeline model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast.data.stages import StageMap
+from forecast.errors import ModelError, ParameterError
+from forecast.fit.amounts import AmountModel
+from forecast.fit.arrivals import ArrivalModel
+from forecast.fit.calendar_effects import QuarterEndEffect
+from forecast.fit.competing_risks import ExitCurves, win_probability
+from forecast.fit.shocks import ShockModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from forecast.data.deal_log import DealLog
+    from forecast.results import Forecast
+
+__all__ = ["FORMAT_VERSION", "ParameterDraws", "PipelineModel"]
+
+#: Version of the JSON layout written by :meth:`PipelineModel.to_json`.
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class ParameterDraws:
+    """Parameter uncertainty as a set of perturbations of the point fit.
+
+    Each draw ``b`` comes from refitting on a Bayesian bootstrap of the deals
+    (Dirichlet(1, ..., 1) weights): the sojourn clock of each (segment, stage) is
+    scaled by ``time_factor[b, g, k]`` (ratio of the draw's median sojourn to the
+    point fit's) and the eventual destination shares are reweighted by
+    ``destination_multiplier[b, g, k, :]``; new-deal arrival rates are scaled by
+    ``arrival_multiplier[b, g]``; ``pull_in[b]`` and ``shock_sigma[b]`` are drawn
+    from the sampling distributions of the quarter-end and shock estimates.
+
+    Attributes
+    ----------
+    time_factor : ndarray, shape (B, G, K)
+    destination_multiplier : ndarray, shape (B, G, K, C)
+    arrival_multiplier : ndarray, shape (B, G)
+    pull_in : ndarray, shape (B,)
+    shock_sigma : ndarray, shape (B,)
+    seed : int
+    """
+
+    time_factor: np.ndarray
+    destination_multiplier: np.ndarray
+    arrival_multiplier: np.ndarray
+    pull_in: np.ndarray
+    shock_sigma: np.ndarray
+    seed: int
+
+    @property
+    def n_draws(self) -> int:
+        """Number of draws ``B``."""
+        return int(self.time_factor.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe description."""
+        return {
+            "time_factor": self.time_factor.tolist(),
+            "destination_multiplier": self.destination_multiplier.tolist(),
+            "arrival_multiplier": self.arrival_multiplier.tolist(),
+            "pull_in": self.pull_in.tolist(),
+            "shock_sigma": self.shock_sigma.tolist(),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ParameterDraws:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            time_factor=np.asarray(d["time_factor"], dtype=np.float64),
+            destination_multiplier=np.asarray(d["destination_multiplier"], dtype=np.float64),
+            arrival_multiplier=np.asarray(d["arrival_multiplier"], dtype=np.float64),
+            pull_in=np.asarray(d["pull_in"], dtype=np.float64),
+            shock_sigma=np.asarray(d["shock_sigma"], dtype=np.float64),
+            seed=int(d["seed"]),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class PipelineModel:
+    """A fitted semi-Markov pipeline model (see DESIGN §2). Build it with :func:`forecast.fit`.
+
+    Attributes
+    ----------
+    stages : StageMap
+    segment_by : tuple of str
+        Segment columns the model was fitted by (empty: one pooled segment).
+    segments : tuple of str
+        Segment labels (values joined by ``"|"``; ``"all"`` without segments).
+    as_of : datetime
+        The cut the model was fitted at (naive UTC).
+    calendar : FiscalCalendar
+    curves : dict (segment label, open stage code) -> ExitCurves
+        Exit curves after shrinkage toward the pooled fit.
+    pooled_curves : dict open stage code -> ExitCurves
+    shrinkage : polars.DataFrame
+        ``segment, stage, n_spells, credibility`` (weight of the segment's own
+        data; 1 - credibility went to the pooled fit) and ``k`` per stage.
+    amounts, arrivals, quarter_end, shocks
+        The component models.
+    draws : ParameterDraws or None
+    data_fingerprint : str
+    version : str
+        Package version that fitted the model.
+    options : dict
+        The fitting options as given.
+    """
+
+    stages: StageMap
+    segment_by: tuple[str, ...]
+    segments: tuple[str, ...]
+    as_of: dt.datetime
+    calendar: FiscalCalendar
+    curves: dict[tuple[str, int], ExitCurves]
+    pooled_curves: dict[int, ExitCurves]
+    shrinkage: pl.DataFrame
+    amounts: AmountModel
+    arrivals: ArrivalModel
+    quarter_end: QuarterEndEffect
+    shocks: ShockModel
+    draws: ParameterDraws | None
+    data_fingerprint: str
+    version: str
+    options: dict[str, Any] = field(default_factory=dict)
+    adjustments: dict[str, float] = field(default_factory=dict)
+
+    # -- lookups -----------------------------------------------------------------------
+    def _segment(self, segment: str | None) -> str:
+        if segment is None:
+            if len(self.segments) == 1:
+                return self.segments[0]
+            return "__pooled__"
+        if segment not in self.segments:
+            raise ParameterError(
+                f"Unknown `segment` {segment!r}. Segments of this model: {list(self.segments)}."
+            )
+        return segment
+
+    def _stage_code(self, stage: str | int) -> int:
+        if isinstance(stage, int | np.integer):
+            code = int(stage)
+        else:
+            code = self.stages.code(str(stage))
+        if not 0 <= code < self.stages.n_open:
+            raise ParameterError(
+                f"The `stage` must be an open stage {list(self.stages.open)}. Got {stage!r}."
+            )
+        return code
+
+    def stage_curves(self, segment: str | None = None) -> list[ExitCurves]:
+        """Exit curves of every open stage for ``segment`` (``None``: pooled fit)."""
+        g = self._segment(segment)
+        if g == "__pooled__":
+            return [self.pooled_curves[k] for k in range(self.stages.n_open)]
+        return [self.curves[(g, k)] for k in range(self.stages.n_open)]
+
+    # -- questions a user asks -------------------------------------------------------------
+    def exit_distribution(
+        self,
+        stage: str | int,
+        *,
+        age: float = 0.0,
+        segment: str | None = None,
+        max_days: int = 365,
+    ) -> pl.DataFrame:
+        """Where and when a deal leaves ``stage``, given it has been there ``age`` days.
+
+        Parameters
+        ----------
+        stage : str or int
+            Open stage name or code.
+        age : float, default 0
+            Days already spent in the stage (the deal has not left yet).
+        segment : str, optional
+            Segment label; ``None`` uses the pooled fit when there are several.
+        max_days : int, default 365
+            Length of the returned grid (days from now).
+
+        Returns
+        -------
+        polars.DataFrame
+            ``day`` (1..max_days) and, per destination, the cumulative probability
+            of having left to it within ``day`` days, plus ``still_in_stage``.
+        """
+        k = self._stage_code(stage)
+        if age < 0 or not np.isfinite(age):
+            raise ParameterError(f"The `age` must be a finite number of days ≥ 0. Got {age!r}.")
+        c = self.stage_curves(segment)[k]
+        t = np.arange(1, int(max_days) + 1, dtype=np.float64)
+        s_age = float(c.survival(np.array([age]))[0])
+        if s_age <= 0:
+            raise ModelError(
+                f"No deal in the history stayed {age:g} days in {self.stages.open[k]!r}; "
+                "the fitted survival is 0 there."
+            )
+        cif_now = c.cif(np.array([age]))[:, 0]
+        cif_t = c.cif(age + t)
+        cols: dict[str, Any] = {"day": t.astype(np.int64)}
+        for j, name in enumerate(self.stages.code_names):
+            if j == k:
+                continue
+            cols[name] = (cif_t[j] - cif_now[j]) / s_age
+        cols["still_in_stage"] = c.survival(age + t) / s_age
+        return pl.DataFrame(cols)
+
+    def win_probability(
+        self,
+        stage: str | int,
+        *,
+        age: float = 0.0,
+        within: float | None = None,
+        segment: str | None = None,
+    ) -> float:
+        """Probability that a deal in ``stage`` for ``age`` days is eventually won.
+
+        Parameters
+        ----------
+        stage : str or int
+        age : float, default 0
+            Days already spent in the stage.
+        within : float, optional
+            Only count wins within this many days from now.
+        segment : str, optional
+
+        Returns
+        -------
+        float
+        """
+        k = self._stage_code(stage)
+        return float(
+            win_probability(
+                self.stage_curves(segment), k, self.stages.WON, age=float(age), within=within
+            )
+        )
+
+    def summary(self) -> pl.DataFrame:
+        """Per segment and stage: sample sizes, win probability, median time to exit,
+        conversion to the next stage and shrinkage credibility."""
+        rows = []
+        segs = list(self.segments) if len(self.segments) > 1 else []
+        for g in [*segs, None]:
+            label = "all (pooled)" if g is None else g
+            curves = self.stage_curves(g)
+            for k, name in enumerate(self.stages.open):
+                c = curves[k]
+                shares = c.eventual_shares()
+                nxt = shares[k + 1] if k + 1 < self.stages.n_open else np.nan
+                rows.append(
+                    {
+                        "segment": label,
+                        "stage": name,
+                        "n_spells": int(c.n_spells),
+                        "n_exits": int(c.n_events),
+                        "win_probability": float(
+                            win_probability(curves, k, self.stages.WON, age=0.0, within=None)
+                        ),
+                        "median_days_to_exit": float(c.median()),
+                        "conversion_to_next_stage": float(nxt),
+                        "share_won_directly": float(shares[self.stages.WON]),
+                        "share_lost": float(shares[self.stages.LOST]),
+                        "share_no_decision": float(shares[self.stages.NO_DECISION]),
+                        "tail_family": c.tail.family,
+                    }
+                )
+        out = pl.DataFrame(rows)
+        if self.shrinkage.height:
+            out = out.join(
+                self.shrinkage.select("segment", "stage", "credibility"),
+                on=["segment", "stage"],
+                how="left",
+            )
+        return out
+
+    # -- simulation ---------------------------------------------------------------------------
+    def simulate(
+        self,
+        log: DealLog,
+        *,
+        n_paths: int = 10_000,
+        horizon: int = 4,
+        seed: int = 0,
+        threads: int | None = None,
+        progress: bool = False,
+        chunk_size: int | None = None,
+        executor: Any = None,
+    ) -> Forecast:
+        """Simulate quarterly bookings; see :func:`forecast.simulate.simulate`."""
+        from forecast.simulate import simulate
+
+        return simulate(
+            self,
+            log,
+            n_paths=n_paths,
+            horizon=horizon,
+            seed=seed,
+            threads=threads,
+            progress=progress,
+            chunk_size=chunk_size,
+            executor=executor,
+        )
+
+    # -- serialisation ----------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the serialised model (hex, 16 characters)."""
+        import hashlib
+
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe description (never pickle)."""
+        return {
+            "format": "forecast.PipelineModel",
+            "format_version": FORMAT_VERSION,
+            "version": self.version,
+            "data_fingerprint": self.data_fingerprint,
+            "as_of": self.as_of.isoformat(),
+            "calendar": self.calendar.to_dict(),
+            "stages": self.stages.to_dict(),
+            "segment_by": list(self.segment_by),
+            "segments": list(self.segments),
+            "curves": [
+                {"segment": g, "stage": k, "curves": c.to_dict()}
+                for (g, k), c in sorted(self.curves.items())
+            ],
+            "pooled_curves": [
+                {"stage": k, "curves": c.to_dict()} for k, c in sorted(self.pooled_curves.items())
+            ],
+            "shrinkage": self.shrinkage.to_dicts(),
+            "amounts": self.amounts.to_dict(),
+            "arrivals": self.arrivals.to_dict(),
+            "quarter_end": self.quarter_end.to_dict(),
+            "shocks": self.shocks.to_dict(),
+            "draws": None if self.draws is None else self.draws.to_dict(),
+            "options": self.options,
+            "adjustments": self.adjustments,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialise to JSON; write to ``path`` atomically if given."""
+        text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=True)
+        if path is not None:
+            from forecast.io import atomic_write_text
+
+            atomic_write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PipelineModel:
+        """Inverse of :meth:`to_dict`."""
+        if d.get("format") != "forecast.PipelineModel":
+            raise ModelError("This JSON is not a forecast.PipelineModel (missing `format`).")
+        if int(d.get("format_version", -1)) > FORMAT_VERSION:
+            raise ModelError(
+                f"This model was written by a newer forecast (format {d['format_version']}); "
+                f"this version reads format ≤ {FORMAT_VERSION}."
+            )
+        return cls(
+            stages=StageMap.from_dict(d["stages"]),
+            segment_by=tuple(d["segment_by"]),
+            segments=tuple(d["segments"]),
+            as_of=_as_datetime(d["as_of"], "as_of"),
+            calendar=FiscalCalendar.from_dict(d["calendar"]),
+            curves={
+                (e["segment"], int(e["stage"])): ExitCurves.from_dict(e["curves"])
+                for e in d["curves"]
+            },
+            pooled_curves={
+                int(e["stage"]): ExitCurves.from_dict(e["curves"]) for e in d["pooled_curves"]
+            },
+            shrinkage=pl.DataFrame(d["shrinkage"]) if d["shrinkage"] else _empty_shrinkage(),
+            amounts=AmountModel.from_dict(d["amounts"]),
+            arrivals=ArrivalModel.from_dict(d["arrivals"]),
+            quarter_end=QuarterEndEffect.from_dict(d["quarter_end"]),
+            shocks=ShockModel.from_dict(d["shocks"]),
+            draws=None if d["draws"] is None else ParameterDraws.from_dict(d["draws"]),
+            data_fingerprint=d["data_fingerprint"],
+            version=d["version"],
+            options=dict(d.get("options", {})),
+            adjustments=dict(d.get("adjustments", {})),
+        )
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> PipelineModel:
+        """Load a model from a JSON string or a path to a JSON file."""
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            text = Path(source).read_text()
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> PipelineModel:
+        """A copy with some attributes replaced (the model itself is immutable)."""
+        return replace(self, **changes)
+
+
+def _empty_shrinkage() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "segment": pl.Utf8,
+            "stage": pl.Utf8,
+            "n_spells": pl.Int64,
+            "credibility": pl.Float64,
+            "k": pl.Float64,
+        }
+    )
