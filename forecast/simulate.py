@@ -1,0 +1,329 @@
+"""Pack a fitted model and the open pipeline into arrays, run the kernels, build a `Forecast`.
+
+The path range is split into chunks; every path has its own random stream seeded
+from ``(seed, path index)``, so the samples do not depend on the chunk size, the
+thread count or the executor (see ``docs/internals.md`` §5).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from forecast.errors import ParameterError
+from forecast.results import Forecast
+
+if TYPE_CHECKING:  # pragma: no cover
+    from forecast.data.deal_log import DealLog
+    from forecast.fit.model import PipelineModel
+
+__all__ = ["model_arrays", "quarter_bins", "simulate", "weighted_pipeline"]
+
+_DAY = dt.timedelta(days=1)
+#: Ages beyond this many days in a stage are treated as this age (the tail is
+#: parametric there, so the answer barely changes, and arrays stay small).
+MAX_AGE_DAYS = 1095
+
+
+def _csr(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(groups) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(g) for g in groups])
+    values = (
+        np.concatenate([np.asarray(g, dtype=np.float64) for g in groups]) if groups else np.zeros(0)
+    )
+    return offsets, np.ascontiguousarray(values, dtype=np.float64)
+
+
+def quarter_bins(model: PipelineModel, horizon: int) -> tuple[list[Any], np.ndarray]:
+    """Horizon quarters and their day-bin boundaries ``qb`` (H + 1,) relative to ``as_of``."""
+    quarters = model.calendar.quarters(model.as_of, horizon)
+    ends = [q.end for q in quarters]
+    qb = np.zeros(horizon + 1, dtype=np.int64)
+    for i, end in enumerate(ends):
+        # Day bin d covers [as_of + d, as_of + d + 1); a quarter ends at the first
+        # bin boundary at or after its end (and every quarter keeps at least one bin).
+        qb[i + 1] = max(math.ceil((end - model.as_of) / _DAY), qb[i] + 1)
+    return quarters, qb
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ParameterError(
+            f"The `{name}` parameter of `simulate` must be an int ≥ {minimum}. Got {value!r}."
+        )
+    return int(value)
+
+
+def weighted_pipeline(model: PipelineModel, pipe: pl.DataFrame, quarters: list[Any]) -> np.ndarray:
+    """The classical weighted pipeline per quarter, currency, shape (H,).
+
+    Each open deal counts ``amount × P(win from its stage)`` (the model's pooled
+    eventual win probability of a fresh deal in that stage, i.e. the stage
+    probability a CRM would show) in the quarter holding its rep close date; deals
+    whose close date has already passed count in the first quarter, deals without
+    a close date or beyond the horizon do not count.
+    """
+    stage_p = np.array([model.win_probability(k, segment=None) for k in range(model.stages.n_open)])
+    out = np.zeros(len(quarters))
+    if pipe.height == 0:
+        return out
+    amount = pipe["amount"].fill_null(0.0).to_numpy()
+    p = stage_p[pipe["stage_code"].to_numpy()]
+    close = pipe["close_date"].to_list()
+    for i, c in enumerate(close):
+        if c is None:
+            continue
+        for q, fq in enumerate(quarters):
+            if c < fq.end:
+                out[q] += amount[i] * p[i]
+                break
+    return out
+
+
+def model_arrays(
+    model: PipelineModel, log: DealLog, horizon: int
+) -> tuple[Any, pl.DataFrame, list[Any], np.ndarray]:
+    """Pack ``model`` and the open pipeline of ``log`` at ``model.as_of`` into kernel arrays.
+
+    Returns
+    -------
+    arrays : forecast._kernels.ModelArrays
+    pipe : polars.DataFrame
+        The open pipeline (rows in the order of the per-deal arrays).
+    quarters : list of FiscalQuarter
+    booked : ndarray, shape (H, G)
+        Won before the as-of instant in each horizon quarter, currency.
+    """
+    from forecast._kernels import ModelArrays
+    from forecast.fit.fitting import SEGMENT_COLUMN, segment_labels
+
+    t = model.as_of
+    stages = model.stages
+    K, C = stages.n_open, stages.n_codes
+    segs = list(model.segments)
+    gidx = {g: i for i, g in enumerate(segs)}
+    G = len(segs)
+    quarters, qb = quarter_bins(model, horizon)
+    W = int(model.quarter_end.window_days)
+
+    pipe = segment_labels(log.pipeline(t), model.segment_by)
+    unknown = sorted(set(pipe[SEGMENT_COLUMN].unique().to_list()) - set(segs))
+    if unknown:
+        raise ParameterError(
+            f"Open deals at {t:%Y-%m-%d} belong to segments {unknown} that the model "
+            f"has not seen (model segments: {segs}). Fit the model on this log."
+        )
+    deal_seg = np.array([gidx[g] for g in pipe[SEGMENT_COLUMN].to_list()], dtype=np.int64)
+    deal_stage = pipe["stage_code"].to_numpy().astype(np.int64)
+    deal_age = np.minimum(np.floor(pipe["days_in_stage"].to_numpy()).astype(np.int64), MAX_AGE_DAYS)
+    amount = pipe["amount"].to_numpy().astype(np.float64)
+    missing = ~np.isfinite(amount)
+    if missing.any():  # no amount ever given: use the segment's typical new-deal amount
+        for i in np.nonzero(missing)[0]:
+            amount[i] = float(np.median(model.amounts.new_deal_amount_samples(segs[deal_seg[i]])))
+
+    L = int((deal_age.max() if deal_age.size else 0) + qb[-1] + W + 2)
+    draws = model.draws
+    B = 1 if draws is None else draws.n_draws
+    dens = np.empty((B, G, K, C, L))
+    for b in range(B):
+        for g in range(G):
+            for k in range(K):
+                c = model.curves[(segs[g], k)]
+                if draws is not None:
+                    c = c.scaled(
+                        float(draws.time_factor[b, g, k]), draws.destination_multiplier[b, g, k]
+                    )
+                dens[b, g, k] = c.exit_density(L)
+    adj = model.adjustments
+    bounds = [(q.start, q.end) for q in quarters]
+    base_counts = model.arrivals.expected_counts(bounds, t)  # (G_arr, H)
+    arr_idx = {s: i for i, s in enumerate(model.arrivals.segments)}
+    counts = np.zeros((G, horizon))
+    for g, s in enumerate(segs):
+        if s in arr_idx:
+            counts[g] = base_counts[arr_idx[s]]
+    new_counts = np.broadcast_to(counts, (B, G, horizon)).copy()
+    if draws is not None:
+        new_counts *= draws.arrival_multiplier[:, :, None]
+    new_counts *= float(adj.get("new_deals", 1.0))
+    shapes = model.arrivals.shapes()
+    new_shape = np.array(
+        [shapes[arr_idx[s]] if s in arr_idx else np.inf for s in segs], dtype=np.float64
+    )
+    mix = np.zeros((G, K))
+    for g, s in enumerate(segs):
+        if s in arr_idx:
+            mix[g] = model.arrivals.entry_mix[arr_idx[s]]
+        if mix[g].sum() <= 0:
+            mix[g, 0] = 1.0
+    mix /= mix.sum(axis=1, keepdims=True)
+    size = float(adj.get("deal_size", 1.0))
+    ratio = _csr([model.amounts.ratio_samples(s, False) for s in segs])
+    ratio_qe = _csr([model.amounts.ratio_samples(s, True) for s in segs])
+    new_amount = _csr([model.amounts.new_deal_amount_samples(s) * size for s in segs])
+    pull_in = np.full(B, float(model.quarter_end.pi)) if draws is None else draws.pull_in.copy()
+    sigma = np.full(B, float(model.shocks.sigma)) if draws is None else draws.shock_sigma.copy()
+    arrays = ModelArrays(
+        dens=dens,
+        qb=qb,
+        deal_segment=deal_seg,
+        deal_stage=deal_stage,
+        deal_age=deal_age,
+        deal_amount=amount * size,
+        qe_window=W,
+        pull_in=np.repeat(pull_in[:, None], G, axis=1),
+        ratio=ratio,
+        ratio_qe=ratio_qe,
+        new_counts=new_counts,
+        new_shape=new_shape,
+        new_entry_mix=mix,
+        new_amount=new_amount,
+        shock_sigma=sigma,
+    )
+    booked = np.zeros((horizon, G))
+    b = segment_labels(
+        log.bookings(quarters[0].start, t + dt.timedelta(microseconds=1)), model.segment_by
+    )
+    for g_label, amt in (
+        b.group_by(SEGMENT_COLUMN).agg(pl.col("amount").fill_null(0.0).sum()).rows()
+    ):
+        if g_label in gidx:
+            booked[0, gidx[g_label]] = amt
+    return arrays, pipe, quarters, booked
+
+
+def simulate(
+    model: PipelineModel,
+    log: DealLog,
+    *,
+    n_paths: int = 10_000,
+    horizon: int = 4,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: bool = False,
+    chunk_size: int | None = None,
+    executor: Any = None,
+) -> Forecast:
+    """Simulate bookings per fiscal quarter from the open pipeline at ``model.as_of``.
+
+    Parameters
+    ----------
+    model : PipelineModel
+        Fitted model; its ``as_of`` is the start of the simulation.
+    log : DealLog
+        History holding the open pipeline at ``model.as_of`` (usually the log the
+        model was fitted on; only rows up to ``as_of`` are read).
+    n_paths : int, default 10000
+        Number of simulated futures.
+    horizon : int, default 4
+        Number of fiscal quarters, the first one containing ``as_of``.
+    seed : int, default 0
+        Seed; the samples are bit-identical for a seed whatever ``threads``,
+        ``chunk_size`` or ``executor``.
+    threads : int, optional
+        Numba threads (default: all cores).
+    progress : bool, default False
+        Show a progress bar (tqdm).
+    chunk_size : int, optional
+        Paths per kernel call (progress and Ctrl-C are checked between chunks).
+    executor : concurrent.futures.Executor, optional
+        Shard the path range over this executor (e.g. ``dask.distributed.Client
+        .get_executor()``); results are identical to a local run.
+
+    Returns
+    -------
+    Forecast
+    """
+    from forecast._kernels import outcome_probabilities, simulate_arrays
+
+    n_paths = _check_int(n_paths, "n_paths", 1)
+    horizon = _check_int(horizon, "horizon", 1)
+    seed = _check_int(seed, "seed", 0)
+    if threads is not None:
+        threads = _check_int(threads, "threads", 1)
+    arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
+    outcomes = outcome_probabilities(arrays)
+    if executor is not None:
+        samples = _simulate_sharded(executor, arrays, outcomes, n_paths, seed, chunk_size)
+    else:
+        bar = None
+        callback = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_paths, unit="path", desc="simulate")
+
+            def callback(done: int) -> None:
+                bar.update(done - bar.n)
+
+        try:
+            samples = simulate_arrays(
+                arrays,
+                n_paths=n_paths,
+                seed=seed,
+                outcomes=outcomes,
+                chunk_size=chunk_size,
+                threads=threads,
+                progress=callback,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    return Forecast(
+        totals=samples.totals,
+        booked_to_date=booked,
+        deal_ids=pipe["deal_id"].to_numpy(),
+        deal_amounts=np.asarray(arrays.deal_amount, dtype=np.float64),
+        deal_wins=samples.deal_wins,
+        deal_won_cents=samples.deal_won_cents,
+        quarters=tuple(q.label for q in quarters),
+        segments=tuple(model.segments),
+        weighted_pipeline=weighted_pipeline(model, pipe, quarters),
+        as_of=model.as_of,
+        info={
+            "seed": seed,
+            "n_paths": n_paths,
+            "model_fingerprint": model.fingerprint,
+            "data_fingerprint": model.data_fingerprint,
+            "calendar": model.calendar.to_dict(),
+            "version": model.version,
+        },
+    )
+
+
+def _run_shard(
+    arrays: Any, outcomes: Any, start: int, count: int, seed: int, chunk: int | None
+) -> Any:
+    from forecast._kernels import simulate_arrays
+
+    return simulate_arrays(
+        arrays, n_paths=count, seed=seed, path_start=start, outcomes=outcomes, chunk_size=chunk
+    )
+
+
+def _simulate_sharded(
+    executor: Any, arrays: Any, outcomes: Any, n_paths: int, seed: int, chunk: int | None
+) -> Any:
+    """Shard the path range over ``executor``; merge in path order (bit-identical to local)."""
+    from forecast._kernels import PathSamples
+
+    n_shards = max(1, min(64, n_paths // 2000))
+    edges = np.linspace(0, n_paths, n_shards + 1).astype(np.int64)
+    futures = [
+        executor.submit(_run_shard, arrays, outcomes, int(a), int(b - a), seed, chunk)
+        for a, b in itertools.pairwise(edges)
+        if b > a
+    ]
+    parts = [f.result() for f in futures]
+    return PathSamples(
+        totals=np.concatenate([p.totals for p in parts], axis=0),
+        deal_wins=sum(p.deal_wins for p in parts),
+        deal_won_cents=sum(p.deal_won_cents for p in parts),
+        path_start=0,
+    )
