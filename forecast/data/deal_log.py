@@ -114,11 +114,17 @@ class DealLog:
 
     @cached_property
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical events and stage map (hex, 16 characters)."""
+        """SHA-256 of the canonical events and stage map (hex, 16 characters).
+
+        ``source_row`` is left out: the same history read from differently
+        ordered or filtered tables has the same fingerprint.
+        """
         h = hashlib.sha256()
         h.update(repr(self.stages.to_dict()).encode())
         h.update(repr(self.segment_columns).encode())
         for name in self.events.columns:
+            if name == "source_row":
+                continue
             col = self.events[name]
             h.update(name.encode())
             if col.dtype == pl.Utf8:
