@@ -172,33 +172,56 @@ class DealLog:
         codes = self.stages.codes()
         kinds = {s: self.stages.kind(s) for s in codes}
         seg = list(self.segment_columns)
-        ev = self.events.with_columns(
-            pl.col("amount").forward_fill().over("deal_id").alias("_amount"),
-            pl.col("close_date").forward_fill().over("deal_id").alias("_close"),
-        ).with_columns(
-            (pl.col("stage") != pl.col("stage").shift(1).over("deal_id"))
-            .fill_null(True)
-            .cum_sum()
-            .over("deal_id")
-            .sub(1)
-            .cast(pl.Int32)
-            .alias("visit"),
+        # The frame is sorted by deal: within-deal operations are done on whole
+        # columns with deal-boundary masks (much faster than `.over("deal_id")`
+        # with hundreds of thousands of deals).
+        idx = pl.int_range(pl.len(), dtype=pl.Int64)
+        first_row = (pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True)
+
+        def ffill_within_deal(col: str) -> pl.Expr:
+            last_set = pl.when(pl.col(col).is_not_null()).then(idx).forward_fill()
+            return pl.when(last_set >= pl.col("_deal_start")).then(pl.col(col).forward_fill())
+
+        ev = (
+            self.events.with_columns(
+                pl.when(first_row).then(idx).forward_fill().alias("_deal_start"),
+                (first_row | (pl.col("stage") != pl.col("stage").shift(1)).fill_null(True))
+                .cum_sum()
+                .alias("_visit_id"),
+            )
+            .with_columns(
+                ffill_within_deal("amount").alias("_amount"),
+                ffill_within_deal("close_date").alias("_close"),
+            )
+            .with_columns(
+                (pl.col("_visit_id") - pl.col("_visit_id").gather(pl.col("_deal_start")))
+                .cast(pl.Int32)
+                .alias("visit")
+            )
         )
+        same_deal_next = pl.col("deal_id").shift(-1) == pl.col("deal_id")
+
+        def next_within_deal(col: str) -> pl.Expr:
+            return pl.when(same_deal_next).then(pl.col(col).shift(-1))
+
         visits = (
-            ev.group_by(["deal_id", "visit"], maintain_order=True)
+            ev.group_by("_visit_id", maintain_order=True)
             .agg(
+                pl.col("deal_id").first(),
+                pl.col("visit").first(),
                 pl.col("stage").first(),
                 pl.col("timestamp").first().alias("entered_at"),
                 pl.col("_amount").first().alias("amount_at_entry"),
                 pl.col("_amount").last().alias("amount_last"),
                 pl.col("_close").last().alias("close_date_last"),
             )
+            .drop("_visit_id")
             .with_columns(
                 pl.col("stage").replace_strict(codes, return_dtype=pl.Int32).alias("stage_code"),
                 pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8).alias("kind"),
-                pl.col("stage").shift(-1).over("deal_id").alias("destination"),
-                pl.col("entered_at").shift(-1).over("deal_id").alias("exited_at"),
-                pl.col("amount_at_entry").shift(-1).over("deal_id").alias("amount_next"),
+                next_within_deal("stage").alias("destination"),
+                next_within_deal("entered_at").alias("exited_at"),
+                next_within_deal("amount_at_entry").alias("amount_next"),
             )
         )
         per_deal = ev.group_by("deal_id", maintain_order=True).agg(
@@ -342,9 +365,11 @@ class DealLog:
                 f"`bookings` needs `start` < `end`. Got start={t0:%Y-%m-%d %H:%M}, "
                 f"end={t1:%Y-%m-%d %H:%M}."
             )
-        ev = self.events.filter(pl.col("timestamp") < t1)
-        log = DealLog(ev, self.stages, self.segment_columns, self.report, cut=t1)
-        v = log._visits()
+        if self.cut is not None and self.cut < t1:
+            v = self._visits()  # every row is already before `end`
+        else:
+            ev = self.events.filter(pl.col("timestamp") < t1)
+            v = DealLog(ev, self.stages, self.segment_columns, self.report, cut=t1)._visits()
         return v.filter(
             (pl.col("kind") == "won") & (pl.col("entered_at") >= t0) & (pl.col("entered_at") < t1)
         ).select(

@@ -1,0 +1,53 @@
+"""Fit-time benchmark: a ~1,000,000-event synthetic history.
+
+Prints wall times of each step and, as a machine-independent yardstick, the
+ratio of the fit time to the time polars takes to sort the same event frame
+(measured in the same run). Run: ``.venv/bin/python benchmarks/bench_fit.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import polars as pl
+
+import forecast
+from forecast.datasets import generate_crm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000, help="target number of events")
+    parser.add_argument("--draws", type=int, nargs="*", default=[0, 32], help="n_draws to time")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    probe = generate_crm(seed=1, scale=1.0)
+    scale = args.events / probe.events.height
+    world = generate_crm(seed=1, scale=scale)
+    t_gen = time.perf_counter() - t0
+    ev = world.events
+    t0 = time.perf_counter()
+    ev.sort("deal_id", "timestamp")
+    t_sort = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    log = forecast.read_deal_log(ev, stages=world.stage_map, segment_columns=("segment",))
+    t_read = time.perf_counter() - t0
+    rows = [("generate", t_gen), ("read_deal_log", t_read)]
+    for n_draws in args.draws:
+        t0 = time.perf_counter()
+        forecast.fit(log, segment_by=["segment"], n_draws=n_draws)
+        rows.append((f"fit (n_draws={n_draws})", time.perf_counter() - t0))
+
+    print(f"history: {ev.height:,} events, {log.n_deals:,} deals")
+    print(f"{'step':<22}{'seconds':>10}{'× polars sort':>16}")
+    for name, sec in rows:
+        print(f"{name:<22}{sec:>10.2f}{sec / t_sort:>16.1f}")
+    print(f"{'(polars sort)':<22}{t_sort:>10.3f}{1.0:>16.1f}")
+
+
+if __name__ == "__main__":
+    pl.Config.set_tbl_rows(20)
+    main()
