@@ -109,11 +109,12 @@ def _fit_and_simulate(log, args, as_of, segment_by):
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from forecast.datasets import load_sample
+    from forecast.datasets.sample import SAMPLE_PARAMETERS
 
     t0 = time.perf_counter()
     log = load_sample()
     print(f"Sample history: {log}")
-    model, fc = _fit_and_simulate(log, args, None, ("segment",))
+    model, fc = _fit_and_simulate(log, args, SAMPLE_PARAMETERS["end"], ("segment",))
     print(
         f"\nFitted as of {model.as_of:%Y-%m-%d}; {fc.n_paths:,} paths; bookings per fiscal quarter:\n"
     )

@@ -259,8 +259,8 @@ def simulate(
 
             bar = tqdm(total=n_paths, unit="path", desc="simulate")
 
-            def callback(done: int) -> None:
-                bar.update(done - bar.n)
+            def callback(paths_done_in_chunk: int) -> None:
+                bar.update(paths_done_in_chunk)
 
         try:
             samples = simulate_arrays(
