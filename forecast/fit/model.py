@@ -311,6 +311,12 @@ class PipelineModel:
             executor=executor,
         )
 
+    def with_changes(self, **levers: float) -> PipelineModel:
+        """A modified copy for what-if scenarios; see :func:`forecast.scenarios.with_changes`."""
+        from forecast.scenarios import with_changes
+
+        return with_changes(self, **levers)
+
     # -- serialisation ----------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
