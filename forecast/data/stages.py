@@ -181,16 +181,22 @@ class StageMap:
 
     # -- construction ------------------------------------------------------------
     @classmethod
-    def infer(cls, stages: Iterable[str]) -> StageMap:
+    def infer(cls, stages: Iterable[str], open_stages: Sequence[str] | None = None) -> StageMap:
         """Classify stage names by common CRM naming.
 
         Won/lost/no-decision are recognised by name ("Closed Won", "Won",
         "closedwon", "Closed Lost", "No Decision", ...). Open stages are ordered
-        by Salesforce's standard sales process and HubSpot's default pipeline.
-        Any other name raises :class:`UnknownStageError` listing it.
+        by Salesforce's standard sales process and HubSpot's default pipeline,
+        unless ``open_stages`` gives them (in order). Without ``open_stages``,
+        any other name raises :class:`UnknownStageError` listing it; with them,
+        other names are left out of the map (the reader's stage check then
+        reports each with its deal and row).
         """
+        given_open = None if open_stages is None else tuple(str(s) for s in open_stages)
         won, lost, nd, open_, unknown = [], [], [], [], []
         for s in sorted({str(s) for s in stages}):
+            if given_open is not None and s in given_open:
+                continue
             n = _norm(s)
             if n in _WON:
                 won.append(s)
@@ -198,11 +204,13 @@ class StageMap:
                 lost.append(s)
             elif n in _NO_DECISION:
                 nd.append(s)
-            elif n in _DEFAULT_OPEN_RANK:
+            elif given_open is None and n in _DEFAULT_OPEN_RANK:
                 open_.append(s)
             else:
                 unknown.append(s)
-        if unknown:
+        if given_open is not None:
+            open_ = list(given_open)
+        if unknown and given_open is None:
             raise UnknownStageError(
                 f"Column `stage`: cannot classify stage(s) {', '.join(map(repr, unknown))} "
                 "from their names. Pass `stages=StageMap(open=[...in order...], won=[...], "
@@ -219,7 +227,8 @@ class StageMap:
                 expected="at least one open stage",
                 found=sorted({str(s) for s in stages}),
             )
-        open_.sort(key=lambda s: _DEFAULT_OPEN_RANK[_norm(s)])
+        if given_open is None:
+            open_.sort(key=lambda s: _DEFAULT_OPEN_RANK[_norm(s)])
         return cls(
             open=tuple(open_),
             won=tuple(won) or ("Closed Won",),

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from forecast.data.stages import _LOST, _NO_DECISION, _WON, StageMap, _norm
+from forecast.data.stages import StageMap
 from forecast.errors import (
     AmountError,
     DataError,
@@ -643,12 +643,7 @@ def resolve_stage_map(
     if open_stages is not None:
         if isinstance(open_stages, str):
             open_stages = (open_stages,)
-        open_ = tuple(str(s) for s in open_stages)
-        rest = [n for n in names if n not in open_]
-        won = tuple(n for n in rest if _norm(n) in _WON) or ("Closed Won",)
-        lost = tuple(n for n in rest if _norm(n) in _LOST) or ("Closed Lost",)
-        nd = tuple(n for n in rest if _norm(n) in _NO_DECISION)
-        return StageMap(open=open_, won=won, lost=lost, no_decision=nd)
+        return StageMap.infer(names, open_stages=open_stages)
     return StageMap.infer(names)
 
 
