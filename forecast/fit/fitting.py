@@ -291,12 +291,20 @@ def _parameter_draws(
     pull_in = np.full(n_draws, float(quarter_end.pi))
     sigma = np.full(n_draws, float(shocks.sigma))
 
+    point_medians: dict[int, float] = {}
+
     def ratios(c_point: ExitCurves, cs: CensoredSpells) -> tuple[np.ndarray, float]:
+        # Both medians come from the same step-function estimator, so that an
+        # unperturbed draw gives exactly 1.
         shares_pt = c_point.eventual_shares()
         shares_b, med_b = _summary_of_weighted_fit(cs, c_point.tail_shares)
+        if id(c_point) not in point_medians:
+            point_medians[id(c_point)] = _summary_of_weighted_fit(
+                cs.with_weights(np.ones(cs.n)), c_point.tail_shares
+            )[1]
+        med_pt = point_medians[id(c_point)]
         with np.errstate(divide="ignore", invalid="ignore"):
             m = np.where(shares_pt > 0, shares_b / shares_pt, 1.0)
-        med_pt = c_point.median()
         tf = med_b / med_pt if np.isfinite(med_b) and np.isfinite(med_pt) and med_pt > 0 else 1.0
         return m, float(tf)
 

@@ -344,7 +344,13 @@ class PipelineModel:
             "pooled_curves": [
                 {"stage": k, "curves": c.to_dict()} for k, c in sorted(self.pooled_curves.items())
             ],
-            "shrinkage": self.shrinkage.to_dicts(),
+            "shrinkage": [
+                {
+                    k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                    for k, v in r.items()
+                }
+                for r in self.shrinkage.to_dicts()
+            ],
             "amounts": self.amounts.to_dict(),
             "arrivals": self.arrivals.to_dict(),
             "quarter_end": self.quarter_end.to_dict(),
@@ -356,7 +362,7 @@ class PipelineModel:
 
     def to_json(self, path: str | Path | None = None) -> str:
         """Serialise to JSON; write to ``path`` atomically if given."""
-        text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=True)
+        text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
         if path is not None:
             from forecast.io import atomic_write_text
 
@@ -386,7 +392,13 @@ class PipelineModel:
             pooled_curves={
                 int(e["stage"]): ExitCurves.from_dict(e["curves"]) for e in d["pooled_curves"]
             },
-            shrinkage=pl.DataFrame(d["shrinkage"]) if d["shrinkage"] else _empty_shrinkage(),
+            shrinkage=(
+                pl.DataFrame(d["shrinkage"], schema=_empty_shrinkage().schema).with_columns(
+                    pl.col("k").fill_null(float("inf"))
+                )
+                if d["shrinkage"]
+                else _empty_shrinkage()
+            ),
             amounts=AmountModel.from_dict(d["amounts"]),
             arrivals=ArrivalModel.from_dict(d["arrivals"]),
             quarter_end=QuarterEndEffect.from_dict(d["quarter_end"]),
