@@ -1,0 +1,28 @@
+"""The one place for Numba options used by every kernel in :mod:`forecast._kernels`.
+
+All kernels are compiled with ``cache=True`` (compiled code is stored next to the
+sources, or under ``NUMBA_CACHE_DIR``, so only the first call ever compiles) and
+``nogil=True`` (threads and executors can run kernels concurrently). ``fastmath`` is
+never used: every kernel must give the same bits as its plain reading, because the
+samples are promised bit-identical across thread counts and chunkings.
+
+Dtypes are fixed at the boundary: float64 for probabilities, amounts and days as
+reals, int64 for codes, counts, indices and cents, and uint64 inside the generator,
+so nothing recompiles per call. ``error_model="numpy"`` makes a division by zero
+give inf/NaN instead of raising: kernels never raise, and guard their divisions.
+"""
+
+from __future__ import annotations
+
+import numba
+
+__all__ = ["jit", "jit_parallel"]
+
+#: Options of every serial kernel.
+JIT_OPTIONS: dict[str, bool | str] = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+#: ``numba.njit`` with the package options (serial kernels and inlined helpers).
+jit = numba.njit(**JIT_OPTIONS)
+
+#: ``numba.njit`` with the package options and ``parallel=True`` (kernels using ``prange``).
+jit_parallel = numba.njit(parallel=True, **JIT_OPTIONS)

@@ -1,0 +1,335 @@
+"""Exact per-deal outcome distributions over horizon quarters (no sampling).
+
+With the sojourn clock reset at every stage entry, what happens after a deal's
+first exit does not depend on the deal. So, per (draw, segment):
+
+1. :func:`fresh_win_density` solves the renewal equations once on the day grid:
+   ``W[k, d]`` = P(win in day bin ``d`` after a fresh entry into open stage ``k`` at
+   bin 0);
+2. :func:`deal_quarter_probs` conditions each deal's first exit on its age in stage
+   and combines it with the cumulative sums of ``W`` at the few day bins where
+   quarters and quarter-end windows start or end;
+3. :func:`new_deal_quarter_probs` does the same for deals created uniformly within
+   each horizon quarter.
+
+Discretisation (shared with the NumPy oracle): a fresh entry at day bin ``t`` that
+exits in sojourn bin ``l`` (``dens[k, j, l] = P(l < T <= l + 1, J = j)``) enters
+its next state at day bin ``t + l``; a deal of integer age ``a`` in stage that exits
+in sojourn bin ``l >= a`` does so at day bin ``l - a``.
+
+Quarter-end pull-in: a raw win in the first ``window`` day bins of quarter ``q >= 1``
+(quarters ``1 .. H``, where quarter ``H`` is the one just after the horizon) moves,
+with probability ``pull_in``, into the last ``window`` day bins of quarter ``q - 1``.
+Quarter 0 is the current quarter; its predecessor is closed, so nothing moves out
+of it. The quarter-end (QE) window of quarter ``q`` is its last ``window`` day bins
+(all of quarter 0 if it has fewer left). Callers guarantee that quarters ``1 .. H-1``
+are at least ``2 * window`` days long, so the early and late windows of a quarter
+do not overlap.
+
+All kernels write into preallocated outputs and return a status code (0 = success).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from forecast._kernels._options import jit
+
+__all__ = [
+    "STATUS_OK",
+    "STATUS_SINGULAR",
+    "deal_quarter_probs",
+    "fresh_win_density",
+    "new_deal_quarter_probs",
+]
+
+STATUS_OK = 0
+#: The system ``(I - D0) W = ...`` of same-day moves between open stages is singular
+#: (some set of open stages sends all its mass around in bin 0 forever).
+STATUS_SINGULAR = 1
+
+
+@jit
+def _invert(a, out):
+    """Gauss–Jordan inverse with partial pivoting of a small (K, K) matrix; status code."""
+    n = a.shape[0]
+    m = a.copy()
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = 1.0 if i == j else 0.0
+    for col in range(n):
+        piv = col
+        best = abs(m[col, col])
+        for r in range(col + 1, n):
+            if abs(m[r, col]) > best:
+                best = abs(m[r, col])
+                piv = r
+        if not best > 1e-12:
+            return STATUS_SINGULAR
+        if piv != col:
+            for j in range(n):
+                tmp = m[col, j]
+                m[col, j] = m[piv, j]
+                m[piv, j] = tmp
+                tmp = out[col, j]
+                out[col, j] = out[piv, j]
+                out[piv, j] = tmp
+        inv_p = 1.0 / m[col, col]
+        for j in range(n):
+            m[col, j] *= inv_p
+            out[col, j] *= inv_p
+        for r in range(n):
+            if r != col:
+                f = m[r, col]
+                if f != 0.0:
+                    for j in range(n):
+                        m[r, j] -= f * m[col, j]
+                        out[r, j] -= f * out[col, j]
+    return STATUS_OK
+
+
+@jit
+def fresh_win_density(dens, n_days, out):
+    """Win-time density after a fresh entry into each open stage, by renewal.
+
+    Solves, for ``d = 0 .. n_days - 1``::
+
+        W[k, d] = dens[k, K, d] + sum_{j < K} sum_{l = 0..d} dens[k, j, l] * W[j, d - l]
+
+    The ``l = 0`` term makes each day implicit: ``(I - D0) W[:, d] = rhs`` with
+    ``D0[k, j] = dens[k, j, 0]``, solved with the inverse of the K×K matrix. Moves
+    backwards (to earlier stages) are allowed.
+
+    Parameters
+    ----------
+    dens : ndarray of float64, shape (K, C, L)
+        Exit sub-densities of one (draw, segment); ``C = K + 3``, destination ``K`` is
+        won. Bins ``>= L`` are taken as zero.
+    n_days : int64
+        Number of day bins to compute.
+    out : ndarray of float64, shape (K, n_days)
+        Receives ``W``.
+
+    Returns
+    -------
+    status : int64
+        :data:`STATUS_OK` or :data:`STATUS_SINGULAR`.
+    """
+    n_open = dens.shape[0]
+    n_bins = dens.shape[2]
+    won = n_open
+    a = np.empty((n_open, n_open))
+    for k in range(n_open):
+        for j in range(n_open):
+            a[k, j] = (1.0 if k == j else 0.0) - dens[k, j, 0]
+    a_inv = np.empty((n_open, n_open))
+    status = _invert(a, a_inv)
+    if status != STATUS_OK:
+        return status
+    rhs = np.empty(n_open)
+    for d in range(n_days):
+        for k in range(n_open):
+            acc = dens[k, won, d] if d < n_bins else 0.0
+            l_max = min(d, n_bins - 1)
+            for j in range(n_open):
+                for lag in range(1, l_max + 1):
+                    acc += dens[k, j, lag] * out[j, d - lag]
+            rhs[k] = acc
+        for k in range(n_open):
+            acc = 0.0
+            for j in range(n_open):
+                acc += a_inv[k, j] * rhs[j]
+            out[k, d] = acc if acc > 0.0 else 0.0
+    return STATUS_OK
+
+
+@jit
+def _breakpoints(qb, window):
+    """Day bins at which the raw win-time CDF is needed, shape (3H + 1,).
+
+    Layout: ``[qb[0..H]``, ``qb[q] + window`` for ``q = 1..H``,
+    ``max(qb[q+1] - window, qb[q])`` for ``q = 0..H-1]``.
+    """
+    n_q = qb.shape[0] - 1
+    x = np.empty(3 * n_q + 1, dtype=np.int64)
+    for i in range(n_q + 1):
+        x[i] = qb[i]
+    for q in range(1, n_q + 1):
+        x[n_q + q] = qb[q] + window
+    for q in range(n_q):
+        x[2 * n_q + 1 + q] = max(qb[q + 1] - window, qb[q])
+    return x
+
+
+@jit
+def _quarters_from_cdf(cdf, n_q, pull_in, p_win_row, p_qe_row):
+    """Apply the pull-in to raw-CDF values at :func:`_breakpoints`; write (H,) rows."""
+    for q in range(n_q):
+        raw = cdf[q + 1] - cdf[q]
+        early_next = cdf[n_q + q + 1] - cdf[q + 1]  # first `window` bins of q + 1
+        late = cdf[q + 1] - cdf[2 * n_q + 1 + q]  # last `window` bins of q
+        p = raw + pull_in * early_next
+        if q >= 1:
+            p -= pull_in * (cdf[n_q + q] - cdf[q])  # pulled out of q into q - 1
+        qe = late + pull_in * early_next
+        if p > 0.0:
+            p_win_row[q] = p
+            r = qe / p
+            p_qe_row[q] = 1.0 if r > 1.0 else (r if r > 0.0 else 0.0)
+        else:
+            p_win_row[q] = 0.0
+            p_qe_row[q] = 0.0
+
+
+@jit
+def _fresh_cumsum(fresh):
+    """``CW[k, m] = sum_{t < m} W[k, t]``, shape (K, n_days + 1)."""
+    n_open, n_days = fresh.shape
+    cw = np.zeros((n_open, n_days + 1))
+    for k in range(n_open):
+        acc = 0.0
+        for t in range(n_days):
+            acc += fresh[k, t]
+            cw[k, t + 1] = acc
+    return cw
+
+
+@jit
+def deal_quarter_probs(dens, fresh, stage, age, qb, window, pull_in, p_win, p_qe):
+    """Per-deal P(win in each horizon quarter) and P(QE window | win in quarter).
+
+    For a deal in open stage ``k`` aged ``a`` days in stage, the raw win-time CDF is::
+
+        F(x) = [ sum_{e < x} dens[k, K, a + e]
+                 + sum_{j < K} sum_{e < x} dens[k, j, a + e] * CW[j, x - e] ] / S(a)
+
+    with ``S(a) = P(T > a)`` (the mass of bins ``>= a`` plus the mass beyond ``L``) and
+    ``CW`` the cumulative sum of :func:`fresh_win_density`. It is evaluated only at
+    the ``3H + 1`` breakpoints, so the work per deal is O(n_days × K × H).
+
+    Parameters
+    ----------
+    dens : ndarray of float64, shape (K, C, L)
+        Exit sub-densities of one (draw, segment).
+    fresh : ndarray of float64, shape (K, n_days)
+        :func:`fresh_win_density` of the same ``dens`` with ``n_days = qb[H] + window``.
+    stage : ndarray of int64, shape (M,)
+        Open stage code of each deal, ``0 <= stage < K``.
+    age : ndarray of int64, shape (M,)
+        Days in stage at the as-of instant; ``age + n_days <= L``.
+    qb : ndarray of int64, shape (H + 1,)
+        Quarter boundaries in day bins, ``qb[0] = 0``.
+    window : int64
+        Quarter-end window, days.
+    pull_in : float64
+        Probability that a win in the first ``window`` days of a quarter moves into the
+        last ``window`` days of the previous one.
+    p_win, p_qe : ndarray of float64, shape (M, H)
+        Outputs: P(win in quarter q) after pull-in; P(win in the QE window of q | win in q).
+
+    Returns
+    -------
+    status : int64
+        :data:`STATUS_OK`.
+    """
+    n_open = dens.shape[0]
+    n_bins = dens.shape[2]
+    won = n_open
+    n_q = qb.shape[0] - 1
+    cw = _fresh_cumsum(fresh)
+    xs = _breakpoints(qb, window)
+    n_x = xs.shape[0]
+    # Survival S(a) as suffix sums plus the mass beyond L (no cancellation for old deals).
+    surv = np.zeros((n_open, n_bins + 1))
+    for k in range(n_open):
+        acc = 0.0
+        for lag in range(n_bins - 1, -1, -1):
+            for j in range(dens.shape[1]):
+                acc += dens[k, j, lag]
+            surv[k, lag] = acc
+        beyond = 1.0 - acc
+        if beyond < 0.0:
+            beyond = 0.0
+        for lag in range(n_bins + 1):
+            surv[k, lag] += beyond
+    cdf = np.empty(n_x)
+    for i in range(stage.shape[0]):
+        k = stage[i]
+        a = age[i]
+        s_a = surv[k, a]
+        if not s_a > 1e-300:
+            for q in range(n_q):
+                p_win[i, q] = 0.0
+                p_qe[i, q] = 0.0
+            continue
+        for ix in range(n_x):
+            x = xs[ix]
+            acc = 0.0
+            for e in range(x):
+                acc += dens[k, won, a + e]
+            for j in range(n_open):
+                for e in range(x):
+                    acc += dens[k, j, a + e] * cw[j, x - e]
+            cdf[ix] = acc / s_a
+        _quarters_from_cdf(cdf, n_q, pull_in, p_win[i], p_qe[i])
+    return STATUS_OK
+
+
+@jit
+def new_deal_quarter_probs(fresh, entry_mix, qb, window, pull_in, pmf, p_qe):
+    """Win-quarter distribution of a deal created uniformly within each horizon quarter.
+
+    A deal created in quarter ``c`` is created at a day bin uniform on
+    ``qb[c] .. qb[c+1] - 1`` (from bin 0 for the current quarter) and enters open
+    stage ``k`` with probability ``entry_mix[k]``.
+
+    Parameters
+    ----------
+    fresh : ndarray of float64, shape (K, n_days)
+        :func:`fresh_win_density` with ``n_days = qb[H] + window``.
+    entry_mix : ndarray of float64, shape (K,)
+        Entry-stage probabilities (sum 1).
+    qb : ndarray of int64, shape (H + 1,)
+    window : int64
+        Quarter-end window, days.
+    pull_in : float64
+        Pull-in probability.
+    pmf : ndarray of float64, shape (H, H)
+        Output ``pmf[c, q]`` = P(win in quarter q | created in quarter c); rows sum to
+        P(win within the horizon) <= 1.
+    p_qe : ndarray of float64, shape (H, H)
+        Output P(win in the QE window of q | created in c, win in q).
+
+    Returns
+    -------
+    status : int64
+        :data:`STATUS_OK`.
+    """
+    n_open, n_days = fresh.shape
+    n_q = qb.shape[0] - 1
+    # Mixture CDF CWm[m] = P(fresh win bin < m), then its cumulative sum CCW.
+    cwm = np.zeros(n_days + 1)
+    acc = 0.0
+    for t in range(n_days):
+        for k in range(n_open):
+            acc += entry_mix[k] * fresh[k, t]
+        cwm[t + 1] = acc
+    ccw = np.zeros(n_days + 2)
+    acc = 0.0
+    for m in range(n_days + 1):
+        acc += cwm[m]
+        ccw[m + 1] = acc
+    xs = _breakpoints(qb, window)
+    cdf = np.empty(xs.shape[0])
+    for c in range(n_q):
+        s0 = qb[c]
+        s1 = qb[c + 1]
+        n_s = s1 - s0
+        for ix in range(xs.shape[0]):
+            # (1/n_s) sum_{s = s0}^{s1 - 1} CWm[x - s] = (CCW[x - s0 + 1] - CCW[x - s1 + 1]) / n_s
+            x = xs[ix]
+            hi = min(max(x - s0 + 1, 0), n_days + 1)
+            lo = min(max(x - s1 + 1, 0), n_days + 1)
+            cdf[ix] = (ccw[hi] - ccw[lo]) / n_s if n_s > 0 else 0.0
+        _quarters_from_cdf(cdf, n_q, pull_in, pmf[c], p_qe[c])
+    return STATUS_OK
