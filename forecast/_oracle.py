@@ -194,7 +194,7 @@ def _settle(
         _pick(rng, arrays.ratio_qe_offsets, arrays.ratio_qe_values, g[won]),
         _pick(rng, arrays.ratio_offsets, arrays.ratio_values, g[won]),
     )
-    cents = np.rint(amount[won] * ratio * 100.0).astype(np.int64)
+    cents = np.floor(amount[won] * ratio * 100.0 + 0.5).astype(np.int64)  # as the kernel
     np.add.at(cents_chunk, (path[won], q[won], g[won], source), cents)
     return won, q, cents
 

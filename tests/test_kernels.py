@@ -416,7 +416,7 @@ def _replay_untilted(seed, n_paths, p_win, p_qe, amount, segment, r_off, r_val, 
             cnt = r_off[row, g + 1] - lo
             ratio = r_val[lo + min(int(u2 * cnt), cnt - 1)]
             wins[n, q] += 1
-            cents[n, q] += np.int64(np.rint(amount[n] * ratio * 100.0))
+            cents[n, q] += np.int64(amount[n] * ratio * 100.0 + 0.5)
     return wins, cents
 
 

@@ -52,7 +52,7 @@ def _pick(offsets, values, row, g, u):
 
 @jit
 def _to_cents(x):
-    return np.int64(np.rint(x * 100.0))
+    return np.int64(x * 100.0 + 0.5)  # x >= 0: round half up to whole cents
 
 
 @jit_parallel
