@@ -22,7 +22,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from forecast.data.deal_log import DealLog
     from forecast.fit.model import PipelineModel
 
-__all__ = ["model_arrays", "quarter_bins", "simulate", "weighted_pipeline"]
+__all__ = [
+    "condition_on_not_pulled_in",
+    "early_window_days",
+    "model_arrays",
+    "quarter_bins",
+    "simulate",
+    "weighted_pipeline",
+]
 
 _DAY = dt.timedelta(days=1)
 #: Ages beyond this many days in a stage are treated as this age (the tail is
@@ -83,6 +90,82 @@ def weighted_pipeline(model: PipelineModel, pipe: pl.DataFrame, quarters: list[A
                 out[q] += amount[i] * p[i]
                 break
     return out
+
+
+def early_window_days(model: PipelineModel, quarters: list[Any]) -> int:
+    """Day bins from ``model.as_of`` to the end of the first quarter's early window (0 if past it).
+
+    The early window is the first ``quarter_end.window_days`` days of the quarter
+    holding the as-of instant, the days whose wins the quarter-end push moves
+    into the previous quarter.
+    """
+    w = dt.timedelta(days=int(model.quarter_end.window_days))
+    left = quarters[0].start + w - model.as_of
+    return max(0, math.ceil(left / _DAY)) if left > dt.timedelta(0) else 0
+
+
+def condition_on_not_pulled_in(arrays: Any, outcomes: Any, early_days: int) -> Any:
+    """Condition today's open deals on not having been pulled into the closed quarter.
+
+    Under the quarter-end model a win due in the first ``W`` days of a quarter
+    closes, with probability ``pi``, in the last ``W`` days of the previous one.
+    When the as-of instant lies inside that early window (e.g. at a quarter
+    start), a deal still open then has *not* been pulled in; so its raw win
+    probability ``r`` for the rest of the window is thinned by ``1 - pi`` and the
+    whole outcome distribution renormalised by ``1 - pi r`` (Bayes). Without this
+    the forecast of the quarter starting at the as-of date counts those pulled-in
+    wins twice: once in the previous quarter's bookings and once more here (on the
+    synthetic generator +5 % wins of SMB deals open at the quarter start).
+
+    Parameters
+    ----------
+    arrays : forecast._kernels.ModelArrays
+    outcomes : forecast._kernels.OutcomeArrays
+        From :func:`forecast._kernels.outcome_probabilities` of ``arrays``.
+    early_days : int
+        Day bins from the as-of instant to the end of the early window
+        (:func:`early_window_days`); 0 leaves ``outcomes`` unchanged.
+
+    Returns
+    -------
+    forecast._kernels.OutcomeArrays
+        New ``p_win``/``p_qe`` of today's deals (new deals unchanged).
+    """
+    import dataclasses
+
+    from forecast._kernels import outcome_probabilities
+
+    n_deals = outcomes.p_win.shape[1]
+    if early_days <= 0 or n_deals == 0:
+        return outcomes
+    pull = np.asarray(arrays.pull_in, dtype=np.float64)  # (B, G)
+    if not np.any(pull > 0):
+        return outcomes
+    # Raw (no pull-in) P(win within the first `early_days` bins), shape (B, N, 1).
+    early = dataclasses.replace(
+        arrays,
+        qb=np.array([0, early_days], dtype=np.int64),
+        qe_window=0,
+        pull_in=0.0,
+        new_counts=None,
+        new_shape=None,
+        new_entry_mix=None,
+        new_amount=None,
+    )
+    r = outcome_probabilities(early).p_win[:, :, 0]
+    pi = pull[:, np.asarray(arrays.deal_segment, dtype=np.int64)]  # (B, N)
+    removed = pi * r
+    denom = 1.0 - removed
+    p_win = outcomes.p_win.copy()
+    p_qe = outcomes.p_qe.copy()
+    first = p_win[:, :, 0]
+    qe_mass = p_qe[:, :, 0] * first
+    new_first = np.maximum(first - removed, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_qe[:, :, 0] = np.where(new_first > 0, np.minimum(qe_mass / new_first, 1.0), 0.0)
+        p_win[:, :, 0] = new_first / denom
+        p_win[:, :, 1:] /= denom[:, :, None]
+    return dataclasses.replace(outcomes, p_win=p_win, p_qe=p_qe)
 
 
 def model_arrays(
@@ -248,7 +331,9 @@ def simulate(
     if threads is not None:
         threads = _check_int(threads, "threads", 1)
     arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
-    outcomes = outcome_probabilities(arrays)
+    outcomes = condition_on_not_pulled_in(
+        arrays, outcome_probabilities(arrays), early_window_days(model, quarters)
+    )
     if executor is not None:
         samples = _simulate_sharded(executor, arrays, outcomes, n_paths, seed, chunk_size)
     else:
