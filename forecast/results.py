@@ -482,6 +482,17 @@ class Forecast:
             }
         )
 
+    def riskiest_quarter(self) -> str:
+        """The quarter whose open-deal risk is largest (largest sum of :meth:`deal_variance`).
+
+        Usually the current quarter; the next one when the as-of date is at the very
+        end of a quarter. Returns the first quarter when there are no open deals.
+        """
+        total = self.deal_variance().sum(axis=0)
+        return (
+            self.quarters[int(np.argmax(total))] if total.size and total.any() else self.quarters[0]
+        )
+
     def _quarter_indices(self, quarter: str | None, method: str) -> list[int]:
         if quarter is None:
             return list(range(len(self.quarters)))
