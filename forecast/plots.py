@@ -196,7 +196,7 @@ def deal_risk_chart(fc: Forecast, quarter: str | None = None, *, top: int = 20) 
     ----------
     fc : Forecast
     quarter : str, optional
-        Default: the first (current) quarter.
+        Default: :meth:`Forecast.riskiest_quarter` (usually the current quarter).
     top : int, default 20
         Number of deals shown.
 
@@ -211,7 +211,7 @@ def deal_risk_chart(fc: Forecast, quarter: str | None = None, *, top: int = 20) 
         raise ParameterError(
             f"The `top` parameter of `deal_risk_chart` must be an int ≥ 1. Got {top!r}."
         )
-    quarter = fc.quarters[0] if quarter is None else quarter
+    quarter = fc.riskiest_quarter() if quarter is None else quarter
     risk = fc.deal_risk(quarter).head(top)
     fig = _figure((8.0, max(2.5, 0.6 + 0.32 * max(risk.height, 1))))
     ax = fig.add_subplot()
@@ -224,7 +224,7 @@ def deal_risk_chart(fc: Forecast, quarter: str | None = None, *, top: int = 20) 
     colours = [_CLASS_COLOURS[c] for c in risk["risk_class"]]
     ax.barh(y, share, color=colours)
     labels = [
-        f"{d}  {_money(a)} @ {p:.0%}"
+        f"{d}  {_money(a)} @ {p:.1%}" if p < 0.1 else f"{d}  {_money(a)} @ {p:.0%}"
         for d, a, p in zip(risk["deal_id"], risk["amount"], risk["p_win"])
     ]
     ax.set_yticks(y, labels, fontsize=8)
@@ -269,7 +269,7 @@ def save_figures(
     -------
     list of Path
         ``fan_chart.png``, ``distribution_<quarter>.png`` per quarter and
-        ``deal_risk_<first quarter>.png``.
+        ``deal_risk_<quarter>.png`` for :meth:`Forecast.riskiest_quarter`.
     """
     tg = _per_quarter_targets(fc, targets)
     directory = Path(directory)
@@ -278,7 +278,8 @@ def save_figures(
         figures.append(
             (f"distribution_{_slug(q)}.png", quarter_distribution(fc, q, target=tg.get(q)))
         )
-    figures.append((f"deal_risk_{_slug(fc.quarters[0])}.png", deal_risk_chart(fc)))
+    risk_quarter = fc.riskiest_quarter()
+    figures.append((f"deal_risk_{_slug(risk_quarter)}.png", deal_risk_chart(fc, risk_quarter)))
     written = []
     for name, fig in figures:
         buf = io.BytesIO()
