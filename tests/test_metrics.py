@@ -1,0 +1,252 @@
+"""forecast.metrics: win rates, conversion, cycle length, velocity, coverage, slippage."""
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+import forecast
+from forecast import ParameterError
+from forecast.datasets import SYNTHETIC_STAGES, generate_crm, load_sample
+from forecast.metrics import SalesMetrics, compute_metrics
+
+AS_OF = dt.datetime(2025, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def synthetic_model():
+    """A model (no segments, stages of the synthetic generator) fitted at AS_OF."""
+    w = generate_crm(seed=0, start="2022-01-01", end="2025-01-01", scale=0.3)
+    log = forecast.read_deal_log(w.events, stages=w.stage_map)
+    return forecast.fit(log, as_of=AS_OF, n_draws=0)
+
+
+def _four_deals(c_closes: bool) -> forecast.DealLog:
+    """Issue 7's example: A $20k won, B $10k won, C $40k lost (or still open), D $30k lost.
+
+    A's rep close date is pushed once by 10 days while in Proposal.
+    """
+    d = dt.datetime
+    rows = [
+        ("A", d(2024, 3, 1), "Prospecting", 20_000.0, d(2024, 6, 1)),
+        ("A", d(2024, 4, 1), "Proposal", 20_000.0, d(2024, 6, 11)),
+        ("A", d(2024, 6, 5), "Closed Won", 20_000.0, d(2024, 6, 11)),
+        ("B", d(2024, 3, 5), "Prospecting", 10_000.0, d(2024, 5, 1)),
+        ("B", d(2024, 5, 1), "Closed Won", 10_000.0, d(2024, 5, 1)),
+        ("C", d(2024, 3, 10), "Prospecting", 40_000.0, d(2025, 2, 1)),
+        ("C", d(2024, 11, 15), "Proposal", 40_000.0, d(2025, 2, 1)),
+        ("D", d(2024, 3, 15), "Prospecting", 30_000.0, d(2024, 7, 1)),
+        ("D", d(2024, 7, 1), "Closed Lost", 30_000.0, d(2024, 7, 1)),
+    ]
+    if c_closes:
+        rows.append(("C", d(2024, 12, 1), "Closed Lost", 40_000.0, d(2025, 2, 1)))
+    frame = pl.DataFrame(
+        rows, schema=["deal_id", "timestamp", "stage", "amount", "close_date"], orient="row"
+    )
+    return forecast.read_deal_log(frame, stages=SYNTHETIC_STAGES)
+
+
+def _overall(m: SalesMetrics) -> dict:
+    return m.win_rates.filter((pl.col("segment") == "all") & (pl.col("period") == "all")).row(
+        0, named=True
+    )
+
+
+def test_issue_example_all_closed(synthetic_model):
+    m = compute_metrics(_four_deals(True), model=synthetic_model, coverage=False)
+    r = _overall(m)
+    assert r["n_deals"] == 4 and r["n_open"] == 0
+    # issue 7: unit 50 %, value (20k + 10k) / 100k = 30 %; nothing open, so both agree
+    for kind in ("closed_only", "censoring_aware"):
+        assert r[f"unit_win_rate_{kind}"] == pytest.approx(0.5)
+        assert r[f"value_win_rate_{kind}"] == pytest.approx(0.3)
+        assert r[f"no_decision_rate_{kind}"] == 0.0
+
+
+def test_issue_example_with_c_open(synthetic_model):
+    m = compute_metrics(_four_deals(False), model=synthetic_model, coverage=False)
+    r = _overall(m)
+    assert r["n_open"] == 1
+    # closed-only: 2 of 3 deals, 30k of 60k
+    assert r["unit_win_rate_closed_only"] == pytest.approx(2 / 3)
+    assert r["value_win_rate_closed_only"] == pytest.approx(0.5)
+    # censoring-aware: C counts its model probability of a win from Proposal after
+    # (AS_OF - 2024-11-15) = 47 days there
+    p = synthetic_model.win_probability("Proposal", age=47.0)
+    assert 0 < p < 0.5
+    assert r["unit_win_rate_censoring_aware"] == pytest.approx((2 + p) / 4, rel=1e-9)
+    assert r["value_win_rate_censoring_aware"] == pytest.approx((30_000 + 40_000 * p) / 100_000)
+    assert r["expected_wins_open"] == pytest.approx(p)
+    # the creation quarter row holds the same deals
+    q = m.win_rates.filter((pl.col("segment") == "all") & (pl.col("period") == "FY2024-Q1"))
+    assert q["n_deals"].to_list() == [4]
+
+
+def test_issue_example_slippage(synthetic_model):
+    m = compute_metrics(_four_deals(False), model=synthetic_model, coverage=False)
+    s = m.slippage.filter(pl.col("stage") == "Proposal").row(0, named=True)
+    assert s["n_deals"] == 2  # A and C visited Proposal
+    assert s["n_deals_pushed"] == 1 and s["push_rate"] == 0.5
+    assert s["median_push_days"] == pytest.approx(10.0)
+    assert s["win_rate_pushed_closed_only"] == 1.0  # A was pushed and won
+    assert s["win_rate_not_pushed_closed_only"] is None  # C is still open
+    a = m.slippage.filter(pl.col("stage") == "all").row(0, named=True)
+    # A: won 2024-06-05, first rep close date 2024-06-01; B: won on its close date
+    assert a["median_slip_at_win_days"] == pytest.approx(2.0)
+
+
+def test_censoring_aware_win_rate_matches_what_happened_next():
+    # At 2024-01-01 most deals created in FY2023-Q4 are still open. Four worlds
+    # without shared shocks, run on to 2026: the censoring-aware rate predicts the
+    # wins that happened; the closed-only rate over-states them (wins close sooner
+    # than losses). se of the predicted count: sqrt(sum p(1-p)) <= sqrt(n_open)/2.
+    predicted = naive = happened = n_open = 0.0
+    for seed in range(4):
+        w = generate_crm(
+            seed=seed, start="2022-01-01", end="2026-01-01", scale=0.5, sigma_shock=0.0
+        )
+        log = forecast.read_deal_log(w.events, stages=w.stage_map)
+        model = forecast.fit(log, as_of="2024-01-01", n_draws=0)
+        r = (
+            compute_metrics(log, model=model, coverage=False)
+            .win_rates.filter((pl.col("segment") == "all") & (pl.col("period") == "FY2023-Q4"))
+            .row(0, named=True)
+        )
+        later = log.outcomes("2026-01-01").filter(
+            pl.col("created_at").is_between(
+                dt.datetime(2023, 10, 1), dt.datetime(2024, 1, 1), "left"
+            )
+        )
+        assert later.height == r["n_deals"]
+        predicted += r["unit_win_rate_censoring_aware"] * r["n_deals"]
+        naive += r["unit_win_rate_closed_only"] * r["n_deals"]
+        happened += float((later["status"] == "won").sum())
+        n_open += r["n_open"]
+    se = np.sqrt(n_open) / 2
+    assert abs(predicted - happened) < 3 * se, (predicted, happened, se)
+    assert naive - happened > 3 * se, (naive, happened, se)
+
+
+@pytest.fixture(scope="module")
+def sample_metrics():
+    log = load_sample()
+    model = forecast.fit(log, as_of=AS_OF, segment_by=["segment"], n_draws=6, seed=1)
+    return log, model, compute_metrics(log, model=model, n_paths=500, max_copies=64)
+
+
+def test_conversion_matches_model_with_draw_intervals(sample_metrics):
+    _, model, m = sample_metrics
+    c = m.conversion
+    for r in c.filter(pl.col("segment") != "all").iter_rows(named=True):
+        assert r["win_probability"] == pytest.approx(
+            model.win_probability(r["stage"], segment=r["segment"])
+        )
+        assert r["win_within_90_days"] == pytest.approx(
+            model.win_probability(r["stage"], segment=r["segment"], within=90.0)
+        )
+        assert r["win_within_90_days"] <= r["win_within_180_days"] <= r["win_probability"] + 1e-12
+        assert r["win_probability_low"] <= r["win_probability_high"]
+    # interval bounds differ between draws (parameter uncertainty is there)
+    assert (c["win_probability_high"] - c["win_probability_low"]).drop_nulls().min() > 0
+    pooled = c.filter(pl.col("segment") == "all")
+    assert pooled.height == model.stages.n_open
+    assert pooled["win_probability_low"].null_count() == pooled.height
+
+
+def test_cycle_length_matches_lifelines_kaplan_meier(sample_metrics):
+    from lifelines import KaplanMeierFitter
+
+    log, _, m = sample_metrics
+    o = log.outcomes(AS_OF)
+    end = pl.coalesce("closed_at", pl.lit(AS_OF, dtype=pl.Datetime("us")))
+    days = o.select((end - pl.col("created_at")).dt.total_microseconds() / 86_400e6)
+    kmf = KaplanMeierFitter().fit(days.to_series().to_numpy(), (o["status"] != "open").to_numpy())
+    row = m.cycle_length.filter(
+        (pl.col("segment") == "all")
+        & (pl.col("deals") == "all")
+        & (pl.col("method") == "censoring_aware")
+    ).row(0, named=True)
+    assert row["median_days"] == pytest.approx(kmf.median_survival_time_, rel=1e-9)
+    assert row["n_censored"] == int((o["status"] == "open").sum())
+    closed = m.cycle_length.filter(
+        (pl.col("segment") == "all")
+        & (pl.col("deals") == "all")
+        & (pl.col("method") == "closed_only")
+    ).row(0, named=True)
+    # dropping open deals shortens the cycle (they are the long ones)
+    assert closed["median_days"] < row["median_days"]
+
+
+def test_time_in_stage_from_fitted_curves(sample_metrics):
+    _, model, m = sample_metrics
+    for r in m.time_in_stage.filter(pl.col("segment") != "all").iter_rows(named=True):
+        k = model.stages.code(r["stage"])
+        # ExitCurves.median solves S(t) = 1/2 on the same piecewise-linear curve
+        assert r["median_days"] == pytest.approx(model.curves[(r["segment"], k)].median(), abs=1e-6)
+        assert r["median_days"] <= r["p75_days"] <= r["p90_days"]
+
+
+def test_velocity_formula(sample_metrics):
+    _, _, m = sample_metrics
+    v = m.velocity.drop_nulls("cycle_length_days")
+    assert v.height > 0
+    np.testing.assert_allclose(
+        v["velocity_per_day"].to_numpy(),
+        (
+            v["opportunities"] * v["average_value"] * v["win_rate"] / v["cycle_length_days"]
+        ).to_numpy(),
+    )
+    np.testing.assert_allclose(
+        v["gain_per_day_cycle_length_minus_10pct"].to_numpy(),
+        v["velocity_per_day"].to_numpy() * (1 / 0.9 - 1),
+    )
+
+
+def test_coverage_table(sample_metrics):
+    _, model, m = sample_metrics
+    cov = m.coverage
+    stages = cov.filter(pl.col("stage").is_in(list(model.stages.open)))
+    assert stages.height == model.stages.n_open
+    tgt = m.info["target"]
+    np.testing.assert_allclose(cov["coverage"].to_numpy(), cov["pipeline_amount"].to_numpy() / tgt)
+    finite = stages.filter(pl.col("pipeline_value_factor").is_finite())
+    assert finite.height > 0
+    np.testing.assert_allclose(
+        finite["required_pipeline"].to_numpy(), finite["pipeline_value_factor"].to_numpy() * tgt
+    )
+    # the required stage pipeline is at most `copies` times today's (amounts scaled ≤ 1)
+    # and more than `copies - 1` times it would have been short of the target
+    assert (
+        finite["required_pipeline"] <= finite["copies"] * finite["pipeline_amount"] * (1 + 1e-9)
+    ).all()
+    full = cov.filter(pl.col("stage") == "pipeline and new deals").row(0, named=True)
+    only = cov.filter(pl.col("stage") == "all open stages").row(0, named=True)
+    assert full["probability_today"] >= only["probability_today"]
+
+
+def test_to_parquet_tables_and_summary(sample_metrics, tmp_path):
+    _, _, m = sample_metrics
+    paths = m.to_parquet(tmp_path / "out")
+    assert [p.name for p in paths] == [f"{k}.parquet" for k in m.tables()]
+    for name, frame in m.tables().items():
+        back = pl.read_parquet(tmp_path / "out" / f"{name}.parquet")
+        assert back.equals(frame), name
+    text = str(m)
+    assert "win rate, units" in text and "Pipeline Value Factor" in text
+
+
+def test_parameter_errors(sample_metrics):
+    log, model, _ = sample_metrics
+    with pytest.raises(ParameterError, match="`as_of`"):
+        compute_metrics(log, model=model, as_of="2024-06-01", coverage=False)
+    with pytest.raises(ParameterError, match="`segment_by`"):
+        compute_metrics(log, model=model, segment_by=["region"], coverage=False)
+    with pytest.raises(ParameterError, match="`interval_level`"):
+        compute_metrics(log, model=model, interval_level=1.5, coverage=False)
+    with pytest.raises(ParameterError, match="`target_probability`"):
+        compute_metrics(log, model=model, target_probability=1.0)
+    with pytest.raises(ParameterError, match="`target`"):
+        compute_metrics(log, model=model, target=-5.0)
+    with pytest.raises(ParameterError, match="`within_days`"):
+        compute_metrics(log, model=model, within_days=[0.0], coverage=False)
