@@ -121,7 +121,7 @@ def win_rate_multipliers(
     Examples
     --------
     >>> win_rate_multipliers(np.array([0.0, 0.5, 0.2, 0.2, 0.1]), 2, 1.5).tolist()
-    [1.0, 1.0, 1.5, 0.6666666666666666, 0.6666666666666666]
+    [1.0, 1.0, 1.5, 0.6666666666666667, 0.6666666666666667]
     """
     won, lost, nd = n_open, n_open + 1, n_open + 2
     m = np.ones(shares.shape[0], dtype=np.float64)
