@@ -19,7 +19,9 @@ from forecast.errors import (
 )
 from forecast.fit.fitting import fit
 from forecast.fit.model import PipelineModel
+from forecast.metrics import SalesMetrics, compute_metrics
 from forecast.results import Forecast
+from forecast.scenarios import compare_scenarios, with_changes
 
 __version__ = "0.1.0"
 
@@ -36,12 +38,16 @@ __all__ = [
     "ModelError",
     "ParameterError",
     "PipelineModel",
+    "SalesMetrics",
     "StageMap",
     "TerminalEventError",
     "TimestampError",
     "UnknownStageError",
     "ValidationReport",
     "__version__",
+    "compare_scenarios",
+    "compute_metrics",
     "fit",
     "read_deal_log",
+    "with_changes",
 ]
