@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ from forecast.scores import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from forecast.data.deal_log import DealLog
+    from forecast.fit.model import PipelineModel
 
 __all__ = ["BASELINES", "BacktestResult", "backtest", "default_origins"]
 
@@ -90,8 +91,8 @@ def default_origins(
     calendar : FiscalCalendar, optional
         Default: fiscal year = calendar year.
     min_history_quarters : int, default 4
-        Full fiscal quarters of history required before an origin (the quarter
-        holding the first event counts only if it starts exactly then).
+        Fiscal quarters of history required before an origin (the quarter
+        holding the first event counts if that event lies in its first half).
 
     Returns
     -------
@@ -104,7 +105,7 @@ def default_origins(
     _check_int(min_history_quarters, "min_history_quarters", 0)
     first = log.first_timestamp
     q = cal.quarter_of(first)
-    if q.start < first:
+    if first - q.start > (q.end - q.start) / 2:
         q = cal.shift(q, 1)
     q = cal.shift(q, int(min_history_quarters))
     end = _data_end(log)
@@ -144,14 +145,29 @@ def _score_origin(
     calendar: FiscalCalendar,
     n_draws: int,
     seed: int,
+    fit_options: Mapping[str, Any] | None = None,
+    transform: Callable[[PipelineModel], PipelineModel] | None = None,
 ) -> list[dict[str, Any]]:
-    """Fit at ``origin``, simulate ``horizon`` quarters, score each realised one."""
+    """Fit at ``origin``, simulate ``horizon`` quarters, score each realised one.
+
+    ``fit_options`` (extra keyword arguments of :func:`forecast.fit`) and
+    ``transform`` (applied to the fitted model) serve ablation studies
+    (``benchmarks/accuracy.py``).
+    """
     from forecast.fit.fitting import fit
 
     s = origin_seed(seed, origin)
     model = fit(
-        log, as_of=origin, segment_by=segment_by, calendar=calendar, n_draws=n_draws, seed=s
+        log,
+        as_of=origin,
+        segment_by=segment_by,
+        calendar=calendar,
+        n_draws=n_draws,
+        seed=s,
+        **dict(fit_options or {}),
     )
+    if transform is not None:
+        model = transform(model)
     fc = model.simulate(log, n_paths=n_paths, horizon=horizon, seed=s)
     quarters = calendar.quarters(origin, horizon)
     samples = fc.samples.T  # (H, P)

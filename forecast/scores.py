@@ -91,7 +91,7 @@ def crps_samples(samples: object, observed: object) -> np.ndarray:
     Examples
     --------
     >>> float(crps_samples([1.0, 2.0, 3.0], 2.0))
-    0.4444444444444444
+    0.2222222222222222
     >>> float(crps_samples([5.0], 3.0))
     2.0
     """
@@ -177,8 +177,8 @@ def pinball_loss(quantiles: object, levels: Sequence[float], observed: object) -
 
     Examples
     --------
-    >>> pinball_loss([[10.0, 20.0]], [0.1, 0.9], [15.0]).tolist()
-    [[0.5, 0.5]]
+    >>> pinball_loss([[10.0, 20.0]], [0.1, 0.75], [15.0]).tolist()
+    [[0.5, 1.25]]
     """
     q = np.asarray(quantiles, dtype=np.float64)
     tau = _levels(levels, "levels", "pinball_loss")

@@ -1,0 +1,180 @@
+"""Accuracy benchmark: rolling-origin backtests over independent synthetic worlds.
+
+Each world is ``generate_crm(seed=1000 + w, end=END)`` (independent arrivals,
+journeys and quarterly shocks); each is backtested from ``ORIGINS`` (four fiscal
+quarter starts, the last two quarters before ``END``) with a two-quarter
+horizon, so there are ``4 × worlds`` next-quarter cases. The table gives, per
+model variant and horizon step, 50 % / 80 % interval coverage with 95 % Wilson
+intervals, mean CRPS, the weighted pipeline's mean absolute error and the ratio
+of the two, CRPS skill against the baselines, the relative bias of the forecast
+mean and the mean PIT.
+
+Variants (``--ablation``), each switching one model component off:
+
+- ``full``          the model as fitted;
+- ``no_shocks``     shared quarterly shock sigma set to 0 (point fit and draws);
+- ``no_draws``      no parameter draws (``n_draws=0``);
+- ``no_pull_in``    quarter-end pull-in probability set to 0;
+- ``no_shrinkage``  segment curves not shrunk toward the pooled fit (``shrink=False``);
+- ``no_age``        open deals simulated as if they had just entered their stage
+  (every ``days_in_stage`` taken as 0).
+
+Usage::
+
+    python benchmarks/accuracy.py                    # full model, 12 worlds
+    python benchmarks/accuracy.py --ablation         # all variants
+    python benchmarks/accuracy.py --worlds 4 --paths 500 --draws 4   # quick look
+
+Targets (issue 6, next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
+50 % coverage in [0.42, 0.58], mean CRPS <= 0.6 × the weighted pipeline's MAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+import forecast
+import forecast.simulate as simulate_module
+from forecast.backtest import BASELINES, BacktestResult, _score_origin, origin_seed  # noqa: F401
+from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast.datasets import SYNTHETIC_STAGES, generate_crm
+from forecast.scores import skill, wilson_interval
+
+END = "2025-07-01"
+ORIGINS = ("2024-04-01", "2024-07-01", "2024-10-01", "2025-01-01")
+HORIZON = 2
+VARIANTS = ("full", "no_shocks", "no_draws", "no_pull_in", "no_shrinkage", "no_age")
+
+
+def _no_shocks(model: Any) -> Any:
+    draws = model.draws
+    if draws is not None:
+        draws = dataclasses.replace(draws, shock_sigma=np.zeros_like(draws.shock_sigma))
+    return model.replace(shocks=dataclasses.replace(model.shocks, sigma=0.0), draws=draws)
+
+
+def _no_pull_in(model: Any) -> Any:
+    draws = model.draws
+    if draws is not None:
+        draws = dataclasses.replace(draws, pull_in=np.zeros_like(draws.pull_in))
+    return model.replace(quarter_end=dataclasses.replace(model.quarter_end, pi=0.0), draws=draws)
+
+
+def _variant(name: str, n_draws: int) -> tuple[dict[str, Any], Any, int]:
+    """(fit options, model transform, n_draws) of a variant."""
+    if name == "no_shocks":
+        return {}, _no_shocks, n_draws
+    if name == "no_draws":
+        return {}, None, 0
+    if name == "no_pull_in":
+        return {}, _no_pull_in, n_draws
+    if name == "no_shrinkage":
+        return {"shrink": False}, None, n_draws
+    return {}, None, n_draws
+
+
+def _world_cases(
+    world: int, variant: str, n_paths: int, n_draws: int, seed: int
+) -> list[dict[str, Any]]:
+    """Every (origin, step) row of one world under one variant (runs in a worker)."""
+    if variant == "no_age":
+        # Ages are clipped to MAX_AGE_DAYS when the kernel arrays are packed.
+        simulate_module.MAX_AGE_DAYS = 0
+    crm = generate_crm(seed=1000 + world, end=END)
+    log = forecast.read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+    cal = FiscalCalendar()
+    fit_options, transform, draws = _variant(variant, n_draws)
+    rows = []
+    for o in ORIGINS:
+        for r in _score_origin(
+            log,
+            _as_datetime(o, "origin"),
+            HORIZON,
+            n_paths,
+            ("segment",),
+            cal,
+            draws,
+            seed + world,
+            fit_options=fit_options,
+            transform=transform,
+        ):
+            rows.append({"world": world, "variant": variant, **r})
+    simulate_module.MAX_AGE_DAYS = 1095
+    return rows
+
+
+def table(frame: pl.DataFrame) -> pl.DataFrame:
+    """Summary per variant and step (see the module docstring)."""
+    out = []
+    for (variant, step), d in frame.filter(pl.col("realised").is_not_null()).group_by(
+        ["variant", "step"], maintain_order=True
+    ):
+        n = d.height
+        h80, h50 = int(d["hit80"].sum()), int(d["hit50"].sum())
+        lo80, hi80 = wilson_interval(h80, n)
+        lo50, hi50 = wilson_interval(h50, n)
+        crps = float(d["crps"].mean())
+        mae = {b: float(d[f"crps_{b}"].mean()) for b in BASELINES}
+        out.append(
+            {
+                "variant": variant,
+                "step": step,
+                "n": n,
+                "cov80": h80 / n,
+                "cov80_ci": f"[{lo80:.2f}, {hi80:.2f}]",
+                "cov50": h50 / n,
+                "cov50_ci": f"[{lo50:.2f}, {hi50:.2f}]",
+                "crps": crps,
+                "mae_wp": mae["weighted_pipeline"],
+                "crps/mae_wp": crps / mae["weighted_pipeline"],
+                **{f"skill_{b}": skill(crps, mae[b]) for b in BASELINES},
+                "bias": float((d["mean"] - d["realised"]).sum() / d["realised"].sum()),
+                "mean_pit": float(d["pit"].mean()),
+            }
+        )
+    return pl.DataFrame(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worlds", type=int, default=12)
+    ap.add_argument("--paths", type=int, default=2000)
+    ap.add_argument("--draws", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ablation", action="store_true", help="run every variant")
+    ap.add_argument("--variants", nargs="*", default=None, help=f"subset of {VARIANTS}")
+    ap.add_argument("--save", default=None, help="write the per-case rows to this Parquet file")
+    args = ap.parse_args(argv)
+    variants = args.variants or (list(VARIANTS) if args.ablation else ["full"])
+    t0 = time.perf_counter()
+    jobs = [(w, v, args.paths, args.draws, args.seed) for v in variants for w in range(args.worlds)]
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as ex:
+            parts = list(ex.map(_world_cases, *zip(*jobs)))
+    else:
+        parts = [_world_cases(*j) for j in jobs]
+    frame = pl.DataFrame([r for p in parts for r in p], infer_schema_length=None)
+    if args.save:
+        frame.write_parquet(args.save)
+    with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=250, float_precision=3):
+        print(
+            f"{args.worlds} worlds × {len(ORIGINS)} origins, horizon {HORIZON}, "
+            f"{args.paths} paths, {args.draws} draws, seed {args.seed}"
+        )
+        print(table(frame))
+    print(f"elapsed {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
