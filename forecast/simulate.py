@@ -324,6 +324,7 @@ def simulate(
     Forecast
     """
     from forecast._kernels import outcome_probabilities, simulate_arrays
+    from forecast.fit.fitting import SEGMENT_COLUMN
 
     n_paths = _check_int(n_paths, "n_paths", 1)
     horizon = _check_int(horizon, "horizon", 1)
@@ -365,6 +366,7 @@ def simulate(
         booked_to_date=booked,
         deal_ids=pipe["deal_id"].to_numpy(),
         deal_amounts=np.asarray(arrays.deal_amount, dtype=np.float64),
+        deal_segments=pipe[SEGMENT_COLUMN].to_numpy(),
         deal_wins=samples.deal_wins,
         deal_won_cents=samples.deal_won_cents,
         quarters=tuple(q.label for q in quarters),

@@ -226,7 +226,7 @@ def read_deal_log(
     if stages is None and open_stages is None and p is not None:
         stages = p.stages
 
-    table = load_table(source)
+    table = _load_needed_columns(source, shape, p, columns, segments)
     if _ROW in table.columns:  # pragma: no cover - defensive
         table = table.drop(_ROW)
     tally = RepairCounts(rows_read=table.height)
@@ -281,6 +281,37 @@ def read_deal_log(
 # ---------------------------------------------------------------------------------------
 # steps
 # ---------------------------------------------------------------------------------------
+def _load_needed_columns(
+    source: Any,
+    shape: str,
+    p: Preset | None,
+    columns: Mapping[str, str | None] | None,
+    segments: tuple[str, ...],
+) -> pl.DataFrame:
+    """Read the table; Parquet files and LazyFrames are scanned and only the columns
+    the mapping needs are materialised (large CRM exports carry many more)."""
+    lazy: pl.LazyFrame | None = None
+    if isinstance(source, pl.LazyFrame):
+        lazy = source
+    elif isinstance(source, str | os.PathLike) and Path(source).suffix.lower() in (
+        ".parquet",
+        ".pq",
+    ):
+        if Path(source).is_file():
+            lazy = pl.scan_parquet(source)
+    if lazy is None:
+        return load_table(source)
+    names = lazy.collect_schema().names()
+    candidates, required = _column_plan(shape, p, columns)
+    complete = all(any(c in names for c in candidates.get(r, ())) for r in required)
+    if not complete or not set(segments) <= set(names):
+        # Materialise everything so the missing-column error can list what the table has.
+        return lazy.collect()
+    wanted = {c for cands in candidates.values() for c in cands}
+    wanted |= set(segments) | set(p.deleted_columns if p is not None else ())
+    return lazy.select([c for c in names if c in wanted]).collect()
+
+
 def _check_segments(segment_columns: Sequence[str]) -> tuple[str, ...]:
     if isinstance(segment_columns, str):
         segment_columns = (segment_columns,)
