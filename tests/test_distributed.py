@@ -1,0 +1,73 @@
+"""Runs on a Dask LocalCluster with worker processes (and a process pool) give
+exactly the samples of a local run for the same seed."""
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import polars as pl
+import pytest
+
+import forecast
+from forecast.datasets import load_sample
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    log = load_sample()
+    model = forecast.fit(log, as_of="2025-01-01", segment_by=["segment"], n_draws=4, seed=2)
+    return log, model
+
+
+@pytest.fixture(scope="module")
+def dask_executor():
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    try:
+        yield client.get_executor()
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _same(a, b):
+    assert np.array_equal(a.totals, b.totals)
+    assert np.array_equal(a.deal_wins, b.deal_wins)
+    assert np.array_equal(a.deal_won_cents, b.deal_won_cents)
+    assert a.quarterly().equals(b.quarterly())
+
+
+def test_simulation_on_dask_cluster_is_bit_identical(fitted, dask_executor):
+    log, model = fitted
+    local = model.simulate(log, n_paths=6_500, horizon=3, seed=11)
+    remote = model.simulate(log, n_paths=6_500, horizon=3, seed=11, executor=dask_executor)
+    _same(local, remote)
+    other_seed = model.simulate(log, n_paths=6_500, horizon=3, seed=12, executor=dask_executor)
+    assert not np.array_equal(local.totals, other_seed.totals)
+
+
+def test_simulation_on_process_pool_is_bit_identical(fitted):
+    log, model = fitted
+    local = model.simulate(log, n_paths=4_100, horizon=2, seed=3, threads=1)
+    # "spawn": forking a process whose Numba kernels already started OpenMP threads
+    # is unsafe (GNU OpenMP aborts the child), so pools must spawn their workers.
+    with ProcessPoolExecutor(
+        max_workers=2, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        remote = model.simulate(log, n_paths=4_100, horizon=2, seed=3, executor=pool)
+    _same(local, remote)
+
+
+def test_backtest_on_dask_cluster_is_identical(dask_executor):
+    from forecast.backtest import backtest
+
+    log = load_sample()
+    kwargs = dict(origins=["2024-04-01", "2024-07-01"], horizon=1, n_paths=500, n_draws=2, seed=4)
+    local = backtest(log, **kwargs)
+    remote = backtest(log, executor=dask_executor, **kwargs)
+    assert isinstance(local.scores(), pl.DataFrame) and local.scores().height > 0
+    assert local.scores().equals(remote.scores())
