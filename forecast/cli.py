@@ -15,12 +15,13 @@ Errors print one line ``forecast: error: ...`` on stderr, without a traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,15 @@ def _add_sim_args(p: argparse.ArgumentParser, *, paths: int = 10_000) -> None:
         help="parameter draws, Bayesian bootstrap (default 32)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_dask_arg(p)
+
+
+def _add_dask_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="run on this Dask cluster (e.g. tcp://10.0.0.5:8786); default: this machine",
+    )
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
@@ -201,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", type=Path, help="also write the per-origin scores (Parquet file)"
     )
+    _add_dask_arg(p)
 
     p = sub.add_parser(
         "metrics",
@@ -218,6 +229,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- helpers --------------------------------------------------------------------------
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Any]:
+    """A Dask executor when ``--dask-scheduler`` is given, else ``None`` (run locally)."""
+    address = getattr(args, "dask_scheduler", None)
+    if not address:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ParameterError(
+            "`--dask-scheduler` needs Dask: pip install 'forecast[distributed]'."
+        ) from None
+    _status(f"Connecting to the Dask scheduler at {address} ...")
+    try:
+        client = Client(address, timeout="20s")
+    except OSError as e:
+        raise ParameterError(f"Cannot reach the Dask scheduler at {address}: {e}") from None
+    with client:
+        yield client.get_executor()
+
+
 def _status(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -308,14 +341,16 @@ def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by
         n_draws=args.draws,
         seed=args.seed,
     )
-    fc = model.simulate(
-        log,
-        n_paths=args.paths,
-        horizon=args.horizon,
-        seed=args.seed,
-        threads=args.threads,
-        progress=not args.no_progress,
-    )
+    with _executor(args) as executor:
+        fc = model.simulate(
+            log,
+            n_paths=args.paths,
+            horizon=args.horizon,
+            seed=args.seed,
+            threads=args.threads,
+            progress=not args.no_progress,
+            executor=executor,
+        )
     return model, fc
 
 
@@ -445,16 +480,18 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     _status(f"Reading {args.history} ...")
     log = _read(args)
     _status("Backtesting (one fit and simulation per origin) ...")
-    result = backtest(
-        log,
-        origins=args.origins,
-        horizon=args.horizon,
-        n_paths=args.paths,
-        segment_by=tuple(args.segment),
-        calendar=_calendar(args),
-        n_draws=args.draws,
-        seed=args.seed,
-    )
+    with _executor(args) as executor:
+        result = backtest(
+            log,
+            origins=args.origins,
+            horizon=args.horizon,
+            n_paths=args.paths,
+            segment_by=tuple(args.segment),
+            calendar=_calendar(args),
+            n_draws=args.draws,
+            seed=args.seed,
+            executor=executor,
+        )
     summary = result.summary()
     brief = [c for c in _BACKTEST_COLUMNS if c in summary.columns]
     _print_frame(summary.select(brief) if len(brief) > 2 else summary)

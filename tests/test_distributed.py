@@ -2,6 +2,8 @@
 exactly the samples of a local run for the same seed."""
 
 import multiprocessing
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -22,16 +24,21 @@ def fitted():
 
 
 @pytest.fixture(scope="module")
-def dask_executor():
+def dask_client():
     cluster = distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     )
     client = distributed.Client(cluster)
     try:
-        yield client.get_executor()
+        yield client
     finally:
         client.close()
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def dask_executor(dask_client):
+    return dask_client.get_executor()
 
 
 def _same(a, b):
@@ -71,3 +78,30 @@ def test_backtest_on_dask_cluster_is_identical(dask_executor):
     remote = backtest(log, executor=dask_executor, **kwargs)
     assert isinstance(local.scores(), pl.DataFrame) and local.scores().height > 0
     assert local.scores().equals(remote.scores())
+
+
+def test_cli_runs_on_a_dask_scheduler(dask_client, tmp_path):
+    def demo(*extra):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "forecast.cli",
+                "demo",
+                "--paths",
+                "4000",
+                "--no-progress",
+                "--draws",
+                "2",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        return [line for line in r.stdout.splitlines() if line.startswith("FY")]
+
+    local = demo()
+    remote = demo("--dask-scheduler", dask_client.scheduler.address)
+    assert len(local) == 4 and local == remote
