@@ -17,13 +17,13 @@ demo: $(STAMP)
 	$(BIN)/forecast demo
 
 test: $(STAMP)
-	$(BIN)/ruff check forecast tests benchmarks
-	$(BIN)/ruff format --check forecast tests benchmarks
+	$(BIN)/ruff check forecast tests benchmarks notebooks
+	$(BIN)/ruff format --check forecast tests benchmarks notebooks
 	$(BIN)/python -m pytest -q
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix forecast tests benchmarks
-	$(BIN)/ruff format forecast tests benchmarks
+	$(BIN)/ruff check --fix forecast tests benchmarks notebooks
+	$(BIN)/ruff format forecast tests benchmarks notebooks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
