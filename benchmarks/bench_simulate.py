@@ -34,7 +34,7 @@ import time
 import numba
 import numpy as np
 
-from forecast._kernels import outcome_probabilities, sample_paths
+from forecast._kernels import outcome_probabilities, sample_paths, sampling_inputs
 from forecast._kernels import rng as krng
 from forecast._oracle import random_model_arrays, simulate_oracle
 
@@ -114,23 +114,7 @@ def main() -> None:
 
     # Warm up in this process (cached compile).
     outcomes = outcome_probabilities(arrays)
-    kw = {
-        "p_win": outcomes.p_win,
-        "p_qe": outcomes.p_qe,
-        "deal_amount": arrays.deal_amount,
-        "deal_segment": arrays.deal_segment,
-        "ratio_offsets": arrays.ratio_offsets,
-        "ratio_values": arrays.ratio_values,
-        "ratio_qe_offsets": arrays.ratio_qe_offsets,
-        "ratio_qe_values": arrays.ratio_qe_values,
-        "new_counts": arrays.new_counts,
-        "new_shape": arrays.new_shape,
-        "new_pmf": outcomes.new_pmf,
-        "new_qe": outcomes.new_qe,
-        "new_amount_offsets": arrays.new_amount_offsets,
-        "new_amount_values": arrays.new_amount_values,
-        "shock_sigma": arrays.shock_sigma,
-    }
+    kw = sampling_inputs(arrays, outcomes)
     sample_paths(**kw, seed=0, n_paths=50)
     print(f"mean P(win within horizon) per deal: {outcomes.p_win.sum(-1).mean():.3f}")
 

@@ -17,6 +17,7 @@ from forecast._kernels import (
     ModelArrays,
     outcome_probabilities,
     sample_paths,
+    sampling_inputs,
     simulate_arrays,
 )
 from forecast._kernels import rng as krng
@@ -509,23 +510,7 @@ def test_progress_and_interrupt_between_chunks(model):
 
 
 def _sample_kwargs(arrays, outcomes):
-    return {
-        "p_win": outcomes.p_win,
-        "p_qe": outcomes.p_qe,
-        "deal_amount": arrays.deal_amount,
-        "deal_segment": arrays.deal_segment,
-        "ratio_offsets": arrays.ratio_offsets,
-        "ratio_values": arrays.ratio_values,
-        "ratio_qe_offsets": arrays.ratio_qe_offsets,
-        "ratio_qe_values": arrays.ratio_qe_values,
-        "new_counts": arrays.new_counts,
-        "new_shape": arrays.new_shape,
-        "new_pmf": outcomes.new_pmf,
-        "new_qe": outcomes.new_qe,
-        "new_amount_offsets": arrays.new_amount_offsets,
-        "new_amount_values": arrays.new_amount_values,
-        "shock_sigma": arrays.shock_sigma,
-    }
+    return sampling_inputs(arrays, outcomes)
 
 
 # --------------------------------------------------------------------------- validation

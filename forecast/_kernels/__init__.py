@@ -53,6 +53,7 @@ __all__ = [
     "PathSamples",
     "outcome_probabilities",
     "sample_paths",
+    "sampling_inputs",
     "simulate_arrays",
 ]
 
@@ -726,6 +727,32 @@ def sample_paths(
     )
 
 
+def sampling_inputs(arrays: ModelArrays, outcomes: OutcomeArrays) -> dict[str, Any]:
+    """The keyword arguments of :func:`sample_paths` other than the run settings.
+
+    Everything the sampling kernel reads, without the exit densities ``dens``
+    (the largest array, needed only by :func:`outcome_probabilities`), so this is
+    also what a distributed run sends to its workers.
+    """
+    return {
+        "p_win": outcomes.p_win,
+        "p_qe": outcomes.p_qe,
+        "deal_amount": arrays.deal_amount,
+        "deal_segment": arrays.deal_segment,
+        "ratio_offsets": arrays.ratio_offsets,
+        "ratio_values": arrays.ratio_values,
+        "ratio_qe_offsets": arrays.ratio_qe_offsets,
+        "ratio_qe_values": arrays.ratio_qe_values,
+        "new_counts": arrays.new_counts,
+        "new_shape": arrays.new_shape,
+        "new_pmf": outcomes.new_pmf,
+        "new_qe": outcomes.new_qe,
+        "new_amount_offsets": arrays.new_amount_offsets,
+        "new_amount_values": arrays.new_amount_values,
+        "shock_sigma": arrays.shock_sigma,
+    }
+
+
 def simulate_arrays(
     arrays: ModelArrays,
     *,
@@ -755,21 +782,7 @@ def simulate_arrays(
     if outcomes is None:
         outcomes = outcome_probabilities(arrays)
     return sample_paths(
-        p_win=outcomes.p_win,
-        p_qe=outcomes.p_qe,
-        deal_amount=arrays.deal_amount,
-        deal_segment=arrays.deal_segment,
-        ratio_offsets=arrays.ratio_offsets,
-        ratio_values=arrays.ratio_values,
-        ratio_qe_offsets=arrays.ratio_qe_offsets,
-        ratio_qe_values=arrays.ratio_qe_values,
-        new_counts=arrays.new_counts,
-        new_shape=arrays.new_shape,
-        new_pmf=outcomes.new_pmf,
-        new_qe=outcomes.new_qe,
-        new_amount_offsets=arrays.new_amount_offsets,
-        new_amount_values=arrays.new_amount_values,
-        shock_sigma=arrays.shock_sigma,
+        **sampling_inputs(arrays, outcomes),
         seed=seed,
         n_paths=n_paths,
         path_start=path_start,
