@@ -7,6 +7,7 @@ thread count or the executor (see ``docs/internals.md`` §5).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import math
@@ -27,6 +28,7 @@ __all__ = [
     "early_window_days",
     "model_arrays",
     "quarter_bins",
+    "shock_scale",
     "simulate",
     "weighted_pipeline",
 ]
@@ -166,6 +168,82 @@ def condition_on_not_pulled_in(arrays: Any, outcomes: Any, early_days: int) -> A
         p_win[:, :, 0] = new_first / denom
         p_win[:, :, 1:] /= denom[:, :, None]
     return dataclasses.replace(outcomes, p_win=p_win, p_qe=p_qe)
+
+
+def _won_elasticity(dens_gk: np.ndarray, won: int, n_bins: int = 8) -> tuple[float, float]:
+    """Win-weighted ``1 − P(won | exit at t)`` of one (segment, stage), and its won mass.
+
+    ``dens_gk`` is (C, L) exit sub-densities. The day bins are grouped into
+    ``n_bins`` groups of equal won mass (single days are too noisy: a day with one
+    exit, a win, would read ``P(won | exit) = 1``).
+    """
+    f_won = dens_gk[won]
+    f_all = dens_gk.sum(axis=0)
+    total = float(f_won.sum())
+    if not total > 0:
+        return 0.0, 0.0
+    # Group of a day: won mass before it; days after the last win form group n_bins
+    # (no wins there, so no weight).
+    before = np.cumsum(f_won) - f_won
+    group = np.minimum((before / total * n_bins).astype(np.int64), n_bins)
+    w = np.bincount(group, weights=f_won, minlength=n_bins + 1)
+    a = np.bincount(group, weights=f_all, minlength=n_bins + 1)
+    ok = a > 0
+    return float((w[ok] * (1.0 - w[ok] / a[ok])).sum() / total), total
+
+
+def shock_scale(model: PipelineModel, arrays: Any, outcomes: Any) -> float:
+    """Factor on the shock sigma that gives the kernel's tilt the fitted effect on bookings.
+
+    The fitted ``sigma`` (:mod:`forecast.fit.shocks`) is the spread of a shift of
+    the log-odds of "won" against the other destinations *at each exit*: a win
+    from an exit whose win probability is ``p`` moves by ``(1 − p) z`` in log
+    terms. The kernel tilts each deal's *horizon* categorical instead, where a
+    win in quarter ``q`` moves by ``(1 − P(q)) z``, and ``P(q)`` (a deal's chance
+    to win in one quarter) is much smaller than the win probability of the exits
+    wins come from (late-stage exits are mostly wins). Unscaled, the shock moved
+    quarterly bookings about twice as much as the fitted one does, and the
+    intervals were too wide (50 % coverage 0.64, 80 % 0.89 over 120 synthetic
+    cases). Returns ``ē / κ``: ``ē`` the win-weighted exit elasticity
+    ``1 − P(won | exit at t)`` (per segment and stage, weighted by the stage's
+    spells × won share), ``κ`` the kernel's amount-weighted elasticity
+    ``1 − P(q)`` over today's deals (and new deals, elasticity ≈ 1) in the first
+    quarter, both for parameter draw 0.
+    """
+    dens = np.asarray(arrays.dens)
+    K = dens.shape[2]
+    n_spells = {
+        (r["segment"], r["stage"]): r["n_spells"] for r in model.shrinkage.iter_rows(named=True)
+    }
+    num = den = 0.0
+    for g, seg in enumerate(model.segments):
+        for k, name in enumerate(model.stages.open):
+            e, won_mass = _won_elasticity(dens[0, g, k], K)
+            w = float(n_spells.get((seg, name), 1)) * won_mass
+            num += w * e
+            den += w
+    if not den > 0:
+        return 1.0
+    target = num / den
+    p = outcomes.p_win[0, :, 0]
+    amount = np.asarray(arrays.deal_amount, dtype=np.float64)
+    pipe_w = amount * p
+    new_w = 0.0
+    if arrays.new_counts is not None and np.asarray(arrays.new_counts).size:
+        counts = np.asarray(arrays.new_counts)[0, :, 0]  # (G,)
+        pmf = outcomes.new_pmf[0, :, 0, 0]
+        mean_amount = np.array(
+            [
+                arrays.new_amount_values[lo:hi].mean() if hi > lo else 1.0
+                for lo, hi in itertools.pairwise(np.asarray(arrays.new_amount_offsets).ravel())
+            ]
+        )[: counts.shape[0]]
+        new_w = float((counts * pmf * mean_amount).sum())
+    total = float(pipe_w.sum()) + new_w
+    if not total > 0:
+        return 1.0
+    kernel = (float((pipe_w * (1.0 - p)).sum()) + new_w) / total
+    return float(min(1.0, target / kernel)) if kernel > 0 else 1.0
 
 
 def model_arrays(
@@ -334,6 +412,9 @@ def simulate(
     arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
     outcomes = condition_on_not_pulled_in(
         arrays, outcome_probabilities(arrays), early_window_days(model, quarters)
+    )
+    arrays = dataclasses.replace(
+        arrays, shock_sigma=arrays.shock_sigma * shock_scale(model, arrays, outcomes)
     )
     if executor is not None:
         samples = _simulate_sharded(executor, arrays, outcomes, n_paths, seed, chunk_size)

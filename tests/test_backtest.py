@@ -205,3 +205,88 @@ def test_parameter_errors(log):
         backtest(log, origins=[dt.datetime(2020, 1, 1)])
     with pytest.raises(ParameterError, match="no origin"):
         backtest(log, min_history_quarters=40)
+
+
+# -- model corrections found by the backtests (forecast/simulate.py) ----------------------------
+def _one_stage_arrays(pull_in: float, age: int = 0):
+    from forecast._kernels import ModelArrays
+
+    L = 600
+    dens = np.zeros((1, 1, 1, 4, L))
+    decay = 0.99 ** np.arange(L)
+    dens[0, 0, 0, 1] = 0.006 * decay  # won
+    dens[0, 0, 0, 2] = 0.004 * decay  # lost
+    return ModelArrays(
+        dens=dens,
+        qb=np.array([0, 90, 181]),
+        qe_window=14,
+        pull_in=pull_in,
+        deal_segment=[0, 0],
+        deal_stage=[0, 0],
+        deal_age=[age, 40],
+        deal_amount=[1000.0, 500.0],
+    )
+
+
+def test_condition_on_not_pulled_in_matches_bayes_by_hand():
+    from forecast._kernels import outcome_probabilities
+    from forecast.simulate import condition_on_not_pulled_in
+
+    pi, e = 0.3, 14
+    arrays = _one_stage_arrays(pi)
+    raw = outcome_probabilities(arrays)
+    got = condition_on_not_pulled_in(arrays, raw, e)
+    # One stage, exits memoryless per day bin: P(win in the first e bins | age a) is
+    # Σ_{l<e} 0.006·0.99^(a+l) / S(a) with S(a) = Σ_{l≥a} 0.01·0.99^l (+ mass beyond L).
+    for n, a in enumerate((0, 40)):
+        d = arrays.dens[0, 0, 0]
+        surv = d[:, a:].sum() + (1.0 - d.sum())
+        r = d[1, a : a + e].sum() / surv
+        p = raw.p_win[0, n]
+        expected = np.array([p[0] - pi * r, p[1]]) / (1.0 - pi * r)
+        np.testing.assert_allclose(got.p_win[0, n], expected, rtol=1e-12)
+    # Nothing to condition on past the early window, or without pull-in.
+    assert condition_on_not_pulled_in(arrays, raw, 0) is raw
+    arrays0 = _one_stage_arrays(0.0)
+    raw0 = outcome_probabilities(arrays0)
+    assert condition_on_not_pulled_in(arrays0, raw0, e) is raw0
+
+
+def test_quarter_start_forecast_not_above_mid_window_one_by_pull_in():
+    # At a quarter start the conditioned first-quarter win probability is below the raw one
+    # (pulled-in wins already happened), the later quarter's above it (renormalised).
+    from forecast._kernels import outcome_probabilities
+    from forecast.simulate import condition_on_not_pulled_in
+
+    arrays = _one_stage_arrays(0.4)
+    raw = outcome_probabilities(arrays)
+    got = condition_on_not_pulled_in(arrays, raw, 14)
+    assert np.all(got.p_win[0, :, 0] < raw.p_win[0, :, 0])
+    assert np.all(got.p_win[0, :, 1] > raw.p_win[0, :, 1])
+    assert np.all(got.p_win.sum(axis=2) <= 1.0)
+
+
+def test_won_elasticity_by_hand():
+    from forecast.simulate import _won_elasticity
+
+    dens = np.zeros((4, 10))
+    dens[1, :5] = 0.1  # wins in days 0..4
+    dens[2, :5] = 0.1  # losses on the same days: P(won | exit) = 1/2 there
+    dens[2, 5:] = 0.1  # later exits are all losses (no wins to weigh)
+    e, mass = _won_elasticity(dens, won=1)
+    assert mass == pytest.approx(0.5) and e == pytest.approx(0.5)
+    only_wins = np.zeros((4, 10))
+    only_wins[1] = 0.1
+    assert _won_elasticity(only_wins, won=1)[0] == pytest.approx(0.0)
+
+
+def test_shock_scale_in_unit_interval(log):
+    from forecast._kernels import outcome_probabilities
+    from forecast.simulate import model_arrays, shock_scale
+
+    model = forecast.fit(log, as_of=ORIGIN, segment_by=["segment"], n_draws=0)
+    arrays, *_ = model_arrays(model, log, 2)
+    f = shock_scale(model, arrays, outcome_probabilities(arrays))
+    # Late-stage exits are mostly wins, so the exit elasticity is well below the
+    # kernel's (1 − P(q)); measured ≈ 0.6 on the full-size generator.
+    assert 0.2 < f < 1.0
