@@ -1,9 +1,10 @@
 """Accuracy benchmark: rolling-origin backtests over independent synthetic worlds.
 
 Each world is ``generate_crm(seed=1000 + w, end=END)`` (independent arrivals,
-journeys and quarterly shocks); each is backtested from ``ORIGINS`` (four fiscal
-quarter starts, the last two quarters before ``END``) with a two-quarter
-horizon, so there are ``4 × worlds`` next-quarter cases. The table gives, per
+journeys and quarterly shocks); each is backtested from ``ORIGINS`` (four
+consecutive fiscal quarter starts, the last one two quarters before ``END``) with
+a two-quarter horizon, so there are ``4 × worlds`` next-quarter cases (step 1)
+and as many two-quarters-ahead ones (step 2). The table gives, per
 model variant and horizon step, 50 % / 80 % interval coverage with 95 % Wilson
 intervals, mean CRPS, the weighted pipeline's mean absolute error and the ratio
 of the two, CRPS skill against the baselines, the relative bias of the forecast
