@@ -1,5 +1,6 @@
 """forecast: Monte Carlo sales-pipeline forecasting from CRM deal histories."""
 
+from forecast.backtest import BacktestResult, backtest
 from forecast.calendar import FiscalCalendar, FiscalQuarter
 from forecast.data.deal_log import DealLog
 from forecast.data.readers import read_deal_log
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmountError",
+    "BacktestResult",
     "DataError",
     "DealLog",
     "FiscalCalendar",
@@ -45,6 +47,7 @@ __all__ = [
     "UnknownStageError",
     "ValidationReport",
     "__version__",
+    "backtest",
     "compare_scenarios",
     "compute_metrics",
     "fit",

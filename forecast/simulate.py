@@ -465,27 +465,6 @@ def simulate(
     )
 
 
-def _sampling_inputs(arrays: Any, outcomes: Any) -> dict[str, Any]:
-    """What the sampling kernel reads, without the large exit densities (sent to workers)."""
-    return {
-        "p_win": outcomes.p_win,
-        "p_qe": outcomes.p_qe,
-        "deal_amount": arrays.deal_amount,
-        "deal_segment": arrays.deal_segment,
-        "ratio_offsets": arrays.ratio_offsets,
-        "ratio_values": arrays.ratio_values,
-        "ratio_qe_offsets": arrays.ratio_qe_offsets,
-        "ratio_qe_values": arrays.ratio_qe_values,
-        "new_counts": arrays.new_counts,
-        "new_shape": arrays.new_shape,
-        "new_pmf": outcomes.new_pmf,
-        "new_qe": outcomes.new_qe,
-        "new_amount_offsets": arrays.new_amount_offsets,
-        "new_amount_values": arrays.new_amount_values,
-        "shock_sigma": arrays.shock_sigma,
-    }
-
-
 def _run_shard(inputs: dict[str, Any], start: int, count: int, seed: int, chunk: int | None) -> Any:
     from forecast._kernels import sample_paths
 
@@ -496,9 +475,9 @@ def _simulate_sharded(
     executor: Any, arrays: Any, outcomes: Any, n_paths: int, seed: int, chunk: int | None
 ) -> Any:
     """Shard the path range over ``executor``; merge in path order (bit-identical to local)."""
-    from forecast._kernels import PathSamples
+    from forecast._kernels import PathSamples, sampling_inputs
 
-    inputs = _sampling_inputs(arrays, outcomes)
+    inputs = sampling_inputs(arrays, outcomes)
     n_shards = max(1, min(64, n_paths // 2000))
     edges = np.linspace(0, n_paths, n_shards + 1).astype(np.int64)
     futures = [
