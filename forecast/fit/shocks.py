@@ -231,21 +231,9 @@ class ShockModel:
     def summary(self) -> pl.DataFrame:
         """One row: ``sigma, ci_low, ci_high, standard_error, sigma_moments, detrended,
         trend_per_year, n_quarters, note``."""
+        row = {k: v for k, v in self.to_dict().items() if k != "quarters"}
         return pl.DataFrame(
-            [
-                {
-                    "sigma": self.sigma,
-                    "ci_low": self.ci_low,
-                    "ci_high": float_or_none(self.ci_high),
-                    "standard_error": float_or_none(self.standard_error),
-                    "sigma_moments": self.sigma_moments,
-                    "detrended": self.detrended,
-                    "trend_per_year": self.trend_per_year,
-                    "n_quarters": self.n_quarters,
-                    "note": self.note,
-                }
-            ],
-            schema_overrides={"ci_high": pl.Float64, "standard_error": pl.Float64},
+            [row], schema_overrides={"ci_high": pl.Float64, "standard_error": pl.Float64}
         )
 
     def quarter_table(self) -> pl.DataFrame:
