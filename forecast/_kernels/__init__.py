@@ -595,6 +595,7 @@ def sample_paths(
     if np.any(sums > 1.0 + _PROB_TOL):
         raise ParameterError(f"The `p_win` rows must sum to at most 1. Got {float(sums.max())!r}.")
     p_none = np.ascontiguousarray(np.clip(1.0 - sums, 0.0, None))
+    p_win_t = np.ascontiguousarray(p_win_a.transpose(0, 2, 1))  # deal-minor for the kernel
     amount = _as_array("deal_amount", deal_amount, np.float64, 1)
     _check_shape("deal_amount", amount, (n_deals,))
     _check_range("deal_amount", amount, 0.0)
@@ -685,7 +686,7 @@ def sample_paths(
                 n_blocks = min(n_blocks_max, size)
                 lo = int(path_start) + done
                 sample_chunk(
-                    p_win_a,
+                    p_win_t,
                     p_none,
                     p_qe_a,
                     amount,

@@ -23,6 +23,14 @@ Per path ``p`` (parameter draw ``b = p % B``), with its own stream
 
 A CSR sample is ``values[lo + floor(u * count)]`` of its row.
 
+How it runs (none of it changes a draw or an operation per deal): step 2 goes by
+blocks of deals, first the block's uniforms (the generator is a serial chain), then the
+categorical for all of them in one loop over the deals that runs in SIMD lanes
+(:func:`_tilted_words`, on ``p_win`` transposed to (B, H, N)), which stores each
+deal's quarter and one bit per deal "wins". Step 3 visits the set bits in order, with
+unsigned indices and the QE decision as integer arithmetic (:func:`_below`), so its
+loop has no unpredictable branch.
+
 A won amount is rounded to cents (int64) before any sum, so every sum is exact and
 order-independent: per-path totals, and per-deal sums accumulated per block of paths
 and reduced in block order.
@@ -33,21 +41,72 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import literally, prange, types
+from numba.extending import intrinsic
 
 from forecast._kernels._options import jit, jit_parallel
-from forecast._kernels.rng import gamma, normal, path_state, poisson, uniform, uniform_pair
+from forecast._kernels.rng import gamma, next_u64, normal, path_state, poisson, uniform
 
 __all__ = ["sample_chunk"]
+
+#: Deals per block of phase 1: uniforms drawn, then tilted together (a multiple of 64;
+#: any value gives the same samples).
+_DEAL_BLOCK = 256
+#: Horizons up to this many quarters take a phase-1 loop unrolled over a fixed number of
+#: terms (4, 6 or 8); longer ones the same loop with a run-time count.
+_MAX_TERMS = 8
+_U1 = np.uint64(1)
+_U6 = np.uint64(6)
+_U32 = np.uint64(32)
+_U63 = np.uint64(63)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_TWO_POW_32 = 4294967296.0
+_TWO_POW_M32 = 1.0 / 4294967296.0
+
+
+@intrinsic
+def _trailing_zeros(typingctx, x):
+    """Number of trailing zero bits of a uint64 (LLVM ``cttz``)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return types.uint64(types.uint64), codegen
+
+
+@jit
+def _split(x):
+    """:func:`~forecast._kernels.rng.uniform_pair` of the 64-bit output ``x``, first one as bits.
+
+    Returns
+    -------
+    hi : uint64
+        The high 32 bits: the first uniform is ``hi * 2**-32``.
+    u2 : float64
+        The second uniform, from the low 32 bits.
+    """
+    return x >> _U32, float(np.int64(x & _LOW32)) * _TWO_POW_M32
+
+
+@jit
+def _below(hi, p):
+    """``hi * 2**-32 < p`` as uint64 0 or 1, without a branch (``hi < 2**32``, ``0 <= p <= 1``).
+
+    Exact: scaling by 2**32 is exact, an integer is below ``x`` iff it is below
+    ``ceil(x)``, and the unsigned difference has its top bit set iff it is negative.
+    (A float comparison here compiles to an unpredictable branch.)
+    """
+    return (hi - np.uint64(math.ceil(p * _TWO_POW_32))) >> _U63
 
 
 @jit
 def _pick(offsets, values, row, g, u):
     """Sample ``floor(u * count)`` of CSR row ``(row, g)`` (every row is non-empty)."""
     lo = offsets[row, g]
-    count = offsets[row, g + 1] - lo
+    count = offsets[row, g + _U1] - lo
     i = np.int64(u * count)
-    return values[lo + min(i, count - 1)]
+    return values[np.uint64(lo + min(i, count - 1))]
 
 
 @jit
@@ -55,9 +114,82 @@ def _to_cents(x):
     return np.int64(x * 100.0 + 0.5)  # x >= 0: round half up to whole cents
 
 
+@jit
+def _tilted_words(n_terms, pwt, pn, m, n0, nb, u_blk, q_all, words):
+    """Phase 1 for deals ``n0 .. n0 + nb - 1``: each deal's outcome from its uniform.
+
+    Per deal, as a scalar loop would: ``acc += pwt[r, n] * m[r]`` for ``r = 0 ..``,
+    ``target = u * (acc + pn[n])``, ``q`` = number of cumulative weights ``<= target``.
+    The cumulative weights are computed twice (same operations, same values) so that
+    they stay in registers, and the loop over deals runs in SIMD lanes. Terms
+    ``r >= H`` use the last row with ``m[r] = 0``: they add a zero (the weight keeps
+    its bits) and can only raise a ``q`` that is already ``H`` (no win).
+
+    Parameters
+    ----------
+    n_terms : int64
+        Number of terms, ``>= H``; a constant at the call site makes a specialised
+        compilation with the loops over terms unrolled.
+    pwt : ndarray of float64, shape (H, N)
+        ``p_win`` of the path's draw, deal-minor.
+    pn : ndarray of float64, shape (N,)
+        ``p_none`` of the path's draw.
+    m : ndarray of float64, shape (>= n_terms,)
+        The path's shock multipliers, 0 beyond ``H``.
+    n0, nb : int64
+        First deal (a multiple of 64) and number of deals.
+    u_blk : ndarray of float64, shape (>= nb,)
+        The deals' uniforms.
+    q_all : ndarray of int64, shape (N,)
+        Output: the winning quarter of each winning deal (``>= H`` for the others).
+    words : ndarray of uint64, shape (ceil(N / 64),)
+        Output: bit ``k`` of word ``w`` is set iff deal ``64 w + k`` wins.
+    """
+    n_q = pwt.shape[0]
+    last = n_q - 1
+    for wd in range((nb + 63) // 64):
+        k0 = wd * 64
+        n_first = np.uint64(n0 + k0)  # unsigned indices: contiguous SIMD loads
+        bits = np.uint64(0)
+        for k in range(min(64, nb - k0)):
+            n = n_first + np.uint64(k)
+            acc = 0.0
+            for r in range(n_terms):
+                acc += pwt[min(r, last), n] * m[r]
+            target = u_blk[k0 + k] * (acc + pn[n])
+            acc = 0.0
+            q = 0
+            for r in range(n_terms):
+                acc += pwt[min(r, last), n] * m[r]
+                q += target >= acc
+            q_all[n] = q
+            bits |= np.uint64(q < n_q) << np.uint64(k)
+        words[(n0 + k0) >> 6] = bits
+
+
+@jit
+def _tilted_fixed(n_terms, pwt, pn, m, n0, nb, u_blk, q_all, words):
+    """:func:`_tilted_words` compiled for the literal ``n_terms``."""
+    _tilted_words(literally(n_terms), pwt, pn, m, n0, nb, u_blk, q_all, words)
+
+
+@jit
+def _tilted_block(pwt, pn, m, n0, nb, u_blk, q_all, words):
+    """:func:`_tilted_words` with ``n_terms`` H rounded up to 4, 6 or 8, or H beyond 8."""
+    n_q = pwt.shape[0]
+    if n_q <= 4:
+        _tilted_fixed(4, pwt, pn, m, n0, nb, u_blk, q_all, words)
+    elif n_q <= 6:
+        _tilted_fixed(6, pwt, pn, m, n0, nb, u_blk, q_all, words)
+    elif n_q <= _MAX_TERMS:
+        _tilted_fixed(8, pwt, pn, m, n0, nb, u_blk, q_all, words)
+    else:
+        _tilted_words(n_q, pwt, pn, m, n0, nb, u_blk, q_all, words)
+
+
 @jit_parallel
 def sample_chunk(
-    p_win,
+    p_win_t,
     p_none,
     p_qe,
     deal_amount,
@@ -84,8 +216,8 @@ def sample_chunk(
 
     Parameters
     ----------
-    p_win : ndarray of float64, shape (B, N, H)
-        P(win in quarter q) per draw and deal (pull-in applied).
+    p_win_t : ndarray of float64, shape (B, H, N)
+        P(win in quarter q) per draw and deal (pull-in applied), deal-minor.
     p_none : ndarray of float64, shape (B, N)
         P(no win within the horizon) = ``1 - p_win.sum(-1)``, clipped at 0.
     p_qe : ndarray of float64, shape (B, N, H)
@@ -132,21 +264,25 @@ def sample_chunk(
     status : int64
         0.
     """
-    n_draws = p_win.shape[0]
-    n_deals = p_win.shape[1]
-    n_q = p_win.shape[2]
+    n_draws = p_win_t.shape[0]
+    n_q = p_win_t.shape[1]
+    n_deals = p_win_t.shape[2]
     n_seg = new_counts.shape[1]
     n_paths = path_stop - path_start
     for blk in prange(n_blocks):
         lo = path_start + (blk * n_paths) // n_blocks
         hi = path_start + ((blk + 1) * n_paths) // n_blocks
-        m = np.empty(n_q)
+        m = np.zeros(max(n_q, _MAX_TERMS))  # 0 beyond H: see _tilted_words
         cum = np.empty(n_q)
+        u_blk = np.empty(_DEAL_BLOCK)
+        q_all = np.empty(n_deals, dtype=np.int64)
+        words = np.empty((n_deals + 63) // 64, dtype=np.uint64)
         cents = np.zeros((n_q, n_seg, 2), dtype=np.int64)
-        winner = np.empty(n_deals, dtype=np.int64)
-        win_q = np.empty(n_deals, dtype=np.int64)
-        wins_acc = block_wins[blk]
-        cents_acc = block_cents[blk]
+        wins_acc = block_wins[blk].reshape(-1)  # [n * H + q]
+        cents_acc = block_cents[blk].reshape(-1)
+        ratio_flat = ratio_offsets.reshape(-1)  # [row * (G + 1) + g]
+        nqu = np.uint64(n_q)
+        rstride = np.uint64(n_seg + 1)
         for p in range(lo, hi):
             state = path_state(seed, p)
             b = p % n_draws
@@ -155,38 +291,42 @@ def sample_chunk(
                 z, state = normal(state)
                 m[q] = math.exp(-0.5 * s * s + s * z)
             cents[:] = 0
-            pw = p_win[b]
+            pwt = p_win_t[b]
             pn = p_none[b]
-            pq = p_qe[b]
-            # Phase 1: one uniform per deal; branch-free compaction of the winners.
-            n_won = 0
-            for n in range(n_deals):
-                u, state = uniform(state)
-                # Branch-free: q = number of cumulative tilted weights <= u * Z, i.e. the
-                # first q whose cumulative weight exceeds u * Z; q = H means no win.
-                # (Inline indexing: a row view per deal costs a lot here.)
-                acc = 0.0
-                for r in range(n_q):
-                    acc += pw[n, r] * m[r]
-                    cum[r] = acc
-                target = u * (acc + pn[n])
-                q = 0
-                for r in range(n_q):
-                    q += target >= cum[r]
-                winner[n_won] = n
-                win_q[n_won] = q
-                n_won += q < n_q
-            # Phase 2: per winner (increasing n), a QE uniform and a ratio uniform.
-            for i in range(n_won):
-                n = winner[i]
-                q = win_q[i]
-                g = deal_segment[n]
-                u, u2, state = uniform_pair(state)
-                in_qe = np.int64(u < pq[n, q])
-                c = _to_cents(deal_amount[n] * _pick(ratio_offsets, ratio_values, in_qe, g, u2))
-                cents[q, g, 0] += c
-                wins_acc[n, q] += 1
-                cents_acc[n, q] += c
+            pq = p_qe[b].reshape(-1)  # [n * H + q]
+            # Phase 1, per block of deals: the block's uniforms (a serial chain), then
+            # the tilted categorical with a loop over the deals (SIMD): q = number of
+            # cumulative tilted weights <= u * Z, i.e. the first q whose cumulative
+            # weight exceeds u * Z; q >= H means no win.
+            for n0 in range(0, n_deals, _DEAL_BLOCK):
+                nb = min(_DEAL_BLOCK, n_deals - n0)
+                for k in range(nb):
+                    u, state = uniform(state)
+                    u_blk[k] = u
+                _tilted_block(pwt, pn, m, n0, nb, u_blk, q_all, words)
+            # Phase 2: per winner (increasing n: the set bits of the words), a QE uniform
+            # and a ratio uniform; unsigned indices (no wraparound code), the QE row
+            # without a branch, and _pick written out on the flat CSR offsets.
+            for wd in range(words.shape[0]):
+                w = words[wd]
+                base = np.uint64(wd) << _U6
+                while w != 0:
+                    n = base + _trailing_zeros(w)
+                    w &= w - _U1
+                    q = np.uint64(q_all[n])
+                    nq = n * nqu + q
+                    g = np.uint64(deal_segment[n])
+                    x, state = next_u64(state)
+                    hi_bits, u2 = _split(x)
+                    row = _below(hi_bits, pq[nq]) * rstride + g
+                    lo_r = ratio_flat[row]
+                    count = ratio_flat[row + _U1] - lo_r
+                    i = np.int64(u2 * count)
+                    ratio = ratio_values[np.uint64(lo_r + min(i, count - 1))]
+                    c = _to_cents(deal_amount[n] * ratio)
+                    cents[q, g, 0] += c
+                    wins_acc[nq] += 1
+                    cents_acc[nq] += c
             # New deals.
             for g in range(n_seg):
                 shape = new_shape[g]
@@ -209,13 +349,16 @@ def sample_chunk(
                     for q in range(n_q):
                         k, state = poisson(state, lam * cum[q] / z_norm)
                         p_qe_new = new_qe[b, g, cq, q]
+                        won = 0  # exact integer sum: kept in a register
                         for _ in range(k):
-                            u, u2, state = uniform_pair(state)
+                            x, state = next_u64(state)
+                            hi_bits, u2 = _split(x)
                             u3, state = uniform(state)
-                            in_qe = np.int64(u < p_qe_new)
+                            in_qe = _below(hi_bits, p_qe_new)
                             amount = _pick(new_amount_offsets, new_amount_values, 0, g, u2)
                             ratio = _pick(ratio_offsets, ratio_values, in_qe, g, u3)
-                            cents[q, g, 1] += _to_cents(amount * ratio)
+                            won += _to_cents(amount * ratio)
+                        cents[q, g, 1] += won
             row = p - path_start
             for q in range(n_q):
                 for g in range(n_seg):
