@@ -2,94 +2,65 @@
 
 For each of ``--worlds`` worlds generated with the same parameters, fit at
 ``--as-of``, simulate, and compare each quarter's mean forecast with what the
-world then booked. Prints, per quarter, the two means, the mean difference,
-its standard error (sd / sqrt(worlds)) and z, split into today's pipeline and
-deals created after the as-of date.
+world then booked (:func:`forecast.datasets.calibration.forecast_vs_bookings`).
+Prints, per quarter, the two means, the mean difference, its standard error
+(sd / sqrt(worlds)) and z, split into today's pipeline and deals created after the
+as-of date.
 
-Run: ``.venv/bin/python benchmarks/calibration.py [--worlds 24] [--no-shrink]``.
+Run: ``.venv/bin/python benchmarks/calibration.py [--worlds 60] [--no-shrink]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import time
 
-import numpy as np
-import polars as pl
-
-import forecast
-from forecast.datasets import generate_crm
+from forecast.datasets.calibration import forecast_vs_bookings, summarise_bias
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", type=int, default=24)
+    parser.add_argument("--worlds", type=int, default=60)
     parser.add_argument("--as-of", default="2025-01-01")
     parser.add_argument("--horizon", type=int, default=2)
     parser.add_argument("--paths", type=int, default=2000)
     parser.add_argument("--draws", type=int, default=4)
     parser.add_argument("--no-shrink", action="store_true")
+    parser.add_argument("--first-seed", type=int, default=500, help="world i uses seed first + i")
     parser.add_argument("--sigma-shock", type=float, default=0.3, help="generator's shock sd")
     parser.add_argument("--pull-in", type=float, default=0.4, help="generator's pull-in")
+    parser.add_argument("--scale", type=float, default=1.0, help="generator's arrival scale")
     args = parser.parse_args()
 
-    as_of = dt.datetime.fromisoformat(args.as_of)
-    quarters = forecast.FiscalCalendar().quarters(as_of, args.horizon)
-    end = quarters[-1].end
-    rows = []
-    for i in range(args.worlds):
-        world = generate_crm(
-            seed=500 + i,
-            start="2022-01-01",
-            end=end,
-            sigma_shock=args.sigma_shock,
-            pull_in=args.pull_in,
-        )
-        log = forecast.read_deal_log(
-            world.events, stages=world.stage_map, segment_columns=("segment",)
-        )
-        model = forecast.fit(
-            log,
-            as_of=as_of,
-            segment_by=["segment"],
-            n_draws=args.draws,
-            seed=i,
-            shrink=not args.no_shrink,
-        )
-        fc = model.simulate(log, n_paths=args.paths, horizon=args.horizon, seed=i)
-        open_ids = log.pipeline(as_of)["deal_id"].implode()
-        for qi, q in enumerate(quarters):
-            b = log.bookings(max(q.start, as_of), q.end)
-            from_pipe = float(b.filter(pl.col("deal_id").is_in(open_ids))["amount"].sum())
-            rows.append(
-                (
-                    qi,
-                    float(fc.totals[:, qi, :, 0].sum(axis=1).mean()),
-                    from_pipe,
-                    float(fc.totals[:, qi, :, 1].sum(axis=1).mean()),
-                    float(b["amount"].sum()) - from_pipe,
-                )
-            )
-    r = np.array(rows)
+    t0 = time.perf_counter()
+    table = forecast_vs_bookings(
+        args.worlds,
+        as_of=args.as_of,
+        horizon=args.horizon,
+        n_paths=args.paths,
+        n_draws=args.draws,
+        first_seed=args.first_seed,
+        shrink=not args.no_shrink,
+        sigma_shock=args.sigma_shock,
+        pull_in=args.pull_in,
+        scale=args.scale,
+    )
+    summary = summarise_bias(table)
     print(
-        f"{args.worlds} worlds, as of {as_of:%Y-%m-%d}, shrink={not args.no_shrink}, "
-        f"generator sigma_shock={args.sigma_shock}, pull_in={args.pull_in}"
+        f"{args.worlds} worlds (seeds {args.first_seed}..{args.first_seed + args.worlds - 1}), "
+        f"as of {args.as_of}, shrink={not args.no_shrink}, generator sigma_shock="
+        f"{args.sigma_shock}, pull_in={args.pull_in}, scale={args.scale}; "
+        f"{time.perf_counter() - t0:.0f} s"
     )
     print(
-        f"{'quarter':<11}{'part':<10}{'forecast':>12}{'booked':>12}{'diff':>10}{'se':>10}{'z':>7}"
+        f"{'quarter':<11}{'part':<10}{'forecast':>12}{'booked':>12}{'diff':>10}"
+        f"{'rel':>8}{'se':>10}{'z':>7}"
     )
-    for qi, q in enumerate(quarters):
-        sel = r[r[:, 0] == qi]
-        parts = {"pipeline": (1, 2), "new": (3, 4), "total": None}
-        for name, cols in parts.items():
-            f = sel[:, 1] + sel[:, 3] if cols is None else sel[:, cols[0]]
-            o = sel[:, 2] + sel[:, 4] if cols is None else sel[:, cols[1]]
-            d = f - o
-            se = d.std(ddof=1) / np.sqrt(len(d))
-            print(
-                f"{q.label:<11}{name:<10}{f.mean():>12,.0f}{o.mean():>12,.0f}"
-                f"{d.mean():>10,.0f}{se:>10,.0f}{d.mean() / se:>7.2f}"
-            )
+    for r in summary.iter_rows(named=True):
+        print(
+            f"{r['quarter']:<11}{r['part']:<10}{r['forecast']:>12,.0f}{r['booked']:>12,.0f}"
+            f"{r['difference']:>10,.0f}{r['relative']:>+8.1%}{r['se']:>10,.0f}{r['z']:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

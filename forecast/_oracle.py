@@ -18,8 +18,11 @@ exactly and draw one tilted categorical per deal and path, the oracle **walks**:
 5. new deals: counts by gamma-Poisson, creation day uniform in the quarter, entry
    stage from the mix, then the same walk.
 
-Discretisation (identical to the kernels): an entry at day bin ``t`` with age ``a``
-that exits in sojourn bin ``l`` moves at day bin ``t + l - a``.
+Discretisation (identical to the kernels, :mod:`forecast._kernels.outcomes`): an
+entry at day bin ``t`` with age ``a`` that exits in sojourn bin ``l`` is won at day bin
+``t + l - a``, or enters its next stage at ``t + l - a`` or ``t + l - a + 1`` with
+probability 1/2 each; a new deal is created at a day bin uniform in its quarter,
+plus one with probability 1/2.
 
 Memory is O(chunk items); it is meant for small tests and as the benchmark baseline.
 """
@@ -108,7 +111,8 @@ class _Walker:
             nxt = active[moving]
             k[nxt] = dest[moving]
             age[nxt] = 0
-            t[nxt] = t_exit[moving]
+            # Midpoint rule: the next entry is in the exit's day bin or the one after.
+            t[nxt] = t_exit[moving] + (rng.random(nxt.shape[0]) < 0.5)
             active = nxt
         return win
 
@@ -281,7 +285,7 @@ def simulate_oracle(
             g = np.repeat(gi, rep)
             c = np.repeat(ci, rep)
             b = draw[path]
-            t = rng.integers(qb[c], qb[c + 1])
+            t = rng.integers(qb[c], qb[c + 1]) + (rng.random(path.shape[0]) < 0.5)
             k = (mix_cum[b, g] <= (rng.random(path.shape[0]) * mix_cum[b, g, -1])[:, None]).sum(
                 axis=1
             )

@@ -281,7 +281,10 @@ def model_arrays(
         )
     deal_seg = np.array([gidx[g] for g in pipe[SEGMENT_COLUMN].to_list()], dtype=np.int64)
     deal_stage = pipe["stage_code"].to_numpy().astype(np.int64)
-    deal_age = np.minimum(np.floor(pipe["days_in_stage"].to_numpy()).astype(np.int64), MAX_AGE_DAYS)
+    # Nearest whole day (see the discretisation in forecast._kernels.outcomes).
+    deal_age = np.minimum(
+        np.floor(pipe["days_in_stage"].to_numpy() + 0.5).astype(np.int64), MAX_AGE_DAYS
+    )
     amount = pipe["amount"].to_numpy().astype(np.float64)
     missing = ~np.isfinite(amount)
     if missing.any():  # no amount ever given: use the segment's typical new-deal amount

@@ -76,17 +76,19 @@ def _geometric_dens(win_share, r, n_bins, n_open=1):
 def _forward_win_pmf(dens, stage, age, n_days):
     """Independent reference: P(raw win in day bin t), t < n_days, by forward propagation.
 
-    Mass entering open stage j at bin t is pushed through its exit densities; same-day
-    moves (sojourn bin 0) are iterated to convergence (a Neumann series) instead of
-    solving (I - D0) as the kernel does.
+    Mass entering open stage j at bin t is pushed through its exit densities; a move in
+    sojourn bin l lands half at bin t + l and half at t + l + 1 (the kernels' midpoint
+    rule); same-day landings are iterated to convergence (a Neumann series) instead of
+    solving (I - H0) as the kernel does.
     """
     n_open = dens.shape[0]
     won = n_open
     surv = 1.0 - dens[stage, :, :age].sum()
     first = dens[stage, :, age : age + n_days] / surv
     win = first[won].copy()
-    entry = np.zeros((n_open, n_days))
-    entry += first[:n_open]
+    entry = np.zeros((n_open, n_days + 1))
+    entry[:, :n_days] += 0.5 * first[:n_open]
+    entry[:, 1:] += 0.5 * first[:n_open]
     for t in range(n_days):
         delta = entry[:, t].copy()
         while delta.sum() > 1e-300:
@@ -95,8 +97,9 @@ def _forward_win_pmf(dens, stage, age, n_days):
                 if delta[j] == 0.0:
                     continue
                 win[t:] += delta[j] * dens[j, won, :span]
-                entry[:, t + 1 :] += delta[j] * dens[j, :n_open, 1:span]
-            delta = delta @ dens[:, :n_open, 0]
+                entry[:, t + 1 : n_days] += 0.5 * delta[j] * dens[j, :n_open, 1:span]
+                entry[:, t + 1 : n_days + 1] += 0.5 * delta[j] * dens[j, :n_open, :span]
+            delta = delta @ (0.5 * dens[:, :n_open, 0])
     return win
 
 
@@ -232,14 +235,41 @@ def test_fresh_win_density_absorbing_chain_closed_form():
     np.testing.assert_allclose(out.sum(axis=1), absorb, rtol=0, atol=1e-9)
 
 
-def test_fresh_win_density_reports_singular_same_day_loop():
+def test_fresh_win_density_same_day_loop_closed_form():
+    """Same-day moves 0 -> 1 -> 0 with a same-day win: midpoint landing, closed form.
+
+    From stage 0 a deal wins in its entry bin (1/2) or moves to stage 1 (1/2), which
+    sends it straight back; each move lands in the same or the next day bin with
+    probability 1/2. So the win day is a sum of N Binomial(2, 1/2) round-trip delays
+    with P(N = n) = 2**-(n + 1): generating function ``(1/2) / (1 - ((1 + z) / 2)**2 / 2)``.
+    """
+    n_days = 60
     dens = np.zeros((2, 5, 10))
-    dens[0, 1, 0] = 1.0
+    dens[0, 1, 0] = 0.5
+    dens[0, 2, 0] = 0.5  # won
     dens[1, 0, 0] = 1.0
+    out = np.empty((2, n_days))
+    assert fresh_win_density(dens, n_days, out) == 0
+    # Power series of the generating function, by its recursion on coefficients:
+    # g(z) (1 - (1 + 2z + z^2) / 8) = 1/2.
+    g = np.zeros(n_days)
+    for d in range(n_days):
+        rhs = 0.5 if d == 0 else 0.0
+        if d >= 1:
+            rhs += 2 * g[d - 1] / 8
+        if d >= 2:
+            rhs += g[d - 2] / 8
+        g[d] = rhs / (1 - 1 / 8)
+    np.testing.assert_allclose(out[0], g, rtol=1e-12, atol=1e-300)
+    assert out[0].sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fresh_win_density_reports_singular_system_for_invalid_densities():
+    # Rows summing to 2 (not sub-densities) make I - H0 singular: reported, not raised.
+    dens = np.zeros((2, 5, 10))
+    dens[0, 1, 0] = 2.0
+    dens[1, 0, 0] = 2.0
     assert fresh_win_density(dens, 10, np.empty((2, 10))) == 1
-    arrays = _one_segment_arrays(dens, [0, 3], [0], [0], 0, 0.0)
-    with pytest.raises(Exception, match="singular"):
-        outcome_probabilities(arrays)
 
 
 def test_deal_probs_geometric_closed_form_with_pull_in():
@@ -303,8 +333,9 @@ def test_new_deal_probs_match_averaged_forward_propagation():
     for c in range(3):
         days = range(qb[c], qb[c + 1])
         raw = np.zeros(n_days)
-        for s in days:
-            raw[s:] += fresh[: n_days - s] / len(days)
+        for s in days:  # created uniformly within day s: half a bin later on average
+            raw[s:] += 0.5 * fresh[: n_days - s] / len(days)
+            raw[s + 1 :] += 0.5 * fresh[: n_days - s - 1] / len(days)
         p_ref, qe_ref = _quarters_from_pmf(raw, qb, window, pull)
         np.testing.assert_allclose(out.new_pmf[0, 0, c], p_ref, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(out.new_qe[0, 0, c], qe_ref, rtol=1e-9, atol=1e-12)

@@ -12,10 +12,17 @@ first exit does not depend on the deal. So, per (draw, segment):
 3. :func:`new_deal_quarter_probs` does the same for deals created uniformly within
    each horizon quarter.
 
-Discretisation (shared with the NumPy oracle): a fresh entry at day bin ``t`` that
-exits in sojourn bin ``l`` (``dens[k, j, l] = P(l < T <= l + 1, J = j)``) enters
-its next state at day bin ``t + l``; a deal of integer age ``a`` in stage that exits
-in sojourn bin ``l >= a`` does so at day bin ``l - a``.
+Discretisation (shared with the NumPy oracle): day bins of one day, as-of at the
+start of bin 0, ``dens[k, j, l] = P(l < T <= l + 1, J = j)``. A fresh entry at day
+bin ``t`` that is won in sojourn bin ``l`` is won in day bin ``t + l``; one that
+moves in sojourn bin ``l`` enters its next stage at day bin ``t + l`` or ``t + l + 1``
+with probability 1/2 each (the midpoint rule: an entry anywhere in its day plus a
+sojourn anywhere in its bin ends, on average, a whole bin later than the two left
+ends). A deal aged ``a`` days in stage (rounded to the nearest day) that exits in
+sojourn bin ``l >= a`` does so at day bin ``l - a``, and a new deal is created at an
+instant uniform within its quarter. Always moving at ``t + l`` instead made every
+transition half a day early: on the synthetic generator, the grid then put 3–4 %
+too many wins into the quarter of creation and too few into the next one.
 
 Quarter-end pull-in: a raw win in the first ``window`` day bins of quarter ``q >= 1``
 (quarters ``1 .. H``, where quarter ``H`` is the one just after the horizon) moves,
@@ -44,8 +51,8 @@ __all__ = [
 ]
 
 STATUS_OK = 0
-#: The system ``(I - D0) W = ...`` of same-day moves between open stages is singular
-#: (some set of open stages sends all its mass around in bin 0 forever).
+#: The system ``(I - H0) W = ...`` of same-day moves between open stages is singular;
+#: impossible for valid sub-densities (rows summing to at most 1).
 STATUS_SINGULAR = 1
 
 
@@ -89,16 +96,39 @@ def _invert(a, out):
 
 
 @jit
+def _move_kernel(dens):
+    """Day-bin lag of the next entry after a move: ``h[k, j, m]``, shape (K, K, L + 1).
+
+    A move in sojourn bin ``l`` (``l < T <= l + 1``) from an entry anywhere in its day
+    bin lands, to second order, half in bin ``+l`` and half in bin ``+l + 1``:
+    ``h[k, j, m] = (dens[k, j, m] + dens[k, j, m - 1]) / 2`` (midpoint rule).
+    """
+    n_open = dens.shape[0]
+    n_bins = dens.shape[2]
+    h = np.zeros((n_open, n_open, n_bins + 1))
+    for k in range(n_open):
+        for j in range(n_open):
+            for lag in range(n_bins):
+                half = 0.5 * dens[k, j, lag]
+                h[k, j, lag] += half
+                h[k, j, lag + 1] += half
+    return h
+
+
+@jit
 def fresh_win_density(dens, n_days, out):
     """Win-time density after a fresh entry into each open stage, by renewal.
 
     Solves, for ``d = 0 .. n_days - 1``::
 
-        W[k, d] = dens[k, K, d] + sum_{j < K} sum_{l = 0..d} dens[k, j, l] * W[j, d - l]
+        W[k, d] = dens[k, K, d] + sum_{j < K} sum_{m = 0..d} h[k, j, m] * W[j, d - m]
 
-    The ``l = 0`` term makes each day implicit: ``(I - D0) W[:, d] = rhs`` with
-    ``D0[k, j] = dens[k, j, 0]``, solved with the inverse of the K×K matrix. Moves
-    backwards (to earlier stages) are allowed.
+    with ``h`` the move kernel of :func:`_move_kernel` (each move lands half in the
+    sojourn bin and half in the next one). The ``m = 0`` term makes each day
+    implicit: ``(I - H0) W[:, d] = rhs`` with ``H0[k, j] = dens[k, j, 0] / 2``,
+    which is strictly diagonally dominant (rows of ``dens`` sum to at most 1), so
+    same-day loops between open stages are always solvable. Moves backwards (to
+    earlier stages) are allowed.
 
     Parameters
     ----------
@@ -113,15 +143,17 @@ def fresh_win_density(dens, n_days, out):
     Returns
     -------
     status : int64
-        :data:`STATUS_OK` or :data:`STATUS_SINGULAR`.
+        :data:`STATUS_OK`, or :data:`STATUS_SINGULAR` if ``dens`` is not a valid
+        sub-density (rows summing to more than 1 can make ``I - H0`` singular).
     """
     n_open = dens.shape[0]
     n_bins = dens.shape[2]
     won = n_open
+    h = _move_kernel(dens)
     a = np.empty((n_open, n_open))
     for k in range(n_open):
         for j in range(n_open):
-            a[k, j] = (1.0 if k == j else 0.0) - dens[k, j, 0]
+            a[k, j] = (1.0 if k == j else 0.0) - h[k, j, 0]
     a_inv = np.empty((n_open, n_open))
     status = _invert(a, a_inv)
     if status != STATUS_OK:
@@ -130,10 +162,10 @@ def fresh_win_density(dens, n_days, out):
     for d in range(n_days):
         for k in range(n_open):
             acc = dens[k, won, d] if d < n_bins else 0.0
-            l_max = min(d, n_bins - 1)
+            l_max = min(d, n_bins)
             for j in range(n_open):
                 for lag in range(1, l_max + 1):
-                    acc += dens[k, j, lag] * out[j, d - lag]
+                    acc += h[k, j, lag] * out[j, d - lag]
             rhs[k] = acc
         for k in range(n_open):
             acc = 0.0
@@ -201,10 +233,12 @@ def deal_quarter_probs(dens, fresh, stage, age, qb, window, pull_in, p_win, p_qe
     For a deal in open stage ``k`` aged ``a`` days in stage, the raw win-time CDF is::
 
         F(x) = [ sum_{e < x} dens[k, K, a + e]
-                 + sum_{j < K} sum_{e < x} dens[k, j, a + e] * CW[j, x - e] ] / S(a)
+                 + sum_{j < K} sum_{e < x} dens[k, j, a + e]
+                       * (CW[j, x - e] + CW[j, x - e - 1]) / 2 ] / S(a)
 
     with ``S(a) = P(T > a)`` (the mass of bins ``>= a`` plus the mass beyond ``L``) and
-    ``CW`` the cumulative sum of :func:`fresh_win_density`. It is evaluated only at
+    ``CW`` the cumulative sum of :func:`fresh_win_density` (``CW[j, 0] = 0``; the
+    average is the midpoint rule for where a move lands). It is evaluated only at
     the ``3H + 1`` breakpoints, so the work per deal is O(n_days × K × H).
 
     Parameters
@@ -216,7 +250,8 @@ def deal_quarter_probs(dens, fresh, stage, age, qb, window, pull_in, p_win, p_qe
     stage : ndarray of int64, shape (M,)
         Open stage code of each deal, ``0 <= stage < K``.
     age : ndarray of int64, shape (M,)
-        Days in stage at the as-of instant; ``age + n_days <= L``.
+        Days in stage at the as-of instant, rounded to the nearest day;
+        ``age + n_days <= L``.
     qb : ndarray of int64, shape (H + 1,)
         Quarter boundaries in day bins, ``qb[0] = 0``.
     window : int64
@@ -269,7 +304,7 @@ def deal_quarter_probs(dens, fresh, stage, age, qb, window, pull_in, p_win, p_qe
                 acc += dens[k, won, a + e]
             for j in range(n_open):
                 for e in range(x):
-                    acc += dens[k, j, a + e] * cw[j, x - e]
+                    acc += dens[k, j, a + e] * 0.5 * (cw[j, x - e] + cw[j, x - e - 1])
             cdf[ix] = acc / s_a
         _quarters_from_cdf(cdf, n_q, pull_in, p_win[i], p_qe[i])
     return STATUS_OK
@@ -279,8 +314,8 @@ def deal_quarter_probs(dens, fresh, stage, age, qb, window, pull_in, p_win, p_qe
 def new_deal_quarter_probs(fresh, entry_mix, qb, window, pull_in, pmf, p_qe):
     """Win-quarter distribution of a deal created uniformly within each horizon quarter.
 
-    A deal created in quarter ``c`` is created at a day bin uniform on
-    ``qb[c] .. qb[c+1] - 1`` (from bin 0 for the current quarter) and enters open
+    A deal created in quarter ``c`` is created at an instant uniform on
+    ``[qb[c], qb[c+1])`` days (from day 0 for the current quarter) and enters open
     stage ``k`` with probability ``entry_mix[k]``.
 
     Parameters
@@ -326,10 +361,16 @@ def new_deal_quarter_probs(fresh, entry_mix, qb, window, pull_in, pmf, p_qe):
         s1 = qb[c + 1]
         n_s = s1 - s0
         for ix in range(xs.shape[0]):
-            # (1/n_s) sum_{s = s0}^{s1 - 1} CWm[x - s] = (CCW[x - s0 + 1] - CCW[x - s1 + 1]) / n_s
+            # Creation at s + U (U uniform in the day): P(win bin < x) is the midpoint
+            # average of the creation at bins s and s + 1, so
+            # cdf(x) = (A(x) + A(x - 1)) / 2 with A(y) = (1/n_s) sum_{s0 <= s < s1} CWm[y - s]
+            #        = (CCW[y - s0 + 1] - CCW[y - s1 + 1]) / n_s.
             x = xs[ix]
-            hi = min(max(x - s0 + 1, 0), n_days + 1)
-            lo = min(max(x - s1 + 1, 0), n_days + 1)
-            cdf[ix] = (ccw[hi] - ccw[lo]) / n_s if n_s > 0 else 0.0
+            total = 0.0
+            for y in range(x - 1, x + 1):
+                hi = min(max(y - s0 + 1, 0), n_days + 1)
+                lo = min(max(y - s1 + 1, 0), n_days + 1)
+                total += ccw[hi] - ccw[lo]
+            cdf[ix] = 0.5 * total / n_s if n_s > 0 else 0.0
         _quarters_from_cdf(cdf, n_q, pull_in, pmf[c], p_qe[c])
     return STATUS_OK
