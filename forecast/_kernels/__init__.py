@@ -427,7 +427,7 @@ def outcome_probabilities(arrays: ModelArrays) -> OutcomeArrays:
     Raises
     ------
     ModelError
-        If some draw's same-day moves between open stages never leave (singular renewal).
+        If a renewal system is singular (impossible for validated ``arrays``).
     """
     sizes = arrays.shape
     n_draws, n_seg, n_open, n_deals, n_q = (sizes[x] for x in ("B", "G", "K", "N", "H"))
@@ -460,9 +460,12 @@ def outcome_probabilities(arrays: ModelArrays) -> OutcomeArrays:
             pull = float(arrays.pull_in[b, g])
             status = fresh_win_density(dens, n_days, fresh)
             if status != STATUS_OK:
+                # Unreachable for validated arrays (rows of `dens` sum to at most 1, which
+                # makes I - H0 strictly diagonally dominant); kept so that a broken
+                # invariant fails loudly instead of giving wrong probabilities.
                 raise ModelError(
-                    f"The exit densities `dens[{b}, {g}]` send all mass of some open stages "
-                    "around in day bin 0 forever (I - D0 is singular); check same-day moves."
+                    f"The renewal system of `dens[{b}, {g}]` is singular (I - H0); the exit "
+                    "densities are not valid sub-densities."
                 )
             idx, u_stage, u_age, inverse = groups[g]
             if idx.size:
