@@ -75,7 +75,7 @@ def _segment_destination_effects(
     exits: dict[tuple[str, int], float],
     segments: Sequence[str],
     n_open: int,
-) -> dict[str, np.ndarray]:
+) -> dict[str, np.ndarray | None]:
     """Per segment, how much more often its exits go to each destination, over all stages.
 
     An indirectly standardised ratio per destination ``j`` (observed over expected):
@@ -87,21 +87,23 @@ def _segment_destination_effects(
 
     Returns
     -------
-    dict str -> ndarray of float64, shape (C,)
+    dict str -> ndarray of float64, shape (C,), or None
+        None for a segment without any observed exit.
     """
-    out = {}
+    n_codes = pooled[0].n_codes
+    out: dict[str, np.ndarray | None] = {}
     for g in segments:
-        observed = 0.0
-        expected = 0.0
+        observed = np.zeros(n_codes)
+        expected = np.zeros(n_codes)
         for k in range(n_open):
-            n = exits.get((g, k), 0.0)
+            n = exits[(g, k)]
             if n > 0:
-                observed = observed + n * raw[(g, k)].eventual_shares()
-                expected = expected + n * pooled[k].eventual_shares()
-        if np.isscalar(expected):
+                observed += n * raw[(g, k)].eventual_shares()
+                expected += n * pooled[k].eventual_shares()
+        if not expected.sum() > 0:
             out[g] = None
             continue
-        ratio = np.ones_like(expected)
+        ratio = np.ones(n_codes)
         has = expected > 0
         ratio[has] = observed[has] / expected[has]
         out[g] = ratio
