@@ -10,6 +10,7 @@ Generators
 - :func:`next_u64`: xoshiro256** (Blackman & Vigna 2018, reference ``xoshiro256starstar.c``).
 - :func:`uniform`: float64 on ``[0, 1)`` from the top 53 bits.
 - :func:`uniform_pair`: two float64 on ``[0, 1)`` from the two 32-bit halves of one output.
+- :func:`split_u64`: the same two halves of an output already drawn (high one as bits).
 - :func:`normal`: standard normal by Box–Muller (two uniforms per normal, cosine branch).
 - :func:`gamma`: Gamma(shape, scale 1) by Marsaglia & Tsang (2000), with the
   ``U**(1/shape)`` boost for ``shape < 1``.
@@ -35,6 +36,7 @@ __all__ = [
     "normal",
     "path_state",
     "poisson",
+    "split_u64",
     "splitmix64",
     "uniform",
     "uniform_pair",
@@ -132,6 +134,23 @@ def uniform(state):
 
 
 @jit
+def split_u64(x):
+    """The two 32-bit halves of one output ``x``: the high one as bits, the low one as a uniform.
+
+    The one definition of how an output is shared by two draws (:func:`uniform_pair`,
+    and the sampling kernel, which compares the high bits as integers).
+
+    Returns
+    -------
+    hi : uint64
+        The high 32 bits; the first uniform is ``hi * 2**-32``.
+    u2 : float64
+        The second uniform on ``[0, 1)``, from the low 32 bits.
+    """
+    return x >> _U32, float(np.int64(x & _LOW32)) * _TWO_POW_M32
+
+
+@jit
 def uniform_pair(state):
     """Two uniforms on ``[0, 1)`` with 32 random bits each, from one output: ``(u1, u2, new_state)``.
 
@@ -140,9 +159,8 @@ def uniform_pair(state):
     ``n / 2**32``).
     """
     x, state = next_u64(state)
-    hi = float(np.int64(x >> _U32)) * _TWO_POW_M32
-    lo = float(np.int64(x & _LOW32)) * _TWO_POW_M32
-    return hi, lo, state
+    hi, u2 = split_u64(x)
+    return float(np.int64(hi)) * _TWO_POW_M32, u2, state
 
 
 @jit

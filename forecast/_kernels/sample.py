@@ -46,7 +46,15 @@ from numba import literally, prange, types
 from numba.extending import intrinsic
 
 from forecast._kernels._options import jit, jit_parallel
-from forecast._kernels.rng import gamma, next_u64, normal, path_state, poisson, uniform
+from forecast._kernels.rng import (
+    gamma,
+    next_u64,
+    normal,
+    path_state,
+    poisson,
+    split_u64,
+    uniform,
+)
 
 __all__ = ["sample_chunk"]
 
@@ -58,11 +66,8 @@ _DEAL_BLOCK = 256
 _MAX_TERMS = 8
 _U1 = np.uint64(1)
 _U6 = np.uint64(6)
-_U32 = np.uint64(32)
 _U63 = np.uint64(63)
-_LOW32 = np.uint64(0xFFFFFFFF)
 _TWO_POW_32 = 4294967296.0
-_TWO_POW_M32 = 1.0 / 4294967296.0
 
 
 @intrinsic
@@ -73,20 +78,6 @@ def _trailing_zeros(typingctx, x):
         return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
 
     return types.uint64(types.uint64), codegen
-
-
-@jit
-def _split(x):
-    """:func:`~forecast._kernels.rng.uniform_pair` of the 64-bit output ``x``, first one as bits.
-
-    Returns
-    -------
-    hi : uint64
-        The high 32 bits: the first uniform is ``hi * 2**-32``.
-    u2 : float64
-        The second uniform, from the low 32 bits.
-    """
-    return x >> _U32, float(np.int64(x & _LOW32)) * _TWO_POW_M32
 
 
 @jit
@@ -317,7 +308,7 @@ def sample_chunk(
                     nq = n * nqu + q
                     g = np.uint64(deal_segment[n])
                     x, state = next_u64(state)
-                    hi_bits, u2 = _split(x)
+                    hi_bits, u2 = split_u64(x)
                     row = _below(hi_bits, pq[nq]) * rstride + g
                     lo_r = ratio_flat[row]
                     count = ratio_flat[row + _U1] - lo_r
@@ -352,7 +343,7 @@ def sample_chunk(
                         won = 0  # exact integer sum: kept in a register
                         for _ in range(k):
                             x, state = next_u64(state)
-                            hi_bits, u2 = _split(x)
+                            hi_bits, u2 = split_u64(x)
                             u3, state = uniform(state)
                             in_qe = _below(hi_bits, p_qe_new)
                             amount = _pick(new_amount_offsets, new_amount_values, 0, g, u2)
