@@ -2,6 +2,7 @@
 
 from forecast.backtest import BacktestResult, backtest
 from forecast.calendar import FiscalCalendar, FiscalQuarter
+from forecast.compare import Movement, compare
 from forecast.data.deal_log import DealLog
 from forecast.data.readers import read_deal_log
 from forecast.data.stages import StageMap
@@ -11,6 +12,7 @@ from forecast.errors import (
     DataError,
     ForecastError,
     MissingColumnError,
+    MissingDependencyError,
     MixedTimezoneError,
     ModelError,
     ParameterError,
@@ -21,6 +23,7 @@ from forecast.errors import (
 from forecast.fit.fitting import fit
 from forecast.fit.model import PipelineModel
 from forecast.metrics import SalesMetrics, compute_metrics
+from forecast.report import Report, report
 from forecast.results import Forecast
 from forecast.scenarios import compare_scenarios, with_changes
 
@@ -36,10 +39,13 @@ __all__ = [
     "Forecast",
     "ForecastError",
     "MissingColumnError",
+    "MissingDependencyError",
     "MixedTimezoneError",
+    "Movement",
     "ModelError",
     "ParameterError",
     "PipelineModel",
+    "Report",
     "SalesMetrics",
     "StageMap",
     "TerminalEventError",
@@ -48,9 +54,11 @@ __all__ = [
     "ValidationReport",
     "__version__",
     "backtest",
+    "compare",
     "compare_scenarios",
     "compute_metrics",
     "fit",
     "read_deal_log",
+    "report",
     "with_changes",
 ]

@@ -15,6 +15,7 @@ __all__ = [
     "DataError",
     "ForecastError",
     "MissingColumnError",
+    "MissingDependencyError",
     "MixedTimezoneError",
     "ModelError",
     "ParameterError",
@@ -30,6 +31,13 @@ class ForecastError(Exception):
 
 class ParameterError(ForecastError, ValueError):
     """An argument to a public function is out of its allowed range or type."""
+
+
+class MissingDependencyError(ForecastError, ImportError):
+    """An optional dependency needed for what was asked is not installed.
+
+    The message names the extra to install, e.g. ``pip install 'forecast[plots]'``.
+    """
 
 
 class ModelError(ForecastError, ValueError):
