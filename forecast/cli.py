@@ -1,7 +1,9 @@
 """The ``forecast`` command.
 
 Subcommands: ``demo`` (the bundled sample, end to end), ``run`` (history in,
-Parquet datasets out, optional PNG figures), ``fit`` (model JSON out),
+Parquet datasets out, optional PNG figures), ``report`` (the same run as one
+self-contained HTML page, optionally with what changed since an earlier run),
+``fit`` (model JSON out),
 ``backtest`` (rolling-origin accuracy) and ``metrics`` (sales metrics). Each has
 ``--help``. Progress bars and status lines go to stderr, tables to stdout.
 
@@ -25,7 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from forecast.errors import DataError, ForecastError, ModelError, ParameterError
+from forecast.errors import (
+    DataError,
+    ForecastError,
+    MissingDependencyError,
+    ModelError,
+    ParameterError,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -193,6 +201,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output root directory")
     p.add_argument(
         "--include-paths", action="store_true", help="also write the raw simulated paths"
+    )
+
+    p = sub.add_parser(
+        "report",
+        help="fit, simulate, backtest and write a self-contained HTML report",
+        description="Fit and simulate as `run` does, backtest the same model on the history, "
+        "and write one HTML page for the people who read the forecast (no network needed to "
+        "open it). With --previous, add what changed since an earlier `forecast run` output.",
+    )
+    _add_input_args(p)
+    _add_sim_args(p)
+    _add_report_args(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
+    p.add_argument(
+        "--previous",
+        type=Path,
+        metavar="DIR",
+        help="output directory of an earlier `forecast run`: show what changed since its "
+        "latest forecast before this one",
+    )
+    p.add_argument(
+        "--backtest-origins",
+        type=_non_negative_int,
+        default=6,
+        help="past quarter starts to backtest from (default 6; 0: none)",
     )
 
     p = sub.add_parser(
@@ -435,6 +468,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from forecast.report import report
+
+    t0 = time.perf_counter()
+    _status(f"Reading {args.history} ...")
+    log = _read(args)
+    model, fc = _fit_and_simulate(log, args, args.as_of, tuple(args.segment))
+    _status("Backtesting, computing metrics and writing the report ...")
+    rep = report(
+        log,
+        args.output,
+        model=model,
+        forecast=fc,
+        targets=_targets(fc, args.target) or None,
+        previous=args.previous,
+        backtest_origins=args.backtest_origins,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    _print_table(fc, _targets(fc, args.target))
+    if args.plots:
+        _write_plots(fc, args.plots, _targets(fc, args.target))
+    print(
+        f"\nWrote {args.output} ({len(rep.html) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s."
+    )
+    return EXIT_OK
+
+
 def _optional(module: str, name: str) -> Any:
     """``module.name``, or :class:`_Unavailable` when this installation lacks it."""
     try:
@@ -530,6 +591,7 @@ _HANDLERS = {
     "demo": _cmd_demo,
     "fit": _cmd_fit,
     "run": _cmd_run,
+    "report": _cmd_report,
     "backtest": _cmd_backtest,
     "metrics": _cmd_metrics,
 }
@@ -560,7 +622,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(EXIT_USAGE, f"`forecast {args.command}`: {e}")
     except (DataError, ModelError) as e:
         return fail(EXIT_DATA, _one_line(e))
-    except (ParameterError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+    except (
+        ParameterError,
+        MissingDependencyError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ) as e:
         return fail(EXIT_USAGE, _one_line(e))
     except PermissionError as e:
         return fail(EXIT_USAGE, f"permission denied: {e.filename or _one_line(e)}")
