@@ -434,7 +434,7 @@ def compare(
             f"The `log` parameter of `compare` must be a DealLog. Got {type(log).__name__}."
         )
     cur = _snapshot(current, "current", current_as_of)
-    if previous_as_of is None and not _is_forecast(previous):
+    if previous_as_of is None and isinstance(previous, str | os.PathLike):
         dates = [d for d in output_as_of_dates(previous) if d < cur.as_of.date()]  # type: ignore[arg-type]
         previous_as_of = dates[-1] if dates else None
     prev = _snapshot(previous, "previous", previous_as_of)
@@ -486,12 +486,6 @@ def compare(
             "current_model_fingerprint": cur.model_fingerprint,
         },
     )
-
-
-def _is_forecast(value: object) -> bool:
-    from forecast.results import Forecast
-
-    return isinstance(value, Forecast)
 
 
 def _aggregate(cause: str, change: float) -> dict[str, Any]:
