@@ -77,7 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from forecast.fit.model import PipelineModel
     from forecast.results import Forecast
 
-__all__ = ["CAUSES", "CAUSE_LABELS", "Movement", "compare"]
+__all__ = ["CAUSES", "CAUSE_LABELS", "Movement", "compare", "output_as_of_dates"]
 
 #: Causes of a movement, in waterfall order.
 CAUSES: tuple[str, ...] = (
