@@ -168,7 +168,10 @@ def test_cli_report(tmp_path) -> None:
     html = page.read_text(encoding="utf-8")
     assert section_ids(html) == [s for s in SECTIONS if s != "changes"]
     assert "switched off" in html  # the trust section says why it is empty
+    # A --previous directory without an earlier forecast fails before any work, naming it.
     assert main(["report", str(history), "-o", str(page), "--previous", str(tmp_path)]) == 2
+    with pytest.raises(FileNotFoundError, match="holds no forecast before"):
+        forecast.report(load_sample(), n_paths=10, n_draws=0, previous=tmp_path)
 
 
 # -- headless Chromium -------------------------------------------------------------------

@@ -267,6 +267,7 @@ def report(
         )
     fc = forecast
     tg = _targets(fc, targets)
+    previous_as_of = None if previous is None else _previous_as_of(previous, fc)
 
     t = time.perf_counter()
     bt, bt_note = _backtest(log, model, backtest_origins, backtest_paths, backtest_draws, seed)
@@ -290,7 +291,9 @@ def report(
     movement_note = ""
     if previous is not None:
         t = time.perf_counter()
-        movement, movement_note = _movement(previous, fc, log, model, previous_model, threads)
+        movement, movement_note = _movement(
+            previous, previous_as_of, fc, log, model, previous_model, threads
+        )
         timings["compare"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -386,8 +389,32 @@ def _backtest(
     return result, ""
 
 
+def _previous_as_of(previous: Any, fc: Forecast) -> dt.date | None:
+    """The as-of date to read from a previous output directory (checked before any work)."""
+    import forecast as fcmod
+    from forecast.compare import output_as_of_dates
+
+    if isinstance(previous, fcmod.Forecast):
+        return None
+    if not isinstance(previous, str | os.PathLike):
+        raise ParameterError(
+            "The `previous` parameter of `report` must be a Forecast or the output directory "
+            f"of an earlier `forecast run`. Got {type(previous).__name__}."
+        )
+    dates = output_as_of_dates(previous)
+    earlier = [d for d in dates if d < fc.as_of.date()]
+    if not earlier:
+        raise FileNotFoundError(
+            f"The previous forecast output {previous} holds no forecast before "
+            f"{fc.as_of:%Y-%m-%d} (as-of dates there: {[str(d) for d in dates]}); give the "
+            "output directory of an earlier `forecast run`."
+        )
+    return earlier[-1]
+
+
 def _movement(
     previous: Any,
+    prev_as_of: dt.date | None,
     fc: Forecast,
     log: DealLog,
     model: PipelineModel,
@@ -395,18 +422,8 @@ def _movement(
     threads: int | None,
 ) -> tuple[Movement, str]:
     import forecast as fcmod
-    from forecast.compare import _snapshot, compare, output_as_of_dates
+    from forecast.compare import _snapshot, compare
 
-    prev_as_of = None
-    if not isinstance(previous, fcmod.Forecast):
-        dates = [d for d in output_as_of_dates(previous) if d < fc.as_of.date()]
-        if not dates:
-            raise ParameterError(
-                f"The previous forecast output {previous} holds no forecast before "
-                f"{fc.as_of:%Y-%m-%d}; as-of dates there: "
-                f"{[str(d) for d in output_as_of_dates(previous)]}."
-            )
-        prev_as_of = dates[-1]
     snap = _snapshot(previous, "previous", prev_as_of)
     note = ""
     if previous_model is None:
