@@ -208,7 +208,7 @@ def test_get_preset():
     assert get_preset("Salesforce") is SALESFORCE
     custom = Preset(name="mine", shape="events", columns={"deal_id": ("Key",)})
     assert get_preset(custom) is custom
-    with pytest.raises(ParameterError, match="'hubspot', 'salesforce'"):
+    with pytest.raises(ParameterError, match="'hubspot', 'hubspot_deals', 'salesforce'"):
         get_preset("zoho")
 
 
