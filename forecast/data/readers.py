@@ -193,8 +193,9 @@ def read_deal_log(
         (e.g. Salesforce ``ForecastCategoryName``, ``Type``, ``LeadSource``) when
         the table has them.
     entry_stage : str, optional
-        ``shape="deals"`` only: the open stage in which closed deals are created.
-        Default: the first open stage.
+        The open stage in which closed deals of a ``shape="deals"`` table, and deals
+        of a snapshot history first seen already closed, are created. Default: the
+        first open stage.
     timestamp_formats : sequence of str, optional
         Extra strptime formats (polars/chrono syntax, e.g. ``"%m/%d/%Y"``) tried
         before ISO-8601, for every date column.
@@ -381,7 +382,14 @@ def _canonical(
         _note_created_at(events, tally)
     elif shape == "snapshots":
         events, stage_map, snapshot_dates = snapshots_to_events(
-            frame, segments, stage_map, found, tally, vanished
+            frame,
+            segments,
+            stage_map,
+            found,
+            tally,
+            vanished,
+            entry_stage=entry_stage,
+            export_instants=exports.dates or () if exports is not None else (),
         )
         events = events.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
     else:

@@ -367,6 +367,9 @@ def snapshots_to_events(
     found: Mapping[str, str | None],
     tally: RepairCounts,
     vanished: Vanished = "no_decision",
+    *,
+    entry_stage: str | None = None,
+    export_instants: Sequence[dt.datetime] = (),
 ) -> tuple[pl.DataFrame, StageMap, tuple[dt.datetime, ...]]:
     """Turn dated snapshot rows into canonical events (see the module docstring).
 
@@ -384,6 +387,12 @@ def snapshots_to_events(
         Receives the duplicates, the vanished deals and the notes.
     vanished : {"no_decision", "lost", "keep_open"}, default "no_decision"
         Rule for deals open in one export and missing from every later one.
+    entry_stage : str, optional
+        Open stage in which a deal first seen already closed (created and closed
+        between two exports) is created; default: the first open stage.
+    export_instants : sequence of datetime, optional
+        Every export's instant, including exports without rows (e.g. from the
+        file names); the instants of the rows are always included.
 
     Returns
     -------
@@ -421,7 +430,13 @@ def snapshots_to_events(
             expected="one row per deal and export",
             found=both,
         )
-    dates = tuple(rows["timestamp"].unique().sort().to_list())
+    entry = stages.open[0] if entry_stage is None else str(entry_stage)
+    if entry not in stages.open:
+        raise ParameterError(
+            f"The `entry_stage` parameter of `read_deal_log` must be an open stage "
+            f"{list(stages.open)}. Got {entry_stage!r}."
+        )
+    dates = tuple(sorted({*rows["timestamp"].unique().to_list(), *export_instants}))
     calendar = pl.DataFrame(
         {
             "timestamp": pl.Series(dates, dtype=pl.Datetime("us")),
@@ -447,26 +462,50 @@ def snapshots_to_events(
     events = rows.filter(pl.col("_first") | pl.col("_changed"))
     lo, hi = pl.col("_lo"), pl.col("timestamp")
     mid = lo + (hi - lo) / 2
-    closing = ~pl.col("_first") & ~is_open & (pl.col("stage") != pl.col("_prev_stage"))
-    by_close = closing & _inside(pl.col("close_date"), lo, hi)
-    by_created = pl.col("_first") & lo.is_not_null() & (pl.col("created_at") > lo)
     in_first_export = pl.col("_first") & lo.is_null()
+    by_created = pl.col("_first") & lo.is_not_null() & (pl.col("created_at") > lo)
+    appeared = pl.when(by_created).then(pl.min_horizontal("created_at", "timestamp")).otherwise(mid)
+    closing = ~is_open & (pl.col("stage") != pl.col("_prev_stage")).fill_null(True)
+    # A deal first seen already closed was created and closed between two exports: it
+    # enters `entry` when it appeared, and closes at its close date if that lies between
+    # its appearance and the export, else halfway.
+    born_closed = pl.col("_first") & lo.is_not_null() & ~is_open
+    start = pl.when(born_closed).then(appeared).otherwise(lo)
+    by_close = closing & ~in_first_export & _inside(pl.col("close_date"), start, hi)
     events = events.with_columns(
-        pl.when(in_first_export)
+        pl.when(in_first_export & ~is_open & (pl.col("close_date") <= hi))
+        .then(pl.col("close_date"))  # closed before the first export: known at it
+        .when(in_first_export)
         .then(hi)
-        .when(by_created)
-        .then(pl.min_horizontal("created_at", "timestamp"))
         .when(by_close)
         .then(pl.col("close_date"))
+        .when(born_closed)
+        .then(appeared + (hi - appeared) / 2)
+        .when(pl.col("_first"))
+        .then(appeared)
         .otherwise(mid)
         .alias("_when"),
-        by_close.alias("_by_close"),
-        by_created.alias("_by_created"),
+        by_close.fill_null(False).alias("_by_close"),
+        (by_created & ~born_closed).fill_null(False).alias("_by_created"),
+        born_closed.fill_null(False).alias("_born_closed"),
+    )
+    openings = (
+        events.filter(pl.col("_born_closed"))
+        .with_columns(
+            appeared.alias("_when"),
+            pl.lit(entry).alias("stage"),
+            pl.lit(None, dtype=pl.Datetime("us")).alias("close_date"),
+            by_created.fill_null(False).alias("_by_created"),
+            pl.lit(False).alias("_by_close"),
+        )
+        .select(events.columns)
     )
     n_close = int(events["_by_close"].sum())
-    n_created = int(events["_by_created"].sum())
+    n_created = int(events["_by_created"].sum() + openings["_by_created"].sum())
+    n_born_closed = openings.height
     n_first = int(events.select(in_first_export.sum()).item())
-    n_mid = events.height - n_close - n_created - n_first
+    n_mid = events.height + openings.height - n_close - n_created - n_first
+    events = pl.concat([openings, events])
     gap_deals = int(rows.filter(pl.col("_after_gap"))["deal_id"].n_unique())
 
     # -- deals missing from every later export while open ----------------------------------
@@ -497,6 +536,7 @@ def snapshots_to_events(
             pl.lit(VANISHED_STAGE).alias("stage"),
             pl.lit(False).alias("_by_close"),
             pl.lit(False).alias("_by_created"),
+            pl.lit(False).alias("_born_closed"),
         )
         extra = extra.select(events.columns)
         stage_map = _with_vanished_stage(stages, vanished)
@@ -524,8 +564,14 @@ def snapshots_to_events(
         f"interval since the export before it: {n_close} close(s) at their close date, "
         f"{n_created} first appearance(s) at their creation date, {n_mid} change(s) at the "
         f"interval's midpoint; {n_first} row(s) of the first export are dated at it (time "
-        "in stage before it unknown)."
+        "in stage before it unknown; closed deals at their close date)."
     )
+    if n_born_closed:
+        tally.notes.append(
+            f"{n_born_closed} deal(s) were first seen already closed (created and closed between "
+            f"two exports): each enters {entry!r} when it appeared and closes at its close date "
+            "if that falls after, else halfway to the export."
+        )
     if gap_deals:
         tally.notes.append(
             f"{gap_deals} deal(s) are missing from some exports between two that show them; "
