@@ -14,7 +14,7 @@ scored against the bookings of the full event log.
 The table gives, per horizon step, mean CRPS from each source, their ratio with a
 delta-method standard error over the paired cases, 80 % coverage and the relative
 bias of the mean; then how faithfully the exports rebuilt the history (wins with
-their exact date and amount).
+their exact date and amount, completed stage visits seen).
 
 Usage::
 
@@ -62,6 +62,10 @@ def read_both(world: int, *, scale: float = 1.0, end: str = END) -> dict[str, An
     true_wins = full.bookings(full.first_timestamp, last_export)
     seen = weekly.bookings(weekly.first_timestamp, last_export)
     exact = true_wins.join(seen, on=["deal_id", "won_at", "amount"], how="inner").height
+
+    def visits(log: forecast.DealLog) -> int:
+        return log.spells(last_export).filter(~pl.col("censored")).height
+
     return {
         "full": full,
         "weekly": weekly,
@@ -69,6 +73,8 @@ def read_both(world: int, *, scale: float = 1.0, end: str = END) -> dict[str, An
         "wins_exact": exact,
         "events_full": full.events.height,
         "events_weekly": weekly.events.height,
+        "visits_full": visits(full),
+        "visits_weekly": visits(weekly),
     }
 
 

@@ -313,3 +313,40 @@ def test_export_snapshots_show_the_state_at_each_date(world) -> None:
     state = full.as_of(t).events.group_by("deal_id").last().select("deal_id", "stage")
     assert table.select("deal_id", "stage").sort("deal_id").equals(state.sort("deal_id"))
     assert np.all(table["created_at"].to_numpy() <= np.datetime64(t))
+
+
+# -- the forecast from weekly exports against the one from the event log ---------------------
+@pytest.mark.slow
+def test_forecast_from_weekly_exports_is_nearly_as_good(tmp_path: Path) -> None:
+    """Mean CRPS from weekly exports <= 1.15 × the event log's, up to sampling error.
+
+    Three small worlds, two quarter-start origins, two quarters ahead: 12 paired cases,
+    both forecasts scored against the event log's bookings. The tolerance is two
+    delta-method standard errors of the ratio of means over the paired cases
+    (``se = sd(w - R f) / (sqrt(n) mean(f))``). ``benchmarks/snapshot_accuracy.py``
+    measures the same at full scale (12 worlds × 4 origins: ratio 1.02 ± 0.01).
+    """
+    from forecast.backtest import _score_origin
+    from forecast.calendar import FiscalCalendar
+
+    full_crps, weekly_crps = [], []
+    for world in range(3):
+        crm = generate_crm(seed=2000 + world, scale=0.5, end="2025-07-01")
+        full = read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+        folder = tmp_path / f"world{world}"
+        write_exports(crm.events, folder, export_dates(crm.truth.start, crm.truth.end, 7))
+        weekly = read_deal_log(folder, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+        for origin in (D(2024, 7, 1), D(2025, 1, 1)):
+            scores = {}
+            for name, log in (("full", full), ("weekly", weekly)):
+                rows = _score_origin(
+                    log, origin, 2, 1000, ("segment",), FiscalCalendar(), 4, world, truth=full
+                )
+                scores[name] = [r["crps"] for r in rows]
+            full_crps += scores["full"]
+            weekly_crps += scores["weekly"]
+    f, w = np.array(full_crps), np.array(weekly_crps)
+    assert len(f) == 12 and np.all(f > 0)
+    ratio = w.mean() / f.mean()
+    se = (w - ratio * f).std(ddof=1) / (np.sqrt(len(f)) * f.mean())
+    assert ratio <= 1.15 + 2 * se, (ratio, se)
