@@ -165,6 +165,8 @@ def test_bad_arguments():
         read_deal_log(t, columns={"region": "r"})
     with pytest.raises(ParameterError, match="`shape`"):
         read_deal_log(t, shape="wide")  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match=r"`epoch_unit`.*'xx'"):
+        read_deal_log(t, epoch_unit="xx")  # type: ignore[arg-type]
     with pytest.raises(ParameterError, match=r"`preset`.*'hubspot', 'hubspot_deals', 'salesforce'"):
         read_deal_log(t, preset="pipedrive")
     with pytest.raises(ParameterError, match="`source`"):

@@ -42,6 +42,40 @@ internal ids, in order: ``appointmentscheduled``, ``qualifiedtobuy``,
 ``closedwon`` and ``closedlost`` (HubSpot knowledge base, "Set up and customize
 your deal pipelines and deal stages"). Custom pipelines use numeric stage ids:
 pass ``stages=StageMap(...)``.
+
+One row per deal (``shape="deals"``; a folder of such exports saved over time is
+read as snapshots, see :mod:`forecast.data.snapshots`):
+
+``"salesforce_opportunity"`` — the ``Opportunity`` object ("Represents an
+opportunity, which is a sale or pending deal"), Salesforce Object Reference,
+https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_objects_opportunity.htm
+and the field reference (API names and labels),
+https://developer.salesforce.com/docs/atlas.en-us.228.0.sfFieldRef.meta/sfFieldRef/salesforce_field_reference_Opportunity.htm :
+``Id`` (label "Opportunity ID"), ``StageName`` ("Stage"), ``Amount``,
+``CloseDate`` ("Close Date"; the expected close date, for closed deals usually
+the actual one — orgs commonly set it on closing), ``CreatedDate`` ("Created Date", datetime), ``IsClosed``
+("Closed"), ``IsWon`` ("Won"), ``IsDeleted`` ("Deleted"; rows dropped, counted),
+and the descriptive ``ForecastCategoryName`` ("Forecast Category": Pipeline, Best
+Case, Commit, Closed, Omitted), ``Type``, ``LeadSource`` ("Lead Source"), carried
+as segment columns when present. API exports (Data Loader, SOQL) use the API names,
+report exports the labels; both are recognised. ``IsClosed``/``IsWon`` classify
+closed stages whatever their names (orgs rename and add them); open stages are
+ordered by the standard sales process (:data:`SALESFORCE_STANDARD_STAGES`) unless
+given. Report exports write dates in the user's locale: pass
+``timestamp_formats=["%m/%d/%Y"]`` (or the locale's) if they are not ISO.
+
+``"hubspot_deals"`` — the file of "Export" on the deals index page: one column per
+property, headed by the property label, with stage labels as values. Labels from
+HubSpot's knowledge base, "HubSpot's default deal properties",
+https://knowledge.hubspot.com/crm-deals/hubspots-default-deal-properties :
+"Record ID" (internal name ``hs_object_id``), "Deal Name" (``dealname``), "Deal
+Stage" (``dealstage``), "Amount", "Close Date" (``closedate``; set by HubSpot when a
+deal moves into a closed-won or closed-lost stage), "Create Date"
+(``createdate``), "Pipeline" and "Deal Type" (carried as segments); both the title
+case of older portals and the sentence case of newer ones ("Deal stage"), and the
+internal names of an API export, are recognised. Default-pipeline stage labels
+("Appointment Scheduled", ..., "Contract Sent", "Closed Won", "Closed Lost") are
+classified by name; custom stages need ``stages=`` or ``open_stages=``.
 """
 
 from __future__ import annotations

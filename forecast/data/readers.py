@@ -270,6 +270,11 @@ def read_deal_log(
         )
     if epoch_unit is None and p is not None:
         epoch_unit = p.epoch_unit
+    if epoch_unit not in (None, "s", "ms", "us"):
+        raise ParameterError(
+            "The `epoch_unit` parameter of `read_deal_log` must be 's', 'ms' or 'us'. "
+            f"Got {epoch_unit!r}."
+        )
     if isinstance(timestamp_formats, str):
         timestamp_formats = (timestamp_formats,)
     formats = [*(timestamp_formats or ()), *(p.timestamp_formats if p is not None else ())]
