@@ -311,10 +311,14 @@ def backtest(
                 f"({log.first_timestamp:%Y-%m-%d %H:%M}). Got {early[0]:%Y-%m-%d %H:%M}."
             )
     jobs = []
+    exports = log.source.snapshot_dates if log.source is not None else ()
     for o in chosen:
         last_end = cal.quarters(o, horizon)[-1].end
-        # Each job gets only the history it may use: nothing after its last quarter.
-        part = log.as_of(last_end) if last_end < _data_end(log) else log
+        # Each job gets only the history it may use: nothing after its last quarter (for
+        # a history rebuilt from exports, nothing after the export that shows how that
+        # quarter ended; the fit itself cuts at the origin).
+        known_by = (log.source.first_export_at_or_after(last_end) if exports else None) or last_end
+        part = log.as_of(known_by) if known_by < _data_end(log) else log
         jobs.append((part, o, horizon, n_paths, segment_by, cal, n_draws, seed))
     if executor is None:
         parts = [_score_origin(*j) for j in jobs]

@@ -91,6 +91,11 @@ class LogSource:
         i = bisect.bisect_right(self.snapshot_dates, t)
         return self.snapshot_dates[i - 1] if i else None
 
+    def first_export_at_or_after(self, t: dt.datetime) -> dt.datetime | None:
+        """The earliest export instant ``>= t`` (``None``: after the last export)."""
+        i = bisect.bisect_left(self.snapshot_dates, t)
+        return self.snapshot_dates[i] if i < len(self.snapshot_dates) else None
+
 
 @dataclass(frozen=True, eq=False)
 class DealLog:

@@ -153,7 +153,8 @@ def read_deal_log(
         (every ``.csv``/``.tsv``/``.txt``/``.parquet``/``.pq`` file in it; see
         :mod:`forecast.data.snapshots`), read as one snapshot history.
     shape : {"events", "deals", "snapshots"}, optional
-        ``"events"`` (default; the preset's if given; ``"snapshots"`` for a folder):
+        ``"events"`` (default; the preset's if given; for a folder ``"snapshots"``
+        unless the preset is an event-log preset, whose files are then parts of one log):
         one row per change — the deal's stage, amount and close date from
         ``timestamp`` on. ``"deals"``: one row per deal with ``created_at``,
         ``close_date``, current stage or outcome and ``amount``; becomes a creation
@@ -252,7 +253,9 @@ def read_deal_log(
     p = get_preset(preset) if preset is not None else None
     folder = Path(source) if _is_folder(source) else None
     if shape is None:
-        shape = "snapshots" if folder is not None else (p.shape if p is not None else "events")
+        shape = p.shape if p is not None else "events"
+        if folder is not None and (p is None or shape == "deals"):
+            shape = "snapshots"  # one-row-per-deal exports saved over time
     if shape not in SHAPES:
         raise ParameterError(
             f"The `shape` parameter of `read_deal_log` must be one of {list(SHAPES)}. Got {shape!r}."
