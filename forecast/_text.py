@@ -7,8 +7,10 @@ from collections.abc import Sequence
 __all__ = ["text_table"]
 
 
-def text_table(heads: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
-    """Lines of a table: first column left-aligned, the others right-aligned.
+def text_table(
+    heads: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "", left: int = 1
+) -> list[str]:
+    """Lines of a table: the first ``left`` columns left-aligned, the others right-aligned.
 
     Parameters
     ----------
@@ -18,6 +20,8 @@ def text_table(heads: Sequence[str], rows: Sequence[Sequence[str]], indent: str 
         Cells, already formatted, one sequence per row (as long as ``heads``).
     indent : str, default ""
         Prefix of every line.
+    left : int, default 1
+        Number of leading (label) columns aligned to the left.
 
     Returns
     -------
@@ -27,7 +31,9 @@ def text_table(heads: Sequence[str], rows: Sequence[Sequence[str]], indent: str 
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
 
     def line(cells: Sequence[str]) -> str:
-        rest = "".join(f"  {c:>{w}}" for c, w in zip(cells[1:], widths[1:]))
-        return f"{indent}{cells[0]:<{widths[0]}}{rest}"
+        parts = [
+            f"{c:<{w}}" if i < left else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))
+        ]
+        return (indent + "  ".join(parts)).rstrip()
 
     return [line(heads), *(line(r) for r in rows)]

@@ -194,7 +194,9 @@ def _reading_parent() -> argparse.ArgumentParser:
         help="snapshots: what becomes of a deal missing from every later export while open "
         "(default no_decision)",
     )
-    g.add_argument("--as-of", help="as-of date (ISO-8601); default: end of the history")
+    g.add_argument(
+        "--as-of", metavar="DATE", help="as-of date (ISO-8601); default: end of the history"
+    )
     return parent
 
 
@@ -613,6 +615,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Columns of ``PipelineModel.summary()`` shown by ``forecast fit``: (column, heading, format).
+_SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("n_spells", "visits", "int"),
+    ("n_exits", "exits", "int"),
+    ("win_probability", "P(win) at entry", "pct"),
+    ("median_days_to_exit", "median days", "days"),
+    ("conversion_to_next_stage", "to next stage", "pct"),
+    ("share_lost", "lost", "pct"),
+    ("share_no_decision", "no decision", "pct"),
+    ("tail_family", "tail", "text"),
+    ("credibility", "credibility", "ratio"),
+)
+
+
+def _cell(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "pct":
+        return f"{value:.0%}"
+    if kind == "days":
+        return f"{value:,.1f}"
+    if kind == "ratio":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _print_model_summary(model: Any) -> None:
+    """The fitted model per segment and stage, for people (all of it is in the JSON)."""
+    summary = model.summary()
+    shown = [c for c in _SUMMARY_COLUMNS if c[0] in summary.columns]
+    print(f"Model fitted as of {model.as_of:%Y-%m-%d}, per segment and open stage:\n")
+    heads = ["segment", "stage", *(h for _, h, _ in shown)]
+    rows = [
+        [str(r["segment"]), str(r["stage"]), *(_cell(r[c], k) for c, _, k in shown)]
+        for r in summary.iter_rows(named=True)
+    ]
+    print("\n".join(text_table(heads, rows, left=2)))
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     import forecast
 
@@ -628,8 +671,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     model.to_json(args.output)
-    print(model.summary())
-    print(f"Wrote {args.output}")
+    _print_model_summary(model)
+    print(f"\nWrote {args.output}")
     return EXIT_OK
 
 

@@ -113,6 +113,12 @@ def test_fit_writes_model_json(history: Path, tmp_path: Path) -> None:
 
     model = PipelineModel.from_json(out)
     assert set(model.segments) == {"Enterprise", "MidMarket", "SMB"}
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("segment"))
+    assert "P(win) at entry" in header and "median days" in header
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("SMB ")]
+    assert [r[1] for r in rows] == ["Prospecting", "Qualification", "Proposal", "Negotiation"]
+    assert all(r[4].endswith("%") for r in rows)  # win probability as a percentage
+    assert "shape:" not in proc.stdout  # not a raw frame
     assert json.loads(out.read_text())  # plain JSON
 
 

@@ -96,6 +96,7 @@ class LogInspection:
                 for r in self.stages.iter_rows(named=True)
             ],
             indent="  ",
+            left=2,
         )
         total = self.pipeline.select(pl.col("deals").sum(), pl.col("amount").sum()).row(0)
         out.append(
