@@ -90,12 +90,13 @@ def _month(text: str) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------
-_CANONICAL = ("deal_id", "timestamp", "stage", "amount", "close_date", "created_at")
 _STAGE_KINDS = ("open_stages", "won", "lost", "no_decision")
 
 
 def _column(text: str) -> tuple[str, str | None]:
     """``CANONICAL=SOURCE`` (``SOURCE`` empty: the column is absent on purpose)."""
+    from forecast.data.readers import CANONICAL_NAMES as _CANONICAL
+
     canon, sep, source = text.partition("=")
     canon = canon.strip()
     if not sep or canon not in _CANONICAL:
@@ -404,6 +405,8 @@ _LIST_KEYS = ("open_stages", "won", "lost", "no_decision", "segment", "timestamp
 def _load_config(path: Path) -> dict[str, Any]:
     """The reading options of a TOML file, checked (see :data:`CONFIG_KEYS`)."""
     import tomllib
+
+    from forecast.data.readers import CANONICAL_NAMES as _CANONICAL
 
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -397,7 +397,7 @@ def _canonical(
             tally,
             vanished,
             entry_stage=entry_stage,
-            export_instants=exports.dates or () if exports is not None else (),
+            export_instants=(exports.dates or ()) if exports is not None else (),
         )
         events = events.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
     else:
