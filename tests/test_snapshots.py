@@ -160,6 +160,15 @@ def test_time_cut_sees_only_earlier_exports(folder: Path) -> None:
     assert cut.last_timestamp == D(2024, 1, 8)
 
 
+def test_a_snapshot_log_pickles_with_its_export_dates(folder: Path) -> None:
+    # Process pools and clusters get the log by pickling; the time cut must survive.
+    import pickle
+
+    log = pickle.loads(pickle.dumps(read(folder)))
+    assert log.source.snapshot_dates[-1] == D(2024, 1, 22)
+    assert log.as_of("2024-01-12").events.height == 3
+
+
 def test_vanished_rules(folder: Path) -> None:
     lost = read(folder, vanished="lost")
     assert lost.stages.kind(VANISHED_STAGE) == "lost"

@@ -19,7 +19,6 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -82,7 +81,7 @@ class LogSource:
     snapshot_dates: tuple[dt.datetime, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "columns", MappingProxyType(dict(self.columns)))
+        object.__setattr__(self, "columns", dict(self.columns))  # a copy (and picklable)
         object.__setattr__(self, "files", tuple(str(f) for f in self.files))
         object.__setattr__(self, "snapshot_dates", tuple(sorted(self.snapshot_dates)))
 
