@@ -4,6 +4,7 @@ from forecast.backtest import BacktestResult, backtest
 from forecast.calendar import FiscalCalendar, FiscalQuarter
 from forecast.compare import Movement, compare
 from forecast.data.deal_log import DealLog
+from forecast.data.inspection import inspect_log
 from forecast.data.readers import read_deal_log
 from forecast.data.stages import StageMap
 from forecast.data.validation import ValidationReport
@@ -58,6 +59,7 @@ __all__ = [
     "compare_scenarios",
     "compute_metrics",
     "fit",
+    "inspect_log",
     "read_deal_log",
     "report",
     "with_changes",

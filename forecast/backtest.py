@@ -147,12 +147,15 @@ def _score_origin(
     seed: int,
     fit_options: Mapping[str, Any] | None = None,
     transform: Callable[[PipelineModel], PipelineModel] | None = None,
+    truth: DealLog | None = None,
 ) -> list[dict[str, Any]]:
     """Fit at ``origin``, simulate ``horizon`` quarters, score each realised one.
 
     ``fit_options`` (extra keyword arguments of :func:`forecast.fit`) and
     ``transform`` (applied to the fitted model) serve ablation studies
-    (``benchmarks/accuracy.py``).
+    (``benchmarks/accuracy.py``); ``truth`` (default ``log``) is the log whose
+    bookings are the realised values, for scoring a forecast made from a poorer
+    view of the same history (``benchmarks/snapshot_accuracy.py``).
     """
     from forecast.fit.fitting import fit
 
@@ -181,11 +184,14 @@ def _score_origin(
     trailing = (
         log.booked_amount(prev.start, prev.end) if prev.start >= log.first_timestamp else math.nan
     )
-    data_end = _data_end(log)
+    booked_log = log if truth is None else truth
+    data_end = _data_end(booked_log)
     levels = list(QUANTILES)
     rows = []
     for h, q in enumerate(quarters):
-        realised = log.booked_amount(q.start, q.end) if _is_realised(q.end, data_end) else None
+        realised = (
+            booked_log.booked_amount(q.start, q.end) if _is_realised(q.end, data_end) else None
+        )
         x = samples[h]
         quant = sample_quantiles(x, levels)
         row: dict[str, Any] = {
@@ -305,10 +311,14 @@ def backtest(
                 f"({log.first_timestamp:%Y-%m-%d %H:%M}). Got {early[0]:%Y-%m-%d %H:%M}."
             )
     jobs = []
+    exports = log.source.snapshot_dates if log.source is not None else ()
     for o in chosen:
         last_end = cal.quarters(o, horizon)[-1].end
-        # Each job gets only the history it may use: nothing after its last quarter.
-        part = log.as_of(last_end) if last_end < _data_end(log) else log
+        # Each job gets only the history it may use: nothing after its last quarter (for
+        # a history rebuilt from exports, nothing after the export that shows how that
+        # quarter ended; the fit itself cuts at the origin).
+        known_by = (log.source.first_export_at_or_after(last_end) if exports else None) or last_end
+        part = log.as_of(known_by) if known_by < _data_end(log) else log
         jobs.append((part, o, horizon, n_paths, segment_by, cal, n_draws, seed))
     if executor is None:
         parts = [_score_origin(*j) for j in jobs]

@@ -1,11 +1,15 @@
 """The ``forecast`` command.
 
-Subcommands: ``demo`` (the bundled sample, end to end), ``run`` (history in,
-Parquet datasets out, optional PNG figures), ``report`` (the same run as one
-self-contained HTML page, optionally with what changed since an earlier run),
-``fit`` (model JSON out),
-``backtest`` (rolling-origin accuracy) and ``metrics`` (sales metrics). Each has
-``--help``. Progress bars and status lines go to stderr, tables to stdout.
+Subcommands: ``demo`` (the bundled sample, end to end), ``inspect`` (how a history
+is read, without fitting), ``run`` (history in, Parquet datasets out, optional PNG
+figures), ``report`` (the same run as one self-contained HTML page, optionally with
+what changed since an earlier run), ``fit`` (model JSON out), ``backtest``
+(rolling-origin accuracy) and ``metrics`` (sales metrics). Each has ``--help``. Every subcommand that reads a
+history takes the same reading options (``--preset``, ``--shape``, ``--column
+CANONICAL=SOURCE``, ``--open-stages``, ``--won``, ``--lost``, ``--no-decision``,
+``--segment``, ``--config FILE`` ...), and every subcommand the same common flags
+(``--seed``, ``--fiscal-start-month``, ``--no-progress``). Progress bars and status
+lines go to stderr, tables to stdout.
 
 Exit codes: 0 success, 1 unexpected internal error, 2 bad arguments, 3 bad
 input data or a model that cannot be fitted, 130 interrupted.
@@ -27,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from forecast._text import text_table
 from forecast.errors import (
     DataError,
     ForecastError,
@@ -92,41 +97,160 @@ def _month(text: str) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------
-def _add_input_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("history", help="deal history: Parquet or CSV path")
-    p.add_argument("--preset", choices=["salesforce", "hubspot"], help="CRM export preset")
-    p.add_argument("--shape", choices=["events", "deals", "snapshots"], help="table shape")
-    p.add_argument(
+_STAGE_KINDS = ("open_stages", "won", "lost", "no_decision")
+
+
+def _column(text: str) -> tuple[str, str | None]:
+    """``CANONICAL=SOURCE`` (``SOURCE`` empty: the column is absent on purpose)."""
+    from forecast.data.readers import CANONICAL_NAMES as _CANONICAL
+
+    canon, sep, source = text.partition("=")
+    canon = canon.strip()
+    if not sep or canon not in _CANONICAL:
+        raise argparse.ArgumentTypeError(
+            f"expected CANONICAL=SOURCE with CANONICAL one of {', '.join(_CANONICAL)} "
+            f"(e.g. deal_id=Name); got {text!r}"
+        )
+    return canon, (source.strip() or None)
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of stage names."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected stage names separated by commas; got {text!r}")
+    return names
+
+
+def _reading_parent() -> argparse.ArgumentParser:
+    """Options of every subcommand that reads a history (one definition for all)."""
+    from forecast.data.presets import PRESETS
+    from forecast.data.snapshots import VANISHED_RULES
+
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group(
+        "reading the history",
+        "How HISTORY is read; `forecast inspect HISTORY ...` shows the result without fitting.",
+    )
+    g.add_argument(
+        "history",
+        help="deal history: a Parquet or CSV file, or a folder of dated exports "
+        "(a snapshot history)",
+    )
+    g.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file with reading options (keys as below: preset, shape, columns, "
+        "open_stages, won, lost, no_decision, segment, ...); command-line flags win",
+    )
+    g.add_argument("--preset", choices=sorted(PRESETS), help="CRM export preset")
+    g.add_argument(
+        "--shape",
+        choices=["events", "deals", "snapshots"],
+        help="table shape (default: the preset's, else events; snapshots for a folder)",
+    )
+    g.add_argument(
+        "--column",
+        action="append",
+        type=_column,
+        default=None,
+        metavar="CANONICAL=SOURCE",
+        help="read canonical column CANONICAL (deal_id, timestamp, stage, amount, close_date, "
+        "created_at) from column SOURCE; SOURCE empty: absent on purpose (repeatable)",
+    )
+    g.add_argument(
+        "--open-stages",
+        type=_names,
+        metavar="A,B,...",
+        help="open stages in pipeline order, separated by commas",
+    )
+    g.add_argument("--won", type=_names, metavar="A,...", help="won stage name(s)")
+    g.add_argument("--lost", type=_names, metavar="A,...", help="lost stage name(s)")
+    g.add_argument("--no-decision", type=_names, metavar="A,...", help="no-decision stage name(s)")
+    g.add_argument(
+        "--entry-stage",
+        metavar="STAGE",
+        help="open stage in which deals seen only closed are created (default: the first)",
+    )
+    g.add_argument(
         "--segment",
         action="append",
-        default=[],
+        default=None,
         metavar="COLUMN",
         help="segment column (repeatable)",
     )
-    p.add_argument("--as-of", help="as-of date (ISO-8601); default: last event in the history")
-    p.add_argument(
+    g.add_argument(
+        "--timestamp-format",
+        action="append",
+        default=None,
+        metavar="FORMAT",
+        help="extra strptime format of the date columns, e.g. %%m/%%d/%%Y (repeatable)",
+    )
+    g.add_argument(
+        "--epoch-unit", choices=["s", "ms", "us"], help="unit of numeric (epoch) timestamps"
+    )
+    g.add_argument(
+        "--file-date-format",
+        metavar="PATTERN",
+        help="folder of exports: strftime pattern of the date in the file names "
+        "(default: an ISO date YYYY-MM-DD anywhere in the name)",
+    )
+    g.add_argument(
+        "--vanished",
+        choices=VANISHED_RULES,
+        help="snapshots: what becomes of a deal missing from every later export while open "
+        "(default no_decision)",
+    )
+    g.add_argument(
+        "--as-of", metavar="DATE", help="as-of date (ISO-8601); default: end of the history"
+    )
+    return parent
+
+
+def _common_parent() -> argparse.ArgumentParser:
+    """Flags every subcommand takes."""
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("common options")
+    g.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    g.add_argument(
         "--fiscal-start-month",
         type=_month,
         default=1,
         metavar="MONTH",
         help="first month of the fiscal year (1-12, default 1)",
     )
-
-
-def _add_sim_args(p: argparse.ArgumentParser, *, paths: int = 10_000) -> None:
-    p.add_argument(
-        "--paths", type=_positive_int, default=paths, help=f"simulated paths (default {paths:,})"
+    g.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress bars",
     )
-    p.add_argument("--horizon", type=_positive_int, default=4, help="fiscal quarters (default 4)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="threads (default: all)")
+    return parent
+
+
+def _add_draws_arg(p: argparse.ArgumentParser, default: int) -> None:
     p.add_argument(
         "--draws",
         type=_non_negative_int,
-        default=32,
-        help="parameter draws, Bayesian bootstrap (default 32)",
+        default=default,
+        help=f"parameter draws, Bayesian bootstrap (default {default})",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_sim_args(
+    p: argparse.ArgumentParser, *, paths: int = 10_000, horizon: int = 4, threads: bool = True
+) -> None:
+    p.add_argument(
+        "--paths", type=_positive_int, default=paths, help=f"simulated paths (default {paths:,})"
+    )
+    p.add_argument(
+        "--horizon",
+        type=_positive_int,
+        default=horizon,
+        help=f"fiscal quarters (default {horizon})",
+    )
+    if threads:
+        p.add_argument("--threads", type=_positive_int, default=None, help="threads (default: all)")
     _add_dask_arg(p)
 
 
@@ -159,13 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 internal error, 2 bad arguments, 3 bad data, 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    reading, common = _reading_parent(), _common_parent()
 
     p = sub.add_parser(
         "demo",
+        parents=[common],
         help="fit and simulate the bundled sample history, print the quarterly table",
         description="Fit the bundled sample history at its end date, simulate the next "
         "quarters and print the quarterly table.",
     )
+    _add_draws_arg(p, 32)
     _add_sim_args(p)
     _add_report_args(p)
     p.add_argument(
@@ -173,29 +300,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "inspect",
+        parents=[reading, common],
+        help="show how a history is read (columns, stages, deals, pipeline, report) without fitting",
+        description="Dry run: read the history as the other commands would and print the "
+        "column mapping, the stage classification with the deals that reached each stage, "
+        "deals, events and date range, the open pipeline by stage at the as-of date, the "
+        "segments, the validation report and warnings. Nothing is fitted.",
+    )
+
+    p = sub.add_parser(
         "fit",
+        parents=[reading, common],
         help="fit a model and write it as JSON",
         description="Fit the pipeline model to a deal history and write it as JSON.",
     )
-    _add_input_args(p)
-    p.add_argument(
-        "--draws",
-        type=_non_negative_int,
-        default=32,
-        help="parameter draws, Bayesian bootstrap (default 32)",
-    )
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="bootstrap seed (default 0)")
+    _add_draws_arg(p, 32)
     p.add_argument("-o", "--output", type=Path, required=True, help="model JSON path")
 
     p = sub.add_parser(
         "run",
+        parents=[reading, common],
         help="fit, simulate and write Parquet datasets (and figures)",
         description="Fit the model on a deal history, simulate the next quarters and write "
         "the quarterly, segments and deals tables (and optionally the raw paths) as Parquet "
         "datasets partitioned by as-of date under OUTPUT (atomic: a failed run leaves the "
         "previous output intact).",
     )
-    _add_input_args(p)
+    _add_draws_arg(p, 32)
     _add_sim_args(p)
     _add_report_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="output root directory")
@@ -205,12 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
+        parents=[reading, common],
         help="fit, simulate, backtest and write a self-contained HTML report",
         description="Fit and simulate as `run` does, backtest the same model on the history, "
         "and write one HTML page for the people who read the forecast (no network needed to "
         "open it). With --previous, add what changed since an earlier `forecast run` output.",
     )
-    _add_input_args(p)
+    _add_draws_arg(p, 32)
     _add_sim_args(p)
     _add_report_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
@@ -230,30 +363,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "backtest",
+        parents=[reading, common],
         help="rolling-origin backtest: forecast past quarters and score against what was booked",
         description="Rolling-origin backtest with proper scores (CRPS, pinball loss, interval "
-        "coverage) against baselines.",
+        "coverage) against baselines. With --as-of, only the history up to that date is used.",
     )
-    _add_input_args(p)
     p.add_argument("--origins", nargs="+", metavar="DATE", help="as-of dates (default: automatic)")
-    p.add_argument("--horizon", type=_positive_int, default=2, help="quarters (default 2)")
-    p.add_argument("--paths", type=_positive_int, default=2000, help="paths per origin")
-    p.add_argument("--draws", type=_non_negative_int, default=16, help="parameter draws")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    _add_draws_arg(p, 16)
+    _add_sim_args(p, paths=2000, horizon=2, threads=False)
     p.add_argument(
         "-o", "--output", type=Path, help="also write the per-origin scores (Parquet file)"
     )
-    _add_dask_arg(p)
 
     p = sub.add_parser(
         "metrics",
+        parents=[reading, common],
         help="sales metrics: win rates, conversion, cycle length, velocity, coverage",
         description="Sales metrics of a deal history at an as-of date, with open deals "
         "handled as censored.",
     )
-    _add_input_args(p)
-    p.add_argument("--draws", type=_non_negative_int, default=16, help="parameter draws")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    _add_draws_arg(p, 16)
     p.add_argument(
         "-o", "--output", type=Path, help="also write the metric tables (Parquet, directory)"
     )
@@ -287,16 +416,117 @@ def _status(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+#: Keys of a ``--config`` TOML file: the reading options (dashes or underscores).
+CONFIG_KEYS: tuple[str, ...] = (
+    "preset",
+    "shape",
+    "columns",
+    "open_stages",
+    "won",
+    "lost",
+    "no_decision",
+    "entry_stage",
+    "segment",
+    "timestamp_format",
+    "epoch_unit",
+    "file_date_format",
+    "vanished",
+)
+_LIST_KEYS = ("open_stages", "won", "lost", "no_decision", "segment", "timestamp_format")
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    """The reading options of a TOML file, checked (see :data:`CONFIG_KEYS`)."""
+    import tomllib
+
+    from forecast.data.readers import CANONICAL_NAMES as _CANONICAL
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"The --config file {path} does not exist.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ParameterError(f"The --config file {path} is not valid TOML: {e}") from None
+    cfg: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        name = {"segments": "segment", "timestamp_formats": "timestamp_format"}.get(name, name)
+        if name not in CONFIG_KEYS:
+            raise ParameterError(
+                f"The --config file {path} has the unknown key {key!r}; keys are "
+                f"{', '.join(CONFIG_KEYS)}."
+            )
+        if name == "columns":
+            ok = isinstance(value, dict) and all(
+                k in _CANONICAL and isinstance(v, str) for k, v in value.items()
+            )
+            if not ok:
+                raise ParameterError(
+                    f"The --config file {path}: `columns` must be a table of canonical name "
+                    f'({", ".join(_CANONICAL)}) = "source column" ("" for absent). Got '
+                    f"{value!r}."
+                )
+            value = {k: (v or None) for k, v in value.items()}
+        elif name in _LIST_KEYS:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ParameterError(
+                    f"The --config file {path}: `{key}` must be a list of strings. Got {value!r}."
+                )
+        elif not isinstance(value, str):
+            raise ParameterError(
+                f"The --config file {path}: `{key}` must be a string. Got {value!r}."
+            )
+        cfg[name] = value
+    return cfg
+
+
+def _reading_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of ``read_deal_log`` from the flags and the ``--config`` file.
+
+    A flag given on the command line wins over the file; ``--column`` flags are
+    merged into the file's ``columns`` table. ``args.segment`` is set to the
+    segment columns used.
+    """
+    cfg = _load_config(args.config) if getattr(args, "config", None) else {}
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name, None)
+        return value if value is not None else cfg.get(name)
+
+    columns = {**cfg.get("columns", {}), **dict(args.column or [])}
+    stages = {
+        kind.removesuffix("_stages"): names
+        for kind in _STAGE_KINDS
+        if (names := pick(kind)) is not None
+    }
+    args.segment = list(pick("segment") or [])
+    options: dict[str, Any] = {
+        "preset": pick("preset"),
+        "shape": pick("shape"),
+        "columns": columns or None,
+        "stages": stages or None,
+        "segment_columns": tuple(args.segment),
+        "entry_stage": pick("entry_stage"),
+        "timestamp_formats": pick("timestamp_format"),
+        "epoch_unit": pick("epoch_unit"),
+        "file_date_format": pick("file_date_format"),
+    }
+    if pick("vanished") is not None:
+        options["vanished"] = pick("vanished")
+    return options
+
+
 def _read(args: argparse.Namespace) -> Any:
     from forecast.data.readers import read_deal_log
 
+    options = _reading_options(args)
     path = Path(args.history)
     if not path.exists():
-        raise FileNotFoundError(f"The history file {args.history} does not exist.")
+        raise FileNotFoundError(f"The history {args.history} does not exist.")
     try:
-        return read_deal_log(
-            path, preset=args.preset, shape=args.shape, segment_columns=tuple(args.segment)
-        )
+        return read_deal_log(path, **options)
     except ForecastError:
         raise
     except Exception as e:  # the table readers (polars, pyarrow) on a malformed file
@@ -342,10 +572,7 @@ def _print_table(fc: Any, targets: dict[str, list[float]] | None = None) -> None
         heads.append("P(reach target)")
         for r in rows:
             r.append(", ".join(cell.get(r[0], ["-"])))
-    widths = [max(len(h), *(len(r[i + 1]) for r in rows)) for i, h in enumerate(heads)]
-    print(f"{'quarter':<11}" + "".join(f"  {h:>{w}}" for h, w in zip(heads, widths)))
-    for r in rows:
-        print(f"{r[0]:<11}" + "".join(f"  {c:>{w}}" for c, w in zip(r[1:], widths)))
+    print("\n".join(text_table(["quarter", *heads], rows)))
 
 
 def _print_risk(fc: Any, n: int = 5) -> None:
@@ -424,6 +651,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Columns of ``PipelineModel.summary()`` shown by ``forecast fit``: (column, heading, format).
+_SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("n_spells", "visits", "int"),
+    ("n_exits", "exits", "int"),
+    ("win_probability", "P(win) at entry", "pct"),
+    ("median_days_to_exit", "median days", "days"),
+    ("conversion_to_next_stage", "to next stage", "pct"),
+    ("share_lost", "lost", "pct"),
+    ("share_no_decision", "no decision", "pct"),
+    ("tail_family", "tail", "text"),
+    ("credibility", "credibility", "ratio"),
+)
+
+
+def _cell(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "pct":
+        return f"{value:.0%}"
+    if kind == "days":
+        return f"{value:,.1f}"
+    if kind == "ratio":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _print_model_summary(model: Any) -> None:
+    """The fitted model per segment and stage, for people (all of it is in the JSON)."""
+    summary = model.summary()
+    shown = [c for c in _SUMMARY_COLUMNS if c[0] in summary.columns]
+    print(f"Model fitted as of {model.as_of:%Y-%m-%d}, per segment and open stage:\n")
+    heads = ["segment", "stage", *(h for _, h, _ in shown)]
+    rows = [
+        [str(r["segment"]), str(r["stage"]), *(_cell(r[c], k) for c, _, k in shown)]
+        for r in summary.iter_rows(named=True)
+    ]
+    print("\n".join(text_table(heads, rows, left=2)))
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     import forecast
 
@@ -439,8 +707,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     model.to_json(args.output)
-    print(model.summary())
-    print(f"Wrote {args.output}")
+    _print_model_summary(model)
+    print(f"\nWrote {args.output}")
     return EXIT_OK
 
 
@@ -521,24 +789,61 @@ def _write_frame(frame: Any, path: Path) -> None:
     print(f"Wrote {path}")
 
 
-#: Columns of the backtest summary shown on screen (all are in the Parquet output).
-_BACKTEST_COLUMNS = (
-    "step",
-    "n",
-    "mean_crps",
-    "coverage50",
-    "coverage80",
-    "mean_pit",
-    "skill_weighted_pipeline",
-    "skill_stage_sum",
-    "skill_trailing",
-)
+def _pct(v: Any, signed: bool = False) -> str:
+    if v is None or v != v:  # None or NaN
+        return "-"
+    return f"{v:+.1%}" if signed else f"{v:.0%}"
+
+
+def _print_backtest(result: Any) -> None:
+    """The backtest summary per horizon step, for people (all columns are in ``-o``)."""
+    from forecast.backtest import BASELINES
+
+    summary = result.summary()
+    origins = result.origins
+    print(
+        f"Backtest from {len(origins)} origin(s) ({origins[0]:%Y-%m-%d} .. "
+        f"{origins[-1]:%Y-%m-%d}), horizon {result.horizon} quarter(s), "
+        f"{result.info['n_paths']:,} paths, {result.info['n_draws']} draws:\n"
+    )
+    names = {"weighted_pipeline": "weighted pipe", "stage_sum": "stage sum", "trailing": "trailing"}
+    heads = ["step", "cases", "mean CRPS", "bias", "mean PIT", "50% covered", "80% covered"]
+    heads += [f"skill vs {names.get(b, b)}" for b in BASELINES]
+    rows = []
+    for r in summary.iter_rows(named=True):
+        if not r.get("n"):
+            rows.append([str(r["step"]), "0", *["-"] * (len(heads) - 2)])
+            continue
+        cover = [
+            f"{_pct(r[f'coverage{c}'])} [{_pct(r[f'coverage{c}_low'])}, "
+            f"{_pct(r[f'coverage{c}_high'])}]"
+            for c in (50, 80)
+        ]
+        rows.append(
+            [
+                str(r["step"]),
+                f"{r['n']:,}",
+                _fmt(r["mean_crps"]),
+                _pct(r["bias"], signed=True),
+                f"{r['mean_pit']:.2f}",
+                *cover,
+                *(_pct(r[f"skill_{b}"], signed=True) for b in BASELINES),
+            ]
+        )
+    print("\n".join(text_table(heads, rows)))
+    print(
+        "\nCoverage: share of realised quarters inside the P25-P75 / P10-P90 interval, with "
+        "95% Wilson intervals. Skill: 1 - CRPS / baseline's absolute error (> 0: the model "
+        "is better)."
+    )
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
     backtest = _optional("forecast.backtest", "backtest")
     _status(f"Reading {args.history} ...")
     log = _read(args)
+    if args.as_of is not None:
+        log = log.as_of(args.as_of)  # only the history up to --as-of
     _status("Backtesting (one fit and simulation per origin) ...")
     with _executor(args) as executor:
         result = backtest(
@@ -552,11 +857,18 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             seed=args.seed,
             executor=executor,
         )
-    summary = result.summary()
-    brief = [c for c in _BACKTEST_COLUMNS if c in summary.columns]
-    _print_frame(summary.select(brief) if len(brief) > 2 else summary)
+    _print_backtest(result)
     if args.output:
         _write_frame(result.scores(), args.output)
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from forecast.data.inspection import inspect_log
+
+    _status(f"Reading {args.history} ...")
+    log = _read(args)
+    print(inspect_log(log, args.as_of))
     return EXIT_OK
 
 
@@ -580,15 +892,9 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_frame(frame: Any) -> None:
-    import polars as pl
-
-    with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=160, fmt_str_lengths=40):
-        print(frame)
-
-
 _HANDLERS = {
     "demo": _cmd_demo,
+    "inspect": _cmd_inspect,
     "fit": _cmd_fit,
     "run": _cmd_run,
     "report": _cmd_report,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,9 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["fit"], ["backtest"], ["metrics"]])
+@pytest.mark.parametrize(
+    "command", [[], ["demo"], ["inspect"], ["run"], ["fit"], ["backtest"], ["metrics"]]
+)
 def test_help(command: list[str]) -> None:
     proc = run(*command, "--help")
     assert proc.returncode == 0
@@ -110,6 +113,12 @@ def test_fit_writes_model_json(history: Path, tmp_path: Path) -> None:
 
     model = PipelineModel.from_json(out)
     assert set(model.segments) == {"Enterprise", "MidMarket", "SMB"}
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("segment"))
+    assert "P(win) at entry" in header and "median days" in header
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("SMB ")]
+    assert [r[1] for r in rows] == ["Prospecting", "Qualification", "Proposal", "Negotiation"]
+    assert all(r[4].endswith("%") for r in rows)  # win probability as a percentage
+    assert "shape:" not in proc.stdout  # not a raw frame
     assert json.loads(out.read_text())  # plain JSON
 
 
@@ -168,11 +177,19 @@ def test_backtest(history: Path, tmp_path: Path) -> None:
         "300",
         "--draws",
         "2",
+        "--no-progress",
         "-o",
         str(out),
     )
     assert proc.returncode == 0, proc.stderr
-    assert "mean_crps" in proc.stdout
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("step"))
+    for col in ("cases", "mean CRPS", "bias", "80% covered", "skill vs weighted pipe"):
+        assert col in header
+    (row,) = [line.split() for line in lines if line.startswith("1 ")]
+    assert row[1] == "2"  # two origins scored
+    assert re.fullmatch(r"\d{1,3}(,\d{3})+", row[2])  # CRPS in currency, for people
+    assert "mean_crps" not in proc.stdout  # not a raw frame
     assert pl.read_parquet(out).height > 0
 
 
@@ -216,3 +233,274 @@ def test_interrupt_exits_130(
     monkeypatch.setitem(cli._HANDLERS, "demo", interrupted)
     assert cli.main(["demo"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+# -- reading options, the config file, inspect -------------------------------------------------
+COMMANDS = ["demo", "inspect", "fit", "run", "backtest", "metrics"]
+COMMON = ["--seed", "3", "--fiscal-start-month", "2", "--no-progress"]
+READING = [
+    "h.csv",
+    "--preset",
+    "salesforce",
+    "--shape",
+    "events",
+    "--column",
+    "deal_id=Name",
+    "--column",
+    "amount=",
+    "--open-stages",
+    "Lead, Demo,Proposal",
+    "--won",
+    "Signed",
+    "--lost",
+    "Dead,Gone",
+    "--no-decision",
+    "Stalled",
+    "--entry-stage",
+    "Lead",
+    "--segment",
+    "Region",
+    "--timestamp-format",
+    "%d/%m/%Y",
+    "--epoch-unit",
+    "ms",
+    "--file-date-format",
+    "%Y%m%d",
+    "--vanished",
+    "lost",
+    "--config",
+    "c.toml",
+    "--as-of",
+    "2024-01-01",
+]
+REQUIRED = {"fit": ["-o", "m.json"], "run": ["-o", "out"]}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_takes_the_common_flags_and_the_reading_options(command: str) -> None:
+    reading = READING if command != "demo" else []
+    args = cli.build_parser().parse_args([command, *reading, *COMMON, *REQUIRED.get(command, [])])
+    assert (args.seed, args.fiscal_start_month, args.no_progress) == (3, 2, True)
+    if command != "demo":
+        assert args.column == [("deal_id", "Name"), ("amount", None)]
+        assert args.open_stages == ["Lead", "Demo", "Proposal"]
+        assert args.lost == ["Dead", "Gone"]
+        assert (args.vanished, args.file_date_format) == ("lost", "%Y%m%d")
+
+
+def test_flags_override_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "reading.toml"
+    config.write_text(
+        'preset = "salesforce"\nopen-stages = ["Lead", "Demo"]\nwon = ["Signed"]\n'
+        'segment = ["Region"]\n[columns]\ndeal_id = "Name"\nstage = "Phase"\n'
+    )
+    args = cli.build_parser().parse_args(
+        ["inspect", "h.csv", "--config", str(config), "--column", "stage=Step", "--won", "Won"]
+    )
+    options = cli._reading_options(args)
+    assert options["columns"] == {"deal_id": "Name", "stage": "Step"}
+    assert options["stages"] == {"open": ["Lead", "Demo"], "won": ["Won"]}
+    assert options["preset"] == "salesforce"
+    assert options["segment_columns"] == ("Region",) and args.segment == ["Region"]
+
+
+@pytest.fixture(scope="module")
+def custom_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample history as a CRM would export it with its own column and stage names."""
+    from forecast.datasets import load_sample
+
+    names = {
+        "Prospecting": "Lead",
+        "Qualification": "Discovery",
+        "Proposal": "Quote",
+        "Negotiation": "Legal",
+        "Closed Won": "Signed",
+        "Closed Lost": "Dead",
+        "No Decision": "Stalled",
+    }
+    path = tmp_path_factory.mktemp("cli") / "crm export.csv"
+    load_sample().events.drop("source_row").with_columns(
+        pl.col("stage").replace_strict(names)
+    ).rename(
+        {
+            "deal_id": "Opportunity",
+            "timestamp": "Changed At",
+            "stage": "Phase",
+            "amount": "ARR",
+            "close_date": "Expected Close",
+            "created_at": "Opened",
+            "segment": "Segment",
+        }
+    ).write_csv(path)
+    return path
+
+
+CUSTOM_COLUMNS = [
+    "--column",
+    "deal_id=Opportunity",
+    "--column",
+    "timestamp=Changed At",
+    "--column",
+    "stage=Phase",
+    "--column",
+    "amount=ARR",
+    "--column",
+    "close_date=Expected Close",
+    "--column",
+    "created_at=Opened",
+]
+CUSTOM_STAGES = [
+    "--open-stages",
+    "Lead,Discovery,Quote,Legal",
+    "--won",
+    "Signed",
+    "--lost",
+    "Dead",
+    "--no-decision",
+    "Stalled",
+]
+
+
+def test_inspect_a_non_standard_export(custom_export: Path) -> None:
+    proc = run(
+        "inspect",
+        str(custom_export),
+        *CUSTOM_COLUMNS,
+        *CUSTOM_STAGES,
+        "--segment",
+        "Segment",
+        "--as-of",
+        "2024-07-01",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"deal_id\s+<- Opportunity", out)
+    assert re.search(r"timestamp\s+<- Changed At", out)
+    assert re.search(r"segment\s+<- Segment", out)
+    stages = re.findall(r"^\s+(\w+)\s+(open|won|lost|no_decision)\s", out, re.M)
+    assert stages == [
+        ("Lead", "open"),
+        ("Discovery", "open"),
+        ("Quote", "open"),
+        ("Legal", "open"),
+        ("Signed", "won"),
+        ("Dead", "lost"),
+        ("Stalled", "no_decision"),
+    ]
+    assert "Open pipeline at 2024-07-01: 189 deals" in out  # as `inspect_log` of the sample
+    assert "Validation report: 15164 rows read" in out
+    assert "Segment: SMB" in out
+
+
+def test_run_a_non_standard_export_with_column_flags_alone(
+    custom_export: Path, tmp_path: Path
+) -> None:
+    # Stage names here are non-standard too, so they need the stage flags; the columns need
+    # nothing but --column.
+    proc = run(
+        "run",
+        str(custom_export),
+        *CUSTOM_COLUMNS,
+        *CUSTOM_STAGES,
+        "--as-of",
+        "2024-07-01",
+        "--horizon",
+        "1",
+        "-o",
+        str(tmp_path / "out"),
+        *FAST,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "FY2024-Q3" in proc.stdout
+    assert fio.read_forecast(tmp_path / "out", "quarterly")["quarter"].to_list() == ["FY2024-Q3"]
+
+
+def test_run_with_column_flags_alone(history: Path, tmp_path: Path) -> None:
+    renamed = tmp_path / "renamed.csv"
+    pl.read_csv(history, infer_schema=False).rename(
+        {"deal_id": "Name", "timestamp": "Modified", "amount": "Value"}
+    ).write_csv(renamed)
+    proc = run(
+        "run",
+        str(renamed),
+        "--column",
+        "deal_id=Name",
+        "--column",
+        "timestamp=Modified",
+        "--column",
+        "amount=Value",
+        "--horizon",
+        "1",
+        "-o",
+        str(tmp_path / "out"),
+        *FAST,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert fio.read_forecast(tmp_path / "out", "quarterly").height == 1
+
+
+def test_inspect_with_a_config_file_matches_the_flags(custom_export: Path, tmp_path: Path) -> None:
+    config = tmp_path / "crm.toml"
+    config.write_text(
+        "open_stages = ['Lead', 'Discovery', 'Quote', 'Legal']\n"
+        "won = ['Signed']\nlost = ['Dead']\nno_decision = ['Stalled']\nsegment = ['Segment']\n"
+        "[columns]\ndeal_id = 'Opportunity'\ntimestamp = 'Changed At'\nstage = 'Phase'\n"
+        "amount = 'ARR'\nclose_date = 'Expected Close'\ncreated_at = 'Opened'\n"
+    )
+    by_file = run("inspect", str(custom_export), "--config", str(config))
+    by_flags = run(
+        "inspect", str(custom_export), *CUSTOM_COLUMNS, *CUSTOM_STAGES, "--segment", "Segment"
+    )
+    assert by_file.returncode == 0, by_file.stderr
+    assert by_file.stdout == by_flags.stdout
+
+
+def test_inspect_a_folder_of_exports_and_a_preset(tmp_path: Path) -> None:
+    from forecast.datasets import SYNTHETIC_STAGES, export_dates, generate_crm, write_exports
+
+    crm = generate_crm(seed=3, scale=0.2, start="2024-01-01", end="2024-04-01")
+    write_exports(crm.events, tmp_path / "exports", export_dates("2024-01-01", "2024-04-01", 7))
+    proc = run("inspect", str(tmp_path / "exports"), "--segment", "segment")
+    assert proc.returncode == 0, proc.stderr
+    assert "14 files in" in proc.stdout and "shape 'snapshots'" in proc.stdout
+    assert "(14 exports, median gap 7.0 days)" in proc.stdout
+    assert re.search(r"timestamp\s+<- date in file name", proc.stdout)
+    assert "interval-censored" in proc.stdout
+    assert set(SYNTHETIC_STAGES.open) <= set(re.findall(r"^\s+(\w+)\s+open", proc.stdout, re.M))
+
+    data = Path(__file__).parent / "data" / "salesforce_opportunity.csv"
+    proc = run("inspect", str(data), "--preset", "salesforce_opportunity", "--as-of", "2024-04-01")
+    assert proc.returncode == 0, proc.stderr
+    assert "One row per deal: the table has no stage history" in proc.stdout
+    assert re.search(r"Needs Analysis", proc.stdout) is None  # only stages in the data
+    assert "ForecastCategoryName: Omitted 2, Pipeline 2, Best Case 1" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["--column", "deal=Name"], 2, ["--column", "deal=Name", "deal_id"]),
+        (["--column", "deal_id"], 2, ["CANONICAL=SOURCE"]),
+        (["--open-stages", " , "], 2, ["--open-stages"]),
+        (["--column", "deal_id=Nope"], 3, ["deal_id", "Nope"]),
+        (["--open-stages", "Prospecting", "--won", "Closed Won"], 3, ["Qualification"]),
+    ],
+)
+def test_bad_reading_options(history: Path, args: list[str], code: int, words: list[str]) -> None:
+    proc = run("inspect", str(history), *args)
+    assert_one_line_error(proc, code, *words)
+
+
+def test_bad_config_files(history: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    for text, words in [
+        ("presets = 'salesforce'\n", ["unknown key 'presets'", "preset"]),
+        ("won = 3\n", ["`won` must be a list of strings"]),
+        ("[columns]\ndeal = 'x'\n", ["`columns` must be a table"]),
+        ("preset = \n", ["not valid TOML"]),
+    ]:
+        bad.write_text(text)
+        proc = run("inspect", str(history), "--config", str(bad))
+        assert_one_line_error(proc, 2, *words)
+    proc = run("inspect", str(history), "--config", str(tmp_path / "missing.toml"))
+    assert_one_line_error(proc, 2, "missing.toml", "does not exist")

@@ -10,12 +10,20 @@ must give the same pipeline at the same as-of dates.
 
 import csv
 import datetime as dt
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from forecast import StageMap
-from forecast.data.presets import HUBSPOT, PRESETS, SALESFORCE, Preset, get_preset
+from forecast.data.presets import (
+    HUBSPOT,
+    PRESETS,
+    SALESFORCE,
+    SALESFORCE_STANDARD_STAGES,
+    Preset,
+    get_preset,
+)
 from forecast.data.readers import read_deal_log
 from forecast.errors import ParameterError
 
@@ -208,7 +216,7 @@ def test_get_preset():
     assert get_preset("Salesforce") is SALESFORCE
     custom = Preset(name="mine", shape="events", columns={"deal_id": ("Key",)})
     assert get_preset(custom) is custom
-    with pytest.raises(ParameterError, match="'hubspot', 'salesforce'"):
+    with pytest.raises(ParameterError, match="'hubspot', 'hubspot_deals', 'salesforce'"):
         get_preset("zoho")
 
 
@@ -218,3 +226,113 @@ def test_user_columns_override_the_preset(tmp_path):
     f = pl.read_csv(path, infer_schema=False).rename({"StageName": "Stage__c"})
     log = read_deal_log(f, preset="salesforce", columns={"stage": "Stage__c"})
     assert log.events.height == len(HISTORY)
+
+
+# -- one-row-per-deal exports: Salesforce `Opportunity` and HubSpot deals ----------------------
+DATA = Path(__file__).parent / "data"
+
+
+def test_salesforce_opportunity_export_loads_with_the_preset_alone():
+    # tests/data/salesforce_opportunity.csv: an `Opportunity` export in the API's field
+    # names (Data Loader / SOQL layout); one deleted record, one custom closed stage.
+    log = read_deal_log(DATA / "salesforce_opportunity.csv", preset="salesforce_opportunity")
+    assert log.source is not None and log.source.shape == "deals"
+    assert log.source.preset == "salesforce_opportunity"
+    assert log.n_deals == 7 and log.report.rows_filtered == 1  # IsDeleted = true
+    assert log.stages.open == (
+        "Prospecting",
+        "Qualification",
+        "Proposal/Price Quote",
+        "Negotiation/Review",
+    )
+    # "Closed - Duplicate" is no known name: IsClosed = true, IsWon = false make it lost.
+    assert log.stages.kind("Closed - Duplicate") == "lost"
+    assert log.segment_columns == ("ForecastCategoryName", "Type", "LeadSource")
+    out = log.outcomes("2024-04-01").sort("deal_id")
+    assert out["status"].to_list() == ["open", "open", "won", "lost", "open", "lost", "open"]
+    won = log.bookings("2024-01-01", "2024-04-01")
+    assert won.rows() == [
+        ("0065g00000AbCd3AAF", D(2024, 3, 15), 120000.0, "Closed", "New Customer", "Trade Show")
+    ]
+    assert log.events["created_at"].min() == D(2023, 11, 20, 16, 45)  # +0000 read as UTC
+
+
+def test_salesforce_report_labels_and_the_standard_stage_list():
+    # The same export with the field labels a report export uses, read with Salesforce's
+    # standard stage list, whose "Needs Analysis", "Value Proposition", ... no deal is in.
+    table = pl.read_csv(DATA / "salesforce_opportunity.csv", infer_schema=False).rename(
+        {
+            "Id": "Opportunity ID",
+            "StageName": "Stage",
+            "CloseDate": "Close Date",
+            "CreatedDate": "Created Date",
+            "IsClosed": "Closed",
+            "IsWon": "Won",
+            "IsDeleted": "Deleted",
+            "ForecastCategoryName": "Forecast Category",
+            "LeadSource": "Lead Source",
+        }
+    )
+    stages = StageMap(
+        open=SALESFORCE_STANDARD_STAGES.open,
+        won=("Closed Won",),
+        lost=("Closed Lost", "Closed - Duplicate"),
+    )
+    log = read_deal_log(table, preset="salesforce_opportunity", stages=stages)
+    assert log.stages is stages
+    assert log.n_deals == 7
+    assert log.segment_columns == ("Forecast Category", "Type", "Lead Source")
+    unused = set(stages.open) - set(log.events["stage"].unique().to_list())
+    assert {"Needs Analysis", "Value Proposition", "Perception Analysis"} <= unused
+    assert log.pipeline("2024-04-01").height == 4
+
+
+def test_hubspot_deals_export_loads_with_the_preset_alone():
+    # tests/data/hubspot_deals.csv: the CSV of "Export" on the deals index page, with the
+    # default columns (property labels as headers, stage labels as values).
+    log = read_deal_log(DATA / "hubspot_deals.csv", preset="hubspot_deals")
+    assert log.source.shape == "deals"
+    assert log.stages.open == (
+        "Appointment Scheduled",
+        "Qualified To Buy",
+        "Presentation Scheduled",
+        "Decision Maker Bought-In",
+        "Contract Sent",
+    )
+    assert log.segment_columns == ("Pipeline", "Deal Type")
+    assert log.report.amounts_missing == 1
+    assert log.bookings("2024-01-01", "2024-04-01")["deal_id"].to_list() == ["9876543203"]
+    assert log.pipeline("2024-04-01")["stage"].to_list() == [
+        "Appointment Scheduled",
+        "Contract Sent",
+        "Decision Maker Bought-In",
+        "Qualified To Buy",
+        "Presentation Scheduled",
+    ]
+
+
+def test_a_folder_of_weekly_opportunity_exports(tmp_path):
+    # The same report saved weekly is a history: with the preset, the folder is read as
+    # snapshots dated by the file names.
+    base = pl.read_csv(DATA / "salesforce_opportunity.csv", infer_schema=False)
+    week1 = base.filter(pl.col("CreatedDate") < "2024-02-15")
+    week2 = base.with_columns(
+        pl.when(pl.col("Id") == "0065g00000AbCd2AAF")
+        .then(pl.lit("Closed Won"))
+        .otherwise(pl.col("StageName"))
+        .alias("StageName"),
+        pl.when(pl.col("Id") == "0065g00000AbCd2AAF")
+        .then(pl.lit("2024-03-25"))
+        .otherwise(pl.col("CloseDate"))
+        .alias("CloseDate"),
+    )
+    week1.write_csv(tmp_path / "opportunities 2024-03-22.csv")
+    week2.write_csv(tmp_path / "opportunities 2024-03-29.csv")
+    log = read_deal_log(tmp_path, preset="salesforce_opportunity")
+    assert log.source.shape == "snapshots"
+    assert log.source.snapshot_dates == (D(2024, 3, 22), D(2024, 3, 29))
+    won = log.bookings("2024-03-01", "2024-04-01").sort("won_at")
+    assert won.select("deal_id", "won_at").rows() == [
+        ("0065g00000AbCd3AAF", D(2024, 3, 15)),  # closed before the first export
+        ("0065g00000AbCd2AAF", D(2024, 3, 25)),  # closed between the exports: its close date
+    ]

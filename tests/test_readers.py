@@ -165,7 +165,9 @@ def test_bad_arguments():
         read_deal_log(t, columns={"region": "r"})
     with pytest.raises(ParameterError, match="`shape`"):
         read_deal_log(t, shape="wide")  # type: ignore[arg-type]
-    with pytest.raises(ParameterError, match=r"`preset`.*'hubspot', 'salesforce'"):
+    with pytest.raises(ParameterError, match=r"`epoch_unit`.*'xx'"):
+        read_deal_log(t, epoch_unit="xx")  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match=r"`preset`.*'hubspot', 'hubspot_deals', 'salesforce'"):
         read_deal_log(t, preset="pipedrive")
     with pytest.raises(ParameterError, match="`source`"):
         read_deal_log([1, 2, 3])
@@ -287,14 +289,24 @@ SNAPSHOTS = pl.DataFrame(
 
 def test_snapshots_become_change_events():
     log = read_deal_log(SNAPSHOTS, shape="snapshots")
+    # Exports on 01-07, 01-14, 01-21, 01-28; a change first seen in an export is dated at
+    # the midpoint since the export before (no created_at / close_date to date it by).
     assert log.events.select("deal_id", "timestamp", "stage", "amount", "source_row").rows() == [
-        ("a", D(2024, 1, 7), "Prospecting", 10.0, 0),
-        ("a", D(2024, 1, 14), "Prospecting", 12.0, 1),  # amount change
-        ("a", D(2024, 1, 21), "Proposal", 12.0, 2),
-        ("a", D(2024, 1, 28), "Closed Won", 12.0, 3),
-        ("b", D(2024, 1, 14), "Proposal", 5.0, 4),
+        ("a", D(2024, 1, 7), "Prospecting", 10.0, 0),  # in the first export: dated at it
+        ("a", D(2024, 1, 10, 12), "Prospecting", 12.0, 1),  # amount change
+        ("a", D(2024, 1, 17, 12), "Proposal", 12.0, 2),
+        ("a", D(2024, 1, 24, 12), "Closed Won", 12.0, 3),
+        ("b", D(2024, 1, 10, 12), "Proposal", 5.0, 4),  # first seen in the second export
+        ("b", D(2024, 1, 24, 12), "Vanished from exports", 5.0, 5),  # gone after 01-21
     ]
+    assert log.stages.kind("Vanished from exports") == "no_decision"
+    assert log.source is not None and log.source.shape == "snapshots"
+    assert log.source.snapshot_dates == tuple(D(2024, 1, d) for d in (7, 14, 21, 28))
     r = log.report
     assert r.exact_duplicates_removed == 1
-    assert any("known only to the snapshot interval (median 7.0 days" in n for n in r.notes)
-    assert any("1 open deal(s) disappear" in n for n in r.notes)  # b is gone after 01-21
+    assert r.vanished_deals == 1
+    assert any(
+        "4 export(s) from 2024-01-07 to 2024-01-28 (median gap 7.0 days)" in n for n in r.notes
+    )
+    assert any("interval-censored" in n for n in r.notes)
+    assert any("1 deal(s) open in an export are missing" in n for n in r.notes)

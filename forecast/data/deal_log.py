@@ -2,18 +2,21 @@
 
 The canonical event frame is described in ``docs/internals.md`` §2. A `DealLog` is
 built only by the readers (:func:`forecast.read_deal_log`), which validate and
-repair; the constructor trusts its input.
+repair; the constructor trusts its input. :class:`LogSource` records how the
+reader got it (layout of the source, column mapping, export dates).
 
 :meth:`DealLog.as_of` is the one place where time is cut: every view first keeps
-the rows with ``timestamp <= as_of``, so nothing after the as-of date can reach a
-pipeline, a spell table or a fit.
+the rows known at the as-of date (``timestamp <= as_of``; for a history rebuilt
+from dated exports, ``timestamp <=`` the last export on or before it), so nothing
+after the as-of date can reach a pipeline, a spell table or a fit.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -28,7 +31,7 @@ from forecast.errors import ParameterError
 if TYPE_CHECKING:  # pragma: no cover
     from forecast.data.validation import ValidationReport
 
-__all__ = ["CANONICAL_COLUMNS", "DealLog"]
+__all__ = ["CANONICAL_COLUMNS", "DealLog", "LogSource"]
 
 #: Columns every canonical event frame has, with their polars dtypes.
 CANONICAL_COLUMNS: dict[str, pl.DataType] = {
@@ -49,6 +52,50 @@ def _days(expr: pl.Expr) -> pl.Expr:
     return expr.dt.total_microseconds().cast(pl.Float64) / _US_PER_DAY
 
 
+@dataclass(frozen=True)
+class LogSource:
+    """How a reader built a log: the source's layout, column mapping and export dates.
+
+    Parameters
+    ----------
+    shape : {"events", "deals", "snapshots"}
+        Layout of the source table. ``"deals"`` (one row per deal) carries no stage
+        history: its open deals are "in their current stage since creation" and its
+        closed deals "in the entry stage until the close date" by construction.
+    columns : mapping of str to str or None
+        Canonical column -> the source column it was read from (``None``: absent).
+    preset : str or None
+        Name of the preset used, if any.
+    files : tuple of str
+        Files read, in order (several when a folder of exports was read).
+    snapshot_dates : tuple of datetime
+        ``shape="snapshots"``: the distinct export instants (naive UTC), ascending. A
+        change first seen in export ``k`` is dated inside ``(export k-1, export k]``,
+        so the history known at ``t`` is the events up to the last export ``<= t``.
+    """
+
+    shape: str = "events"
+    columns: Mapping[str, str | None] = field(default_factory=dict)
+    preset: str | None = None
+    files: tuple[str, ...] = ()
+    snapshot_dates: tuple[dt.datetime, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", dict(self.columns))  # a copy (and picklable)
+        object.__setattr__(self, "files", tuple(str(f) for f in self.files))
+        object.__setattr__(self, "snapshot_dates", tuple(sorted(self.snapshot_dates)))
+
+    def last_export_at_or_before(self, t: dt.datetime) -> dt.datetime | None:
+        """The latest export instant ``<= t`` (``None``: before the first export)."""
+        i = bisect.bisect_right(self.snapshot_dates, t)
+        return self.snapshot_dates[i - 1] if i else None
+
+    def first_export_at_or_after(self, t: dt.datetime) -> dt.datetime | None:
+        """The earliest export instant ``>= t`` (``None``: after the last export)."""
+        i = bisect.bisect_left(self.snapshot_dates, t)
+        return self.snapshot_dates[i] if i < len(self.snapshot_dates) else None
+
+
 @dataclass(frozen=True, eq=False)
 class DealLog:
     """A deal history: one row per change, validated and in canonical form.
@@ -66,6 +113,9 @@ class DealLog:
         What the reader checked and repaired.
     cut : datetime or None
         The as-of instant this log was cut at (``None``: not cut).
+    source : LogSource or None
+        How the reader built the log (``None``: built directly from canonical
+        events).
     """
 
     events: pl.DataFrame
@@ -73,6 +123,7 @@ class DealLog:
     segment_columns: tuple[str, ...] = ()
     report: ValidationReport | None = None
     cut: dt.datetime | None = None
+    source: LogSource | None = None
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,8 +160,17 @@ class DealLog:
 
     @property
     def last_timestamp(self) -> dt.datetime:
-        """Latest event time (naive UTC)."""
-        return self.events["timestamp"].max()  # type: ignore[return-value]
+        """Instant up to which the history is known (naive UTC): the latest event, or
+        for a history rebuilt from dated exports the last export (within the cut),
+        whichever is later."""
+        last: dt.datetime = self.events["timestamp"].max()  # type: ignore[assignment]
+        if self.source is None or not self.source.snapshot_dates:
+            return last
+        dates = self.source.snapshot_dates
+        known = dates[-1] if self.cut is None else self.source.last_export_at_or_before(self.cut)
+        if known is not None and (last is None or known > last):
+            return known
+        return last
 
     @cached_property
     def fingerprint(self) -> str:
@@ -122,6 +182,8 @@ class DealLog:
         h = hashlib.sha256()
         h.update(repr(self.stages.to_dict()).encode())
         h.update(repr(self.segment_columns).encode())
+        if self.source is not None and self.source.snapshot_dates:
+            h.update(repr(self.source.snapshot_dates).encode())
         for name in self.events.columns:
             if name == "source_row":
                 continue
@@ -136,6 +198,12 @@ class DealLog:
     # -- the time cut ---------------------------------------------------------------
     def as_of(self, as_of: object) -> DealLog:
         """The log as it was known at ``as_of``: rows with ``timestamp <= as_of``.
+
+        For a history rebuilt from dated exports (``source.snapshot_dates``), what is
+        known at ``as_of`` is what the last export on or before it showed: the rows
+        with ``timestamp <=`` that export's instant (a change first seen in a later
+        export is dated after the export before it, so none of those rows leaks in).
+        The views still measure ages and censor stays at ``as_of``.
 
         Parameters
         ----------
@@ -152,8 +220,14 @@ class DealLog:
             return self
         key = f"as_of:{t.isoformat()}"
         if key not in self._cache:
-            ev = self.events.filter(pl.col("timestamp") <= t)
-            self._cache[key] = DealLog(ev, self.stages, self.segment_columns, self.report, cut=t)
+            known = t
+            if self.source is not None and self.source.snapshot_dates:
+                last_export = self.source.last_export_at_or_before(t)
+                known = last_export if last_export is not None else dt.datetime.min
+            ev = self.events.filter(pl.col("timestamp") <= known)
+            self._cache[key] = DealLog(
+                ev, self.stages, self.segment_columns, self.report, cut=t, source=self.source
+            )
         return self._cache[key]
 
     def _resolve(self, as_of: object | None) -> tuple[DealLog, dt.datetime]:

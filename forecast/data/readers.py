@@ -11,6 +11,7 @@ frame of ``docs/internals.md`` §2.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,8 +19,17 @@ from typing import Any
 
 import polars as pl
 
-from forecast.data.deal_log import DealLog
+from forecast.data.deal_log import DealLog, LogSource
 from forecast.data.presets import Preset, Shape, get_preset
+from forecast.data.snapshots import (
+    FILE_DATE_COLUMN,
+    ExportFolder,
+    Vanished,
+    export_files,
+    file_columns,
+    load_export_folder,
+    snapshots_to_events,
+)
 from forecast.data.stages import StageMap
 from forecast.data.validation import (
     EpochUnit,
@@ -50,7 +60,6 @@ CANONICAL_NAMES: tuple[str, ...] = (
 SHAPES: tuple[str, ...] = ("events", "deals", "snapshots")
 
 _ROW = "__forecast_source_row__"
-_US_PER_DAY = 86_400_000_000.0
 _REQUIRED: dict[str, frozenset[str]] = {
     "events": frozenset({"deal_id", "timestamp", "stage", "amount"}),
     "snapshots": frozenset({"deal_id", "timestamp", "stage", "amount"}),
@@ -126,63 +135,90 @@ def read_deal_log(
     shape: Shape | None = None,
     preset: str | Preset | None = None,
     columns: Mapping[str, str | None] | None = None,
-    stages: StageMap | None = None,
+    stages: StageMap | Mapping[str, Sequence[str]] | None = None,
     open_stages: Sequence[str] | None = None,
     segment_columns: Sequence[str] = (),
     entry_stage: str | None = None,
     timestamp_formats: Sequence[str] | None = None,
     epoch_unit: EpochUnit | None = None,
+    file_date_format: str | None = None,
+    vanished: Vanished = "no_decision",
 ) -> DealLog:
     """Load, validate and canonicalise a CRM deal history.
 
     Parameters
     ----------
     source : str, path, polars DataFrame or LazyFrame, pandas DataFrame, pyarrow Table
-        The caller's table (see :func:`load_table`).
+        The caller's table (see :func:`load_table`), or a folder of dated exports
+        (every ``.csv``/``.tsv``/``.txt``/``.parquet``/``.pq`` file in it; see
+        :mod:`forecast.data.snapshots`), read as one snapshot history.
     shape : {"events", "deals", "snapshots"}, optional
-        ``"events"`` (default; the preset's if given): one row per change — the
-        deal's stage, amount and close date from ``timestamp`` on.
-        ``"deals"``: one row per deal with ``created_at``, ``close_date``, current
-        stage or outcome and ``amount``; becomes a creation event (in the current
-        open stage, or for closed deals in ``entry_stage``) and, for closed deals, a
-        terminal event at the close date. ``"snapshots"``: a row per deal per
-        snapshot date (``timestamp``); an event is emitted whenever the stage,
-        amount, close date or a segment changes between a deal's consecutive
-        snapshots, dated at the first snapshot showing it.
-    preset : {"salesforce", "hubspot"} or Preset, optional
+        ``"events"`` (default; the preset's if given; for a folder ``"snapshots"``
+        unless the preset is an event-log preset, whose files are then parts of one log):
+        one row per change — the deal's stage, amount and close date from
+        ``timestamp`` on. ``"deals"``: one row per deal with ``created_at``,
+        ``close_date``, current stage or outcome and ``amount``; becomes a creation
+        event (in the current open stage, or for closed deals in ``entry_stage``)
+        and, for closed deals, a terminal event at the close date; the log's
+        ``source.shape`` says it has no stage history. ``"snapshots"``: a row per
+        deal per export, dated by ``timestamp`` (for a folder: by a ``timestamp``
+        column if the files have one, else by the date in each file's name); an
+        event is emitted whenever the stage, amount, close date or a segment
+        changes between exports, dated inside the interval between the export
+        before and the one first showing it (:mod:`forecast.data.snapshots` says
+        how and what is lost).
+    preset : str or Preset, optional
         Column names, parsing rules, deleted-row filter and default stages of a
-        vendor export (see :mod:`forecast.data.presets`).
+        vendor export: ``"salesforce"`` (``OpportunityHistory``), ``"hubspot"``
+        (deal-stage history), ``"salesforce_opportunity"`` (the ``Opportunity``
+        object, one row per deal), ``"hubspot_deals"`` (the deals export); see
+        :mod:`forecast.data.presets`.
     columns : mapping of str to str or None, optional
         Canonical name (``deal_id``, ``timestamp``, ``stage``, ``amount``,
         ``close_date``, ``created_at``) -> column name in the caller's table;
         overrides the preset. ``None`` declares an optional column (``amount``,
-        ``close_date``, ``created_at``) absent on purpose. Unmapped names default to
-        the preset's, else to the canonical name; ``amount`` is required unless
-        mapped to ``None``.
-    stages : StageMap, optional
-        Stage classification. Default: the preset's, else ``StageMap`` with
-        ``open_stages`` if given, else inferred from common stage names.
+        ``close_date``, ``created_at``; for a folder also ``timestamp``: date the
+        files by name) absent on purpose. Unmapped names default to the preset's,
+        else to the canonical name; ``amount`` is required unless mapped to ``None``.
+    stages : StageMap or mapping, optional
+        Stage classification: a ``StageMap``, or part of one as a mapping of any of
+        ``"open"`` (in order), ``"won"``, ``"lost"``, ``"no_decision"`` to stage
+        names, the other names being classified by name. Default: the preset's,
+        else inferred from common stage names (and, with a preset that has them,
+        from the closed/won flag columns).
     open_stages : sequence of str, optional
         Open stages in pipeline order; terminal names are recognised by name.
     segment_columns : sequence of str, optional
         Columns of the caller's table to carry as segments (text, value from each
-        row on), under their own names.
+        row on), under their own names. A preset adds its descriptive columns
+        (e.g. Salesforce ``ForecastCategoryName``, ``Type``, ``LeadSource``) when
+        the table has them.
     entry_stage : str, optional
-        ``shape="deals"`` only: the open stage in which closed deals are created.
-        Default: the first open stage.
+        The open stage in which closed deals of a ``shape="deals"`` table, and deals
+        of a snapshot history first seen already closed, are created. Default: the
+        first open stage.
     timestamp_formats : sequence of str, optional
         Extra strptime formats (polars/chrono syntax, e.g. ``"%m/%d/%Y"``) tried
         before ISO-8601, for every date column.
     epoch_unit : {"s", "ms", "us"}, optional
         Unit of numeric timestamps (default: the preset's; otherwise numbers are an
         error).
+    file_date_format : str, optional
+        Folder of exports: date each file by this strftime pattern in its name
+        (default when there is no ``timestamp`` column: ``"%Y-%m-%d"``, an ISO date
+        anywhere in the name; see :func:`~forecast.data.snapshots.date_in_file_name`).
+    vanished : {"no_decision", "lost", "keep_open"}, default "no_decision"
+        Snapshots only: what becomes of a deal open in one export and missing from
+        every later one (counted in ``report.vanished_deals``).
 
     Returns
     -------
     DealLog
         Canonical events (``docs/internals.md`` §2) sorted by ``(deal_id,
-        timestamp, source_row)``, the stage map, the segment columns and a
-        :class:`~forecast.data.validation.ValidationReport` (``log.report``).
+        timestamp, source_row)``, the stage map, the segment columns, a
+        :class:`~forecast.data.validation.ValidationReport` (``log.report``) and a
+        :class:`~forecast.data.deal_log.LogSource` (``log.source``: shape, column
+        mapping, files, export dates).
 
     Raises
     ------
@@ -190,9 +226,12 @@ def read_deal_log(
         A required column is absent (names the canonical and the source column).
     TimestampError, MixedTimezoneError, AmountError, UnknownStageError,
     TerminalEventError, DataError
-        A cell or a deal history is invalid (names column, deal and 0-based row).
+        A cell or a deal history is invalid (names column, deal and 0-based row;
+        for a folder, also the file and its row).
     ParameterError
         An argument is invalid.
+    FileNotFoundError
+        A path does not exist.
 
     Examples
     --------
@@ -212,13 +251,33 @@ def read_deal_log(
     3
     """
     p = get_preset(preset) if preset is not None else None
-    shape = shape if shape is not None else (p.shape if p is not None else "events")
+    folder = Path(source) if _is_folder(source) else None
+    if shape is None:
+        shape = p.shape if p is not None else "events"
+        if folder is not None and (p is None or shape == "deals"):
+            shape = "snapshots"  # one-row-per-deal exports saved over time
     if shape not in SHAPES:
         raise ParameterError(
             f"The `shape` parameter of `read_deal_log` must be one of {list(SHAPES)}. Got {shape!r}."
         )
+    if folder is not None and shape == "deals":
+        raise ParameterError(
+            f"{folder} is a folder: its exports, side by side, are a snapshot history. Pass "
+            "`shape='snapshots'` (one row per deal per export) or `shape='events'` (parts of "
+            "one event log)."
+        )
+    if file_date_format is not None and (folder is None or shape != "snapshots"):
+        raise ParameterError(
+            "`file_date_format` dates the files of a folder of exports; it needs a folder as "
+            "`source` and `shape='snapshots'`."
+        )
     if epoch_unit is None and p is not None:
         epoch_unit = p.epoch_unit
+    if epoch_unit not in (None, "s", "ms", "us"):
+        raise ParameterError(
+            "The `epoch_unit` parameter of `read_deal_log` must be 's', 'ms' or 'us'. "
+            f"Got {epoch_unit!r}."
+        )
     if isinstance(timestamp_formats, str):
         timestamp_formats = (timestamp_formats,)
     formats = [*(timestamp_formats or ()), *(p.timestamp_formats if p is not None else ())]
@@ -226,7 +285,64 @@ def read_deal_log(
     if stages is None and open_stages is None and p is not None:
         stages = p.stages
 
-    table = _load_needed_columns(source, shape, p, columns, segments)
+    exports: ExportFolder | None = None
+    if folder is not None:
+        by_name = _dated_by_name(folder, shape, p, columns, file_date_format)
+        if by_name:
+            columns = {**dict(columns or {}), "timestamp": FILE_DATE_COLUMN}
+        candidates, _ = _column_plan(shape, p, columns)
+        wanted = {c for cands in candidates.values() for c in cands} | set(segments)
+        wanted |= set(p.extra_columns if p is not None else ())
+        table, exports = load_export_folder(
+            folder, wanted=wanted, by_name=by_name, file_date_format=file_date_format
+        )
+    else:
+        table = _load_needed_columns(source, shape, p, columns, segments)
+    try:
+        return _canonical(
+            table,
+            shape,
+            p,
+            columns,
+            stages,
+            open_stages,
+            segments,
+            entry_stage,
+            formats,
+            epoch_unit,
+            vanished,
+            exports,
+            source,
+        )
+    except DataError as err:
+        if exports is None or err.row is None:
+            raise
+        raise type(err)(
+            f"{err.message} (Row {err.row} is {exports.where(err.row)}.)",
+            column=err.column,
+            deal_id=err.deal_id,
+            row=err.row,
+            expected=err.expected,
+            found=err.found,
+        ) from None
+
+
+def _canonical(
+    table: pl.DataFrame,
+    shape: str,
+    p: Preset | None,
+    columns: Mapping[str, str | None] | None,
+    stages: StageMap | Mapping[str, Sequence[str]] | None,
+    open_stages: Sequence[str] | None,
+    segments: tuple[str, ...],
+    entry_stage: str | None,
+    formats: Sequence[str],
+    epoch_unit: EpochUnit | None,
+    vanished: Vanished,
+    exports: ExportFolder | None,
+    source: Any,
+) -> DealLog:
+    """The reader's steps after loading: map, type, classify, build events."""
     if _ROW in table.columns:  # pragma: no cover - defensive
         table = table.drop(_ROW)
     tally = RepairCounts(rows_read=table.height)
@@ -241,10 +357,21 @@ def read_deal_log(
     for s in segments:
         if s not in table.columns:
             resolve_columns(available, {s: (s,)}, [s])  # raises MissingColumnError
+    if exports is not None:
+        exports.check_columns({c: src for c, src in found.items() if src is not None})
+        exports.check_columns({s: s for s in segments})
+    if p is not None:
+        used = {src for src in found.values() if src is not None}
+        segments = (
+            *segments,
+            *(c for c in p.segment_columns if c in table.columns and c not in (*segments, *used)),
+        )
     for name in sorted(_MAY_BE_ABSENT - set(required)):
         if found.get(name) is None and (columns is None or name not in columns):
             tally.notes.append(f"No `{name}` column in the table: `{name}` is null throughout.")
 
+    if stages is None or not isinstance(stages, StageMap):
+        stages = _stage_spec_from_flags(table, p, found.get("stage"), stages, open_stages, tally)
     frame = table.select(
         *[
             (pl.col(src) if src is not None else pl.lit(None)).alias(canon)
@@ -257,11 +384,22 @@ def read_deal_log(
     stage_map = _stage_map(frame, stages, open_stages, found["stage"])
     check_stages(frame, stage_map, found["stage"])
 
+    snapshot_dates: tuple[dt.datetime, ...] = ()
     if shape == "events":
         events = deduplicate_and_sort(frame, tally)
         _note_created_at(events, tally)
     elif shape == "snapshots":
-        events = _snapshots_to_events(frame, segments, stage_map, found, tally)
+        events, stage_map, snapshot_dates = snapshots_to_events(
+            frame,
+            segments,
+            stage_map,
+            found,
+            tally,
+            vanished,
+            entry_stage=entry_stage,
+            export_instants=(exports.dates or ()) if exports is not None else (),
+        )
+        events = events.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
     else:
         events = _deals_to_events(frame, segments, stage_map, entry_stage, found, tally)
     events = check_terminal_transitions(events, stage_map, tally)
@@ -275,7 +413,20 @@ def read_deal_log(
         *[pl.col(s).cast(pl.Utf8) for s in segments],
         pl.col("source_row").cast(pl.Int64),
     )
-    return DealLog(events, stage_map, segments, tally.report(events))
+    if exports is not None:
+        files: tuple[str, ...] = tuple(str(f) for f in exports.files)
+    elif isinstance(source, str | os.PathLike):
+        files = (str(source),)
+    else:
+        files = ()
+    origin = LogSource(
+        shape=shape,
+        columns=found,
+        preset=p.name if p is not None else None,
+        files=files,
+        snapshot_dates=snapshot_dates,
+    )
+    return DealLog(events, stage_map, segments, tally.report(events), source=origin)
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,8 +459,114 @@ def _load_needed_columns(
         # Materialise everything so the missing-column error can list what the table has.
         return lazy.collect()
     wanted = {c for cands in candidates.values() for c in cands}
-    wanted |= set(segments) | set(p.deleted_columns if p is not None else ())
+    wanted |= set(segments) | set(p.extra_columns if p is not None else ())
     return lazy.select([c for c in names if c in wanted]).collect()
+
+
+def _is_folder(source: Any) -> bool:
+    return isinstance(source, str | os.PathLike) and Path(source).is_dir()
+
+
+def _dated_by_name(
+    folder: Path,
+    shape: str,
+    p: Preset | None,
+    columns: Mapping[str, str | None] | None,
+    file_date_format: str | None,
+) -> bool:
+    """Whether the exports of ``folder`` are dated by their file names.
+
+    By name when ``file_date_format`` is given or ``columns['timestamp']`` is
+    ``None``; by column when ``columns['timestamp']`` names one; otherwise by a
+    column if the first file has the (preset's or canonical) timestamp column, else
+    by name.
+    """
+    columns = dict(columns or {})
+    if file_date_format is not None:
+        if columns.get("timestamp") is not None:
+            raise ParameterError(
+                "Date the exports either by a column (`columns['timestamp']`) or by their file "
+                "names (`file_date_format`), not both."
+            )
+        return True
+    if shape != "snapshots":
+        return False
+    if "timestamp" in columns:
+        return columns["timestamp"] is None
+    candidates, _ = _column_plan(shape, p, {})
+    first = export_files(folder)[0]
+    header = set(file_columns(first))
+    return not any(c in header for c in candidates["timestamp"])
+
+
+def _truthy(col: pl.Series) -> pl.Series:
+    """A flag column (bool, 0/1, or text true/false/yes/no) as booleans, null stays null."""
+    if col.dtype == pl.Boolean:
+        return col
+    if col.dtype.is_numeric():
+        return col != 0
+    return (
+        col.cast(pl.Utf8)
+        .str.strip_chars()
+        .str.to_lowercase()
+        .is_in(_TRUE_TEXT)
+        .set(col.is_null() | (col.cast(pl.Utf8).str.strip_chars() == ""), None)
+    )
+
+
+def _stage_spec_from_flags(
+    table: pl.DataFrame,
+    p: Preset | None,
+    stage_source: str | None,
+    stages: Mapping[str, Sequence[str]] | None,
+    open_stages: Sequence[str] | None,
+    tally: RepairCounts,
+) -> Mapping[str, Sequence[str]] | None:
+    """Add the won/lost names told by a preset's closed/won flag columns to ``stages``.
+
+    A stage name is won when every row with it is flagged closed and won, lost when
+    every row is closed and not won; names the caller classified are left alone.
+    """
+    if p is None or stage_source is None:
+        return stages
+    closed = next((c for c in p.closed_columns if c in table.columns), None)
+    won = next((c for c in p.won_columns if c in table.columns), None)
+    if closed is None or won is None:
+        return stages
+    flags = pl.DataFrame(
+        {
+            "stage": table[stage_source].cast(pl.Utf8),
+            "closed": _truthy(table[closed]),
+            "won": _truthy(table[won]),
+        }
+    ).filter(pl.col("stage").is_not_null())
+    per = flags.group_by("stage").agg(
+        pl.col("closed").all().alias("all_closed"),
+        pl.col("closed").any().alias("any_closed"),
+        (pl.col("closed") & pl.col("won")).all().alias("all_won"),
+        (pl.col("closed") & ~pl.col("won")).all().alias("all_lost"),
+    )
+    spec = {k: list(v) for k, v in dict(stages or {}).items()}
+    taken = {s for names in spec.values() for s in names} | set(open_stages or ())
+    told = {"won": [], "lost": []}
+    mixed = []
+    for row in per.sort("stage").iter_rows(named=True):
+        if row["stage"] in taken:
+            continue
+        if row["all_won"]:
+            told["won"].append(row["stage"])
+        elif row["all_lost"]:
+            told["lost"].append(row["stage"])
+        elif row["any_closed"] and not row["all_closed"]:
+            mixed.append(row["stage"])
+    for kind, names in told.items():
+        spec[kind] = [*spec.get(kind, []), *names]
+    if mixed:
+        tally.notes.append(
+            f"Stage(s) {mixed} are flagged closed (`{closed}`) on some rows only; classified by "
+            "name instead."
+        )
+    return spec
 
 
 def _check_segments(segment_columns: Sequence[str]) -> tuple[str, ...]:
@@ -375,14 +632,7 @@ def _drop_deleted(table: pl.DataFrame, p: Preset, tally: RepairCounts) -> pl.Dat
     name = next((c for c in p.deleted_columns if c in table.columns), None)
     if name is None:
         return table
-    col = table[name]
-    if col.dtype == pl.Boolean:
-        flag = col.fill_null(False)
-    elif col.dtype.is_numeric():
-        flag = (col != 0).fill_null(False)
-    else:
-        flag = col.cast(pl.Utf8).str.strip_chars().str.to_lowercase().is_in(_TRUE_TEXT)
-        flag = flag.fill_null(False)
+    flag = _truthy(table[name]).fill_null(False)
     n = int(flag.sum())
     if n:
         tally.rows_filtered += n
@@ -470,60 +720,6 @@ def _note_created_at(events: pl.DataFrame, tally: RepairCounts) -> None:
             f"{varying} deal(s) have `created_at` values that differ between rows; kept as "
             "given (each view uses the earliest value known at its as-of date)."
         )
-
-
-def _snapshots_to_events(
-    frame: pl.DataFrame,
-    segments: tuple[str, ...],
-    stages: StageMap,
-    found: Mapping[str, str | None],
-    tally: RepairCounts,
-) -> pl.DataFrame:
-    rows = deduplicate_and_sort(frame, tally)
-    watched = ["stage", "amount", "close_date", *segments]
-    first_of_deal = pl.int_range(pl.len()).over("deal_id") == 0
-    changed = pl.any_horizontal(
-        [pl.col(c).ne_missing(pl.col(c).shift(1).over("deal_id")) for c in watched]
-    )
-    events = rows.filter(first_of_deal | changed)
-    gaps = rows.select(
-        (pl.col("timestamp").diff().over("deal_id").dt.total_microseconds() / _US_PER_DAY)
-        .drop_nulls()
-        .median()
-    ).item()
-    gap_text = (
-        f"median {gaps:.1f} days between a deal's snapshots"
-        if gaps is not None
-        else ("each deal seen once")
-    )
-    tally.notes.append(
-        f"Snapshot table: {rows.height} snapshot rows became {events.height} events "
-        f"({rows.height - events.height} rows repeated the deal's previous snapshot). "
-        f"Transition times are known only to the snapshot interval ({gap_text}); each "
-        "change is dated at the first snapshot that shows it."
-    )
-    kinds = {s: stages.kind(s) for s in stages.names()}
-    last_date = rows["timestamp"].max()
-    vanished = (
-        rows.group_by("deal_id")
-        .agg(pl.col("timestamp").last(), pl.col("stage").last())
-        .filter(
-            (pl.col("timestamp") < last_date)
-            & (pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8) == "open")
-        )
-        .height
-    )
-    if vanished:
-        tally.notes.append(
-            f"{vanished} open deal(s) disappear from the snapshots before the last snapshot "
-            "date; they are kept open (censored) in their last stage."
-        )
-    if found.get("created_at") is None:
-        tally.notes.append(
-            "No `created_at` column: each deal's first snapshot dates its creation (late by up "
-            "to one snapshot interval)."
-        )
-    return events
 
 
 def _deals_to_events(

@@ -181,27 +181,41 @@ class StageMap:
 
     # -- construction ------------------------------------------------------------
     @classmethod
-    def infer(cls, stages: Iterable[str], open_stages: Sequence[str] | None = None) -> StageMap:
-        """Classify stage names by common CRM naming.
+    def infer(
+        cls,
+        stages: Iterable[str],
+        open_stages: Sequence[str] | None = None,
+        *,
+        won: Sequence[str] | None = None,
+        lost: Sequence[str] | None = None,
+        no_decision: Sequence[str] | None = None,
+    ) -> StageMap:
+        """Classify stage names by common CRM naming, after what the caller gives.
 
-        Won/lost/no-decision are recognised by name ("Closed Won", "Won",
-        "closedwon", "Closed Lost", "No Decision", ...). Open stages are ordered
-        by Salesforce's standard sales process and HubSpot's default pipeline,
-        unless ``open_stages`` gives them (in order). Without ``open_stages``,
-        any other name raises :class:`UnknownStageError` listing it; with them,
-        other names are left out of the map (the reader's stage check then
-        reports each with its deal and row).
+        ``won``, ``lost`` and ``no_decision``, when given, classify those names
+        (listed in the map even if no deal has reached them). Other names are
+        recognised by name: won/lost/no-decision ("Closed Won", "Won",
+        "closedwon", "Closed Lost", "No Decision", ...), and open stages ordered by
+        Salesforce's standard sales process and HubSpot's default pipeline (ids or
+        labels), unless ``open_stages`` gives them (in order). Without
+        ``open_stages``, any other name raises :class:`UnknownStageError` listing
+        it; with them, other names are left out of the map (the reader's stage
+        check then reports each with its deal and row).
         """
         given_open = None if open_stages is None else tuple(str(s) for s in open_stages)
-        won, lost, nd, open_, unknown = [], [], [], [], []
-        for s in sorted({str(s) for s in stages}):
-            if given_open is not None and s in given_open:
-                continue
+        given = {
+            "won": tuple(str(s) for s in won or ()),
+            "lost": tuple(str(s) for s in lost or ()),
+            "no_decision": tuple(str(s) for s in no_decision or ()),
+        }
+        taken = set(given_open or ()) | {s for names in given.values() for s in names}
+        won_, lost_, nd, open_, unknown = [], [], [], [], []
+        for s in sorted({str(s) for s in stages} - taken):
             n = _norm(s)
             if n in _WON:
-                won.append(s)
+                won_.append(s)
             elif n in _LOST:
-                lost.append(s)
+                lost_.append(s)
             elif n in _NO_DECISION:
                 nd.append(s)
             elif given_open is None and n in _DEFAULT_OPEN_RANK:
@@ -229,11 +243,12 @@ class StageMap:
             )
         if given_open is None:
             open_.sort(key=lambda s: _DEFAULT_OPEN_RANK[_norm(s)])
+        won_all = (*given["won"], *won_)
         return cls(
             open=tuple(open_),
-            won=tuple(won) or ("Closed Won",),
-            lost=tuple(lost),
-            no_decision=tuple(nd),
+            won=won_all or ("Closed Won",),
+            lost=(*given["lost"], *lost_),
+            no_decision=(*given["no_decision"], *nd),
         )
 
     def to_dict(self) -> dict[str, list[str]]:

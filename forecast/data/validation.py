@@ -108,6 +108,11 @@ class ValidationReport:
     timestamps_converted_to_utc : int
         Date-time cells (all date columns) that carried a UTC offset or time zone
         and were converted to naive UTC.
+    vanished_deals : int
+        Snapshot histories only: deals open in some export and missing from every
+        later one without a terminal stage (deleted in the CRM or filtered out of
+        the report). What was done with them is in ``notes`` (by default: closed
+        as no decision halfway between the last export showing them and the next).
     amounts_missing : int
         Events whose amount is null (unknown from that row on).
     deals : int
@@ -126,6 +131,7 @@ class ValidationReport:
     reopened_deals: int = 0
     post_terminal_updates: int = 0
     timestamps_converted_to_utc: int = 0
+    vanished_deals: int = 0
     amounts_missing: int = 0
     deals: int = 0
     events: int = 0
@@ -146,9 +152,12 @@ class ValidationReport:
             "reopened_deals": "deals re-opened after a terminal outcome (kept)",
             "post_terminal_updates": "updates after a terminal outcome (kept)",
             "timestamps_converted_to_utc": "timestamps converted to UTC",
+            "vanished_deals": "open deals missing from every later export",
             "amounts_missing": "events without an amount",
         }
         for name, label in labels.items():
+            if name == "vanished_deals" and not self.vanished_deals:
+                continue  # only snapshot histories can have them
             lines.append(f"  {label:<48} {getattr(self, name):>8}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -182,6 +191,7 @@ class RepairCounts:
     reopened_deals: int = 0
     post_terminal_updates: int = 0
     timestamps_converted_to_utc: int = 0
+    vanished_deals: int = 0
     notes: list[str] = field(default_factory=list)
 
     def report(self, events: pl.DataFrame) -> ValidationReport:
@@ -195,6 +205,7 @@ class RepairCounts:
             reopened_deals=self.reopened_deals,
             post_terminal_updates=self.post_terminal_updates,
             timestamps_converted_to_utc=self.timestamps_converted_to_utc,
+            vanished_deals=self.vanished_deals,
             amounts_missing=int(events["amount"].null_count()),
             deals=int(events["deal_id"].n_unique()),
             events=events.height,
@@ -602,21 +613,25 @@ def _raise_amount(
 # ---------------------------------------------------------------------------------------
 def resolve_stage_map(
     stage_names: Iterable[str],
-    stages: StageMap | None = None,
+    stages: StageMap | Mapping[str, Sequence[str]] | None = None,
     open_stages: Sequence[str] | None = None,
 ) -> StageMap:
-    """The stage map to use: given, built from ``open_stages``, or inferred by name.
+    """The stage map to use: given, built from a partial classification, or inferred by name.
 
     Parameters
     ----------
     stage_names : iterable of str
         Every stage name in the data.
-    stages : StageMap, optional
-        Used as-is when given.
+    stages : StageMap or mapping, optional
+        A ``StageMap`` is used as-is. A mapping gives part of the classification —
+        any of the keys ``"open"`` (in pipeline order), ``"won"``, ``"lost"``,
+        ``"no_decision"`` -> stage names; names it does not list are classified by
+        :meth:`StageMap.infer`.
     open_stages : sequence of str, optional
-        Open stages in pipeline order; the remaining names are classified as won,
-        lost or no decision by their names ("Closed Won", "Lost", "No Decision", ...),
-        with ``"Closed Won"`` / ``"Closed Lost"`` as defaults.
+        Open stages in pipeline order (same as ``stages={"open": [...]}``); the
+        remaining names are classified as won, lost or no decision by their names
+        ("Closed Won", "Lost", "No Decision", ...), with ``"Closed Won"`` /
+        ``"Closed Lost"`` as defaults.
 
     Returns
     -------
@@ -625,26 +640,49 @@ def resolve_stage_map(
     Raises
     ------
     ParameterError
-        If both ``stages`` and ``open_stages`` are given.
+        If both a ``StageMap`` and ``open_stages`` are given, or the mapping has an
+        unknown key.
     UnknownStageError
         If inference cannot classify a name.
     """
-    if stages is not None and open_stages is not None:
-        raise ParameterError(
-            "Pass either `stages=StageMap(...)` or `open_stages=[...]` to `read_deal_log`, not both."
-        )
-    if stages is not None:
-        if not isinstance(stages, StageMap):
+    if isinstance(stages, StageMap):
+        if open_stages is not None:
             raise ParameterError(
-                f"The `stages` parameter must be a `StageMap`. Got {type(stages).__name__}."
+                "Pass either `stages=StageMap(...)` or `open_stages=[...]` to `read_deal_log`, "
+                "not both."
             )
         return stages
-    names = sorted({str(s) for s in stage_names})
+    if stages is not None and not isinstance(stages, Mapping):
+        raise ParameterError(
+            "The `stages` parameter must be a `StageMap` or a mapping of 'open' / 'won' / "
+            f"'lost' / 'no_decision' to stage names. Got {type(stages).__name__}."
+        )
+    spec = {k: _names(v) for k, v in dict(stages or {}).items()}
+    bad = sorted(set(spec) - {"open", "won", "lost", "no_decision"})
+    if bad:
+        raise ParameterError(
+            f"The `stages` mapping has unknown key(s) {bad}; keys are 'open', 'won', 'lost' "
+            "and 'no_decision'."
+        )
     if open_stages is not None:
-        if isinstance(open_stages, str):
-            open_stages = (open_stages,)
-        return StageMap.infer(names, open_stages=open_stages)
-    return StageMap.infer(names)
+        if "open" in spec:
+            raise ParameterError(
+                "Pass the open stages once: either `open_stages=[...]` or `stages={'open': "
+                "[...]}`, not both."
+            )
+        spec["open"] = _names(open_stages)
+    names = sorted({str(s) for s in stage_names})
+    return StageMap.infer(
+        names,
+        open_stages=spec.get("open"),
+        won=spec.get("won"),
+        lost=spec.get("lost"),
+        no_decision=spec.get("no_decision"),
+    )
+
+
+def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
 def check_stages(frame: pl.DataFrame, stages: StageMap, source: str | None = None) -> None:
