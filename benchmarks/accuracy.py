@@ -44,8 +44,9 @@ import polars as pl
 
 import forecast
 import forecast.simulate as simulate_module
+from forecast._validation import as_datetime
 from forecast.backtest import BASELINES, BacktestResult, _score_origin, origin_seed  # noqa: F401
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast.calendar import FiscalCalendar
 from forecast.datasets import SYNTHETIC_STAGES, generate_crm
 from forecast.scores import skill, wilson_interval
 
@@ -97,7 +98,7 @@ def _world_cases(
     for o in ORIGINS:
         for r in _score_origin(
             log,
-            _as_datetime(o, "origin"),
+            as_datetime(o, "origin"),
             HORIZON,
             n_paths,
             ("segment",),

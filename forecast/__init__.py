@@ -1,5 +1,6 @@
 """forecast: Monte Carlo sales-pipeline forecasting from CRM deal histories."""
 
+from forecast._version import __version__
 from forecast.backtest import BacktestResult, backtest
 from forecast.calendar import FiscalCalendar, FiscalQuarter
 from forecast.data.deal_log import DealLog
@@ -23,10 +24,10 @@ from forecast.fit.model import PipelineModel
 from forecast.metrics import SalesMetrics, compute_metrics
 from forecast.results import Forecast
 from forecast.scenarios import compare_scenarios, with_changes
-
-__version__ = "0.1.0"
+from forecast.segments import POOLED_SEGMENT
 
 __all__ = [
+    "POOLED_SEGMENT",
     "AmountError",
     "BacktestResult",
     "DataError",

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import as_datetime
+from forecast.calendar import FiscalCalendar
 from forecast.errors import ParameterError
 from forecast.results import QUANTILES
 from forecast.scores import (
@@ -295,7 +296,7 @@ def backtest(
                 f"{_data_end(log):%Y-%m-%d}. Pass `origins=` or lower `min_history_quarters`."
             )
     else:
-        chosen = sorted({_as_datetime(o, "origins") for o in origins})
+        chosen = sorted({as_datetime(o, "origins", "backtest") for o in origins})
         if not chosen:
             raise ParameterError("The `origins` parameter of `backtest` is empty. Got [].")
         early = [o for o in chosen if o <= log.first_timestamp]

@@ -40,18 +40,26 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import as_datetime
+from forecast.calendar import FiscalCalendar
+from forecast.data.deal_log import DealLog
 from forecast.errors import ModelError, ParameterError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from forecast.data.deal_log import DealLog
-    from forecast.fit.competing_risks import ExitCurves
-    from forecast.fit.model import PipelineModel
+from forecast.fit.competing_risks import (
+    CensoredSpells,
+    ExitCurves,
+    aalen_johansen,
+    absorption_probabilities,
+    win_probability,
+)
+from forecast.fit.fitting import fit
+from forecast.fit.model import PipelineModel
+from forecast.io import atomic_write_bytes
+from forecast.segments import SEGMENT_COLUMN, segment_labels
 
 __all__ = ["SalesMetrics", "compute_metrics", "open_deal_outcome_probabilities"]
 
@@ -118,8 +126,6 @@ class SalesMetrics:
         list of Path
             The files written, in the order of :meth:`tables`.
         """
-        from forecast.io import atomic_write_bytes
-
         out = Path(directory)
         paths = []
         for name, frame in self.tables().items():
@@ -193,8 +199,6 @@ def _days(x: float | None) -> str:
 # =============================================================================================
 def _terminal_probabilities(curves: Sequence[ExitCurves], stage: int, age: float) -> np.ndarray:
     """Eventual (won, lost, no decision) probabilities of a deal in ``stage`` for ``age`` days."""
-    from forecast.fit.competing_risks import absorption_probabilities
-
     k = len(curves)
     c = curves[stage]
     try:
@@ -217,7 +221,7 @@ def open_deal_outcome_probabilities(model: PipelineModel, pipeline: pl.DataFrame
     model : PipelineModel
     pipeline : polars.DataFrame
         Open deals (:meth:`DealLog.pipeline`) with a ``_segment`` label column
-        (``forecast.fit.fitting.segment_labels`` with ``model.segment_by``).
+        (:func:`forecast.segments.segment_labels` with ``model.segment_by``).
 
     Returns
     -------
@@ -226,8 +230,6 @@ def open_deal_outcome_probabilities(model: PipelineModel, pipeline: pl.DataFrame
         stage (rows sum to 1; mass that would never leave a stage is spread
         proportionally).
     """
-    from forecast.fit.fitting import SEGMENT_COLUMN
-
     out = np.zeros((pipeline.height, 3))
     if pipeline.height == 0:
         return out
@@ -263,8 +265,6 @@ def _deal_table(
     log: DealLog, model: PipelineModel, t: dt.datetime, calendar: FiscalCalendar
 ) -> pl.DataFrame:
     """One row per deal at ``t``: segment, period, status, amount, outcome probabilities, days."""
-    from forecast.fit.fitting import SEGMENT_COLUMN, segment_labels
-
     outcomes = segment_labels(log.outcomes(t), model.segment_by)
     pipe = segment_labels(log.pipeline(t), model.segment_by)
     p = open_deal_outcome_probabilities(model, pipe)
@@ -372,8 +372,6 @@ def _draw_curves(model: PipelineModel, g: str, b: int) -> list[ExitCurves]:
 
 
 def _conversion(model: PipelineModel, within_days: Sequence[float], level: float) -> pl.DataFrame:
-    from forecast.fit.competing_risks import win_probability
-
     won = model.stages.WON
     K = model.stages.n_open
     lo, hi = (1 - level) / 2, (1 + level) / 2
@@ -424,8 +422,6 @@ def _quantiles_from_cdf(times: np.ndarray, cdf: np.ndarray, qs: Sequence[float])
 
 
 def _cycle_rows(segment: str, d: pl.DataFrame) -> list[dict[str, Any]]:
-    from forecast.fit.competing_risks import CensoredSpells, aalen_johansen
-
     code = {"won": 0, "lost": 1, "no_decision": 2}
     status = d["status"].to_list()
     dest = np.array([code.get(s, -1) for s in status], dtype=np.int64)
@@ -648,8 +644,6 @@ def _slippage(
 # Coverage and Pipeline Value Factor
 # =============================================================================================
 def _replicated_log(log: DealLog, deal_ids: pl.Series, copies: int) -> DealLog:
-    from forecast.data.deal_log import DealLog
-
     ev = log.events.filter(pl.col("deal_id").is_in(deal_ids.implode()))
     parts = [ev.with_columns(pl.col("deal_id") + f"#{i}") for i in range(copies)]
     out = pl.concat(parts).sort("deal_id", "timestamp", "source_row")
@@ -886,18 +880,16 @@ def compute_metrics(
     ParameterError
         If an argument is out of range or disagrees with the model.
     """
-    import forecast
-
     if model is None:
         cal = calendar or FiscalCalendar()
-        model = forecast.fit(
+        model = fit(
             log, as_of=as_of, segment_by=tuple(segment_by or ()), calendar=cal,
             n_draws=n_draws, seed=seed,
         )  # fmt: skip
     else:
-        if as_of is not None and _as_datetime(as_of, "as_of") != model.as_of:
+        if as_of is not None and as_datetime(as_of, "as_of") != model.as_of:
             raise ParameterError(
-                f"The `as_of` of `compute_metrics` ({_as_datetime(as_of, 'as_of'):%Y-%m-%d %H:%M}) "
+                f"The `as_of` of `compute_metrics` ({as_datetime(as_of, 'as_of'):%Y-%m-%d %H:%M}) "
                 f"differs from the model's ({model.as_of:%Y-%m-%d %H:%M}); omit it or refit."
             )
         if segment_by is not None and tuple(segment_by) != tuple(model.segment_by):

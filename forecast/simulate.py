@@ -15,9 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+from tqdm.auto import tqdm
 
+from forecast._kernels import (
+    ModelArrays,
+    PathSamples,
+    outcome_probabilities,
+    sample_paths,
+    sampling_inputs,
+    simulate_arrays,
+)
+from forecast._validation import check_int, check_seed
 from forecast.errors import ParameterError
 from forecast.results import Forecast
+from forecast.segments import SEGMENT_COLUMN, segment_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from forecast.data.deal_log import DealLog
@@ -58,14 +69,6 @@ def quarter_bins(model: PipelineModel, horizon: int) -> tuple[list[Any], np.ndar
         # bin boundary at or after its end (and every quarter keeps at least one bin).
         qb[i + 1] = max(math.ceil((end - model.as_of) / _DAY), qb[i] + 1)
     return quarters, qb
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ParameterError(
-            f"The `{name}` parameter of `simulate` must be an int ≥ {minimum}. Got {value!r}."
-        )
-    return int(value)
 
 
 def weighted_pipeline(model: PipelineModel, pipe: pl.DataFrame, quarters: list[Any]) -> np.ndarray:
@@ -133,10 +136,6 @@ def condition_on_not_pulled_in(arrays: Any, outcomes: Any, early_days: int) -> A
     forecast._kernels.OutcomeArrays
         New ``p_win``/``p_qe`` of today's deals (new deals unchanged).
     """
-    import dataclasses
-
-    from forecast._kernels import outcome_probabilities
-
     n_deals = outcomes.p_win.shape[1]
     if early_days <= 0 or n_deals == 0:
         return outcomes
@@ -260,9 +259,6 @@ def model_arrays(
     booked : ndarray, shape (H, G)
         Won before the as-of instant in each horizon quarter, currency.
     """
-    from forecast._kernels import ModelArrays
-    from forecast.fit.fitting import SEGMENT_COLUMN, segment_labels
-
     t = model.as_of
     stages = model.stages
     K, C = stages.n_open, stages.n_codes
@@ -404,14 +400,12 @@ def simulate(
     -------
     Forecast
     """
-    from forecast._kernels import outcome_probabilities, simulate_arrays
-    from forecast.fit.fitting import SEGMENT_COLUMN
-
-    n_paths = _check_int(n_paths, "n_paths", 1)
-    horizon = _check_int(horizon, "horizon", 1)
-    seed = _check_int(seed, "seed", 0)
+    caller = "simulate"
+    n_paths = check_int(n_paths, "n_paths", caller, minimum=1)
+    horizon = check_int(horizon, "horizon", caller, minimum=1)
+    seed = check_seed(seed, caller)
     if threads is not None:
-        threads = _check_int(threads, "threads", 1)
+        threads = check_int(threads, "threads", caller, minimum=1)
     arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
     outcomes = condition_on_not_pulled_in(
         arrays, outcome_probabilities(arrays), early_window_days(model, quarters)
@@ -425,8 +419,6 @@ def simulate(
         bar = None
         callback = None
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=n_paths, unit="path", desc="simulate")
 
             def callback(paths_done_in_chunk: int) -> None:
@@ -469,8 +461,6 @@ def simulate(
 
 
 def _run_shard(inputs: dict[str, Any], start: int, count: int, seed: int, chunk: int | None) -> Any:
-    from forecast._kernels import sample_paths
-
     return sample_paths(**inputs, seed=seed, n_paths=count, path_start=start, chunk_size=chunk)
 
 
@@ -478,8 +468,6 @@ def _simulate_sharded(
     executor: Any, arrays: Any, outcomes: Any, n_paths: int, seed: int, chunk: int | None
 ) -> Any:
     """Shard the path range over ``executor``; merge in path order (bit-identical to local)."""
-    from forecast._kernels import PathSamples, sampling_inputs
-
     inputs = sampling_inputs(arrays, outcomes)
     n_shards = max(1, min(64, n_paths // 2000))
     edges = np.linspace(0, n_paths, n_shards + 1).astype(np.int64)

@@ -9,8 +9,7 @@ import pytest
 import forecast
 from forecast import ModelError, ParameterError, PipelineModel
 from forecast.datasets import generate_crm, load_sample
-from forecast.fit.competing_risks import fit_exit_curves, win_probability
-from forecast.fit.fitting import _spells_arrays
+from forecast.fit.competing_risks import CensoredSpells, fit_exit_curves, win_probability
 
 N_WORLDS = 16
 
@@ -36,10 +35,11 @@ def recovery():
         est.append([m.win_probability(k, segment="SMB") for k in range(st.n_open)])
         med.append([m.curves[("SMB", k)].median() for k in range(st.n_open)])
         closed = log.spells().filter((pl.col("segment") == "SMB") & ~pl.col("censored"))
-        curves = [
-            fit_exit_curves(_spells_arrays(closed.filter(pl.col("stage_code") == k), st.n_codes))
-            for k in range(st.n_open)
-        ]
+        curves = []
+        for k in range(st.n_open):
+            sk = closed.filter(pl.col("stage_code") == k)
+            spells = CensoredSpells(sk["duration_days"], sk["destination_code"], st.n_codes)
+            curves.append(fit_exit_curves(spells))
         naive.append([win_probability(curves, k, st.WON) for k in range(st.n_open)])
         truth.append([w.truth.win_probability("SMB", k) for k in range(st.n_open)])
         tmed.append([w.truth.median_sojourn("SMB", k) for k in range(st.n_open)])
@@ -132,7 +132,8 @@ def test_summary_is_readable(sample_model):
     assert s.height == 4 * (len(m.segments) + 1)
     smb = s.filter(pl.col("segment") == "SMB")["win_probability"].to_numpy()
     assert np.all(np.diff(smb) > 0)  # later stages win more often
-    cred = s.filter(pl.col("segment") != "all (pooled)")
+    assert s.filter(pl.col("segment") == forecast.POOLED_SEGMENT).height == 4
+    cred = s.filter(pl.col("segment") != forecast.POOLED_SEGMENT)
     # Enterprise (few deals) borrows more from the pooled fit than SMB (many).
     ent = cred.filter(pl.col("segment") == "Enterprise")["credibility"].to_numpy()
     smb_c = cred.filter(pl.col("segment") == "SMB")["credibility"].to_numpy()
@@ -172,3 +173,32 @@ def test_bad_arguments(sample_model):
         forecast.fit(log, segment_by=["colour"])
     with pytest.raises(ParameterError, match="n_draws"):
         forecast.fit(log, n_draws=-1)
+    with pytest.raises(ParameterError, match="`n_draws` parameter of `fit` must be an int"):
+        forecast.fit(log, n_draws=True)
+    with pytest.raises(ParameterError, match="`segment_by`"):
+        forecast.fit(log, segment_by="segment")
+    with pytest.raises(ParameterError, match="`shrink`"):
+        forecast.fit(log, shrink="yes")
+    with pytest.raises(ParameterError, match="`calendar`"):
+        forecast.fit(log, calendar="FY")
+
+
+def test_numpy_integers_are_accepted(sample_log):
+    a = forecast.fit(sample_log, as_of="2024-07-01", n_draws=np.int64(1), seed=np.uint32(4))
+    b = forecast.fit(sample_log, as_of="2024-07-01", n_draws=1, seed=4)
+    assert a.to_json() == b.to_json()
+
+
+def test_pooled_segment_is_one_name(sample_model):
+    _, m = sample_model
+    pooled = m.stage_curves(None)
+    assert pooled == m.stage_curves(forecast.POOLED_SEGMENT)
+    assert pooled == [m.pooled_curves[k] for k in range(m.stages.n_open)]
+    assert m.win_probability("Proposal", segment=forecast.POOLED_SEGMENT) == m.win_probability(
+        "Proposal"
+    )
+    np.testing.assert_array_equal(
+        m.amounts.ratio_samples(forecast.POOLED_SEGMENT, False),
+        m.amounts.ratio_samples(None, False),
+    )
+    assert forecast.POOLED_SEGMENT in m.amounts.summary()["segment"].to_list()

@@ -15,7 +15,8 @@ from typing import Any
 
 import polars as pl
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import as_datetime
+from forecast.calendar import FiscalCalendar
 from forecast.errors import ParameterError
 
 __all__ = ["forecast_vs_bookings", "summarise_bias"]
@@ -73,7 +74,7 @@ def forecast_vs_bookings(
 
     if isinstance(n_worlds, bool) or not isinstance(n_worlds, int) or n_worlds < 2:
         raise ParameterError(f"The `n_worlds` parameter must be an int >= 2. Got {n_worlds!r}.")
-    t = _as_datetime(as_of, "as_of")
+    t = as_datetime(as_of, "as_of")
     calendar = generator.get("calendar") or FiscalCalendar()
     quarters = calendar.quarters(t, horizon)
     rows = []

@@ -47,7 +47,8 @@ import numpy as np
 import polars as pl
 from scipy import optimize, special, stats
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import as_datetime
+from forecast.calendar import FiscalCalendar
 from forecast.data.stages import StageMap
 from forecast.errors import ParameterError
 
@@ -379,8 +380,8 @@ class SyntheticTruth:
         Taken straight from the log's won rows, so ``end`` may not be later than the
         log's ``end``.
         """
-        t0 = _as_datetime(start, "start")
-        t1 = _as_datetime(end, "end")
+        t0 = as_datetime(start, "start")
+        t1 = as_datetime(end, "end")
         if t1 > self.end:
             raise ParameterError(
                 f"The `end` parameter of `bookings` must be at most the log end {self.end}. "
@@ -590,8 +591,8 @@ def generate_crm(
             "The `calendar` parameter of `generate_crm` must be a FiscalCalendar. "
             f"Got {type(calendar).__name__}."
         )
-    t_start = _as_datetime(start, "start")
-    t_end = _as_datetime(end, "end")
+    t_start = as_datetime(start, "start")
+    t_end = as_datetime(end, "end")
     _check_params(
         seed, t_start, t_end, sigma_shock, pull_in, scale, quarter_end_window_days, growth_per_year
     )

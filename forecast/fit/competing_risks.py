@@ -153,6 +153,28 @@ class CensoredSpells:
         object.__setattr__(self, "weights", _readonly(w))
 
     @classmethod
+    def trusted(
+        cls,
+        durations: np.ndarray,
+        destinations: np.ndarray,
+        n_codes: int,
+        weights: np.ndarray,
+    ) -> CensoredSpells:
+        """Spells from arrays that are already valid, without checking or copying them again.
+
+        For callers that validated the arrays once for many fits (e.g. every
+        bootstrap draw of :class:`forecast.fit.data.FitData`): ``durations`` float64
+        finite ≥ 0, ``destinations`` int64 in ``-1 .. n_codes - 1`` and ``weights``
+        float64 finite ≥ 0, all of shape (n,).
+        """
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "n_codes", int(n_codes))
+        object.__setattr__(obj, "durations", _readonly(durations))
+        object.__setattr__(obj, "destinations", _readonly(destinations))
+        object.__setattr__(obj, "weights", _readonly(weights))
+        return obj
+
+    @classmethod
     def right_censored(
         cls, durations: Any, censored: Any, destinations: Any, n_codes: int, weights: Any = None
     ) -> CensoredSpells:
