@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 
 from forecast._kernels import (
     ModelArrays,
+    OutcomeArrays,
     PathSamples,
+    SamplingInputs,
     outcome_probabilities,
     sample_paths,
     sampling_inputs,
@@ -109,7 +111,9 @@ def early_window_days(model: PipelineModel, quarters: list[Any]) -> int:
     return max(0, math.ceil(left / _DAY)) if left > dt.timedelta(0) else 0
 
 
-def condition_on_not_pulled_in(arrays: Any, outcomes: Any, early_days: int) -> Any:
+def condition_on_not_pulled_in(
+    arrays: ModelArrays, outcomes: OutcomeArrays, early_days: int
+) -> OutcomeArrays:
     """Condition today's open deals on not having been pulled into the closed quarter.
 
     Under the quarter-end model a win due in the first ``W`` days of a quarter
@@ -124,8 +128,8 @@ def condition_on_not_pulled_in(arrays: Any, outcomes: Any, early_days: int) -> A
 
     Parameters
     ----------
-    arrays : forecast._kernels.ModelArrays
-    outcomes : forecast._kernels.OutcomeArrays
+    arrays : ModelArrays
+    outcomes : OutcomeArrays
         From :func:`forecast._kernels.outcome_probabilities` of ``arrays``.
     early_days : int
         Day bins from the as-of instant to the end of the early window
@@ -191,7 +195,7 @@ def _won_elasticity(dens_gk: np.ndarray, won: int, n_bins: int = 8) -> tuple[flo
     return float((w[ok] * (1.0 - w[ok] / a[ok])).sum() / total), total
 
 
-def shock_scale(model: PipelineModel, arrays: Any, outcomes: Any) -> float:
+def shock_scale(model: PipelineModel, arrays: ModelArrays, outcomes: OutcomeArrays) -> float:
     """Factor on the shock sigma that gives the kernel's tilt the fitted effect on bookings.
 
     The fitted ``sigma`` (:mod:`forecast.fit.shocks`) is the spread of a shift of
@@ -247,7 +251,7 @@ def shock_scale(model: PipelineModel, arrays: Any, outcomes: Any) -> float:
 
 def model_arrays(
     model: PipelineModel, log: DealLog, horizon: int
-) -> tuple[Any, pl.DataFrame, list[Any], np.ndarray]:
+) -> tuple[ModelArrays, pl.DataFrame, list[Any], np.ndarray]:
     """Pack ``model`` and the open pipeline of ``log`` at ``model.as_of`` into kernel arrays.
 
     Returns
@@ -460,13 +464,20 @@ def simulate(
     )
 
 
-def _run_shard(inputs: dict[str, Any], start: int, count: int, seed: int, chunk: int | None) -> Any:
-    return sample_paths(**inputs, seed=seed, n_paths=count, path_start=start, chunk_size=chunk)
+def _run_shard(
+    inputs: SamplingInputs, start: int, count: int, seed: int, chunk: int | None
+) -> PathSamples:
+    return sample_paths(inputs, seed=seed, n_paths=count, path_start=start, chunk_size=chunk)
 
 
 def _simulate_sharded(
-    executor: Any, arrays: Any, outcomes: Any, n_paths: int, seed: int, chunk: int | None
-) -> Any:
+    executor: Any,
+    arrays: ModelArrays,
+    outcomes: OutcomeArrays,
+    n_paths: int,
+    seed: int,
+    chunk: int | None,
+) -> PathSamples:
     """Shard the path range over ``executor``; merge in path order (bit-identical to local)."""
     inputs = sampling_inputs(arrays, outcomes)
     n_shards = max(1, min(64, n_paths // 2000))
