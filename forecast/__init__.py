@@ -21,7 +21,7 @@ from forecast.errors import (
 )
 from forecast.fit.fitting import fit
 from forecast.fit.model import PipelineModel
-from forecast.metrics import SalesMetrics, compute_metrics
+from forecast.metrics import SalesMetrics, compute_metrics, fit_and_compute_metrics
 from forecast.results import Forecast
 from forecast.scenarios import compare_scenarios, with_changes
 from forecast.segments import POOLED_SEGMENT
@@ -52,6 +52,7 @@ __all__ = [
     "compare_scenarios",
     "compute_metrics",
     "fit",
+    "fit_and_compute_metrics",
     "read_deal_log",
     "with_changes",
 ]

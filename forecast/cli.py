@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
+import io
 import os
 import re
 import sys
@@ -25,15 +25,22 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
+from forecast.backtest import backtest
+from forecast.calendar import FiscalCalendar
+from forecast.data.readers import read_deal_log
+from forecast.datasets import load_sample
+from forecast.datasets.sample import SAMPLE_PARAMETERS
 from forecast.errors import DataError, ForecastError, ModelError, ParameterError
+from forecast.fit.fitting import fit
+from forecast.io import atomic_write_bytes, write_forecast
+from forecast.metrics import fit_and_compute_metrics
+from forecast.plots import save_figures
 
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class _Unavailable(Exception):
-    """A subcommand whose implementation is not part of this installation."""
 
 
 # -- argument types -------------------------------------------------------------------
@@ -255,8 +262,6 @@ def _status(msg: str) -> None:
 
 
 def _read(args: argparse.Namespace) -> Any:
-    from forecast.data.readers import read_deal_log
-
     path = Path(args.history)
     if not path.exists():
         raise FileNotFoundError(f"The history file {args.history} does not exist.")
@@ -273,8 +278,6 @@ def _read(args: argparse.Namespace) -> Any:
 
 
 def _calendar(args: argparse.Namespace) -> Any:
-    from forecast.calendar import FiscalCalendar
-
     return FiscalCalendar(getattr(args, "fiscal_start_month", 1))
 
 
@@ -329,10 +332,8 @@ def _print_risk(fc: Any, n: int = 5) -> None:
 
 
 def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by: Any) -> Any:
-    import forecast
-
     _status("Fitting the model ...")
-    model = forecast.fit(
+    model = fit(
         log,
         as_of=as_of,
         segment_by=segment_by,
@@ -354,8 +355,6 @@ def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by
 
 
 def _write_plots(fc: Any, directory: Path, targets: dict[str, list[float]]) -> None:
-    from forecast.plots import save_figures
-
     first = {q: v[0] for q, v in targets.items()}
     written = save_figures(fc, directory, targets=first or None)
     print(f"Wrote {len(written)} figures to {directory}")
@@ -363,9 +362,6 @@ def _write_plots(fc: Any, directory: Path, targets: dict[str, list[float]]) -> N
 
 # -- subcommands ----------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from forecast.datasets import load_sample
-    from forecast.datasets.sample import SAMPLE_PARAMETERS
-
     t0 = time.perf_counter()
     log = load_sample()
     print(f"Sample history: {log}")
@@ -377,10 +373,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _print_table(fc, targets)
     _print_risk(fc)
     if args.out:
-        import io
-
-        from forecast.io import atomic_write_bytes
-
         buf = io.BytesIO()
         fc.quarterly().write_parquet(buf)
         atomic_write_bytes(args.out, buf.getvalue())
@@ -392,12 +384,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    import forecast
-
     _status(f"Reading {args.history} ...")
     log = _read(args)
     _status("Fitting the model ...")
-    model = forecast.fit(
+    model = fit(
         log,
         as_of=args.as_of,
         segment_by=tuple(args.segment),
@@ -412,8 +402,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from forecast.io import write_forecast
-
     t0 = time.perf_counter()
     _status(f"Reading {args.history} ...")
     log = _read(args)
@@ -435,25 +423,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _optional(module: str, name: str) -> Any:
-    """``module.name``, or :class:`_Unavailable` when this installation lacks it."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise _Unavailable(f"`{module}` is not available yet in this version.") from None
-        raise
-    fn = getattr(mod, name, None)
-    if fn is None:
-        raise _Unavailable(f"`{module}.{name}` is not available yet in this version.")
-    return fn
-
-
 def _write_frame(frame: Any, path: Path) -> None:
-    import io
-
-    from forecast.io import atomic_write_bytes
-
     buf = io.BytesIO()
     frame.write_parquet(buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -475,7 +445,6 @@ _BACKTEST_COLUMNS = (
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
-    backtest = _optional("forecast.backtest", "backtest")
     _status(f"Reading {args.history} ...")
     log = _read(args)
     _status("Backtesting (one fit and simulation per origin) ...")
@@ -500,11 +469,10 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    compute_metrics = _optional("forecast.metrics", "compute_metrics")
     _status(f"Reading {args.history} ...")
     log = _read(args)
     _status("Computing metrics (fit, then coverage by simulation) ...")
-    result = compute_metrics(
+    result = fit_and_compute_metrics(
         log,
         as_of=args.as_of,
         segment_by=tuple(args.segment),
@@ -520,8 +488,6 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _print_frame(frame: Any) -> None:
-    import polars as pl
-
     with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=160, fmt_str_lengths=40):
         print(frame)
 
@@ -556,8 +522,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("forecast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except _Unavailable as e:
-        return fail(EXIT_USAGE, f"`forecast {args.command}`: {e}")
     except (DataError, ModelError) as e:
         return fail(EXIT_DATA, _one_line(e))
     except (ParameterError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:

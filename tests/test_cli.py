@@ -177,21 +177,10 @@ def test_backtest(history: Path, tmp_path: Path) -> None:
 
 
 def test_metrics(history: Path, tmp_path: Path) -> None:
-    pytest.importorskip("forecast.metrics")
     proc = run("metrics", str(history), "--draws", "2", "-o", str(tmp_path / "m"))
     assert proc.returncode == 0, proc.stderr
     assert "win rate" in proc.stdout
     assert (tmp_path / "m" / "win_rates.parquet").exists()
-
-
-def test_unavailable_subcommand_exits_2(
-    history: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "forecast.metrics", None)  # as if the module were absent
-    assert cli.main(["metrics", str(history)]) == 2
-    err = capsys.readouterr().err
-    assert "not available yet" in err
-    assert err.count("\n") == 1
 
 
 def test_internal_error_is_one_line(
