@@ -26,7 +26,7 @@ Usage::
     python benchmarks/accuracy.py --ablation         # all variants
     python benchmarks/accuracy.py --worlds 4 --paths 500 --draws 4   # quick look
 
-Targets (issue 6, next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
+Targets (next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
 50 % coverage in [0.42, 0.58], mean CRPS <= 0.6 × the weighted pipeline's MAE.
 """
 

@@ -2,7 +2,9 @@
 
 The path range is split into chunks; every path has its own random stream seeded
 from ``(seed, path index)``, so the samples do not depend on the chunk size, the
-thread count or the executor (see ``docs/internals.md`` §5).
+thread count or the executor. The outcome probabilities and the sampling scheme
+are described in ``docs/model.md`` (sections 12 and 13), the arrays in
+``docs/internals.md`` §5.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4's third check: the mean forecast of each quarter equals the mean bookings.
+"""Calibration: the mean forecast of each quarter equals the mean bookings.
 
 Over independent worlds of the synthetic generator (default parameters: shared
 shocks, quarter-end pull-in, three segments of different speed and size), each

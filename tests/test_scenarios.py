@@ -214,7 +214,7 @@ def _year_two_ratio(runs, name):
 
 
 def test_steady_state_velocity_levers_multiply_bookings(steady_state):
-    # Issue 7 item 7: +10% number, value and win rate, -10% cycle length ->
+    # The velocity levers: +10% number, value and win rate, -10% cycle length ->
     # bookings x 1.1^3 / 0.9 = 1.4789. Exact for new deals in a steady state: win
     # rate scales every win probability by exactly 1.1 (chain argument), amounts
     # scale by 1.1, arrivals by 1.1 / 0.9, and a stretched clock only shifts when

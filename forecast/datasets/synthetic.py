@@ -1,8 +1,8 @@
 """Synthetic CRM histories with known parameters.
 
 :func:`generate_crm` simulates a deal history from a censoring-aware semi-Markov
-model (clock reset at each stage entry) that contains every trap of the design
-(``DESIGN.md`` §5): censoring at the cut date, stale ("zombie") deals,
+model (clock reset at each stage entry, ``docs/model.md``) that contains every
+trap a real history holds: censoring at the cut date, stale ("zombie") deals,
 destination-dependent sojourns (losses linger), skips and backward moves,
 amount revisions and discounts, the quarter-end push, segments of different
 speed and size, growing seasonal over-dispersed arrivals, shared quarterly

@@ -1,5 +1,7 @@
 """Amounts: won amount relative to pipeline amount, and the amounts of new deals.
 
+Summary in ``docs/model.md``, section 7.
+
 **Win ratios.** For every won deal and every open spell it had before the win,
 ``ratio = amount at the win / amount at entry of the spell``. Each won deal has
 weight 1 (times its bootstrap ``weight``), split equally over its spells, so a

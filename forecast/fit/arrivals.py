@@ -1,5 +1,7 @@
 """New-deal arrivals: how many deals are created per fiscal quarter, and where they enter.
 
+Summary in ``docs/model.md``, section 8.
+
 Per segment, the (weighted) number of deals created in each fiscal quarter of the
 last ``lookback_quarters`` full quarters plus the current partial one is modelled
 as Poisson with a log-linear rate

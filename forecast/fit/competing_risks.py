@@ -18,6 +18,7 @@ censoring and case weights,
   of a deal of a given age, eventually or within a number of days
   (:func:`win_probability`, :func:`win_time_density`).
 
+The estimators are written out in ``docs/model.md`` (sections 2, 3 and 6).
 Conventions (``docs/internals.md`` §1 and §4): ``C`` destination codes, ``-1``
 marks a censored spell; ``cif_grid[j, d] = F_j(d)`` at ``d = 0 .. D`` with
 ``D = ceil(max duration)``.
