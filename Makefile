@@ -1,11 +1,12 @@
-# Two commands: `make demo` and `make test`. Both create .venv on first use and
-# reuse it afterwards (the stamp is refreshed only when pyproject.toml changes).
+# `make demo`, `make test` (everything) and `make check` (the fast tier: lint and the
+# tests not marked slow). Each creates .venv on first use and reuses it afterwards
+# (the stamp is refreshed only when pyproject.toml changes).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test check lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,11 @@ test: $(STAMP)
 	$(BIN)/ruff check forecast tests benchmarks notebooks
 	$(BIN)/ruff format --check forecast tests benchmarks notebooks
 	$(BIN)/python -m pytest -q
+
+check: $(STAMP)
+	$(BIN)/ruff check forecast tests benchmarks notebooks
+	$(BIN)/ruff format --check forecast tests benchmarks notebooks
+	$(BIN)/python -m pytest -q -m "not slow"
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix forecast tests benchmarks notebooks

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from forecast._kernels import (
     ModelArrays,

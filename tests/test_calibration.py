@@ -23,6 +23,8 @@ import pytest
 
 from forecast.datasets.calibration import forecast_vs_bookings, summarise_bias
 
+pytestmark = pytest.mark.slow
+
 N_WORLDS = 80
 
 

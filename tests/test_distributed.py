@@ -10,17 +10,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-import forecast
 from forecast.datasets import load_sample
+
+pytestmark = pytest.mark.slow
 
 distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
-def fitted():
-    log = load_sample()
-    model = forecast.fit(log, as_of="2025-01-01", segment_by=["segment"], n_draws=4, seed=2)
-    return log, model
+def fitted(sample_log, sample_model):
+    return sample_log, sample_model
 
 
 @pytest.fixture(scope="module")

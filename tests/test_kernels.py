@@ -297,6 +297,7 @@ def test_deal_probs_geometric_closed_form_with_pull_in():
         np.testing.assert_allclose(out.p_qe[0, n], expected_qe, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_deal_probs_match_forward_propagation(seed):
     rng = np.random.default_rng(seed)
@@ -319,6 +320,7 @@ def test_deal_probs_match_forward_propagation(seed):
         np.testing.assert_allclose(out.p_qe[0, n], qe_ref, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_new_deal_probs_match_averaged_forward_propagation():
     rng = np.random.default_rng(8)
     n_open = 3

@@ -8,7 +8,7 @@ import pytest
 
 import forecast
 from forecast import ParameterError
-from forecast.datasets import SYNTHETIC_STAGES, generate_crm, load_sample
+from forecast.datasets import SYNTHETIC_STAGES, generate_crm
 from forecast.metrics import SalesMetrics, compute_metrics, fit_and_compute_metrics
 
 AS_OF = dt.datetime(2025, 1, 1)
@@ -98,6 +98,7 @@ def test_four_deals_slippage(synthetic_model):
     assert a["median_slip_at_win_days"] == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_censoring_aware_win_rate_matches_what_happened_next():
     # At 2024-01-01 most deals created in FY2023-Q4 are still open. Four worlds
     # without shared shocks, run on to 2026: the censoring-aware rate predicts the
@@ -133,10 +134,13 @@ def test_censoring_aware_win_rate_matches_what_happened_next():
 
 
 @pytest.fixture(scope="module")
-def sample_metrics():
-    log = load_sample()
-    model = forecast.fit(log, as_of=AS_OF, segment_by=["segment"], n_draws=6, seed=1)
-    return log, model, compute_metrics(model, log, n_paths=500, max_copies=64)
+def sample_metrics(sample_log, sample_model):
+    assert sample_model.as_of == AS_OF
+    return (
+        sample_log,
+        sample_model,
+        compute_metrics(sample_model, sample_log, n_paths=500, max_copies=64),
+    )
 
 
 def test_conversion_matches_model_with_draw_intervals(sample_metrics):

@@ -74,9 +74,10 @@ def kernel_run(name: str) -> dict[str, np.ndarray]:
     return {k: getattr(samples, k) for k in OUTPUTS}
 
 
-def sample_run(name: str, log: Any) -> tuple[dict[str, np.ndarray], str]:
+def sample_run(name: str, log: Any, model: Any = None) -> tuple[dict[str, np.ndarray], str]:
+    """Fit (unless ``model`` is the fit of the case already) and simulate a sample case."""
     fit_kw, sim_kw = SAMPLE_CASES[name]
-    model = fit(log, **fit_kw)
+    model = fit(log, **fit_kw) if model is None else model
     fc = model.simulate(log, **sim_kw)
     out = {"totals": fc.totals, "deal_wins": fc.deal_wins, "deal_won_cents": fc.deal_won_cents}
     return out, model_hash(model)
@@ -108,9 +109,14 @@ def test_kernel_samples_equal_saved(name: str, saved: dict[str, np.ndarray]) -> 
 
 @pytest.mark.parametrize("name", list(SAMPLE_CASES))
 def test_fitted_sample_and_its_samples_equal_saved(
-    name: str, saved: dict[str, np.ndarray], sample_log: Any
+    name: str,
+    saved: dict[str, np.ndarray],
+    sample_log: Any,
+    sample_model: Any,
+    sample_fit_arguments: dict[str, Any],
 ) -> None:
-    got, digest = sample_run(name, sample_log)
+    shared = SAMPLE_CASES[name][0] == sample_fit_arguments  # the session's fit: reuse it
+    got, digest = sample_run(name, sample_log, sample_model if shared else None)
     assert digest == str(saved[f"{name}/model_sha256"]), f"{name}: the fitted model changed"
     _assert_same(name, got, saved)
 
