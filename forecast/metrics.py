@@ -327,7 +327,7 @@ def _win_rates(deals: pl.DataFrame) -> pl.DataFrame:
     d = _with_all(deals, ["segment", "period"])
     closed = pl.col("status") != "open"
     won = pl.col("status") == "won"
-    out = d.group_by(["segment", "period"]).agg(
+    out = d.group_by(["segment", "period"], maintain_order=True).agg(
         pl.len().alias("n_deals"),
         won.sum().alias("n_won"),
         (pl.col("status") == "lost").sum().alias("n_lost"),
@@ -536,7 +536,7 @@ def _velocity(deals: pl.DataFrame, cycle: pl.DataFrame) -> pl.DataFrame:
         won_cycle[POOLED_SEGMENT] = next(iter(won_cycle.values()))
     d = _with_all(deals, ["segment", "period"])
     out = (
-        d.group_by(["segment", "period"])
+        d.group_by(["segment", "period"], maintain_order=True)
         .agg(
             pl.len().alias("opportunities"),
             pl.col("amount").mean().alias("average_value"),
