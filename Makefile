@@ -1,11 +1,12 @@
-# Two commands: `make demo` and `make test`. Both create .venv on first use and
-# reuse it afterwards (the stamp is refreshed only when pyproject.toml changes).
+# `make demo`, `make test` (everything) and `make check` (the fast tier: lint and the
+# tests not marked slow). Each creates .venv on first use and reuses it afterwards
+# (the stamp is refreshed only when pyproject.toml changes).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test docs docs-serve lint format bench clean
+.PHONY: demo test check docs docs-serve lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,11 @@ docs: $(STAMP)
 
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+check: $(STAMP)
+	$(BIN)/ruff check forecast tests benchmarks notebooks
+	$(BIN)/ruff format --check forecast tests benchmarks notebooks
+	$(BIN)/python -m pytest -q -m "not slow"
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix forecast tests benchmarks notebooks

@@ -26,7 +26,7 @@ Usage::
     python benchmarks/accuracy.py --ablation         # all variants
     python benchmarks/accuracy.py --worlds 4 --paths 500 --draws 4   # quick look
 
-Targets (issue 6, next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
+Targets (next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
 50 % coverage in [0.42, 0.58], mean CRPS <= 0.6 × the weighted pipeline's MAE.
 """
 
@@ -44,8 +44,9 @@ import polars as pl
 
 import forecast
 import forecast.simulate as simulate_module
+from forecast._validation import as_datetime
 from forecast.backtest import BASELINES, BacktestResult, _score_origin, origin_seed  # noqa: F401
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast.calendar import FiscalCalendar
 from forecast.datasets import SYNTHETIC_STAGES, generate_crm
 from forecast.scores import skill, wilson_interval
 
@@ -97,7 +98,7 @@ def _world_cases(
     for o in ORIGINS:
         for r in _score_origin(
             log,
-            _as_datetime(o, "origin"),
+            as_datetime(o, "origin"),
             HORIZON,
             n_paths,
             ("segment",),

@@ -115,7 +115,7 @@ def main() -> None:
     # Warm up in this process (cached compile).
     outcomes = outcome_probabilities(arrays)
     kw = sampling_inputs(arrays, outcomes)
-    sample_paths(**kw, seed=0, n_paths=50)
+    sample_paths(kw, seed=0, n_paths=50)
     print(f"mean P(win within horizon) per deal: {outcomes.p_win.sum(-1).mean():.3f}")
 
     t_outcomes = _best_of(lambda: outcome_probabilities(arrays), 2)
@@ -123,9 +123,7 @@ def main() -> None:
     rows = []
     rates = {}
     for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-        t = _best_of(
-            lambda th=threads: sample_paths(**kw, seed=1, n_paths=args.paths, threads=th), 1
-        )
+        t = _best_of(lambda th=threads: sample_paths(kw, seed=1, n_paths=args.paths, threads=th), 1)
         rates[threads] = deal_paths / t / threads
         rows.append((f"engine sampling, {threads} thread(s)", t, rates[threads]))
         t_all = t + t_outcomes

@@ -1,4 +1,4 @@
-"""Mean forecast vs mean bookings over independent synthetic worlds (issue 4's check).
+"""Mean forecast vs mean bookings over independent synthetic worlds (the calibration check).
 
 For each of ``--worlds`` worlds generated with the same parameters, fit at
 ``--as-of``, simulate, and compare each quarter's mean forecast with what the

@@ -37,8 +37,9 @@ from typing import Any
 import polars as pl
 
 import forecast
+from forecast._validation import as_datetime
 from forecast.backtest import _score_origin
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast.calendar import FiscalCalendar
 from forecast.datasets import SYNTHETIC_STAGES, export_dates, generate_crm, write_exports
 
 END = "2025-07-01"
@@ -96,7 +97,7 @@ def world_cases(
         for source in ("full", "weekly"):
             for r in _score_origin(
                 logs[source],
-                _as_datetime(o, "origin"),
+                as_datetime(o, "origin"),
                 horizon,
                 n_paths,
                 ("segment",),

@@ -1,5 +1,6 @@
 """forecast: Monte Carlo sales-pipeline forecasting from CRM deal histories."""
 
+from forecast._version import __version__
 from forecast.backtest import BacktestResult, backtest
 from forecast.calendar import FiscalCalendar, FiscalQuarter
 from forecast.compare import Movement, compare
@@ -23,14 +24,14 @@ from forecast.errors import (
 )
 from forecast.fit.fitting import fit
 from forecast.fit.model import PipelineModel
-from forecast.metrics import SalesMetrics, compute_metrics
+from forecast.metrics import SalesMetrics, compute_metrics, fit_and_compute_metrics
 from forecast.report import Report, report
 from forecast.results import Forecast
 from forecast.scenarios import compare_scenarios, with_changes
-
-__version__ = "0.1.0"
+from forecast.segments import POOLED_SEGMENT
 
 __all__ = [
+    "POOLED_SEGMENT",
     "AmountError",
     "BacktestResult",
     "DataError",
@@ -59,6 +60,7 @@ __all__ = [
     "compare_scenarios",
     "compute_metrics",
     "fit",
+    "fit_and_compute_metrics",
     "inspect_log",
     "read_deal_log",
     "report",

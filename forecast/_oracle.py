@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from forecast._kernels import ModelArrays, PathSamples
-from forecast.errors import ParameterError
+from forecast._validation import check_int, check_seed
 
 __all__ = ["random_model_arrays", "simulate_oracle"]
 
@@ -224,8 +224,8 @@ def simulate_oracle(
     PathSamples
         Same layout as :func:`forecast._kernels.sample_paths`.
     """
-    if isinstance(n_paths, bool) or not isinstance(n_paths, int | np.integer) or n_paths < 1:
-        raise ParameterError(f"The `n_paths` parameter must be an int >= 1. Got {n_paths!r}.")
+    n_paths = check_int(n_paths, "n_paths", "simulate_oracle", minimum=1)
+    seed = check_seed(seed, "simulate_oracle")
     rng = np.random.default_rng(seed)
     sizes = arrays.shape
     n_draws, n_seg, n_open, n_deals, n_q = (sizes[x] for x in ("B", "G", "K", "N", "H"))

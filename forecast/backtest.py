@@ -32,13 +32,17 @@ import datetime as dt
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import as_datetime, check_int, check_seed
+from forecast.calendar import FiscalCalendar, check_calendar
+from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
+from forecast.fit.fitting import fit
+from forecast.fit.model import PipelineModel
 from forecast.results import QUANTILES
 from forecast.scores import (
     crps_samples,
@@ -49,10 +53,6 @@ from forecast.scores import (
     skill,
     wilson_interval,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from forecast.data.deal_log import DealLog
-    from forecast.fit.model import PipelineModel
 
 __all__ = ["BASELINES", "BacktestResult", "backtest", "default_origins"]
 
@@ -101,8 +101,8 @@ def default_origins(
         (within :data:`REALISED_TOLERANCE`).
     """
     del horizon
-    cal = calendar or FiscalCalendar()
-    _check_int(min_history_quarters, "min_history_quarters", 0)
+    cal = check_calendar(calendar, "default_origins")
+    check_int(min_history_quarters, "min_history_quarters", "default_origins", minimum=0)
     first = log.first_timestamp
     q = cal.quarter_of(first)
     if first - q.start > (q.end - q.start) / 2:
@@ -114,14 +114,6 @@ def default_origins(
         out.append(q.start)
         q = cal.shift(q, 1)
     return out
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ParameterError(
-            f"The `{name}` parameter of `backtest` must be an int ≥ {minimum}. Got {value!r}."
-        )
-    return int(value)
 
 
 def origin_seed(seed: int, origin: dt.datetime) -> int:
@@ -157,8 +149,6 @@ def _score_origin(
     bookings are the realised values, for scoring a forecast made from a poorer
     view of the same history (``benchmarks/snapshot_accuracy.py``).
     """
-    from forecast.fit.fitting import fit
-
     s = origin_seed(seed, origin)
     model = fit(
         log,
@@ -279,17 +269,13 @@ def backtest(
     >>> res.scores().select("quarter", "step").row(0)
     ('FY2024-Q3', 1)
     """
-    cal = calendar or FiscalCalendar()
-    if not isinstance(cal, FiscalCalendar):
-        raise ParameterError(
-            "The `calendar` parameter of `backtest` must be a FiscalCalendar. "
-            f"Got {type(calendar).__name__}."
-        )
-    horizon = _check_int(horizon, "horizon", 1)
-    n_paths = _check_int(n_paths, "n_paths", 1)
-    n_draws = _check_int(n_draws, "n_draws", 0)
-    seed = _check_int(seed, "seed", 0)
-    _check_int(min_history_quarters, "min_history_quarters", 0)
+    caller = "backtest"
+    cal = check_calendar(calendar, caller)
+    horizon = check_int(horizon, "horizon", caller, minimum=1)
+    n_paths = check_int(n_paths, "n_paths", caller, minimum=1)
+    n_draws = check_int(n_draws, "n_draws", caller, minimum=0)
+    seed = check_seed(seed, caller)
+    check_int(min_history_quarters, "min_history_quarters", caller, minimum=0)
     segment_by = tuple(segment_by)
     if origins is None:
         chosen = default_origins(log, calendar=cal, min_history_quarters=min_history_quarters)
@@ -301,7 +287,7 @@ def backtest(
                 f"{_data_end(log):%Y-%m-%d}. Pass `origins=` or lower `min_history_quarters`."
             )
     else:
-        chosen = sorted({_as_datetime(o, "origins") for o in origins})
+        chosen = sorted({as_datetime(o, "origins", "backtest") for o in origins})
         if not chosen:
             raise ParameterError("The `origins` parameter of `backtest` is empty. Got [].")
         early = [o for o in chosen if o <= log.first_timestamp]
@@ -459,7 +445,7 @@ class BacktestResult:
         polars.DataFrame
             ``bin_low, bin_high, count, expected`` (``expected = n / bins``).
         """
-        _check_int(bins, "bins", 1)
+        bins = check_int(bins, "bins", "pit_histogram", minimum=1)
         d = self.frame.filter(pl.col("pit").is_not_null())
         if step is not None:
             d = d.filter(pl.col("step") == step)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import numpy as np
-
+from forecast._validation import as_datetime, check_int
 from forecast.errors import ParameterError
 
-__all__ = ["FiscalCalendar", "FiscalQuarter"]
+__all__ = ["FiscalCalendar", "FiscalQuarter", "check_calendar"]
 
 
 @dataclass(frozen=True, order=True)
@@ -45,25 +44,6 @@ class FiscalQuarter:
         return self.label
 
 
-def _as_datetime(value: object, name: str) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-        return value
-    if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day)
-    if isinstance(value, np.datetime64):
-        return _as_datetime(value.astype("datetime64[us]").item(), name)
-    if isinstance(value, str):
-        try:
-            return _as_datetime(dt.datetime.fromisoformat(value), name)
-        except ValueError:
-            pass
-    raise ParameterError(
-        f"The `{name}` parameter must be a date, datetime or ISO-8601 string. Got {value!r}."
-    )
-
-
 @dataclass(frozen=True)
 class FiscalCalendar:
     """Fiscal calendar with quarters of three calendar months.
@@ -87,11 +67,8 @@ class FiscalCalendar:
     year_label: str = "end"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.start_month, int) or not 1 <= self.start_month <= 12:
-            raise ParameterError(
-                "The `start_month` parameter of `FiscalCalendar` must be an int in 1..12. "
-                f"Got {self.start_month!r}."
-            )
+        month = check_int(self.start_month, "start_month", "FiscalCalendar", minimum=1, maximum=12)
+        object.__setattr__(self, "start_month", month)
         if self.year_label not in ("end", "start"):
             raise ParameterError(
                 "The `year_label` parameter of `FiscalCalendar` must be 'end' or 'start'. "
@@ -119,13 +96,14 @@ class FiscalCalendar:
 
     def quarter_of(self, when: object) -> FiscalQuarter:
         """Fiscal quarter containing ``when`` (date, datetime or ISO string)."""
-        t = _as_datetime(when, "when")
+        t = as_datetime(when, "when", "quarter_of")
         fy = self._fy_start_year(t)
         months_in = (t.month - self.start_month) % 12
         return self._quarter_from_index(fy, months_in // 3)
 
     def shift(self, quarter: FiscalQuarter, n: int) -> FiscalQuarter:
         """The quarter ``n`` quarters after (``n < 0``: before) ``quarter``."""
+        n = check_int(n, "n", "shift")
         fy_start = (
             quarter.start.year
             if quarter.start.month >= self.start_month
@@ -135,8 +113,7 @@ class FiscalCalendar:
 
     def quarters(self, start: object, n: int) -> list[FiscalQuarter]:
         """``n`` consecutive quarters, the first one containing ``start``."""
-        if not isinstance(n, int) or n < 1:
-            raise ParameterError(f"The `n` parameter of `quarters` must be an int ≥ 1. Got {n!r}.")
+        n = check_int(n, "n", "quarters", minimum=1)
         first = self.quarter_of(start)
         return [self.shift(first, i) for i in range(n)]
 
@@ -166,3 +143,32 @@ class FiscalCalendar:
     def from_dict(cls, d: dict[str, object]) -> FiscalCalendar:
         """Inverse of :meth:`to_dict`."""
         return cls(start_month=int(d["start_month"]), year_label=str(d["year_label"]))
+
+
+def check_calendar(calendar: object, caller: str | None = None) -> FiscalCalendar:
+    """``calendar`` if it is a :class:`FiscalCalendar`; ``None`` gives the default calendar.
+
+    The calendar counterpart of the checks in :mod:`forecast._validation` (kept
+    here because the calendar itself uses those).
+
+    Parameters
+    ----------
+    calendar : FiscalCalendar or None
+        ``None``: ``FiscalCalendar()`` (fiscal year = calendar year).
+    caller : str, optional
+        Function name, for the message.
+
+    Raises
+    ------
+    ParameterError
+        Anything else.
+    """
+    if calendar is None:
+        return FiscalCalendar()
+    if not isinstance(calendar, FiscalCalendar):
+        of = f" of `{caller}`" if caller else ""
+        raise ParameterError(
+            f"The `calendar` parameter{of} must be a `FiscalCalendar`. "
+            f"Got {type(calendar).__name__}."
+        )
+    return calendar

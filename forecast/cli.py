@@ -22,16 +22,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
+import io
 import os
 import re
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from forecast._text import text_table
+from forecast.backtest import BASELINES, backtest
+from forecast.calendar import FiscalCalendar
+from forecast.data.inspection import inspect_log
+from forecast.data.presets import PRESETS
+from forecast.data.readers import CANONICAL_NAMES, read_deal_log
+from forecast.data.snapshots import VANISHED_RULES
+from forecast.datasets import load_sample
+from forecast.datasets.sample import SAMPLE_PARAMETERS
 from forecast.errors import (
     DataError,
     ForecastError,
@@ -39,14 +48,15 @@ from forecast.errors import (
     ModelError,
     ParameterError,
 )
+from forecast.fit.fitting import fit
+from forecast.io import atomic_write_bytes, write_forecast
+from forecast.metrics import fit_and_compute_metrics
+from forecast.plots import save_figures
+from forecast.report import report
 
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class _Unavailable(Exception):
-    """A subcommand whose implementation is not part of this installation."""
 
 
 # -- argument types -------------------------------------------------------------------
@@ -102,13 +112,11 @@ _STAGE_KINDS = ("open_stages", "won", "lost", "no_decision")
 
 def _column(text: str) -> tuple[str, str | None]:
     """``CANONICAL=SOURCE`` (``SOURCE`` empty: the column is absent on purpose)."""
-    from forecast.data.readers import CANONICAL_NAMES as _CANONICAL
-
     canon, sep, source = text.partition("=")
     canon = canon.strip()
-    if not sep or canon not in _CANONICAL:
+    if not sep or canon not in CANONICAL_NAMES:
         raise argparse.ArgumentTypeError(
-            f"expected CANONICAL=SOURCE with CANONICAL one of {', '.join(_CANONICAL)} "
+            f"expected CANONICAL=SOURCE with CANONICAL one of {', '.join(CANONICAL_NAMES)} "
             f"(e.g. deal_id=Name); got {text!r}"
         )
     return canon, (source.strip() or None)
@@ -124,8 +132,6 @@ def _names(text: str) -> list[str]:
 
 def _reading_parent() -> argparse.ArgumentParser:
     """Options of every subcommand that reads a history (one definition for all)."""
-    from forecast.data.presets import PRESETS
-    from forecast.data.snapshots import VANISHED_RULES
 
     parent = argparse.ArgumentParser(add_help=False)
     g = parent.add_argument_group(
@@ -437,10 +443,6 @@ _LIST_KEYS = ("open_stages", "won", "lost", "no_decision", "segment", "timestamp
 
 def _load_config(path: Path) -> dict[str, Any]:
     """The reading options of a TOML file, checked (see :data:`CONFIG_KEYS`)."""
-    import tomllib
-
-    from forecast.data.readers import CANONICAL_NAMES as _CANONICAL
-
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -458,12 +460,12 @@ def _load_config(path: Path) -> dict[str, Any]:
             )
         if name == "columns":
             ok = isinstance(value, dict) and all(
-                k in _CANONICAL and isinstance(v, str) for k, v in value.items()
+                k in CANONICAL_NAMES and isinstance(v, str) for k, v in value.items()
             )
             if not ok:
                 raise ParameterError(
                     f"The --config file {path}: `columns` must be a table of canonical name "
-                    f'({", ".join(_CANONICAL)}) = "source column" ("" for absent). Got '
+                    f'({", ".join(CANONICAL_NAMES)}) = "source column" ("" for absent). Got '
                     f"{value!r}."
                 )
             value = {k: (v or None) for k, v in value.items()}
@@ -519,8 +521,6 @@ def _reading_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _read(args: argparse.Namespace) -> Any:
-    from forecast.data.readers import read_deal_log
-
     options = _reading_options(args)
     path = Path(args.history)
     if not path.exists():
@@ -536,8 +536,6 @@ def _read(args: argparse.Namespace) -> Any:
 
 
 def _calendar(args: argparse.Namespace) -> Any:
-    from forecast.calendar import FiscalCalendar
-
     return FiscalCalendar(getattr(args, "fiscal_start_month", 1))
 
 
@@ -589,10 +587,8 @@ def _print_risk(fc: Any, n: int = 5) -> None:
 
 
 def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by: Any) -> Any:
-    import forecast
-
     _status("Fitting the model ...")
-    model = forecast.fit(
+    model = fit(
         log,
         as_of=as_of,
         segment_by=segment_by,
@@ -614,8 +610,6 @@ def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by
 
 
 def _write_plots(fc: Any, directory: Path, targets: dict[str, list[float]]) -> None:
-    from forecast.plots import save_figures
-
     first = {q: v[0] for q, v in targets.items()}
     written = save_figures(fc, directory, targets=first or None)
     print(f"Wrote {len(written)} figures to {directory}")
@@ -623,9 +617,6 @@ def _write_plots(fc: Any, directory: Path, targets: dict[str, list[float]]) -> N
 
 # -- subcommands ----------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from forecast.datasets import load_sample
-    from forecast.datasets.sample import SAMPLE_PARAMETERS
-
     t0 = time.perf_counter()
     log = load_sample()
     print(f"Sample history: {log}")
@@ -637,10 +628,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _print_table(fc, targets)
     _print_risk(fc)
     if args.out:
-        import io
-
-        from forecast.io import atomic_write_bytes
-
         buf = io.BytesIO()
         fc.quarterly().write_parquet(buf)
         atomic_write_bytes(args.out, buf.getvalue())
@@ -693,12 +680,10 @@ def _print_model_summary(model: Any) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    import forecast
-
     _status(f"Reading {args.history} ...")
     log = _read(args)
     _status("Fitting the model ...")
-    model = forecast.fit(
+    model = fit(
         log,
         as_of=args.as_of,
         segment_by=tuple(args.segment),
@@ -713,8 +698,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from forecast.io import write_forecast
-
     t0 = time.perf_counter()
     _status(f"Reading {args.history} ...")
     log = _read(args)
@@ -737,8 +720,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from forecast.report import report
-
     t0 = time.perf_counter()
     _status(f"Reading {args.history} ...")
     log = _read(args)
@@ -764,25 +745,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _optional(module: str, name: str) -> Any:
-    """``module.name``, or :class:`_Unavailable` when this installation lacks it."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise _Unavailable(f"`{module}` is not available yet in this version.") from None
-        raise
-    fn = getattr(mod, name, None)
-    if fn is None:
-        raise _Unavailable(f"`{module}.{name}` is not available yet in this version.")
-    return fn
-
-
 def _write_frame(frame: Any, path: Path) -> None:
-    import io
-
-    from forecast.io import atomic_write_bytes
-
     buf = io.BytesIO()
     frame.write_parquet(buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -797,7 +760,6 @@ def _pct(v: Any, signed: bool = False) -> str:
 
 def _print_backtest(result: Any) -> None:
     """The backtest summary per horizon step, for people (all columns are in ``-o``)."""
-    from forecast.backtest import BASELINES
 
     summary = result.summary()
     origins = result.origins
@@ -839,7 +801,6 @@ def _print_backtest(result: Any) -> None:
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
-    backtest = _optional("forecast.backtest", "backtest")
     _status(f"Reading {args.history} ...")
     log = _read(args)
     if args.as_of is not None:
@@ -864,7 +825,6 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from forecast.data.inspection import inspect_log
 
     _status(f"Reading {args.history} ...")
     log = _read(args)
@@ -873,11 +833,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    compute_metrics = _optional("forecast.metrics", "compute_metrics")
     _status(f"Reading {args.history} ...")
     log = _read(args)
     _status("Computing metrics (fit, then coverage by simulation) ...")
-    result = compute_metrics(
+    result = fit_and_compute_metrics(
         log,
         as_of=args.as_of,
         segment_by=tuple(args.segment),
@@ -924,8 +883,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("forecast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except _Unavailable as e:
-        return fail(EXIT_USAGE, f"`forecast {args.command}`: {e}")
     except (DataError, ModelError) as e:
         return fail(EXIT_DATA, _one_line(e))
     except (

@@ -68,14 +68,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
 
-from forecast.calendar import FiscalCalendar, FiscalQuarter, _as_datetime
+from forecast._validation import as_datetime
+from forecast.calendar import FiscalCalendar, FiscalQuarter
+from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
+from forecast.io import PARTITIONING, read_forecast
+from forecast.results import Forecast
 
 if TYPE_CHECKING:  # pragma: no cover
-    from forecast.data.deal_log import DealLog
     from forecast.fit.model import PipelineModel
-    from forecast.results import Forecast
 
 __all__ = ["CAUSES", "CAUSE_LABELS", "Movement", "compare", "output_as_of_dates"]
 
@@ -291,7 +295,6 @@ def output_as_of_dates(root: str | os.PathLike[str]) -> list[dt.date]:
     list of date
         Ascending; empty when ``root`` holds no ``quarterly`` table.
     """
-    from forecast.io import read_forecast
 
     try:
         q = read_forecast(root, "quarterly")
@@ -305,10 +308,6 @@ def _snapshot_of_output(root: str | os.PathLike[str], as_of: object | None) -> _
 
     ``as_of``: a date, or ``None`` for the latest partition.
     """
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
-    from forecast.io import PARTITIONING, read_forecast
 
     root = Path(root)
     dates = output_as_of_dates(root)
@@ -320,7 +319,7 @@ def _snapshot_of_output(root: str | os.PathLike[str], as_of: object | None) -> _
     if as_of is None:
         day = dates[-1]
     else:
-        day = _as_datetime(as_of, "as_of").date()
+        day = as_datetime(as_of, "as_of").date()
         if day not in dates:
             raise ParameterError(
                 f"The forecast output under {root} has no forecast as of {day}. "
@@ -360,7 +359,6 @@ def _snapshot_of_output(root: str | os.PathLike[str], as_of: object | None) -> _
 
 
 def _snapshot(value: object, name: str, as_of: object | None) -> _Snapshot:
-    from forecast.results import Forecast
 
     if isinstance(value, Forecast):
         return _snapshot_of_forecast(value)
@@ -427,7 +425,6 @@ def compare(
     >>> mv = forecast.compare("out/", "out/", log)  # doctest: +SKIP
     >>> mv.by_cause().select("label", "change")  # doctest: +SKIP
     """
-    from forecast.data.deal_log import DealLog
 
     if not isinstance(log, DealLog):
         raise ParameterError(

@@ -48,19 +48,19 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from forecast._validation import check_bool
+from forecast._version import __version__
+from forecast.calendar import FiscalCalendar
 from forecast.errors import ParameterError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import polars as pl
-
-    from forecast.results import Forecast
+from forecast.results import Forecast
 
 __all__ = [
     "METADATA_KEYS",
@@ -253,17 +253,11 @@ def write_forecast(
     >>> write_forecast(fc, "out/")  # doctest: +SKIP
     {'quarterly': PosixPath('out/quarterly/as_of=2025-01-01'), ...}
     """
-    from forecast.results import Forecast
-
     if not isinstance(fc, Forecast):
         raise ParameterError(
             f"The `fc` parameter of `write_forecast` must be a Forecast. Got {type(fc).__name__}."
         )
-    if not isinstance(include_paths, bool):
-        raise ParameterError(
-            "The `include_paths` parameter of `write_forecast` must be True or False. "
-            f"Got {include_paths!r}."
-        )
+    include_paths = check_bool(include_paths, "include_paths", "write_forecast")
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ParameterError(
@@ -313,8 +307,6 @@ def read_forecast(
     polars.DataFrame
         The table's columns (:data:`SCHEMAS`) plus ``as_of`` (Date).
     """
-    import polars as pl
-
     if table not in TABLES:
         raise ParameterError(
             f"The `table` parameter of `read_forecast` must be one of {list(TABLES)}. "
@@ -343,11 +335,9 @@ def _call_hook(stage: str, table: str) -> None:
 
 
 def _metadata(fc: Forecast) -> dict[str, str]:
-    import forecast
-
     info = dict(fc.info)
     return {
-        "forecast.version": forecast.__version__,
+        "forecast.version": __version__,
         "forecast.model_version": str(info.get("version", "")),
         "forecast.schema_version": SCHEMA_VERSION,
         "forecast.write_id": uuid.uuid4().hex,
@@ -367,8 +357,6 @@ def _quarter_dates(fc: Forecast) -> tuple[list[Any], list[Any]]:
     cal = fc.info.get("calendar")
     if not cal:
         return [None] * len(fc.quarters), [None] * len(fc.quarters)
-    from forecast.calendar import FiscalCalendar
-
     calendar = FiscalCalendar.from_dict(dict(cal))
     qs = [calendar.quarter_from_label(q) for q in fc.quarters]
     return [q.start.date() for q in qs], [q.end.date() for q in qs]
@@ -381,8 +369,6 @@ def _frame_batch(frame: Any, schema: pa.Schema) -> pa.RecordBatch:
 
 
 def _batches(fc: Forecast, table: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    import polars as pl
-
     qindex = pl.DataFrame(
         {"quarter": list(fc.quarters), "quarter_index": np.arange(len(fc.quarters))}
     )

@@ -40,22 +40,36 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import check_bool, check_float, check_int, check_seed
+from forecast.calendar import FiscalCalendar
+from forecast.data.deal_log import DealLog
 from forecast.errors import ModelError, ParameterError
+from forecast.fit.competing_risks import (
+    CensoredSpells,
+    ExitCurves,
+    aalen_johansen,
+    absorption_probabilities,
+    win_probability,
+)
+from forecast.fit.fitting import fit
+from forecast.fit.model import PipelineModel
+from forecast.io import atomic_write_bytes
+from forecast.segments import POOLED_SEGMENT, SEGMENT_COLUMN, segment_labels
 
-if TYPE_CHECKING:  # pragma: no cover
-    from forecast.data.deal_log import DealLog
-    from forecast.fit.competing_risks import ExitCurves
-    from forecast.fit.model import PipelineModel
+__all__ = [
+    "SalesMetrics",
+    "compute_metrics",
+    "fit_and_compute_metrics",
+    "open_deal_outcome_probabilities",
+]
 
-__all__ = ["SalesMetrics", "compute_metrics", "open_deal_outcome_probabilities"]
-
-_ALL = "all"
+#: Label of the rows that total over every period (creation quarter) or every stage.
+TOTAL = "all"
 _US_PER_DAY = 86_400_000_000.0
 #: Ages (days in stage) beyond this are read at this age, as in the simulation.
 _MAX_AGE_DAYS = 1095.0
@@ -118,8 +132,6 @@ class SalesMetrics:
         list of Path
             The files written, in the order of :meth:`tables`.
         """
-        from forecast.io import atomic_write_bytes
-
         out = Path(directory)
         paths = []
         for name, frame in self.tables().items():
@@ -132,7 +144,9 @@ class SalesMetrics:
 
     def __str__(self) -> str:
         lines = [f"Sales metrics as of {self.as_of:%Y-%m-%d}"]
-        wr = self.win_rates.filter((pl.col("segment") == _ALL) & (pl.col("period") == _ALL))
+        wr = self.win_rates.filter(
+            (pl.col("segment") == POOLED_SEGMENT) & (pl.col("period") == TOTAL)
+        )
         if wr.height:
             r = wr.row(0, named=True)
             lines.append(
@@ -149,17 +163,21 @@ class SalesMetrics:
                 f"{_pct(r['no_decision_rate_censoring_aware'])} censoring-aware"
             )
         cy = self.cycle_length.filter(
-            (pl.col("segment") == _ALL) & (pl.col("method") == "censoring_aware")
+            (pl.col("segment") == POOLED_SEGMENT) & (pl.col("method") == "censoring_aware")
         )
         for r in cy.iter_rows(named=True):
             lines.append(f"  median cycle ({r['deals']} deals): {_days(r['median_days'])}")
-        conv = self.conversion.filter(pl.col("segment") == self.info.get("overall_segment", _ALL))
+        conv = self.conversion.filter(
+            pl.col("segment") == self.info.get("overall_segment", POOLED_SEGMENT)
+        )
         if conv.height:
             parts = [
                 f"{r['stage']} {_pct(r['win_probability'])}" for r in conv.iter_rows(named=True)
             ]
             lines.append("  win probability from stage: " + ", ".join(parts))
-        sl = self.slippage.filter((pl.col("segment") == _ALL) & (pl.col("stage") == _ALL))
+        sl = self.slippage.filter(
+            (pl.col("segment") == POOLED_SEGMENT) & (pl.col("stage") == TOTAL)
+        )
         if sl.height:
             r = sl.row(0, named=True)
             lines.append(
@@ -193,8 +211,6 @@ def _days(x: float | None) -> str:
 # =============================================================================================
 def _terminal_probabilities(curves: Sequence[ExitCurves], stage: int, age: float) -> np.ndarray:
     """Eventual (won, lost, no decision) probabilities of a deal in ``stage`` for ``age`` days."""
-    from forecast.fit.competing_risks import absorption_probabilities
-
     k = len(curves)
     c = curves[stage]
     try:
@@ -217,7 +233,7 @@ def open_deal_outcome_probabilities(model: PipelineModel, pipeline: pl.DataFrame
     model : PipelineModel
     pipeline : polars.DataFrame
         Open deals (:meth:`DealLog.pipeline`) with a ``_segment`` label column
-        (``forecast.fit.fitting.segment_labels`` with ``model.segment_by``).
+        (:func:`forecast.segments.segment_labels` with ``model.segment_by``).
 
     Returns
     -------
@@ -226,8 +242,6 @@ def open_deal_outcome_probabilities(model: PipelineModel, pipeline: pl.DataFrame
         stage (rows sum to 1; mass that would never leave a stage is spread
         proportionally).
     """
-    from forecast.fit.fitting import SEGMENT_COLUMN
-
     out = np.zeros((pipeline.height, 3))
     if pipeline.height == 0:
         return out
@@ -263,8 +277,6 @@ def _deal_table(
     log: DealLog, model: PipelineModel, t: dt.datetime, calendar: FiscalCalendar
 ) -> pl.DataFrame:
     """One row per deal at ``t``: segment, period, status, amount, outcome probabilities, days."""
-    from forecast.fit.fitting import SEGMENT_COLUMN, segment_labels
-
     outcomes = segment_labels(log.outcomes(t), model.segment_by)
     pipe = segment_labels(log.pipeline(t), model.segment_by)
     p = open_deal_outcome_probabilities(model, pipe)
@@ -299,13 +311,15 @@ def _deal_table(
 
 
 def _with_all(deals: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
-    """``deals`` stacked with copies where each key in ``keys`` is replaced by ``"all"``."""
+    """``deals`` stacked with copies where each key in ``keys`` is replaced by its total label
+    (:data:`POOLED_SEGMENT` for ``segment``, :data:`TOTAL` for any other key)."""
     frames = [deals]
-    # a key whose only value is already "all" (one unnamed segment) is not duplicated
-    keys = [k for k in keys if not (deals[k] == _ALL).all()]
+    label = {k: POOLED_SEGMENT if k == "segment" else TOTAL for k in keys}
+    # a key whose only value is already its total (one unnamed segment) is not duplicated
+    keys = [k for k in keys if not (deals[k] == label[k]).all()]
     for i in range(1, 2 ** len(keys)):
         repl = [key for j, key in enumerate(keys) if i >> j & 1]
-        frames.append(deals.with_columns(pl.lit(_ALL).alias(key) for key in repl))
+        frames.append(deals.with_columns(pl.lit(label[key]).alias(key) for key in repl))
     return pl.concat(frames)
 
 
@@ -313,7 +327,7 @@ def _win_rates(deals: pl.DataFrame) -> pl.DataFrame:
     d = _with_all(deals, ["segment", "period"])
     closed = pl.col("status") != "open"
     won = pl.col("status") == "won"
-    out = d.group_by(["segment", "period"]).agg(
+    out = d.group_by(["segment", "period"], maintain_order=True).agg(
         pl.len().alias("n_deals"),
         won.sum().alias("n_won"),
         (pl.col("status") == "lost").sum().alias("n_lost"),
@@ -356,7 +370,7 @@ def _win_rates(deals: pl.DataFrame) -> pl.DataFrame:
             ),
         )
         .drop("_nd_expected", "_won_amount_expected", "_won_expected")
-        .sort(pl.col("segment") == _ALL, "segment", pl.col("period") == _ALL, "period")
+        .sort(pl.col("segment") == POOLED_SEGMENT, "segment", pl.col("period") == TOTAL, "period")
     )
 
 
@@ -372,8 +386,6 @@ def _draw_curves(model: PipelineModel, g: str, b: int) -> list[ExitCurves]:
 
 
 def _conversion(model: PipelineModel, within_days: Sequence[float], level: float) -> pl.DataFrame:
-    from forecast.fit.competing_risks import win_probability
-
     won = model.stages.WON
     K = model.stages.n_open
     lo, hi = (1 - level) / 2, (1 + level) / 2
@@ -387,7 +399,7 @@ def _conversion(model: PipelineModel, within_days: Sequence[float], level: float
         draw_sets = [_draw_curves(model, g, b) for b in range(B)] if g is not None else []
         for k in range(K):
             row: dict[str, Any] = {
-                "segment": _ALL if g is None else g,
+                "segment": POOLED_SEGMENT if g is None else g,
                 "stage": model.stages.open[k],
                 "n_spells": int(curves[k].n_spells),
             }
@@ -424,8 +436,6 @@ def _quantiles_from_cdf(times: np.ndarray, cdf: np.ndarray, qs: Sequence[float])
 
 
 def _cycle_rows(segment: str, d: pl.DataFrame) -> list[dict[str, Any]]:
-    from forecast.fit.competing_risks import CensoredSpells, aalen_johansen
-
     code = {"won": 0, "lost": 1, "no_decision": 2}
     status = d["status"].to_list()
     dest = np.array([code.get(s, -1) for s in status], dtype=np.int64)
@@ -475,8 +485,8 @@ def _cycle_rows(segment: str, d: pl.DataFrame) -> list[dict[str, Any]]:
 def _cycle_length(deals: pl.DataFrame) -> pl.DataFrame:
     rows = []
     segs = sorted(deals["segment"].unique().to_list())
-    for g in segs + ([_ALL] if len(segs) > 1 else []):
-        d = deals if g == _ALL else deals.filter(pl.col("segment") == g)
+    for g in segs + ([POOLED_SEGMENT] if len(segs) > 1 else []):
+        d = deals if g == POOLED_SEGMENT else deals.filter(pl.col("segment") == g)
         rows.extend(_cycle_rows(g, d))
     return pl.DataFrame(rows, infer_schema_length=None)
 
@@ -504,7 +514,7 @@ def _time_in_stage(model: PipelineModel) -> pl.DataFrame:
                     qv.append(float(i - 1 + (q - cdf[i - 1]) / (cdf[i] - cdf[i - 1])))
             rows.append(
                 {
-                    "segment": _ALL if g is None else g,
+                    "segment": POOLED_SEGMENT if g is None else g,
                     "stage": model.stages.open[k],
                     "n_spells": int(c.n_spells),
                     "median_days": qv[0],
@@ -522,11 +532,11 @@ def _velocity(deals: pl.DataFrame, cycle: pl.DataFrame) -> pl.DataFrame:
         .select("segment", "median_days")
         .rows()
     )
-    if _ALL not in won_cycle and len(won_cycle) == 1:
-        won_cycle[_ALL] = next(iter(won_cycle.values()))
+    if POOLED_SEGMENT not in won_cycle and len(won_cycle) == 1:
+        won_cycle[POOLED_SEGMENT] = next(iter(won_cycle.values()))
     d = _with_all(deals, ["segment", "period"])
     out = (
-        d.group_by(["segment", "period"])
+        d.group_by(["segment", "period"], maintain_order=True)
         .agg(
             pl.len().alias("opportunities"),
             pl.col("amount").mean().alias("average_value"),
@@ -558,7 +568,9 @@ def _velocity(deals: pl.DataFrame, cycle: pl.DataFrame) -> pl.DataFrame:
             pl.lit(-1.0).alias("elasticity_cycle_length"),
         )
     )
-    return out.sort(pl.col("segment") == _ALL, "segment", pl.col("period") == _ALL, "period")
+    return out.sort(
+        pl.col("segment") == POOLED_SEGMENT, "segment", pl.col("period") == TOTAL, "period"
+    )
 
 
 def _slippage(
@@ -592,11 +604,11 @@ def _slippage(
     stage_names = list(model.stages.open)
     rows = []
     segs = sorted(per_deal["segment"].unique().to_list())
-    for g in segs + ([_ALL] if len(segs) > 1 else []):
-        pdg = per_deal if g == _ALL else per_deal.filter(pl.col("segment") == g)
+    for g in segs + ([POOLED_SEGMENT] if len(segs) > 1 else []):
+        pdg = per_deal if g == POOLED_SEGMENT else per_deal.filter(pl.col("segment") == g)
         ids = pdg["deal_id"]
-        for stage in [*stage_names, _ALL]:
-            if stage == _ALL:
+        for stage in [*stage_names, TOTAL]:
+            if stage == TOTAL:
                 members = pdg
                 ps = pushes.filter(pl.col("deal_id").is_in(ids.implode()))
             else:
@@ -632,7 +644,7 @@ def _slippage(
                 row[f"win_rate_{name}_censoring_aware"] = (
                     float(grp["p_won"].mean()) if grp.height else None
                 )
-            if stage == _ALL:
+            if stage == TOTAL:
                 slip = members.filter(pl.col("slip_at_close_days").is_not_null())
                 won_slip = slip.filter(pl.col("status") == "won")["slip_at_close_days"]
                 row["median_slip_at_win_days"] = (
@@ -648,8 +660,6 @@ def _slippage(
 # Coverage and Pipeline Value Factor
 # =============================================================================================
 def _replicated_log(log: DealLog, deal_ids: pl.Series, copies: int) -> DealLog:
-    from forecast.data.deal_log import DealLog
-
     ev = log.events.filter(pl.col("deal_id").is_in(deal_ids.implode()))
     parts = [ev.with_columns(pl.col("deal_id") + f"#{i}") for i in range(copies)]
     out = pl.concat(parts).sort("deal_id", "timestamp", "source_row")
@@ -771,14 +781,9 @@ def _coverage(
 # Entry point
 # =============================================================================================
 def compute_metrics(
+    model: PipelineModel,
     log: DealLog,
     *,
-    model: PipelineModel | None = None,
-    as_of: object | None = None,
-    segment_by: Sequence[str] | None = None,
-    calendar: FiscalCalendar | None = None,
-    n_draws: int = 16,
-    seed: int = 0,
     within_days: Sequence[float] = (90.0, 180.0),
     interval_level: float = 0.9,
     coverage: bool = True,
@@ -786,26 +791,20 @@ def compute_metrics(
     target_probability: float = 0.8,
     target_quarter: int = 0,
     n_paths: int = 2000,
+    seed: int = 0,
     max_copies: int = 256,
 ) -> SalesMetrics:
-    """Compute the sales metrics of ``log`` at ``as_of``, open deals handled through the model.
+    """The sales metrics of ``log`` at ``model.as_of``, open deals handled through ``model``.
+
+    To fit the model and compute the metrics in one call, see
+    :func:`fit_and_compute_metrics`.
 
     Parameters
     ----------
+    model : PipelineModel
+        A model fitted on ``log`` (its as-of date, segments and calendar are used).
     log : DealLog
-    model : PipelineModel, optional
-        A model fitted on ``log``; default: ``forecast.fit(log, as_of=as_of,
-        segment_by=segment_by, calendar=calendar, n_draws=n_draws, seed=seed)``.
-    as_of : date-like, optional
-        Default: the model's as-of date, else the log's last event. Must equal
-        the model's as-of date when both are given.
-    segment_by : sequence of str, optional
-        Segment columns (default: the model's, else none); must equal the
-        model's when both are given.
-    calendar : FiscalCalendar, optional
-        Default: the model's, else calendar-year quarters.
-    n_draws, seed : int
-        Parameter draws and seed of the fit when ``model`` is not given.
+        The history; only rows up to ``model.as_of`` are read.
     within_days : sequence of float, default (90, 180)
         Horizons (days) of the "win within" conversion probabilities.
     interval_level : float, default 0.9
@@ -820,7 +819,9 @@ def compute_metrics(
     target_quarter : int, default 0
         Quarter index from the as-of quarter (0 = the quarter containing as_of).
     n_paths : int, default 2000
-        Simulated paths per coverage evaluation.
+        Simulated paths per coverage evaluation (≥ 100).
+    seed : int, default 0
+        Seed of the coverage simulations.
     max_copies : int, default 256
         Largest multiple of a stage's deals tried before reporting an infinite
         Pipeline Value Factor.
@@ -884,54 +885,40 @@ def compute_metrics(
     Raises
     ------
     ParameterError
-        If an argument is out of range or disagrees with the model.
+        If an argument is out of range.
     """
-    import forecast
-
-    if model is None:
-        cal = calendar or FiscalCalendar()
-        model = forecast.fit(
-            log, as_of=as_of, segment_by=tuple(segment_by or ()), calendar=cal,
-            n_draws=n_draws, seed=seed,
-        )  # fmt: skip
-    else:
-        if as_of is not None and _as_datetime(as_of, "as_of") != model.as_of:
-            raise ParameterError(
-                f"The `as_of` of `compute_metrics` ({_as_datetime(as_of, 'as_of'):%Y-%m-%d %H:%M}) "
-                f"differs from the model's ({model.as_of:%Y-%m-%d %H:%M}); omit it or refit."
-            )
-        if segment_by is not None and tuple(segment_by) != tuple(model.segment_by):
-            raise ParameterError(
-                f"The `segment_by` of `compute_metrics` {list(segment_by)} differs from the "
-                f"model's {list(model.segment_by)}; omit it or refit."
-            )
-        if calendar is not None and calendar != model.calendar:
-            raise ParameterError(
-                "The `calendar` of `compute_metrics` differs from the model's; omit it or refit."
-            )
-    if not (0.0 < float(interval_level) < 1.0):
+    caller = "compute_metrics"
+    if not isinstance(model, PipelineModel):
         raise ParameterError(
-            f"The `interval_level` of `compute_metrics` must be in (0, 1). Got {interval_level!r}."
+            f"The `model` parameter of `{caller}` must be a fitted `PipelineModel` (from "
+            f"`forecast.fit`); to fit one here use `fit_and_compute_metrics`. "
+            f"Got {type(model).__name__}."
         )
-    if not (0.0 < float(target_probability) < 1.0):
+    if not isinstance(log, DealLog):
         raise ParameterError(
-            "The `target_probability` of `compute_metrics` must be in (0, 1). "
-            f"Got {target_probability!r}."
+            f"The `log` parameter of `{caller}` must be a `DealLog`. Got {type(log).__name__}."
         )
-    bad = [w for w in within_days if not (np.isfinite(w) and w > 0)]
-    if bad:
+    level = check_float(
+        interval_level, "interval_level", caller, minimum=0.0, maximum=1.0, low_open=True,
+        high_open=True,
+    )  # fmt: skip
+    probability = check_float(
+        target_probability, "target_probability", caller, minimum=0.0, maximum=1.0,
+        low_open=True, high_open=True,
+    )  # fmt: skip
+    if isinstance(within_days, str | bytes) or not isinstance(within_days, Sequence):
         raise ParameterError(
-            f"The `within_days` of `compute_metrics` must be days > 0. Got {list(within_days)!r}."
+            f"The `within_days` parameter of `{caller}` must be a list of days > 0. "
+            f"Got {within_days!r}."
         )
-    for name, value, minimum in (
-        ("target_quarter", target_quarter, 0),
-        ("n_paths", n_paths, 100),
-        ("max_copies", max_copies, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ParameterError(
-                f"The `{name}` of `compute_metrics` must be an int ≥ {minimum}. Got {value!r}."
-            )
+    within = [
+        check_float(w, "within_days", caller, minimum=0.0, low_open=True) for w in within_days
+    ]
+    coverage = check_bool(coverage, "coverage", caller)
+    target_quarter = check_int(target_quarter, "target_quarter", caller, minimum=0)
+    n_paths = check_int(n_paths, "n_paths", caller, minimum=100)
+    seed = check_seed(seed, caller)
+    max_copies = check_int(max_copies, "max_copies", caller, minimum=1)
     t = model.as_of
     cal = model.calendar
     deals = _deal_table(log.as_of(t), model, t, cal)
@@ -939,26 +926,27 @@ def compute_metrics(
     info: dict[str, Any] = {
         "segment_by": list(model.segment_by),
         "n_draws": 0 if model.draws is None else model.draws.n_draws,
-        "interval_level": float(interval_level),
+        "interval_level": level,
         "model_fingerprint": model.fingerprint,
         "open_stages": tuple(model.stages.open),
-        "overall_segment": _ALL if len(model.segments) > 1 else model.segments[0],
+        "overall_segment": POOLED_SEGMENT if len(model.segments) > 1 else model.segments[0],
     }
     cov = pl.DataFrame()
     if coverage:
-        tgt = _default_target(log, t, cal) if target is None else float(target)
-        if not (np.isfinite(tgt) and tgt > 0):
-            raise ParameterError(
-                "The `target` of `compute_metrics` must be a currency amount > 0 (the default, "
-                f"mean bookings of the last four quarters, is {tgt!r}); pass `target=`."
-            )
-        cov = _coverage(
-            model, log, t, tgt, float(target_probability), target_quarter, n_paths, seed, max_copies
-        )
-        info |= {"target": tgt, "target_probability": float(target_probability)}
+        if target is None:
+            tgt = _default_target(log, t, cal)
+            if not (np.isfinite(tgt) and tgt > 0):
+                raise ParameterError(
+                    f"`{caller}` needs a `target` (currency > 0): the default, the mean bookings "
+                    f"of the last four quarters, is {tgt!r}; pass `target=`."
+                )
+        else:
+            tgt = check_float(target, "target", caller, minimum=0.0, low_open=True)
+        cov = _coverage(model, log, t, tgt, probability, target_quarter, n_paths, seed, max_copies)
+        info |= {"target": tgt, "target_probability": probability}
     return SalesMetrics(
         win_rates=_win_rates(deals),
-        conversion=_conversion(model, within_days, float(interval_level)),
+        conversion=_conversion(model, within, level),
         cycle_length=cycle,
         time_in_stage=_time_in_stage(model),
         velocity=_velocity(deals, cycle),
@@ -967,3 +955,42 @@ def compute_metrics(
         as_of=t,
         info=info,
     )
+
+
+def fit_and_compute_metrics(
+    log: DealLog,
+    *,
+    as_of: object | None = None,
+    segment_by: Sequence[str] = (),
+    calendar: FiscalCalendar | None = None,
+    n_draws: int = 16,
+    seed: int = 0,
+    **options: Any,
+) -> SalesMetrics:
+    """Fit the model (:func:`forecast.fit`) and compute its sales metrics in one call.
+
+    Parameters
+    ----------
+    log : DealLog
+    as_of : date-like, optional
+        Default: the log's last event.
+    segment_by : sequence of str
+        Segment columns (default none).
+    calendar : FiscalCalendar, optional
+        Default: calendar-year quarters.
+    n_draws : int, default 16
+        Parameter draws of the fit (the conversion intervals come from them).
+    seed : int, default 0
+        Seed of the fit and of the coverage simulations.
+    **options
+        Keyword arguments of :func:`compute_metrics` (``within_days``,
+        ``interval_level``, ``coverage``, ``target``, ...).
+
+    Returns
+    -------
+    SalesMetrics
+    """
+    model = fit(
+        log, as_of=as_of, segment_by=segment_by, calendar=calendar, n_draws=n_draws, seed=seed
+    )
+    return compute_metrics(model, log, seed=seed, **options)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from forecast._validation import check_int
 from forecast.errors import ParameterError
 from forecast.io import atomic_write_bytes
 
@@ -207,10 +208,7 @@ def deal_risk_chart(fc: Forecast, quarter: str | None = None, *, top: int = 20) 
     from matplotlib.patches import Patch
     from matplotlib.ticker import PercentFormatter
 
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ParameterError(
-            f"The `top` parameter of `deal_risk_chart` must be an int ≥ 1. Got {top!r}."
-        )
+    top = check_int(top, "top", "deal_risk_chart", minimum=1)
     quarter = fc.riskiest_quarter() if quarter is None else quarter
     risk = fc.deal_risk(quarter).head(top)
     fig = _figure((8.0, max(2.5, 0.6 + 0.32 * max(risk.height, 1))))

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from forecast._validation import check_float
 from forecast.errors import ParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,16 +76,10 @@ _MAX_LEVER = 100.0
 
 
 def _check_lever(name: str, value: object, *, allow_zero: bool) -> float:
-    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-    x = float(value) if ok else math.nan  # type: ignore[arg-type]
-    low_ok = x >= 0.0 if allow_zero else x > 0.0
-    if not (ok and math.isfinite(x) and low_ok and x <= _MAX_LEVER):
-        low = "≥ 0" if allow_zero else "> 0"
-        raise ParameterError(
-            f"The `{name}` lever of `with_changes` must be a finite multiple {low} and "
-            f"≤ {_MAX_LEVER:g} (1.0 = no change). Got {value!r}."
-        )
-    return x
+    """A lever: a multiple in ``(0, 100]`` (``[0, 100]`` when zero is allowed); 1.0 = no change."""
+    return check_float(
+        value, name, "with_changes", minimum=0.0, maximum=_MAX_LEVER, low_open=not allow_zero
+    )
 
 
 def win_rate_multipliers(

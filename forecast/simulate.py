@@ -2,7 +2,9 @@
 
 The path range is split into chunks; every path has its own random stream seeded
 from ``(seed, path index)``, so the samples do not depend on the chunk size, the
-thread count or the executor (see ``docs/internals.md`` §5).
+thread count or the executor. The outcome probabilities and the sampling scheme
+are described in ``docs/model.md`` (sections 12 and 13), the arrays in
+``docs/internals.md`` §5.
 """
 
 from __future__ import annotations
@@ -15,9 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+from tqdm import tqdm
 
+from forecast._kernels import (
+    ModelArrays,
+    OutcomeArrays,
+    PathSamples,
+    SamplingInputs,
+    outcome_probabilities,
+    sample_paths,
+    sampling_inputs,
+    simulate_arrays,
+)
+from forecast._validation import check_int, check_seed
 from forecast.errors import ParameterError
 from forecast.results import Forecast
+from forecast.segments import SEGMENT_COLUMN, segment_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from forecast.data.deal_log import DealLog
@@ -60,14 +75,6 @@ def quarter_bins(model: PipelineModel, horizon: int) -> tuple[list[Any], np.ndar
     return quarters, qb
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ParameterError(
-            f"The `{name}` parameter of `simulate` must be an int ≥ {minimum}. Got {value!r}."
-        )
-    return int(value)
-
-
 def weighted_pipeline(model: PipelineModel, pipe: pl.DataFrame, quarters: list[Any]) -> np.ndarray:
     """The classical weighted pipeline per quarter, currency, shape (H,).
 
@@ -106,7 +113,9 @@ def early_window_days(model: PipelineModel, quarters: list[Any]) -> int:
     return max(0, math.ceil(left / _DAY)) if left > dt.timedelta(0) else 0
 
 
-def condition_on_not_pulled_in(arrays: Any, outcomes: Any, early_days: int) -> Any:
+def condition_on_not_pulled_in(
+    arrays: ModelArrays, outcomes: OutcomeArrays, early_days: int
+) -> OutcomeArrays:
     """Condition today's open deals on not having been pulled into the closed quarter.
 
     Under the quarter-end model a win due in the first ``W`` days of a quarter
@@ -121,8 +130,8 @@ def condition_on_not_pulled_in(arrays: Any, outcomes: Any, early_days: int) -> A
 
     Parameters
     ----------
-    arrays : forecast._kernels.ModelArrays
-    outcomes : forecast._kernels.OutcomeArrays
+    arrays : ModelArrays
+    outcomes : OutcomeArrays
         From :func:`forecast._kernels.outcome_probabilities` of ``arrays``.
     early_days : int
         Day bins from the as-of instant to the end of the early window
@@ -133,10 +142,6 @@ def condition_on_not_pulled_in(arrays: Any, outcomes: Any, early_days: int) -> A
     forecast._kernels.OutcomeArrays
         New ``p_win``/``p_qe`` of today's deals (new deals unchanged).
     """
-    import dataclasses
-
-    from forecast._kernels import outcome_probabilities
-
     n_deals = outcomes.p_win.shape[1]
     if early_days <= 0 or n_deals == 0:
         return outcomes
@@ -192,7 +197,7 @@ def _won_elasticity(dens_gk: np.ndarray, won: int, n_bins: int = 8) -> tuple[flo
     return float((w[ok] * (1.0 - w[ok] / a[ok])).sum() / total), total
 
 
-def shock_scale(model: PipelineModel, arrays: Any, outcomes: Any) -> float:
+def shock_scale(model: PipelineModel, arrays: ModelArrays, outcomes: OutcomeArrays) -> float:
     """Factor on the shock sigma that gives the kernel's tilt the fitted effect on bookings.
 
     The fitted ``sigma`` (:mod:`forecast.fit.shocks`) is the spread of a shift of
@@ -248,7 +253,7 @@ def shock_scale(model: PipelineModel, arrays: Any, outcomes: Any) -> float:
 
 def model_arrays(
     model: PipelineModel, log: DealLog, horizon: int
-) -> tuple[Any, pl.DataFrame, list[Any], np.ndarray]:
+) -> tuple[ModelArrays, pl.DataFrame, list[Any], np.ndarray]:
     """Pack ``model`` and the open pipeline of ``log`` at ``model.as_of`` into kernel arrays.
 
     Returns
@@ -260,9 +265,6 @@ def model_arrays(
     booked : ndarray, shape (H, G)
         Won before the as-of instant in each horizon quarter, currency.
     """
-    from forecast._kernels import ModelArrays
-    from forecast.fit.fitting import SEGMENT_COLUMN, segment_labels
-
     t = model.as_of
     stages = model.stages
     K, C = stages.n_open, stages.n_codes
@@ -404,14 +406,12 @@ def simulate(
     -------
     Forecast
     """
-    from forecast._kernels import outcome_probabilities, simulate_arrays
-    from forecast.fit.fitting import SEGMENT_COLUMN
-
-    n_paths = _check_int(n_paths, "n_paths", 1)
-    horizon = _check_int(horizon, "horizon", 1)
-    seed = _check_int(seed, "seed", 0)
+    caller = "simulate"
+    n_paths = check_int(n_paths, "n_paths", caller, minimum=1)
+    horizon = check_int(horizon, "horizon", caller, minimum=1)
+    seed = check_seed(seed, caller)
     if threads is not None:
-        threads = _check_int(threads, "threads", 1)
+        threads = check_int(threads, "threads", caller, minimum=1)
     arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
     outcomes = condition_on_not_pulled_in(
         arrays, outcome_probabilities(arrays), early_window_days(model, quarters)
@@ -425,8 +425,6 @@ def simulate(
         bar = None
         callback = None
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=n_paths, unit="path", desc="simulate")
 
             def callback(paths_done_in_chunk: int) -> None:
@@ -468,18 +466,21 @@ def simulate(
     )
 
 
-def _run_shard(inputs: dict[str, Any], start: int, count: int, seed: int, chunk: int | None) -> Any:
-    from forecast._kernels import sample_paths
-
-    return sample_paths(**inputs, seed=seed, n_paths=count, path_start=start, chunk_size=chunk)
+def _run_shard(
+    inputs: SamplingInputs, start: int, count: int, seed: int, chunk: int | None
+) -> PathSamples:
+    return sample_paths(inputs, seed=seed, n_paths=count, path_start=start, chunk_size=chunk)
 
 
 def _simulate_sharded(
-    executor: Any, arrays: Any, outcomes: Any, n_paths: int, seed: int, chunk: int | None
-) -> Any:
+    executor: Any,
+    arrays: ModelArrays,
+    outcomes: OutcomeArrays,
+    n_paths: int,
+    seed: int,
+    chunk: int | None,
+) -> PathSamples:
     """Shard the path range over ``executor``; merge in path order (bit-identical to local)."""
-    from forecast._kernels import PathSamples, sampling_inputs
-
     inputs = sampling_inputs(arrays, outcomes)
     n_shards = max(1, min(64, n_paths // 2000))
     edges = np.linspace(0, n_paths, n_shards + 1).astype(np.int64)

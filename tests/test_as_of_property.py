@@ -10,6 +10,7 @@ Both go through :func:`read_deal_log` (the one validation path), and
 import datetime as dt
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -110,6 +111,7 @@ def load(rows):
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(log_and_cut())
 def test_views_at_t_ignore_everything_after_t(case):

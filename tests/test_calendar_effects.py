@@ -18,9 +18,20 @@ from forecast.fit.calendar_effects import (
     month_index_to_datetime,
     quarter_start_month_index,
 )
+from forecast.fit.data import FitData
 
 D = dt.datetime
 CAL = FiscalCalendar()
+
+
+def pull_in(wins, as_of, *, history_start=None, weights=None, **kw):
+    """fit_quarter_end_effect on a hand-made frame of wins (each row its own deal)."""
+    data = FitData.from_frames(
+        bookings=wins, as_of=as_of, calendar=CAL, history_start=history_start
+    )
+    if weights is not None:
+        data = data.with_weights(weights)
+    return fit_quarter_end_effect(data, **kw)
 
 
 # -- vectorised quarters agree with FiscalCalendar ----------------------------------------------
@@ -65,7 +76,7 @@ def test_counts_by_hand():
             ]
         }
     )
-    e = fit_quarter_end_effect(wins, D(2024, 7, 10), CAL, window_days=14)
+    e = pull_in(wins, D(2024, 7, 10), window_days=14)
     assert (e.n_last, e.n_first, e.n_boundaries) == (3.0, 1.0, 1)
     assert e.pi == pytest.approx(0.5)  # (3 - 1) / 4
     assert e.standard_error == pytest.approx(math.sqrt((1 - 0.25) / 4))
@@ -74,21 +85,19 @@ def test_counts_by_hand():
 
 def test_negative_estimate_is_clipped_and_reported_raw():
     wins = pl.DataFrame({"won_at": [D(2024, 3, 25), D(2024, 4, 2), D(2024, 4, 3), D(2024, 4, 4)]})
-    e = fit_quarter_end_effect(wins, D(2024, 6, 1), CAL, history_start=D(2024, 1, 1))
+    e = pull_in(wins, D(2024, 6, 1), history_start=D(2024, 1, 1))
     assert e.pi == 0.0 and e.raw_estimate == pytest.approx(-0.5)
 
 
 def test_weights_scale_free_and_kish_se():
     wins = pl.DataFrame({"won_at": [D(2024, 3, 25), D(2024, 3, 26), D(2024, 4, 2)]})
     kw = {"history_start": D(2024, 1, 1)}
-    e1 = fit_quarter_end_effect(wins, D(2024, 6, 1), CAL, **kw)
-    e2 = fit_quarter_end_effect(wins.with_columns(weight=pl.lit(2.5)), D(2024, 6, 1), CAL, **kw)
+    e1 = pull_in(wins, D(2024, 6, 1), **kw)
+    e2 = pull_in(wins, D(2024, 6, 1), weights=[2.5] * 3, **kw)
     assert e2.pi == pytest.approx(e1.pi) and e2.standard_error == pytest.approx(e1.standard_error)
     assert e2.n_last == pytest.approx(5.0)
     # unequal weights: n = 3 + 1 + 2 = 6, Kish n_eff = 36 / (9 + 1 + 4) = 36/14
-    e3 = fit_quarter_end_effect(
-        wins.with_columns(weight=pl.Series([3.0, 1.0, 2.0])), D(2024, 6, 1), CAL, **kw
-    )
+    e3 = pull_in(wins, D(2024, 6, 1), weights=[3.0, 1.0, 2.0], **kw)
     assert e3.pi == pytest.approx((4 - 2) / 6)
     assert e3.standard_error == pytest.approx(math.sqrt((1 - (1 / 3) ** 2) / (36 / 14)))
 
@@ -100,13 +109,13 @@ def test_outcomes_frame_keeps_wins_only():
             "status": ["won", "lost", "won"],
         }
     )
-    e = fit_quarter_end_effect(oc, D(2024, 6, 1), CAL, history_start=D(2024, 1, 1))
+    e = pull_in(oc, D(2024, 6, 1), history_start=D(2024, 1, 1))
     assert (e.n_last, e.n_first) == (1.0, 1.0)
 
 
 def test_single_quarter_of_history_falls_back_to_zero():
     wins = pl.DataFrame({"won_at": [D(2024, 1, 5), D(2024, 2, 10)]})
-    e = fit_quarter_end_effect(wins, D(2024, 3, 1), CAL)
+    e = pull_in(wins, D(2024, 3, 1))
     assert e.pi == 0.0 and math.isinf(e.standard_error) and not e.estimated
     assert "no complete quarter boundary" in e.note
     assert e.summary()["pi"].item() == 0.0
@@ -115,20 +124,20 @@ def test_single_quarter_of_history_falls_back_to_zero():
 def test_errors_name_the_parameter():
     wins = pl.DataFrame({"when": [D(2024, 1, 5)]})
     with pytest.raises(ParameterError, match="won_at"):
-        fit_quarter_end_effect(wins, D(2024, 3, 1), CAL)
+        pull_in(wins, D(2024, 3, 1))
     with pytest.raises(ParameterError, match="window_days"):
-        fit_quarter_end_effect(wins, D(2024, 3, 1), CAL, window_days=0, time_column="when")
+        pull_in(wins, D(2024, 3, 1), window_days=0, time_column="when")
     with pytest.raises(ParameterError, match="weight"):
-        fit_quarter_end_effect(
-            wins.with_columns(weight=pl.lit(-1.0)), D(2024, 3, 1), CAL, time_column="when"
-        )
+        pull_in(wins, D(2024, 3, 1), weights=[-1.0], time_column="when")
+    with pytest.raises(ParameterError, match="with_weights"):
+        pull_in(wins.with_columns(weight=pl.lit(1.0)), D(2024, 3, 1), time_column="when")
 
 
 def test_json_round_trip_is_strict_json():
     wins = pl.DataFrame({"won_at": [D(2024, 3, 25), D(2024, 4, 2)]})
     for e in (
-        fit_quarter_end_effect(wins, D(2024, 6, 1), CAL, history_start=D(2024, 1, 1)),
-        fit_quarter_end_effect(wins, D(2024, 4, 5), CAL),  # fallback with infinite SE
+        pull_in(wins, D(2024, 6, 1), history_start=D(2024, 1, 1)),
+        pull_in(wins, D(2024, 4, 5)),  # fallback with infinite SE
     ):
         text = json.dumps(e.to_dict(), allow_nan=False)
         back = QuarterEndEffect.from_dict(json.loads(text))
@@ -163,7 +172,7 @@ def test_recovers_pull_in_within_sampling_error(pi_true):
     # SE = sqrt((1 - pi²)/n) ≈ 0.019; the raw estimate is unbiased and asymptotically
     # normal, so |raw - pi| < 3 SE fails with probability 0.3% (seeded: deterministic).
     wins = simulate_wins(pi_true, 5.0, D(2019, 1, 1), D(2024, 1, 20), 14, seed=11)
-    e = fit_quarter_end_effect(wins, D(2024, 1, 20), CAL, history_start=D(2019, 1, 1))
+    e = pull_in(wins, D(2024, 1, 20), history_start=D(2019, 1, 1))
     assert e.n_boundaries == 20  # 2019-04-01 .. 2024-01-01
     assert e.standard_error == pytest.approx(
         math.sqrt((1 - e.raw_estimate**2) / (e.n_last + e.n_first))

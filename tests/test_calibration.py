@@ -1,4 +1,4 @@
-"""Issue 4's third check: the mean forecast of each quarter equals the mean bookings.
+"""Calibration: the mean forecast of each quarter equals the mean bookings.
 
 Over independent worlds of the synthetic generator (default parameters: shared
 shocks, quarter-end pull-in, three segments of different speed and size), each
@@ -22,6 +22,8 @@ from __future__ import annotations
 import pytest
 
 from forecast.datasets.calibration import forecast_vs_bookings, summarise_bias
+
+pytestmark = pytest.mark.slow
 
 N_WORLDS = 80
 

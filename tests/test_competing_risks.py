@@ -401,6 +401,7 @@ def _late_loss_sample(seed: int, n: int = 3000) -> CensoredSpells:
     return CensoredSpells(np.where(obs, t, cens), np.where(obs, np.where(won, 1, 2), -1), n_codes=3)
 
 
+@pytest.mark.slow
 def test_censoring_naive_estimate_is_biased_aalen_johansen_is_not():
     def estimates(seed: int) -> tuple[float, float]:
         s = _late_loss_sample(seed)

@@ -10,23 +10,27 @@ import numpy as np
 import polars as pl
 import pytest
 
-import forecast
-from forecast.datasets import load_sample
+from forecast.backtest import backtest
+
+pytestmark = pytest.mark.slow
 
 distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
-def fitted():
-    log = load_sample()
-    model = forecast.fit(log, as_of="2025-01-01", segment_by=["segment"], n_draws=4, seed=2)
-    return log, model
+def fitted(sample_log, sample_model):
+    return sample_log, sample_model
 
 
 @pytest.fixture(scope="module")
 def dask_client():
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        # ":0": a free port for the dashboard, so that a cluster another process runs
+        # on the same machine (default port 8787) does not make this one warn
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
     )
     client = distributed.Client(cluster)
     try:
@@ -69,10 +73,8 @@ def test_simulation_on_process_pool_is_bit_identical(fitted):
     _same(local, remote)
 
 
-def test_backtest_on_dask_cluster_is_identical(dask_executor):
-    from forecast.backtest import backtest
-
-    log = load_sample()
+def test_backtest_on_dask_cluster_is_identical(dask_executor, sample_log):
+    log = sample_log
     kwargs = dict(origins=["2024-04-01", "2024-07-01"], horizon=1, n_paths=500, n_draws=2, seed=4)
     local = backtest(log, **kwargs)
     remote = backtest(log, executor=dask_executor, **kwargs)

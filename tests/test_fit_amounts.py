@@ -12,6 +12,8 @@ from forecast.errors import MissingColumnError, ModelError, ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts, weighted_quantile_grid
 from forecast.fit.bootstrap import dirichlet_deal_weights
 from forecast.fit.calendar_effects import in_quarter_end_window
+from forecast.fit.data import FitData
+from forecast.segments import POOLED_SEGMENT
 
 D = dt.datetime
 CAL = FiscalCalendar()
@@ -63,14 +65,24 @@ def hand_frames():
 SMALL = {"min_segment_wins": 1, "min_segment_new_deals": 1}
 
 
+def amounts(spells, outcomes, as_of, segment_by=(), weights=None, **options):
+    """fit_amounts on hand-made frames; ``weights`` maps deal id -> weight."""
+    data = FitData.from_frames(
+        spells=spells, outcomes=outcomes, as_of=as_of, calendar=CAL, segment_by=segment_by
+    )
+    if weights is not None:
+        data = data.with_weights([weights[d] for d in data.deal_ids])
+    return fit_amounts(data, **options)
+
+
 def stats_of(model, segment):
     return model.summary().filter(pl.col("segment") == segment).row(0, named=True)
 
 
 def test_ratios_by_hand():
     spells, outcomes = hand_frames()
-    m = fit_amounts(spells, outcomes, D(2024, 4, 1), CAL, ["region"], **SMALL)
-    pooled = stats_of(m, "__pooled__")
+    m = amounts(spells, outcomes, D(2024, 4, 1), ["region"], **SMALL)
+    pooled = stats_of(m, POOLED_SEGMENT)
     # weighted mean of (1.0, 0.5 | w = 1/2 each) and (0.5 | w = 1): (0.5 + 0.25 + 0.5) / 2
     assert pooled["mean_ratio"] == pytest.approx(0.625)
     assert pooled["mean_ratio_quarter_end"] == pytest.approx(0.5)
@@ -90,13 +102,11 @@ def test_ratios_by_hand():
 
 def test_weights_enter_ratios_and_new_amounts():
     spells, outcomes = hand_frames()
-    w = pl.DataFrame({"deal_id": ["a", "b", "c", "e"], "weight": [1.0, 0.0, 1.0, 1.0]})
-    m = fit_amounts(
-        spells.join(w, on="deal_id"), outcomes.join(w, on="deal_id"), D(2024, 4, 1), CAL, **SMALL
-    )
-    assert stats_of(m, "__pooled__")["mean_ratio"] == pytest.approx(0.75)  # b has weight 0
+    w = {"a": 1.0, "b": 0.0, "c": 1.0, "e": 1.0}
+    m = amounts(spells, outcomes, D(2024, 4, 1), weights=w, **SMALL)
+    assert stats_of(m, POOLED_SEGMENT)["mean_ratio"] == pytest.approx(0.75)  # b has weight 0
     # new deals a, c, e (b weight 0): amounts 100, 80, 80
-    assert stats_of(m, "__pooled__")["mean_new_amount"] == pytest.approx(260 / 3)
+    assert stats_of(m, POOLED_SEGMENT)["mean_new_amount"] == pytest.approx(260 / 3)
 
 
 def test_small_segments_and_segments_without_wins_use_pooled():
@@ -117,7 +127,7 @@ def test_small_segments_and_segments_without_wins_use_pooled():
             ),
         ]
     )
-    m = fit_amounts(spells, outcomes, D(2024, 4, 1), CAL, ["region"], min_segment_wins=2)
+    m = amounts(spells, outcomes, D(2024, 4, 1), ["region"], min_segment_wins=2)
     assert m.segments == ("APAC", "EU", "US")
     apac = stats_of(m, "APAC")
     assert apac["ratio_source"] == "pooled" and apac["n_won_deals"] == 0
@@ -134,19 +144,25 @@ def test_errors():
     spells, outcomes = hand_frames()
     no_wins = outcomes.with_columns(status=pl.lit("lost"))
     with pytest.raises(ModelError, match="no won deal"):
-        fit_amounts(spells, no_wins, D(2024, 4, 1), CAL)
+        amounts(spells, no_wins, D(2024, 4, 1))
     with pytest.raises(MissingColumnError, match="segment_x"):
-        fit_amounts(spells, outcomes, D(2024, 4, 1), CAL, ["segment_x"])
-    m = fit_amounts(spells, outcomes, D(2024, 4, 1), CAL)
+        amounts(spells, outcomes, D(2024, 4, 1), ["segment_x"])
+    with pytest.raises(MissingColumnError, match="amount_at_entry"):
+        amounts(spells.drop("amount_at_entry"), outcomes, D(2024, 4, 1))
+    m = amounts(spells, outcomes, D(2024, 4, 1))
     with pytest.raises(ParameterError, match="Unknown `segment`"):
         m.ratio_samples("Mars", False)
     with pytest.raises(ParameterError, match="window_days"):
-        fit_amounts(spells, outcomes, D(2024, 4, 1), CAL, window_days=-1)
+        amounts(spells, outcomes, D(2024, 4, 1), window_days=-1)
+    with pytest.raises(ParameterError, match="significance"):
+        amounts(spells, outcomes, D(2024, 4, 1), significance=1.0)
+    with pytest.raises(ParameterError, match="weights"):
+        amounts(spells, outcomes, D(2024, 4, 1), weights={"a": 1.0, "b": -1.0, "c": 1, "e": 1})
 
 
 def test_json_round_trip_is_strict_json():
     spells, outcomes = hand_frames()
-    m = fit_amounts(spells, outcomes, D(2024, 4, 1), CAL, ["region"], **SMALL)
+    m = amounts(spells, outcomes, D(2024, 4, 1), ["region"], **SMALL)
     text = json.dumps(m.to_dict(), allow_nan=False)
     back = AmountModel.from_dict(json.loads(text))
     assert back.to_dict() == m.to_dict()
@@ -205,8 +221,8 @@ def test_recovers_quarter_end_discount():
     # quarter end ≈ 0.8·0.2/sqrt(300) ≈ 0.009, elsewhere ≈ 0.9·0.2/sqrt(1700) ≈ 0.0044;
     # tolerance 3 SE. The difference 0.1 is ≈ 10 SE, so the test must split.
     spells, outcomes, as_of, qe = simulate_wins(2000, 0.9, 0.8, seed=21)
-    m = fit_amounts(spells, outcomes, as_of, CAL)
-    s = stats_of(m, "__pooled__")
+    m = amounts(spells, outcomes, as_of)
+    s = stats_of(m, POOLED_SEGMENT)
     se_qe, se_el = 0.8 * 0.2 / np.sqrt(qe.sum()), 0.9 * 0.2 / np.sqrt((~qe).sum())
     assert abs(s["mean_ratio_quarter_end"] - 0.8) < 3 * se_qe
     assert abs(s["mean_ratio_elsewhere"] - 0.9) < 3 * se_el
@@ -227,8 +243,8 @@ def test_recovers_quarter_end_discount():
 
 def test_no_quarter_end_difference_pools():
     spells, outcomes, as_of, _ = simulate_wins(2000, 0.9, 0.9, seed=22)
-    m = fit_amounts(spells, outcomes, as_of, CAL)
-    s = stats_of(m, "__pooled__")
+    m = amounts(spells, outcomes, as_of)
+    s = stats_of(m, POOLED_SEGMENT)
     assert s["split_quarter_end"] is False and s["p_value_quarter_end"] >= 0.05
     np.testing.assert_array_equal(m.ratio_samples(None, True), m.ratio_samples(None, False))
     assert abs(s["mean_ratio"] - 0.9) < 3 * 0.9 * 0.2 / np.sqrt(2000)

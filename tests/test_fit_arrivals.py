@@ -11,6 +11,7 @@ import pytest
 from forecast.calendar import FiscalCalendar
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.arrivals import ArrivalModel, fit_arrivals, poisson_glm
+from forecast.fit.data import FitData
 
 D = dt.datetime
 CAL = FiscalCalendar()
@@ -47,6 +48,23 @@ def simulate_outcomes(
     )
 
 
+def arrivals(
+    outcomes, as_of, segment_by=(), *, n_open_stages=None, history_start=None, weight=None, **kw
+):
+    """fit_arrivals on a hand-made outcomes frame (every deal weighted ``weight``)."""
+    data = FitData.from_frames(
+        outcomes=outcomes,
+        as_of=as_of,
+        calendar=CAL,
+        segment_by=segment_by,
+        n_open_stages=n_open_stages,
+        history_start=history_start,
+    )
+    if weight is not None:
+        data = data.with_weights(np.full(data.n_deals, weight))
+    return fit_arrivals(data, **kw)
+
+
 LEVEL, TREND = math.log(200.0), 0.2
 SEASON = (0.15, -0.1, -0.05, 0.0)  # sums to zero: effects coding recovers them directly
 
@@ -55,7 +73,7 @@ def test_recovers_level_trend_and_seasonality():
     # Poisson data, 12 full quarters of ≈ 200 deals: every coefficient within 3 of its own
     # reported standard errors (the GLM's asymptotic normal sampling distribution).
     oc = simulate_outcomes(LEVEL, TREND, SEASON, 12, seed=31)
-    m = fit_arrivals(oc, AS_OF, CAL, lookback_quarters=12)
+    m = arrivals(oc, AS_OF, lookback_quarters=12)
     f = m.fits["all"]
     assert f.terms == ("level", "trend_per_year", "season_q1", "season_q2", "season_q3")
     assert f.n_full_quarters == 12 and f.n_quarters == 13
@@ -67,7 +85,7 @@ def test_recovers_level_trend_and_seasonality():
 
 def test_expected_counts_future_and_partial_quarter():
     oc = simulate_outcomes(LEVEL, TREND, SEASON, 12, seed=32)
-    m = fit_arrivals(oc, AS_OF, CAL)
+    m = arrivals(oc, AS_OF)
     cur, nxt = CAL.quarter_of(AS_OF), CAL.shift(CAL.quarter_of(AS_OF), 1)
     counts = m.expected_counts([(cur.start, cur.end), (nxt.start, nxt.end), (cur.start, nxt.end)])
     assert counts.shape == (1, 3)
@@ -95,7 +113,7 @@ def test_poisson_data_is_not_over_dispersed():
     # Under Poisson, alpha_hat ≈ max(0, (χ²/df − 1)/mu) with sd(χ²/df) ≈ sqrt(2/df): for
     # df = 8 and mu ≈ 200, sd(alpha_hat) ≈ 0.5/200 = 0.0025; bound 4 sd = 0.01.
     oc = simulate_outcomes(LEVEL, TREND, SEASON, 12, seed=33)
-    f = fit_arrivals(oc, AS_OF, CAL).fits["all"]
+    f = arrivals(oc, AS_OF).fits["all"]
     assert f.alpha < 0.01
     assert f.shape > 100
 
@@ -105,7 +123,7 @@ def test_recovers_gamma_poisson_over_dispersion():
     # coefficients (df = 36) the moment estimate has sd ≈ alpha·sqrt(2/df) ≈ 0.06 (the Poisson
     # part, 1/mu ≈ 0.002, is negligible): within 3 sd = 0.18.
     oc = simulate_outcomes(math.log(500.0), 0.0, (0, 0, 0, 0), 40, seed=34, gamma_shape=4.0)
-    f = fit_arrivals(oc, AS_OF, CAL, lookback_quarters=40).fits["all"]
+    f = arrivals(oc, AS_OF, lookback_quarters=40).fits["all"]
     assert abs(f.alpha - 0.25) < 0.18
     assert f.pearson_dispersion > 10  # ≈ 1 + alpha·mu ≈ 126 for mu ≈ 500
 
@@ -116,7 +134,7 @@ def test_short_history_drops_terms_and_never_returns_nan():
     oc = simulate_outcomes(LEVEL, TREND, SEASON, 12, seed=35).filter(
         pl.col("created_at") >= D(2023, 8, 10)
     )
-    m = fit_arrivals(oc, AS_OF, CAL, history_start=D(2023, 8, 10))
+    m = arrivals(oc, AS_OF, history_start=D(2023, 8, 10))
     f = m.fits["all"]
     assert f.terms == ("level",) and "no trend" in f.note
     h = m.history_table()
@@ -128,7 +146,7 @@ def test_short_history_drops_terms_and_never_returns_nan():
 
 def test_single_quarter_of_history():
     oc = simulate_outcomes(LEVEL, 0.0, (0, 0, 0, 0), 0, seed=36)  # only the current quarter
-    m = fit_arrivals(oc, AS_OF, CAL, history_start=CAL.quarter_of(AS_OF).start)
+    m = arrivals(oc, AS_OF, history_start=CAL.quarter_of(AS_OF).start)
     f = m.fits["all"]
     assert f.n_quarters == 1 and f.df_residual == 0
     assert math.isinf(f.shape) and f.pearson_dispersion == 1.0 and "not estimable" in f.note
@@ -142,7 +160,7 @@ def test_single_quarter_of_history():
 def test_fiscal_quarter_without_creations_drops_seasonality():
     oc = simulate_outcomes(LEVEL, 0.0, (0, 0, 0, 0), 12, seed=37)
     oc = oc.filter(pl.col("created_at").dt.month().is_in([7, 8, 9]).not_())  # no Q3 creations
-    f = fit_arrivals(oc, AS_OF, CAL).fits["all"]
+    f = arrivals(oc, AS_OF).fits["all"]
     assert "season_q1" not in f.terms and "seasonality dropped" in f.note
     assert np.all(np.isfinite(f.coefficients)) and np.all(np.isfinite(f.covariance))
 
@@ -159,7 +177,7 @@ def test_segments_zero_rate_and_entry_mix():
         },
         schema_overrides={"created_at": pl.Datetime("us"), "first_stage_code": pl.Int32},
     )
-    m = fit_arrivals(pl.concat([a, b]), AS_OF, CAL, ["seg"], lookback_quarters=8, n_open_stages=3)
+    m = arrivals(pl.concat([a, b]), AS_OF, ["seg"], lookback_quarters=8, n_open_stages=3)
     assert m.segments == ("A", "B") and m.entry_mix.shape == (2, 3)
     assert m.fits["B"].zero_rate and m.expected_counts([(AS_OF, D(2025, 1, 1))])[1, 0] == 0.0
     # A's mix from its ≈ 800 recent deals: SE of a share ≈ sqrt(0.21/800) ≈ 0.016; 3 SE
@@ -175,8 +193,8 @@ def test_segments_zero_rate_and_entry_mix():
 
 def test_weights_scale_counts():
     oc = simulate_outcomes(LEVEL, 0.0, (0, 0, 0, 0), 8, seed=39)
-    m1 = fit_arrivals(oc, AS_OF, CAL)
-    m2 = fit_arrivals(oc.with_columns(weight=pl.lit(2.0)), AS_OF, CAL)
+    m1 = arrivals(oc, AS_OF)
+    m2 = arrivals(oc, AS_OF, weight=2.0)
     assert m2.fits["all"].coefficients[0] == pytest.approx(
         m1.fits["all"].coefficients[0] + math.log(2)
     )
@@ -192,11 +210,11 @@ def test_glm_matches_closed_form_for_level_only():
 
 def test_errors_and_round_trip():
     with pytest.raises(ModelError, match="no deal was created"):
-        fit_arrivals(simulate_outcomes(LEVEL, 0, (0, 0, 0, 0), 2, seed=1), D(2000, 1, 1), CAL)
+        arrivals(simulate_outcomes(LEVEL, 0, (0, 0, 0, 0), 2, seed=1), D(2000, 1, 1))
     oc = simulate_outcomes(LEVEL, TREND, SEASON, 12, seed=40)
     with pytest.raises(ParameterError, match="lookback_quarters"):
-        fit_arrivals(oc, AS_OF, CAL, lookback_quarters=0)
-    m = fit_arrivals(oc, AS_OF, CAL)
+        arrivals(oc, AS_OF, lookback_quarters=0)
+    m = arrivals(oc, AS_OF)
     with pytest.raises(ParameterError, match="Unknown `segment`"):
         m.coefficient_covariance("nope")
     back = ArrivalModel.from_dict(json.loads(json.dumps(m.to_dict(), allow_nan=False)))

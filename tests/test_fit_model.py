@@ -8,17 +8,10 @@ import pytest
 
 import forecast
 from forecast import ModelError, ParameterError, PipelineModel
-from forecast.datasets import generate_crm, load_sample
-from forecast.fit.competing_risks import fit_exit_curves, win_probability
-from forecast.fit.fitting import _spells_arrays
+from forecast.datasets import generate_crm
+from forecast.fit.competing_risks import CensoredSpells, fit_exit_curves, win_probability
 
 N_WORLDS = 16
-
-
-@pytest.fixture(scope="module")
-def sample_model():
-    log = load_sample()
-    return log, forecast.fit(log, as_of="2024-10-01", segment_by=["segment"], n_draws=4, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +29,11 @@ def recovery():
         est.append([m.win_probability(k, segment="SMB") for k in range(st.n_open)])
         med.append([m.curves[("SMB", k)].median() for k in range(st.n_open)])
         closed = log.spells().filter((pl.col("segment") == "SMB") & ~pl.col("censored"))
-        curves = [
-            fit_exit_curves(_spells_arrays(closed.filter(pl.col("stage_code") == k), st.n_codes))
-            for k in range(st.n_open)
-        ]
+        curves = []
+        for k in range(st.n_open):
+            sk = closed.filter(pl.col("stage_code") == k)
+            spells = CensoredSpells(sk["duration_days"], sk["destination_code"], st.n_codes)
+            curves.append(fit_exit_curves(spells))
         naive.append([win_probability(curves, k, st.WON) for k in range(st.n_open)])
         truth.append([w.truth.win_probability("SMB", k) for k in range(st.n_open)])
         tmed.append([w.truth.median_sojourn("SMB", k) for k in range(st.n_open)])
@@ -52,18 +46,21 @@ def _z(estimates, true_value):
     return (estimates.mean(axis=0) - true_value) / se
 
 
+@pytest.mark.slow
 def test_win_from_stage_recovered_within_sampling_error(recovery):
     est, _, truth, _, _ = recovery
     z = _z(est, truth[0])
     assert np.all(np.abs(z) < 4), z
 
 
+@pytest.mark.slow
 def test_median_sojourn_recovered_within_sampling_error(recovery):
     _, _, _, med, tmed = recovery
     z = _z(med, tmed[0])
     assert np.all(np.abs(z) < 4), z
 
 
+@pytest.mark.slow
 def test_censoring_naive_estimate_is_biased(recovery):
     # Dropping open deals keeps the fast outcomes and loses the lingering losses:
     # the closed-only win probability is too high, by several standard errors.
@@ -73,6 +70,7 @@ def test_censoring_naive_estimate_is_biased(recovery):
     assert np.all(naive.mean(axis=0) > truth[0] - 0.005)
 
 
+@pytest.mark.slow
 def test_shrinkage_keeps_a_sparse_segment_at_its_own_level():
     """Enterprise wins less often than the pooled deals in every stage; its sparse late
     stages (~20 exits from Negotiation) borrow from the pool, but not the pool's level.
@@ -94,7 +92,7 @@ def test_shrinkage_keeps_a_sparse_segment_at_its_own_level():
 
 
 def test_old_deals_are_less_likely_to_win(sample_model):
-    _, m = sample_model
+    m = sample_model
     fresh = m.win_probability("Proposal", age=0, segment="SMB")
     stale = m.win_probability("Proposal", age=200, segment="SMB")
     assert fresh > 0.3
@@ -104,7 +102,7 @@ def test_old_deals_are_less_likely_to_win(sample_model):
 
 
 def test_exit_distribution_is_a_distribution(sample_model):
-    _, m = sample_model
+    m = sample_model
     d = m.exit_distribution("Qualification", age=10, segment="MidMarket", max_days=2000)
     cols = [c for c in d.columns if c != "day"]
     total = d.select(pl.sum_horizontal(cols)).to_series().to_numpy()
@@ -118,7 +116,7 @@ def test_exit_distribution_is_a_distribution(sample_model):
 
 
 def test_summary_is_readable(sample_model):
-    _, m = sample_model
+    m = sample_model
     s = m.summary()
     assert {
         "segment",
@@ -132,7 +130,8 @@ def test_summary_is_readable(sample_model):
     assert s.height == 4 * (len(m.segments) + 1)
     smb = s.filter(pl.col("segment") == "SMB")["win_probability"].to_numpy()
     assert np.all(np.diff(smb) > 0)  # later stages win more often
-    cred = s.filter(pl.col("segment") != "all (pooled)")
+    assert s.filter(pl.col("segment") == forecast.POOLED_SEGMENT).height == 4
+    cred = s.filter(pl.col("segment") != forecast.POOLED_SEGMENT)
     # Enterprise (few deals) borrows more from the pooled fit than SMB (many).
     ent = cred.filter(pl.col("segment") == "Enterprise")["credibility"].to_numpy()
     smb_c = cred.filter(pl.col("segment") == "SMB")["credibility"].to_numpy()
@@ -140,7 +139,7 @@ def test_summary_is_readable(sample_model):
 
 
 def test_json_round_trip_is_exact(sample_model, tmp_path):
-    _, m = sample_model
+    m = sample_model
     path = tmp_path / "model.json"
     text = m.to_json(path)
     d = json.loads(path.read_text())
@@ -155,20 +154,51 @@ def test_json_round_trip_is_exact(sample_model, tmp_path):
         PipelineModel.from_dict({"format": "something else"})
 
 
-def test_fit_ignores_the_future(sample_model):
-    log, m = sample_model
+def test_fit_ignores_the_future(sample_log):
+    kw = {"as_of": "2024-10-01", "segment_by": ["segment"], "n_draws": 2, "seed": 3}
+    m = forecast.fit(sample_log, **kw)
     cut = forecast.read_deal_log(
-        log.events.filter(pl.col("timestamp") <= m.as_of),
-        stages=log.stages,
-        segment_columns=log.segment_columns,
+        sample_log.events.filter(pl.col("timestamp") <= m.as_of),
+        stages=sample_log.stages,
+        segment_columns=sample_log.segment_columns,
     )
-    m2 = forecast.fit(cut, as_of=m.as_of, segment_by=["segment"], n_draws=4, seed=3)
+    assert cut.events.height < sample_log.events.height
+    m2 = forecast.fit(cut, **kw)
     assert m2.to_json() == m.to_json()
 
 
-def test_bad_arguments(sample_model):
-    log, _ = sample_model
+def test_bad_arguments(sample_log):
+    log = sample_log
     with pytest.raises(forecast.MissingColumnError, match="segment_by"):
         forecast.fit(log, segment_by=["colour"])
     with pytest.raises(ParameterError, match="n_draws"):
         forecast.fit(log, n_draws=-1)
+    with pytest.raises(ParameterError, match="`n_draws` parameter of `fit` must be an int"):
+        forecast.fit(log, n_draws=True)
+    with pytest.raises(ParameterError, match="`segment_by`"):
+        forecast.fit(log, segment_by="segment")
+    with pytest.raises(ParameterError, match="`shrink`"):
+        forecast.fit(log, shrink="yes")
+    with pytest.raises(ParameterError, match="`calendar`"):
+        forecast.fit(log, calendar="FY")
+
+
+def test_numpy_integers_are_accepted(sample_log):
+    a = forecast.fit(sample_log, as_of="2024-07-01", n_draws=np.int64(1), seed=np.uint32(4))
+    b = forecast.fit(sample_log, as_of="2024-07-01", n_draws=1, seed=4)
+    assert a.to_json() == b.to_json()
+
+
+def test_pooled_segment_is_one_name(sample_model):
+    m = sample_model
+    pooled = m.stage_curves(None)
+    assert pooled == m.stage_curves(forecast.POOLED_SEGMENT)
+    assert pooled == [m.pooled_curves[k] for k in range(m.stages.n_open)]
+    assert m.win_probability("Proposal", segment=forecast.POOLED_SEGMENT) == m.win_probability(
+        "Proposal"
+    )
+    np.testing.assert_array_equal(
+        m.amounts.ratio_samples(forecast.POOLED_SEGMENT, False),
+        m.amounts.ratio_samples(None, False),
+    )
+    assert forecast.POOLED_SEGMENT in m.amounts.summary()["segment"].to_list()

@@ -159,6 +159,7 @@ fio.write_forecast(synthetic_forecast(99, n_paths=2000), {root!r}, include_paths
 """
 
 
+@pytest.mark.slow
 def test_kill_mid_write_leaves_previous_partition_intact(tmp_path: Path) -> None:
     root = tmp_path / "out"
     previous = synthetic_forecast(1, n_paths=2000)

@@ -8,6 +8,8 @@ documented per-path draw order.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numba
 import numpy as np
 import pytest
@@ -295,6 +297,7 @@ def test_deal_probs_geometric_closed_form_with_pull_in():
         np.testing.assert_allclose(out.p_qe[0, n], expected_qe, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_deal_probs_match_forward_propagation(seed):
     rng = np.random.default_rng(seed)
@@ -317,6 +320,7 @@ def test_deal_probs_match_forward_propagation(seed):
         np.testing.assert_allclose(out.p_qe[0, n], qe_ref, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_new_deal_probs_match_averaged_forward_propagation():
     rng = np.random.default_rng(8)
     n_open = 3
@@ -455,10 +459,12 @@ def _replay_untilted(seed, n_paths, p_win, p_qe, amount, segment, r_off, r_val, 
 def test_zero_sigma_equals_no_tilt_replay(model):
     arrays, outcomes = model
     n_q = outcomes.p_win.shape[2]
-    kw = _sample_kwargs(arrays, outcomes)
-    kw["shock_sigma"] = np.zeros(arrays.shock_sigma.shape)
-    kw["new_counts"] = np.zeros(arrays.new_counts.shape)
-    out = sample_paths(**kw, seed=5, n_paths=150)
+    inputs = dataclasses.replace(
+        sampling_inputs(arrays, outcomes),
+        shock_sigma=np.zeros(arrays.shock_sigma.shape),
+        new_counts=np.zeros(arrays.new_counts.shape),
+    )
+    out = sample_paths(inputs, seed=5, n_paths=150)
     r_off = np.stack([arrays.ratio_offsets, arrays.ratio_qe_offsets + arrays.ratio_values.size])
     r_val = np.concatenate([arrays.ratio_values, arrays.ratio_qe_values])
     wins, cents = _replay_untilted(
@@ -478,10 +484,11 @@ def test_zero_sigma_equals_no_tilt_replay(model):
 
 def test_win_frequencies_match_p_win_without_shocks(model):
     arrays, outcomes = model
-    kw = _sample_kwargs(arrays, outcomes)
-    kw["shock_sigma"] = np.zeros(arrays.shock_sigma.shape)
+    inputs = dataclasses.replace(
+        sampling_inputs(arrays, outcomes), shock_sigma=np.zeros(arrays.shock_sigma.shape)
+    )
     n_paths = 6000
-    out = sample_paths(**kw, seed=9, n_paths=n_paths)
+    out = sample_paths(inputs, seed=9, n_paths=n_paths)
     expected = outcomes.p_win.mean(axis=0)  # draws used equally often (6000 % 3 == 0)
     freq = out.deal_wins / n_paths
     # Binomial SE with p averaged over draws is an upper bound on the mixture SE;
@@ -492,17 +499,19 @@ def test_win_frequencies_match_p_win_without_shocks(model):
 
 def test_new_deal_win_counts_match_poisson_thinning(model):
     arrays, outcomes = model
-    kw = _sample_kwargs(arrays, outcomes)
-    kw["shock_sigma"] = np.zeros(arrays.shock_sigma.shape)
-    kw["new_shape"] = np.full(arrays.new_shape.shape, np.inf)
-    kw["new_amount_offsets"] = np.zeros_like(arrays.new_amount_offsets)  # empty: amount 1
-    kw["new_amount_values"] = np.zeros(0)
-    kw["ratio_offsets"] = np.zeros_like(arrays.ratio_offsets)  # empty: ratio 1
-    kw["ratio_values"] = np.zeros(0)
-    kw["ratio_qe_offsets"] = np.zeros_like(arrays.ratio_qe_offsets)
-    kw["ratio_qe_values"] = np.zeros(0)
+    inputs = dataclasses.replace(
+        sampling_inputs(arrays, outcomes),
+        shock_sigma=np.zeros(arrays.shock_sigma.shape),
+        new_shape=np.full(arrays.new_shape.shape, np.inf),
+        new_amount_offsets=np.zeros_like(arrays.new_amount_offsets),  # empty: amount 1
+        new_amount_values=np.zeros(0),
+        ratio_offsets=np.zeros_like(arrays.ratio_offsets),  # empty: ratio 1
+        ratio_values=np.zeros(0),
+        ratio_qe_offsets=np.zeros_like(arrays.ratio_qe_offsets),
+        ratio_qe_values=np.zeros(0),
+    )
     n_paths = 3000
-    out = sample_paths(**kw, seed=4, n_paths=n_paths)
+    out = sample_paths(inputs, seed=4, n_paths=n_paths)
     wins = out.totals[..., 1]  # (P, H, G): counts of won new deals (amount 1, ratio 1)
     draw = np.arange(n_paths) % outcomes.new_pmf.shape[0]
     mean = np.einsum("bgc,bgcq->bqg", arrays.new_counts, outcomes.new_pmf)[draw].mean(axis=0)
@@ -540,23 +549,30 @@ def test_progress_and_interrupt_between_chunks(model):
     assert np.array_equal(part.deal_wins, full.deal_wins)
 
 
-def _sample_kwargs(arrays, outcomes):
-    return sampling_inputs(arrays, outcomes)
-
-
 # --------------------------------------------------------------------------- validation
 def test_validation_names_the_parameter(model):
     arrays, outcomes = model
-    kw = _sample_kwargs(arrays, outcomes)
+    inputs = sampling_inputs(arrays, outcomes)
     with pytest.raises(ParameterError, match="`seed`"):
-        sample_paths(**kw, seed=-1, n_paths=10)
+        sample_paths(inputs, seed=-1, n_paths=10)
     with pytest.raises(ParameterError, match="`n_paths`"):
-        sample_paths(**kw, seed=1, n_paths=0)
-    bad = dict(kw, p_win=outcomes.p_win * 3)
+        sample_paths(inputs, seed=1, n_paths=0)
+    with pytest.raises(ParameterError, match="`n_paths`"):
+        sample_paths(inputs, seed=1, n_paths=True)
     with pytest.raises(ParameterError, match="`p_win`"):
-        sample_paths(**bad, seed=1, n_paths=10)
+        dataclasses.replace(inputs, p_win=outcomes.p_win * 3)
+    with pytest.raises(ParameterError, match="`p_win`"):
+        sampling_inputs(arrays, dataclasses.replace(outcomes, p_win=outcomes.p_win * 3))
+    with pytest.raises(ParameterError, match="`shock_sigma`"):
+        dataclasses.replace(inputs, shock_sigma=-inputs.shock_sigma - 1)
+    with pytest.raises(ParameterError, match="`inputs`"):
+        sample_paths(vars(inputs), seed=1, n_paths=10)
     with pytest.raises(ParameterError, match="`threads`"):
-        sample_paths(**kw, seed=1, n_paths=10, threads=10_000)
+        sample_paths(inputs, seed=1, n_paths=10, threads=10_000)
+    # numpy integers are run settings like any other int
+    a = sample_paths(inputs, seed=np.uint64(3), n_paths=np.int32(20), chunk_size=np.int64(7))
+    b = sample_paths(inputs, seed=3, n_paths=20)
+    assert np.array_equal(a.totals, b.totals)
     dens = arrays.dens
     base = {
         "qb": arrays.qb,

@@ -8,8 +8,8 @@ import pytest
 
 import forecast
 from forecast import ParameterError
-from forecast.datasets import SYNTHETIC_STAGES, generate_crm, load_sample
-from forecast.metrics import SalesMetrics, compute_metrics
+from forecast.datasets import SYNTHETIC_STAGES, generate_crm
+from forecast.metrics import SalesMetrics, compute_metrics, fit_and_compute_metrics
 
 AS_OF = dt.datetime(2025, 1, 1)
 
@@ -23,7 +23,7 @@ def synthetic_model():
 
 
 def _four_deals(c_closes: bool) -> forecast.DealLog:
-    """Issue 7's example: A $20k won, B $10k won, C $40k lost (or still open), D $30k lost.
+    """Four deals: A $20k won, B $10k won, C $40k lost (or still open), D $30k lost.
 
     A's rep close date is pushed once by 10 days while in Proposal.
     """
@@ -48,24 +48,24 @@ def _four_deals(c_closes: bool) -> forecast.DealLog:
 
 
 def _overall(m: SalesMetrics) -> dict:
-    return m.win_rates.filter((pl.col("segment") == "all") & (pl.col("period") == "all")).row(
-        0, named=True
-    )
+    return m.win_rates.filter(
+        (pl.col("segment") == forecast.POOLED_SEGMENT) & (pl.col("period") == "all")
+    ).row(0, named=True)
 
 
-def test_issue_example_all_closed(synthetic_model):
-    m = compute_metrics(_four_deals(True), model=synthetic_model, coverage=False)
+def test_four_deals_all_closed(synthetic_model):
+    m = compute_metrics(synthetic_model, _four_deals(True), coverage=False)
     r = _overall(m)
     assert r["n_deals"] == 4 and r["n_open"] == 0
-    # issue 7: unit 50 %, value (20k + 10k) / 100k = 30 %; nothing open, so both agree
+    # unit 2/4 = 50 %, value (20k + 10k) / 100k = 30 %; nothing open, so both agree
     for kind in ("closed_only", "censoring_aware"):
         assert r[f"unit_win_rate_{kind}"] == pytest.approx(0.5)
         assert r[f"value_win_rate_{kind}"] == pytest.approx(0.3)
         assert r[f"no_decision_rate_{kind}"] == 0.0
 
 
-def test_issue_example_with_c_open(synthetic_model):
-    m = compute_metrics(_four_deals(False), model=synthetic_model, coverage=False)
+def test_four_deals_with_c_open(synthetic_model):
+    m = compute_metrics(synthetic_model, _four_deals(False), coverage=False)
     r = _overall(m)
     assert r["n_open"] == 1
     # closed-only: 2 of 3 deals, 30k of 60k
@@ -79,12 +79,14 @@ def test_issue_example_with_c_open(synthetic_model):
     assert r["value_win_rate_censoring_aware"] == pytest.approx((30_000 + 40_000 * p) / 100_000)
     assert r["expected_wins_open"] == pytest.approx(p)
     # the creation quarter row holds the same deals
-    q = m.win_rates.filter((pl.col("segment") == "all") & (pl.col("period") == "FY2024-Q1"))
+    q = m.win_rates.filter(
+        (pl.col("segment") == forecast.POOLED_SEGMENT) & (pl.col("period") == "FY2024-Q1")
+    )
     assert q["n_deals"].to_list() == [4]
 
 
-def test_issue_example_slippage(synthetic_model):
-    m = compute_metrics(_four_deals(False), model=synthetic_model, coverage=False)
+def test_four_deals_slippage(synthetic_model):
+    m = compute_metrics(synthetic_model, _four_deals(False), coverage=False)
     s = m.slippage.filter(pl.col("stage") == "Proposal").row(0, named=True)
     assert s["n_deals"] == 2  # A and C visited Proposal
     assert s["n_deals_pushed"] == 1 and s["push_rate"] == 0.5
@@ -96,6 +98,7 @@ def test_issue_example_slippage(synthetic_model):
     assert a["median_slip_at_win_days"] == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_censoring_aware_win_rate_matches_what_happened_next():
     # At 2024-01-01 most deals created in FY2023-Q4 are still open. Four worlds
     # without shared shocks, run on to 2026: the censoring-aware rate predicts the
@@ -109,8 +112,10 @@ def test_censoring_aware_win_rate_matches_what_happened_next():
         log = forecast.read_deal_log(w.events, stages=w.stage_map)
         model = forecast.fit(log, as_of="2024-01-01", n_draws=0)
         r = (
-            compute_metrics(log, model=model, coverage=False)
-            .win_rates.filter((pl.col("segment") == "all") & (pl.col("period") == "FY2023-Q4"))
+            compute_metrics(model, log, coverage=False)
+            .win_rates.filter(
+                (pl.col("segment") == forecast.POOLED_SEGMENT) & (pl.col("period") == "FY2023-Q4")
+            )
             .row(0, named=True)
         )
         later = log.outcomes("2026-01-01").filter(
@@ -129,16 +134,19 @@ def test_censoring_aware_win_rate_matches_what_happened_next():
 
 
 @pytest.fixture(scope="module")
-def sample_metrics():
-    log = load_sample()
-    model = forecast.fit(log, as_of=AS_OF, segment_by=["segment"], n_draws=6, seed=1)
-    return log, model, compute_metrics(log, model=model, n_paths=500, max_copies=64)
+def sample_metrics(sample_log, sample_model):
+    assert sample_model.as_of == AS_OF
+    return (
+        sample_log,
+        sample_model,
+        compute_metrics(sample_model, sample_log, n_paths=500, max_copies=64),
+    )
 
 
 def test_conversion_matches_model_with_draw_intervals(sample_metrics):
     _, model, m = sample_metrics
     c = m.conversion
-    for r in c.filter(pl.col("segment") != "all").iter_rows(named=True):
+    for r in c.filter(pl.col("segment") != forecast.POOLED_SEGMENT).iter_rows(named=True):
         assert r["win_probability"] == pytest.approx(
             model.win_probability(r["stage"], segment=r["segment"])
         )
@@ -149,7 +157,7 @@ def test_conversion_matches_model_with_draw_intervals(sample_metrics):
         assert r["win_probability_low"] <= r["win_probability_high"]
     # interval bounds differ between draws (parameter uncertainty is there)
     assert (c["win_probability_high"] - c["win_probability_low"]).drop_nulls().min() > 0
-    pooled = c.filter(pl.col("segment") == "all")
+    pooled = c.filter(pl.col("segment") == forecast.POOLED_SEGMENT)
     assert pooled.height == model.stages.n_open
     assert pooled["win_probability_low"].null_count() == pooled.height
 
@@ -163,14 +171,14 @@ def test_cycle_length_matches_lifelines_kaplan_meier(sample_metrics):
     days = o.select((end - pl.col("created_at")).dt.total_microseconds() / 86_400e6)
     kmf = KaplanMeierFitter().fit(days.to_series().to_numpy(), (o["status"] != "open").to_numpy())
     row = m.cycle_length.filter(
-        (pl.col("segment") == "all")
+        (pl.col("segment") == forecast.POOLED_SEGMENT)
         & (pl.col("deals") == "all")
         & (pl.col("method") == "censoring_aware")
     ).row(0, named=True)
     assert row["median_days"] == pytest.approx(kmf.median_survival_time_, rel=1e-9)
     assert row["n_censored"] == int((o["status"] == "open").sum())
     closed = m.cycle_length.filter(
-        (pl.col("segment") == "all")
+        (pl.col("segment") == forecast.POOLED_SEGMENT)
         & (pl.col("deals") == "all")
         & (pl.col("method") == "closed_only")
     ).row(0, named=True)
@@ -180,7 +188,9 @@ def test_cycle_length_matches_lifelines_kaplan_meier(sample_metrics):
 
 def test_time_in_stage_from_fitted_curves(sample_metrics):
     _, model, m = sample_metrics
-    for r in m.time_in_stage.filter(pl.col("segment") != "all").iter_rows(named=True):
+    for r in m.time_in_stage.filter(pl.col("segment") != forecast.POOLED_SEGMENT).iter_rows(
+        named=True
+    ):
         k = model.stages.code(r["stage"])
         # ExitCurves.median solves S(t) = 1/2 on the same piecewise-linear curve
         assert r["median_days"] == pytest.approx(model.curves[(r["segment"], k)].median(), abs=1e-6)
@@ -238,15 +248,27 @@ def test_to_parquet_tables_and_summary(sample_metrics, tmp_path):
 
 def test_parameter_errors(sample_metrics):
     log, model, _ = sample_metrics
-    with pytest.raises(ParameterError, match="`as_of`"):
-        compute_metrics(log, model=model, as_of="2024-06-01", coverage=False)
-    with pytest.raises(ParameterError, match="`segment_by`"):
-        compute_metrics(log, model=model, segment_by=["region"], coverage=False)
+    with pytest.raises(ParameterError, match=r"`model`.*fit_and_compute_metrics"):
+        compute_metrics(log, model)
     with pytest.raises(ParameterError, match="`interval_level`"):
-        compute_metrics(log, model=model, interval_level=1.5, coverage=False)
+        compute_metrics(model, log, interval_level=1.5, coverage=False)
     with pytest.raises(ParameterError, match="`target_probability`"):
-        compute_metrics(log, model=model, target_probability=1.0)
+        compute_metrics(model, log, target_probability=1.0)
     with pytest.raises(ParameterError, match="`target`"):
-        compute_metrics(log, model=model, target=-5.0)
+        compute_metrics(model, log, target=-5.0)
     with pytest.raises(ParameterError, match="`within_days`"):
-        compute_metrics(log, model=model, within_days=[0.0], coverage=False)
+        compute_metrics(model, log, within_days=[0.0], coverage=False)
+    with pytest.raises(ParameterError, match="`n_paths`"):
+        compute_metrics(model, log, n_paths=True)
+    with pytest.raises(forecast.MissingColumnError, match="`segment_by`"):
+        fit_and_compute_metrics(log, segment_by=["colour"], coverage=False)
+
+
+def test_fit_and_compute_metrics_is_fit_then_compute(sample_log):
+    kw = {"as_of": "2024-07-01", "n_draws": 2, "seed": 3}
+    both = fit_and_compute_metrics(sample_log, coverage=False, within_days=[np.int64(30)], **kw)
+    model = forecast.fit(sample_log, **kw)
+    alone = compute_metrics(model, sample_log, coverage=False, within_days=[30.0], seed=3)
+    assert both.info == alone.info
+    for name in ("win_rates", "conversion", "cycle_length", "time_in_stage", "slippage"):
+        assert both.tables()[name].equals(alone.tables()[name]), name

@@ -17,9 +17,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow
+
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-#: The studies issue 8 asks for; each must exist (a rename must update this list).
+#: The studies the project ships; each must exist (a rename must update this list).
 REQUIRED = ("01_quickstart", "02_model_study", "03_what_if_study", "04_backtest_study")
 #: Seconds one cell may run before the kernel is interrupted and the test fails.
 CELL_TIMEOUT_S = 240

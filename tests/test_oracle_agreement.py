@@ -56,12 +56,14 @@ def _compare(arrays: ModelArrays, seed: int) -> None:
         _assert_agree(kernel.totals[:, :, g, 0], oracle.totals[:, :, g, 0], f"segment {g}")
 
 
+@pytest.mark.slow
 def test_random_model_with_everything():
     """Backward moves, pull-in, shocks, two parameter draws, NegBin new deals."""
     arrays = random_model_arrays(np.random.default_rng(1), n_deals=30, n_segments=2, n_draws=2)
     _compare(arrays, seed=11)
 
 
+@pytest.mark.slow
 def test_strong_shocks_and_poisson_arrivals():
     arrays = random_model_arrays(
         np.random.default_rng(2),
@@ -78,6 +80,7 @@ def test_strong_shocks_and_poisson_arrivals():
     _compare(arrays, seed=12)
 
 
+@pytest.mark.slow
 def test_new_deals_only():
     base = random_model_arrays(np.random.default_rng(3), n_deals=1, n_segments=2, n_draws=3)
     arrays = ModelArrays(
@@ -140,6 +143,7 @@ def test_geometric_closed_form_for_engine_and_oracle():
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma", [0.0, 0.5])
 def test_engine_deal_frequencies_match_oracle(sigma):
     """Per-deal win frequencies (the per-deal output) agree, with and without shocks."""

@@ -154,16 +154,6 @@ def test_samples_include_booked_to_date() -> None:
     np.testing.assert_array_equal(fc.samples[:, 0], fc.totals[:, 0, 0, 0] + 500.0)
 
 
-@pytest.fixture(scope="module")
-def sample_forecast() -> Forecast:
-    import forecast
-    from forecast.datasets import load_sample
-
-    log = load_sample()
-    model = forecast.fit(log, as_of="2025-01-01", segment_by=["segment"], n_draws=4, seed=0)
-    return model.simulate(log, n_paths=2000, horizon=3, seed=0)
-
-
 def test_sources_and_segments_add_up_on_the_sample(sample_forecast: Forecast) -> None:
     fc = sample_forecast
     q = fc.quarterly()

@@ -8,15 +8,14 @@ import pytest
 
 import forecast
 from forecast import ParameterError, PipelineModel
-from forecast.datasets import generate_crm, load_sample
+from forecast.datasets import generate_crm
 from forecast.fit.competing_risks import win_probability
 from forecast.scenarios import LEVERS, compare_scenarios, win_rate_multipliers, with_changes
 
 
 @pytest.fixture(scope="module")
-def sample():
-    log = load_sample()
-    return log, forecast.fit(log, as_of="2025-01-01", segment_by=["segment"], n_draws=4, seed=2)
+def sample(sample_log, sample_model):
+    return sample_log, sample_model
 
 
 def _draw_curves(model, g, b):
@@ -213,8 +212,9 @@ def _year_two_ratio(runs, name):
     return ratio, se, pipe_share
 
 
+@pytest.mark.slow
 def test_steady_state_velocity_levers_multiply_bookings(steady_state):
-    # Issue 7 item 7: +10% number, value and win rate, -10% cycle length ->
+    # The velocity levers: +10% number, value and win rate, -10% cycle length ->
     # bookings x 1.1^3 / 0.9 = 1.4789. Exact for new deals in a steady state: win
     # rate scales every win probability by exactly 1.1 (chain argument), amounts
     # scale by 1.1, arrivals by 1.1 / 0.9, and a stretched clock only shifts when
@@ -230,6 +230,7 @@ def test_steady_state_velocity_levers_multiply_bookings(steady_state):
     assert abs(ratio - expected) < tol, (ratio, se, pipe_share, tol)
 
 
+@pytest.mark.slow
 def test_steady_state_cycle_length_does_not_raise_throughput(steady_state):
     # With the arrival rate fixed (+10%), Little's law: bookings per day are
     # arrivals x value x win rate, so the -10% cycle adds nothing in a steady state:

@@ -9,11 +9,20 @@ import polars as pl
 import pytest
 
 from forecast.calendar import FiscalCalendar
+from forecast.fit.data import FitData
 from forecast.fit.shocks import ShockModel, fit_shocks, reml_shock_variance
 
 D = dt.datetime
 CAL = FiscalCalendar()
 K = 3  # open stages 0..2; won = 3, lost = 4, no decision = 5
+
+
+def shocks(spells, as_of, *, n_open_stages=None, **kw):
+    """fit_shocks on a hand-made spells frame (each row its own deal)."""
+    data = FitData.from_frames(
+        spells=spells, as_of=as_of, calendar=CAL, n_open_stages=n_open_stages
+    )
+    return fit_shocks(data, **kw)
 
 
 def simulate_spells(sigma, n_quarters, n_per_quarter, seed, base_logit=-0.85, trend_per_year=0.0):
@@ -78,9 +87,7 @@ def test_quarter_table_by_hand_without_baseline():
         },
         orient="row",
     )
-    m = fit_shocks(
-        sp, D(2024, 8, 15), CAL, baseline="none", min_closed_per_quarter=10, min_quarters=2
-    )
+    m = shocks(sp, D(2024, 8, 15), baseline="none", min_closed_per_quarter=10, min_quarters=2)
     t = m.quarter_table()
     assert t["quarter"].to_list() == ["FY2024-Q1", "FY2024-Q2"]
     assert t["n_won"].to_list() == [3.0, 5.0] and t["n_closed"].to_list() == [10.0, 10.0]
@@ -92,7 +99,7 @@ def test_quarter_table_by_hand_without_baseline():
 
 def test_too_little_history_falls_back_to_zero_with_note():
     sp, _ = simulate_spells(0.4, 2, 50, seed=1)
-    m = fit_shocks(sp, D(2014, 7, 1), CAL)
+    m = shocks(sp, D(2014, 7, 1))
     assert m.n_quarters == 2 and m.sigma == 0.0 and not m.estimated
     assert "not estimable" in m.note
     assert math.isinf(m.ci_high)
@@ -101,8 +108,8 @@ def test_too_little_history_falls_back_to_zero_with_note():
 
 def test_quarters_with_few_closures_are_left_out():
     sp, end = simulate_spells(0.0, 8, 12, seed=2)
-    assert fit_shocks(sp, end, CAL, min_closed_per_quarter=12).n_quarters == 8
-    assert fit_shocks(sp, end, CAL, min_closed_per_quarter=13).n_quarters == 0
+    assert shocks(sp, end, min_closed_per_quarter=12).n_quarters == 8
+    assert shocks(sp, end, min_closed_per_quarter=13).n_quarters == 0
 
 
 def test_no_shock_gives_near_zero():
@@ -110,7 +117,7 @@ def test_no_shock_gives_near_zero():
     # ≈ 0.024. Under sigma = 0 the estimate of sigma² is ≈ max(0, N(0, sqrt(2/38)·v)), whose
     # 99th percentile is 2.33 · 0.229 · 0.024 ≈ 0.0128, i.e. sigma < 0.113: bound 0.12.
     sp, end = simulate_spells(0.0, 40, 200, seed=5)
-    m = fit_shocks(sp, end, CAL)
+    m = shocks(sp, end)
     assert m.n_quarters == 40 and m.detrended
     assert m.sigma < 0.12 and m.sigma_moments < 0.12
     assert m.ci_low == 0.0 or m.sigma > 0
@@ -120,7 +127,7 @@ def test_recovers_sigma_within_sampling_error():
     # sigma = 0.4 over 40 quarters × 200 closures: SE(sigma²) ≈ sqrt(2/(40-2))·(sigma² + v)
     # ≈ 0.229 · 0.184 ≈ 0.042, SE(sigma) ≈ 0.042 / (2 · 0.4) ≈ 0.053; allow 3 SE = 0.16.
     sp, end = simulate_spells(0.4, 40, 200, seed=7)
-    m = fit_shocks(sp, end, CAL)
+    m = shocks(sp, end)
     assert abs(m.sigma - 0.4) < 0.16
     assert abs(m.sigma_moments - 0.4) < 0.16
     assert m.ci_low < 0.4 < m.ci_high  # the 95% profile interval covers the truth
@@ -133,16 +140,16 @@ def test_trend_is_not_read_as_shock():
     # test_no_shock_gives_near_zero); detrended it must stay under that bound. Slope SE ≈
     # sqrt(v / (40 · var(t))) ≈ sqrt(0.024 / (40 · 8.3)) ≈ 0.009: allow 0.03 (> 3 SE).
     sp, end = simulate_spells(0.0, 40, 200, seed=9, base_logit=-1.5, trend_per_year=0.3)
-    m = fit_shocks(sp, end, CAL)
+    m = shocks(sp, end)
     assert m.sigma < 0.12
     assert m.trend_per_year == pytest.approx(0.3, abs=0.03)
-    raw = fit_shocks(sp, end, CAL, detrend=False)
+    raw = shocks(sp, end, detrend=False)
     assert raw.sigma > 0.5 and not raw.detrended
 
 
 def test_json_round_trip():
     sp, end = simulate_spells(0.4, 12, 50, seed=4)
-    m = fit_shocks(sp, end, CAL)
+    m = shocks(sp, end)
     back = ShockModel.from_dict(json.loads(json.dumps(m.to_dict(), allow_nan=False)))
     assert back.to_dict() == m.to_dict()
     assert back.quarter_table().equals(m.quarter_table())
@@ -178,7 +185,7 @@ def test_heterogeneous_deals_do_not_attenuate_sigma():
         )
         q = CAL.shift(q, 1)
     sp = pl.concat(parts)
-    strat = fit_shocks(sp, q.start, CAL, n_open_stages=K, detrend=False)
-    aggregate = fit_shocks(sp, q.start, CAL, n_open_stages=K, detrend=False, baseline="none")
+    strat = shocks(sp, q.start, n_open_stages=K, detrend=False)
+    aggregate = shocks(sp, q.start, n_open_stages=K, detrend=False, baseline="none")
     assert abs(strat.sigma - 0.4) < 0.15
     assert aggregate.sigma < strat.sigma - 0.05  # the naive aggregate logit is attenuated

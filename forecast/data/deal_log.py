@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from forecast.calendar import _as_datetime
+from forecast._validation import as_datetime
 from forecast.data.stages import StageMap
 from forecast.errors import ParameterError
 
@@ -215,7 +215,7 @@ class DealLog:
         DealLog
             A new log; ``cut`` records the instant.
         """
-        t = _as_datetime(as_of, "as_of")
+        t = as_datetime(as_of, "as_of")
         if self.cut is not None and t >= self.cut:
             return self
         key = f"as_of:{t.isoformat()}"
@@ -235,7 +235,7 @@ class DealLog:
             if self.cut is not None:
                 return self, self.cut
             return self, self.last_timestamp
-        t = _as_datetime(as_of, "as_of")
+        t = as_datetime(as_of, "as_of")
         return self.as_of(t), t
 
     # -- visits: the shared building block of every view ---------------------------
@@ -433,7 +433,7 @@ class DealLog:
         polars.DataFrame
             ``deal_id, won_at, amount, <segments>``; amount in currency at the win.
         """
-        t0, t1 = _as_datetime(start, "start"), _as_datetime(end, "end")
+        t0, t1 = as_datetime(start, "start"), as_datetime(end, "end")
         if t1 <= t0:
             raise ParameterError(
                 f"`bookings` needs `start` < `end`. Got start={t0:%Y-%m-%d %H:%M}, "

@@ -15,6 +15,7 @@ import itertools
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
@@ -279,7 +280,6 @@ def inspect_log(log: DealLog, as_of: object | None = None) -> LogInspection:
 
 
 def _common_folder(files: Sequence[str]) -> str:
-    from pathlib import Path
 
     parents = {str(Path(f).parent) for f in files}
     return parents.pop() if len(parents) == 1 else "several folders"

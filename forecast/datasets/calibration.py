@@ -15,8 +15,11 @@ from typing import Any
 
 import polars as pl
 
-from forecast.calendar import FiscalCalendar, _as_datetime
-from forecast.errors import ParameterError
+from forecast._validation import as_datetime, check_int
+from forecast.calendar import FiscalCalendar
+from forecast.data.readers import read_deal_log
+from forecast.datasets.synthetic import generate_crm
+from forecast.fit.fitting import fit
 
 __all__ = ["forecast_vs_bookings", "summarise_bias"]
 
@@ -68,12 +71,9 @@ def forecast_vs_bookings(
         ``forecast`` (mean simulated bookings, currency) and ``booked`` (realised
         bookings after ``as_of``, currency).
     """
-    import forecast  # the package API; imported here to avoid an import cycle
-    from forecast.datasets.synthetic import generate_crm
-
-    if isinstance(n_worlds, bool) or not isinstance(n_worlds, int) or n_worlds < 2:
-        raise ParameterError(f"The `n_worlds` parameter must be an int >= 2. Got {n_worlds!r}.")
-    t = _as_datetime(as_of, "as_of")
+    caller = "forecast_vs_bookings"
+    n_worlds = check_int(n_worlds, "n_worlds", caller, minimum=2)
+    t = as_datetime(as_of, "as_of", caller)
     calendar = generator.get("calendar") or FiscalCalendar()
     quarters = calendar.quarters(t, horizon)
     rows = []
@@ -81,10 +81,8 @@ def forecast_vs_bookings(
         world = generate_crm(
             seed=first_seed + i, start=history_start, end=quarters[-1].end, **generator
         )
-        log = forecast.read_deal_log(
-            world.events, stages=world.stage_map, segment_columns=("segment",)
-        )
-        model = forecast.fit(
+        log = read_deal_log(world.events, stages=world.stage_map, segment_columns=("segment",))
+        model = fit(
             log,
             as_of=t,
             segment_by=["segment"],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from forecast.calendar import _as_datetime
+from forecast._validation import as_datetime
 from forecast.data.stages import StageMap
 from forecast.errors import ParameterError
 
@@ -38,7 +38,7 @@ def export_dates(start: object, end: object, every_days: int = 7) -> list[dt.dat
     -------
     list of datetime
     """
-    t0, t1 = _as_datetime(start, "start"), _as_datetime(end, "end")
+    t0, t1 = as_datetime(start, "start"), as_datetime(end, "end")
     if isinstance(every_days, bool) or not isinstance(every_days, int) or every_days < 1:
         raise ParameterError(
             f"The `every_days` parameter of `export_dates` must be an int ≥ 1. Got {every_days!r}."
@@ -85,7 +85,7 @@ def export_snapshots(
         columns of ``events`` but ``timestamp``, as they stood at the export;
         sorted by export then ``deal_id``.
     """
-    when = sorted({_as_datetime(d, "dates") for d in dates})
+    when = sorted({as_datetime(d, "dates") for d in dates})
     if not when:
         raise ParameterError("The `dates` of `export_snapshots` are empty. Got [].")
     if keep_closed_days is not None and stages is None:
@@ -166,7 +166,7 @@ def write_exports(
     out.mkdir(parents=True, exist_ok=True)
     table = export_snapshots(events, dates, stages=stages, keep_closed_days=keep_closed_days)
     written = []
-    for when in sorted({_as_datetime(d, "dates") for d in dates}):
+    for when in sorted({as_datetime(d, "dates") for d in dates}):
         path = out / f"{when.strftime(name)}.{file_format}"
         # An export without deals is still written (header only): its date counts.
         part = table.filter(pl.col("export_date") == when).drop("export_date")

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from forecast.data.deal_log import DealLog
+from forecast.data.readers import read_deal_log
 from forecast.datasets.synthetic import SYNTHETIC_STAGES, SyntheticTruth, generate_crm
 
 __all__ = [
@@ -73,8 +74,6 @@ def load_sample() -> DealLog:
     >>> load_sample().n_deals > 1000
     True
     """
-    from forecast.data.readers import read_deal_log
-
     return read_deal_log(
         sample_events(), stages=SAMPLE_STAGES, segment_columns=("segment", "region")
     )

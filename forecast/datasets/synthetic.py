@@ -1,8 +1,8 @@
 """Synthetic CRM histories with known parameters.
 
 :func:`generate_crm` simulates a deal history from a censoring-aware semi-Markov
-model (clock reset at each stage entry) that contains every trap of the design
-(``DESIGN.md`` §5): censoring at the cut date, stale ("zombie") deals,
+model (clock reset at each stage entry, ``docs/model.md``) that contains every
+trap a real history holds: censoring at the cut date, stale ("zombie") deals,
 destination-dependent sojourns (losses linger), skips and backward moves,
 amount revisions and discounts, the quarter-end push, segments of different
 speed and size, growing seasonal over-dispersed arrivals, shared quarterly
@@ -47,7 +47,8 @@ import numpy as np
 import polars as pl
 from scipy import optimize, special, stats
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import as_datetime, check_bool, check_float, check_seed
+from forecast.calendar import FiscalCalendar, check_calendar
 from forecast.data.stages import StageMap
 from forecast.errors import ParameterError
 
@@ -379,8 +380,8 @@ class SyntheticTruth:
         Taken straight from the log's won rows, so ``end`` may not be later than the
         log's ``end``.
         """
-        t0 = _as_datetime(start, "start")
-        t1 = _as_datetime(end, "end")
+        t0 = as_datetime(start, "start")
+        t1 = as_datetime(end, "end")
         if t1 > self.end:
             raise ParameterError(
                 f"The `end` parameter of `bookings` must be at most the log end {self.end}. "
@@ -499,32 +500,24 @@ def _check_params(
     quarter_end_window_days: float,
     growth_per_year: float,
 ) -> None:
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise ParameterError(
-            f"The `seed` parameter of `generate_crm` must be an int ≥ 0. Got {seed!r}."
-        )
+    caller = "generate_crm"
+    check_seed(seed, caller)
     if end <= start:
         raise ParameterError(
             f"The `end` parameter of `generate_crm` must be later than `start` ({start}). "
             f"Got {end}."
         )
-    checks = [
-        ("sigma_shock", sigma_shock, 0.0 <= sigma_shock < 5.0, "a float in [0, 5)"),
-        ("pull_in", pull_in, 0.0 <= pull_in <= 1.0, "a probability in [0, 1]"),
-        ("scale", scale, 0.0 < scale <= 100.0, "a float in (0, 100]"),
-        (
-            "quarter_end_window_days",
-            quarter_end_window_days,
-            0.0 < quarter_end_window_days <= 30.0,
-            "a number of days in (0, 30]",
-        ),
-        ("growth_per_year", growth_per_year, -0.9 < growth_per_year < 10.0, "a float > -0.9"),
-    ]
-    for name, value, ok, expected in checks:
-        if not (isinstance(value, int | float | np.floating) and np.isfinite(value) and ok):
-            raise ParameterError(
-                f"The `{name}` parameter of `generate_crm` must be {expected}. Got {value!r}."
-            )
+    check_float(sigma_shock, "sigma_shock", caller, minimum=0.0, maximum=5.0, high_open=True)
+    check_float(pull_in, "pull_in", caller, minimum=0.0, maximum=1.0)
+    check_float(scale, "scale", caller, minimum=0.0, maximum=100.0, low_open=True)
+    check_float(
+        quarter_end_window_days, "quarter_end_window_days", caller, minimum=0.0, maximum=30.0,
+        low_open=True,
+    )  # fmt: skip
+    check_float(
+        growth_per_year, "growth_per_year", caller, minimum=-0.9, maximum=10.0, low_open=True,
+        high_open=True,
+    )  # fmt: skip
 
 
 def generate_crm(
@@ -584,21 +577,13 @@ def generate_crm(
     >>> 0 < crm.truth.win_probability("SMB", "Prospecting") < 1
     True
     """
-    cal = FiscalCalendar() if calendar is None else calendar
-    if not isinstance(cal, FiscalCalendar):
-        raise ParameterError(
-            "The `calendar` parameter of `generate_crm` must be a FiscalCalendar. "
-            f"Got {type(calendar).__name__}."
-        )
-    t_start = _as_datetime(start, "start")
-    t_end = _as_datetime(end, "end")
+    cal = check_calendar(calendar, "generate_crm")
+    t_start = as_datetime(start, "start", "generate_crm")
+    t_end = as_datetime(end, "end", "generate_crm")
     _check_params(
         seed, t_start, t_end, sigma_shock, pull_in, scale, quarter_end_window_days, growth_per_year
     )
-    if not isinstance(messy, bool):
-        raise ParameterError(
-            f"The `messy` parameter of `generate_crm` must be a bool. Got {messy!r}."
-        )
+    messy = check_bool(messy, "messy", "generate_crm")
     window = float(quarter_end_window_days)
     tables = _tables()
     ss = np.random.SeedSequence(int(seed))

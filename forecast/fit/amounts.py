@@ -1,5 +1,7 @@
 """Amounts: won amount relative to pipeline amount, and the amounts of new deals.
 
+Summary in ``docs/model.md``, section 7.
+
 **Win ratios.** For every won deal and every open spell it had before the win,
 ``ratio = amount at the win / amount at entry of the spell``. Each won deal has
 weight 1 (times its bootstrap ``weight``), split equally over its spells, so a
@@ -34,30 +36,23 @@ the grid), and the model stays small in JSON.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from forecast.calendar import FiscalCalendar
+from forecast._validation import check_float, check_int, to_datetime64
 from forecast.errors import ModelError, ParameterError
-from forecast.fit.bootstrap import (
-    _SEGMENT,
-    POOLED,
-    WEIGHT_COLUMN,
-    check_as_of,
-    check_calendar,
-    check_positive_int,
-    require_columns,
-    to_datetime64,
-    with_segment_label,
-    with_weight,
-)
 from forecast.fit.calendar_effects import in_quarter_end_window
+from forecast.fit.data import WEIGHT_COLUMN, FitData
+from forecast.segments import POOLED_SEGMENT, SEGMENT_COLUMN
 
 __all__ = ["AmountModel", "fit_amounts", "weighted_quantile_grid"]
+
+#: Key of the pooled entry in the amount model's dictionaries and JSON (a serialisation
+#: detail: callers name the pooled segment ``None`` or :data:`POOLED_SEGMENT`).
+_POOLED_KEY = "__pooled__"
 
 
 def weighted_quantile_grid(values: np.ndarray, weights: np.ndarray, n_quantiles: int) -> np.ndarray:
@@ -120,13 +115,14 @@ class AmountModel:
     window_days : int
         Quarter-end window in days.
     ratio_quantiles : dict str -> ndarray, shape (2, Q)
-        Per segment label (and ``"__pooled__"``): row 0 the win ratios elsewhere,
-        row 1 at quarter end (identical rows when not split). Dimensionless.
+        Per segment label (and the pooled entry, key ``"__pooled__"``): row 0 the
+        win ratios elsewhere, row 1 at quarter end (identical rows when not split).
+        Dimensionless.
     new_amount_quantiles : dict str -> ndarray, shape (Q,)
-        Per segment label (and ``"__pooled__"``): amounts at creation (currency).
+        Per segment label (and the pooled entry): amounts at creation (currency).
     stats : tuple of dict
-        Per segment and pooled: sample sizes, means, the test and which source
-        each sample came from (see :meth:`summary`).
+        Pooled first, then per segment: sample sizes, means, the test and which
+        source each sample came from (see :meth:`summary`).
     """
 
     segments: tuple[str, ...]
@@ -136,12 +132,12 @@ class AmountModel:
     stats: tuple[dict[str, Any], ...]
 
     def _key(self, segment: str | None) -> str:
-        if segment is None:
-            return POOLED
-        if segment not in self.ratio_quantiles or segment == POOLED:
+        if segment is None or (segment == POOLED_SEGMENT and segment not in self.segments):
+            return _POOLED_KEY
+        if segment not in self.segments:
             raise ParameterError(
                 f"Unknown `segment` {segment!r} for the amount model. Known segments: "
-                f"{list(self.segments)} (or None for the pooled fit)."
+                f"{list(self.segments)} (or None / {POOLED_SEGMENT!r} for the pooled fit)."
             )
         return segment
 
@@ -151,7 +147,8 @@ class AmountModel:
         Parameters
         ----------
         segment : str or None
-            Segment label; ``None`` for the pooled fit.
+            Segment label; ``None`` (or :data:`~forecast.segments.POOLED_SEGMENT`)
+            for the pooled fit.
         quarter_end : bool
             Ratios of wins in the last ``window_days`` days of a quarter (``True``)
             or elsewhere.
@@ -168,17 +165,24 @@ class AmountModel:
         return self.new_amount_quantiles[self._key(segment)].copy()
 
     def summary(self) -> pl.DataFrame:
-        """Per segment (and ``"__pooled__"``): ``n_won_deals, n_ratios, mean_ratio,
-        mean_ratio_quarter_end, mean_ratio_elsewhere, discount_quarter_end,
-        discount_elsewhere, z_quarter_end, p_value_quarter_end, split_quarter_end,
-        ratio_source, n_new_deals, mean_new_amount, new_amount_source``.
+        """Pooled (segment :data:`~forecast.segments.POOLED_SEGMENT`), then per segment:
+        ``n_won_deals, n_ratios, mean_ratio, mean_ratio_quarter_end,
+        mean_ratio_elsewhere, discount_quarter_end, discount_elsewhere, z_quarter_end,
+        p_value_quarter_end, split_quarter_end, ratio_source, n_new_deals,
+        mean_new_amount, new_amount_source``.
 
         Means are weighted over the segment's own data; ``*_source`` says whether
         the simulator's samples are the segment's own or the pooled ones;
         ``discount = 1 - mean ratio``; a statistic that could not be computed
-        (no wins on a side, too few deals for the test) is null.
+        (no wins on a side, too few deals for the test) is null. Without segment
+        columns the one segment is the pooled one, shown once.
         """
-        return pl.DataFrame(list(self.stats), infer_schema_length=None)
+        rows = [
+            {**r, "segment": POOLED_SEGMENT} if r["segment"] == _POOLED_KEY else r
+            for r in self.stats
+            if r["segment"] != POOLED_SEGMENT  # the one segment is the pooled one
+        ]
+        return pl.DataFrame(rows, infer_schema_length=None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe description."""
@@ -252,13 +256,9 @@ def _ratio_part(
 
 
 def fit_amounts(
-    spells: pl.DataFrame,
-    outcomes: pl.DataFrame,
-    as_of: object,
-    calendar: FiscalCalendar,
-    segment_columns: Sequence[str] = (),
-    window_days: int = 14,
+    data: FitData,
     *,
+    window_days: int = 14,
     new_deal_quarters: int = 4,
     min_segment_wins: int = 30,
     min_segment_new_deals: int = 20,
@@ -270,17 +270,10 @@ def fit_amounts(
 
     Parameters
     ----------
-    spells : polars.DataFrame
-        ``DealLog.spells(as_of)`` (``deal_id, entered_at, amount_at_entry``, segment
-        columns); optional ``weight`` column per deal.
-    outcomes : polars.DataFrame
-        ``DealLog.outcomes(as_of)`` (``deal_id, created_at, amount_at_creation,
-        status, closed_at, amount``, segment columns); optional ``weight``.
-    as_of : date-like
-        The cut the frames were built at.
-    calendar : FiscalCalendar
-    segment_columns : sequence of str
-        Segment columns (present in both frames); empty for one segment ``"all"``.
+    data : FitData
+        Reads the spells (``deal_id, entered_at, amount_at_entry``) and the
+        outcomes (``deal_id, created_at, amount_at_creation, status, closed_at,
+        amount``) with their segment labels and deal weights.
     window_days : int, default 14
         Quarter-end window in days.
     new_deal_quarters : int, default 4
@@ -307,32 +300,27 @@ def fit_amounts(
         deal with a known amount at creation.
     """
     caller = "fit_amounts"
-    t = check_as_of(as_of, caller)
-    calendar = check_calendar(calendar, caller)
-    w_days = check_positive_int(window_days, "window_days", caller)
-    n_q = check_positive_int(n_quantiles, "n_quantiles", caller)
-    n_new_q = check_positive_int(new_deal_quarters, "new_deal_quarters", caller, minimum=0)
-    min_wins = check_positive_int(min_segment_wins, "min_segment_wins", caller)
-    min_new = check_positive_int(min_segment_new_deals, "min_segment_new_deals", caller)
-    min_group = check_positive_int(min_group_deals, "min_group_deals", caller)
-    if not 0.0 < float(significance) < 1.0:
-        raise ParameterError(
-            f"The `significance` parameter of `{caller}` must be in (0, 1). Got {significance!r}."
-        )
-    seg_cols = list(segment_columns)
-    require_columns(
-        spells, ["deal_id", "entered_at", "amount_at_entry", *seg_cols], caller, "spells"
-    )
-    require_columns(
-        outcomes,
-        ["deal_id", "created_at", "amount_at_creation", "status", "closed_at", "amount", *seg_cols],
-        caller,
+    t, calendar = data.as_of, data.calendar
+    w_days = check_int(window_days, "window_days", caller, minimum=1)
+    n_q = check_int(n_quantiles, "n_quantiles", caller, minimum=1)
+    n_new_q = check_int(new_deal_quarters, "new_deal_quarters", caller, minimum=0)
+    min_wins = check_int(min_segment_wins, "min_segment_wins", caller, minimum=1)
+    min_new = check_int(min_segment_new_deals, "min_segment_new_deals", caller, minimum=1)
+    min_group = check_int(min_group_deals, "min_group_deals", caller, minimum=1)
+    significance = check_float(
+        significance, "significance", caller, minimum=0.0, maximum=1.0, low_open=True,
+        high_open=True,
+    )  # fmt: skip
+    sp = data.frame("spells", caller, ["deal_id", "entered_at", "amount_at_entry"])
+    oc = data.frame(
         "outcomes",
+        caller,
+        ["deal_id", "created_at", "amount_at_creation", "status", "closed_at", "amount"],
     )
-    sp = with_segment_label(with_weight(spells, caller, "spells"), seg_cols, caller, "spells")
-    oc = with_segment_label(with_weight(outcomes, caller, "outcomes"), seg_cols, caller, "outcomes")
     segments = tuple(
-        sorted(set(sp[_SEGMENT].unique().to_list()) | set(oc[_SEGMENT].unique().to_list()))
+        sorted(
+            set(sp[SEGMENT_COLUMN].unique().to_list()) | set(oc[SEGMENT_COLUMN].unique().to_list())
+        )
     )
 
     # -- win ratios --------------------------------------------------------------------------
@@ -345,7 +333,7 @@ def fit_amounts(
         & (pl.col("amount") >= 0)
     ).select("deal_id", "closed_at", pl.col("amount").alias("won_amount"))
     r = (
-        sp.select("deal_id", "entered_at", "amount_at_entry", WEIGHT_COLUMN, _SEGMENT)
+        sp.select("deal_id", "entered_at", "amount_at_entry", WEIGHT_COLUMN, SEGMENT_COLUMN)
         .join(won, on="deal_id", how="inner")
         .filter(
             (pl.col("entered_at") < pl.col("closed_at"))
@@ -398,15 +386,15 @@ def fit_amounts(
     def grids(el: tuple[np.ndarray, np.ndarray], qe: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         return np.vstack([weighted_quantile_grid(*el, n_q), weighted_quantile_grid(*qe, n_q)])
 
-    pooled_stats, el, qe = _ratio_part(r, min_group, float(significance))
-    ratio_q[POOLED] = grids(el, qe)
-    new_q[POOLED] = weighted_quantile_grid(
+    pooled_stats, el, qe = _ratio_part(r, min_group, significance)
+    ratio_q[_POOLED_KEY] = grids(el, qe)
+    new_q[_POOLED_KEY] = weighted_quantile_grid(
         new["amount_at_creation"].to_numpy(), new[WEIGHT_COLUMN].to_numpy(), n_q
     )
     pooled_new = (new["amount_at_creation"].to_numpy(), new[WEIGHT_COLUMN].to_numpy())
     stats.append(
         {
-            "segment": POOLED,
+            "segment": _POOLED_KEY,
             **pooled_stats,
             "ratio_source": "own",
             "n_new_deals": int(new.height),
@@ -416,18 +404,18 @@ def fit_amounts(
         }
     )
     for g in segments:
-        rg = r.filter(pl.col(_SEGMENT) == g)
+        rg = r.filter(pl.col(SEGMENT_COLUMN) == g)
         if rg.height and rg["w_spell"].sum() > 0:
-            g_stats, el, qe = _ratio_part(rg, min_group, float(significance))
+            g_stats, el, qe = _ratio_part(rg, min_group, significance)
         else:
             g_stats = {k: (0 if k.startswith("n_") else float("nan")) for k in pooled_stats}
             g_stats["split_quarter_end"] = False
         own = g_stats["n_won_deals"] >= min_wins
-        ratio_q[g] = grids(el, qe) if own else ratio_q[POOLED]
-        ng = new.filter(pl.col(_SEGMENT) == g)
+        ratio_q[g] = grids(el, qe) if own else ratio_q[_POOLED_KEY]
+        ng = new.filter(pl.col(SEGMENT_COLUMN) == g)
         own_new = ng.height >= min_new and ng[WEIGHT_COLUMN].sum() > 0
         vals = (ng["amount_at_creation"].to_numpy(), ng[WEIGHT_COLUMN].to_numpy())
-        new_q[g] = weighted_quantile_grid(*vals, n_q) if own_new else new_q[POOLED]
+        new_q[g] = weighted_quantile_grid(*vals, n_q) if own_new else new_q[_POOLED_KEY]
         stats.append(
             {
                 "segment": g,

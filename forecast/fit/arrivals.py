@@ -1,5 +1,7 @@
 """New-deal arrivals: how many deals are created per fiscal quarter, and where they enter.
 
+Summary in ``docs/model.md``, section 8.
+
 Per segment, the (weighted) number of deals created in each fiscal quarter of the
 last ``lookback_quarters`` full quarters plus the current partial one is modelled
 as Poisson with a log-linear rate
@@ -42,20 +44,11 @@ import numpy as np
 import polars as pl
 from scipy.optimize import brentq
 
-from forecast.calendar import FiscalCalendar, FiscalQuarter, _as_datetime
+from forecast._validation import as_datetime, check_int, check_seed, float_or_none, to_datetime64
+from forecast.calendar import FiscalCalendar, FiscalQuarter
 from forecast.errors import ModelError, ParameterError
-from forecast.fit.bootstrap import (
-    _SEGMENT,
-    WEIGHT_COLUMN,
-    check_as_of,
-    check_calendar,
-    check_positive_int,
-    float_or_none,
-    require_columns,
-    to_datetime64,
-    with_segment_label,
-    with_weight,
-)
+from forecast.fit.data import WEIGHT_COLUMN, FitData
+from forecast.segments import SEGMENT_COLUMN
 
 __all__ = ["ArrivalModel", "SegmentArrivals", "fit_arrivals", "poisson_glm"]
 
@@ -307,7 +300,7 @@ class ArrivalModel:
             Expected counts (deals); within each fiscal quarter the rate is
             constant in time, so a piece of a quarter gets its share by days.
         """
-        t0 = self.as_of if as_of is None else _as_datetime(as_of, "as_of")
+        t0 = self.as_of if as_of is None else as_datetime(as_of, "as_of", "expected_counts")
         out = np.zeros((len(self.segments), len(quarter_bounds)))
         for w, bounds in enumerate(quarter_bounds):
             try:
@@ -317,7 +310,8 @@ class ArrivalModel:
                     "Each entry of `quarter_bounds` of `expected_counts` must be a (start, end) "
                     f"pair. Got {bounds!r} at position {w}."
                 ) from None
-            a, b = max(_as_datetime(a, "start"), t0), _as_datetime(b, "end")
+            a = max(as_datetime(a, "quarter_bounds", "expected_counts"), t0)
+            b = as_datetime(b, "quarter_bounds", "expected_counts")
             if b <= a:
                 continue
             q = self.calendar.quarter_of(a)
@@ -343,8 +337,8 @@ class ArrivalModel:
         dict str -> ndarray, shape (n_draws, p)
             Empty ``(n_draws, 0)`` arrays for zero-rate segments.
         """
-        n = check_positive_int(n_draws, "n_draws", "draw_coefficients")
-        rng = np.random.default_rng(seed)
+        n = check_int(n_draws, "n_draws", "draw_coefficients", minimum=1)
+        rng = np.random.default_rng(check_seed(seed, "draw_coefficients"))
         out = {}
         for seg in self.segments:
             f = self.fits[seg]
@@ -424,7 +418,7 @@ class ArrivalModel:
         g, k = len(d["segments"]), int(d["n_open_stages"])
         return cls(
             segments=tuple(d["segments"]),
-            as_of=_as_datetime(d["as_of"], "as_of"),
+            as_of=as_datetime(d["as_of"], "as_of", "ArrivalModel.from_dict"),
             calendar=FiscalCalendar.from_dict(d["calendar"]),
             fits={s: SegmentArrivals.from_dict(v) for s, v in d["fits"].items()},
             entry_mix=np.asarray(d["entry_mix"], dtype=np.float64).reshape(g, k),
@@ -507,45 +501,32 @@ def _fit_segment(
 
 
 def fit_arrivals(
-    outcomes: pl.DataFrame,
-    as_of: object,
-    calendar: FiscalCalendar,
-    segment_columns: Sequence[str] = (),
-    lookback_quarters: int = 12,
+    data: FitData,
     *,
-    n_open_stages: int | None = None,
+    lookback_quarters: int = 12,
     mix_quarters: int = 4,
     min_full_quarters_trend: int = 4,
     min_full_quarters_season: int = 8,
     min_segment_mix: int = 20,
-    history_start: object | None = None,
 ) -> ArrivalModel:
     """Fit per-segment new-deal arrival rates and entry-stage mixes.
 
     Parameters
     ----------
-    outcomes : polars.DataFrame
-        ``DealLog.outcomes(as_of)``: ``deal_id, created_at, first_stage_code`` and the
-        segment columns; an optional ``weight`` column weights each deal.
-    as_of : date-like
-        The cut the frame was built at.
-    calendar : FiscalCalendar
-    segment_columns : sequence of str
-        Segment columns; empty for one segment ``"all"``.
+    data : FitData
+        Reads the outcomes (``deal_id, created_at, first_stage_code``) with their
+        segment labels and deal weights; ``data.n_open`` (default: ``1 +
+        max(first_stage_code)``; codes ≥ K are left out of the mix) and
+        ``data.history_start`` (exposure of earlier quarters is 0; default: the
+        earliest ``created_at``).
     lookback_quarters : int, default 12
         Full fiscal quarters before the current one that enter the fit.
-    n_open_stages : int, optional
-        ``K``. Default: ``1 + max(first_stage_code)`` — pass it when some deals are
-        created directly in a terminal stage (codes ≥ K are left out of the mix).
     mix_quarters : int, default 4
         Full quarters (before the current one) of creations for the entry-stage mix.
     min_full_quarters_trend, min_full_quarters_season : int, default 4 and 8
         Full quarters needed to fit a trend / fiscal-quarter seasonality.
     min_segment_mix : int, default 20
         Fewer recent deals in a segment: it uses the pooled entry mix.
-    history_start : date-like, optional
-        Start of the observed history (exposure of earlier quarters is 0).
-        Default: the earliest ``created_at``.
 
     Returns
     -------
@@ -557,34 +538,25 @@ def fit_arrivals(
         No deal was created before ``as_of``, or none entered an open stage.
     """
     caller = "fit_arrivals"
-    t = check_as_of(as_of, caller)
-    calendar = check_calendar(calendar, caller)
-    lookback = check_positive_int(lookback_quarters, "lookback_quarters", caller)
-    mixq = check_positive_int(mix_quarters, "mix_quarters", caller, minimum=0)
-    min_trend = check_positive_int(min_full_quarters_trend, "min_full_quarters_trend", caller)
-    min_season = check_positive_int(min_full_quarters_season, "min_full_quarters_season", caller)
-    min_mix = check_positive_int(min_segment_mix, "min_segment_mix", caller)
-    seg_cols = list(segment_columns)
-    require_columns(
-        outcomes, ["deal_id", "created_at", "first_stage_code", *seg_cols], caller, "outcomes"
-    )
-    oc = with_segment_label(with_weight(outcomes, caller, "outcomes"), seg_cols, caller, "outcomes")
+    t, calendar = data.as_of, data.calendar
+    lookback = check_int(lookback_quarters, "lookback_quarters", caller, minimum=1)
+    mixq = check_int(mix_quarters, "mix_quarters", caller, minimum=0)
+    min_trend = check_int(min_full_quarters_trend, "min_full_quarters_trend", caller, minimum=1)
+    min_season = check_int(min_full_quarters_season, "min_full_quarters_season", caller, minimum=1)
+    min_mix = check_int(min_segment_mix, "min_segment_mix", caller, minimum=1)
+    oc = data.frame("outcomes", caller, ["deal_id", "created_at", "first_stage_code"])
     oc = oc.filter(pl.col("created_at").is_not_null() & (pl.col("created_at") <= t))
     if oc.height == 0:
         raise ModelError(
             f"`{caller}`: no deal was created on or before {t:%Y-%m-%d}; arrival rates cannot be "
             "estimated."
         )
-    if n_open_stages is None:
+    if data.n_open is None:
         k_open = int(oc["first_stage_code"].max()) + 1  # type: ignore[arg-type]
     else:
-        k_open = check_positive_int(n_open_stages, "n_open_stages", caller)
-    start = (
-        oc["created_at"].min()
-        if history_start is None
-        else _as_datetime(history_start, "history_start")
-    )
-    segments = tuple(sorted(oc[_SEGMENT].unique().to_list()))
+        k_open = data.n_open
+    start = oc["created_at"].min() if data.history_start is None else data.history_start
+    segments = tuple(sorted(oc[SEGMENT_COLUMN].unique().to_list()))
 
     # -- quarters of the lookback with their exposure -------------------------------------------
     current = calendar.quarter_of(t)
@@ -614,7 +586,7 @@ def fit_arrivals(
     # the listed quarters are consecutive (only the first and the current one can be
     # left out for low exposure), so creations outside them get -1 or len(quarters)
     q_index = np.where((q_index >= 0) & (q_index < len(quarters)), q_index, -1)
-    seg_arr = oc[_SEGMENT].to_numpy()
+    seg_arr = oc[SEGMENT_COLUMN].to_numpy()
     w = oc[WEIGHT_COLUMN].to_numpy().astype(np.float64)
 
     fits: dict[str, SegmentArrivals] = {}

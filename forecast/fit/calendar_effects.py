@@ -1,6 +1,6 @@
 """Quarter-end effect: how strongly wins bunch in the last days of a fiscal quarter.
 
-Model (``docs/internals.md`` §5): a win that would fall in the first ``W`` days of
+Model (``docs/model.md``, "Quarter-end effect"; ``docs/internals.md`` §5): a win that would fall in the first ``W`` days of
 quarter ``q + 1`` is moved into the last ``W`` days of quarter ``q`` with
 probability ``pi``. If wins arrive at a base rate ``b`` per day around a quarter
 boundary, the expected number of wins is ``b W (1 + pi)`` in the last ``W`` days
@@ -28,17 +28,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import check_int, float_or_none, to_datetime64
+from forecast.calendar import FiscalCalendar
 from forecast.errors import ParameterError
-from forecast.fit.bootstrap import (
-    WEIGHT_COLUMN,
-    check_as_of,
-    check_calendar,
-    check_positive_int,
-    float_or_none,
-    to_datetime64,
-    with_weight,
-)
+from forecast.fit.data import WEIGHT_COLUMN, FitData
 
 __all__ = ["MAX_PULL_IN", "QuarterEndEffect", "fit_quarter_end_effect"]
 
@@ -225,35 +218,27 @@ def _win_times(wins: pl.DataFrame, time_column: str | None) -> tuple[pl.DataFram
 
 
 def fit_quarter_end_effect(
-    wins: pl.DataFrame,
-    as_of: object,
-    calendar: FiscalCalendar,
-    window_days: int = 14,
+    data: FitData,
     *,
+    window_days: int = 14,
     time_column: str | None = None,
-    history_start: object | None = None,
 ) -> QuarterEndEffect:
     """Estimate the quarter-end pull-in probability ``pi`` from past wins.
 
     Parameters
     ----------
-    wins : polars.DataFrame
-        One row per win: the ``bookings`` view (``won_at``), an ``outcomes`` frame
-        (``closed_at``; rows with ``status != 'won'`` are dropped) or won spells
-        (``exited_at``). An optional ``weight`` column (per-deal bootstrap weight)
-        weights each win.
-    as_of : date-like
-        The cut; only boundaries whose window after the boundary ends by ``as_of``
-        are used.
-    calendar : FiscalCalendar
+    data : FitData
+        Reads the bookings frame: one row per win, with the win time in ``won_at``
+        (the ``bookings`` view), ``closed_at`` (an ``outcomes``-shaped frame; rows
+        with ``status != 'won'`` are dropped) or ``exited_at`` (won spells), and the
+        deal weights. Only boundaries whose window after the boundary ends by
+        ``data.as_of`` are used, and only boundaries with ``boundary - W >=
+        data.history_start`` (default: the earliest win).
     window_days : int, default 14
         ``W``: days on each side of a quarter boundary.
     time_column : str, optional
         Column of win times (default: the first of ``won_at``, ``closed_at``,
         ``exited_at`` present).
-    history_start : date-like, optional
-        Start of the observed history; only boundaries with ``boundary - W >=
-        history_start`` are used. Default: the earliest win.
 
     Returns
     -------
@@ -265,17 +250,18 @@ def fit_quarter_end_effect(
     --------
     >>> import datetime as dt
     >>> t = [dt.datetime(2024, 3, 25), dt.datetime(2024, 3, 28), dt.datetime(2024, 4, 3)]
-    >>> e = fit_quarter_end_effect(pl.DataFrame({"won_at": t}), dt.datetime(2024, 5, 1),
-    ...                            FiscalCalendar(), history_start=dt.datetime(2024, 1, 1))
+    >>> data = FitData.from_frames(bookings=pl.DataFrame({"won_at": t}),
+    ...                            as_of=dt.datetime(2024, 5, 1),
+    ...                            history_start=dt.datetime(2024, 1, 1))
+    >>> e = fit_quarter_end_effect(data)
     >>> round(e.pi, 4), e.n_last, e.n_first
     (0.3333, 2.0, 1.0)
     """
     caller = "fit_quarter_end_effect"
-    t_cut = check_as_of(as_of, caller)
-    calendar = check_calendar(calendar, caller)
-    w_days = check_positive_int(window_days, "window_days", caller)
-    frame, col = _win_times(wins, time_column)
-    frame = with_weight(frame, caller, "wins").filter(pl.col(col) <= t_cut)
+    t_cut, calendar = data.as_of, data.calendar
+    w_days = check_int(window_days, "window_days", caller, minimum=1)
+    frame, col = _win_times(data.frame("bookings", caller), time_column)
+    frame = frame.filter(pl.col(col) <= t_cut)
     times = to_datetime64(frame[col])
     weights = frame[WEIGHT_COLUMN].to_numpy().astype(np.float64)
     order = np.argsort(times, kind="stable")
@@ -283,10 +269,10 @@ def fit_quarter_end_effect(
     cum_w = np.concatenate([[0.0], np.cumsum(weights)])
     cum_w2 = np.concatenate([[0.0], np.cumsum(weights**2)])
 
-    if history_start is None:
+    if data.history_start is None:
         start = times[0].astype(dt.datetime) if times.size else t_cut
     else:
-        start = _as_datetime(history_start, "history_start")
+        start = data.history_start
     window = dt.timedelta(days=w_days)
 
     rows: list[dict[str, Any]] = []

@@ -18,6 +18,7 @@ censoring and case weights,
   of a deal of a given age, eventually or within a number of days
   (:func:`win_probability`, :func:`win_time_density`).
 
+The estimators are written out in ``docs/model.md`` (sections 2, 3 and 6).
 Conventions (``docs/internals.md`` §1 and §4): ``C`` destination codes, ``-1``
 marks a censored spell; ``cif_grid[j, d] = F_j(d)`` at ``d = 0 .. D`` with
 ``D = ceil(max duration)``.
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
+from forecast._validation import check_int
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.tails import TailFit, fit_tail
 
@@ -102,11 +104,7 @@ class CensoredSpells:
     weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        n_codes = self.n_codes
-        if isinstance(n_codes, bool) or not isinstance(n_codes, int | np.integer) or n_codes < 1:
-            raise ParameterError(
-                f"`n_codes` of CensoredSpells must be an int ≥ 1. Got {n_codes!r}."
-            )
+        n_codes = check_int(self.n_codes, "n_codes", "CensoredSpells", minimum=1)
         d = np.array(self.durations, dtype=np.float64, copy=True)
         if d.ndim != 1:
             raise ParameterError(f"`durations` must be 1-D (n,). Got shape {d.shape}.")
@@ -151,6 +149,28 @@ class CensoredSpells:
         object.__setattr__(self, "durations", _readonly(d))
         object.__setattr__(self, "destinations", _readonly(j))
         object.__setattr__(self, "weights", _readonly(w))
+
+    @classmethod
+    def trusted(
+        cls,
+        durations: np.ndarray,
+        destinations: np.ndarray,
+        n_codes: int,
+        weights: np.ndarray,
+    ) -> CensoredSpells:
+        """Spells from arrays that are already valid, without checking or copying them again.
+
+        For callers that validated the arrays once for many fits (e.g. every
+        bootstrap draw of :class:`forecast.fit.data.FitData`): ``durations`` float64
+        finite ≥ 0, ``destinations`` int64 in ``-1 .. n_codes - 1`` and ``weights``
+        float64 finite ≥ 0, all of shape (n,).
+        """
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "n_codes", int(n_codes))
+        object.__setattr__(obj, "durations", _readonly(durations))
+        object.__setattr__(obj, "destinations", _readonly(destinations))
+        object.__setattr__(obj, "weights", _readonly(weights))
+        return obj
 
     @classmethod
     def right_censored(
@@ -558,10 +578,7 @@ class ExitCurves:
         -------
         numpy.ndarray of float64, shape (C, max_days)
         """
-        if isinstance(max_days, bool) or not isinstance(max_days, int | np.integer) or max_days < 1:
-            raise ParameterError(
-                f"`max_days` of `exit_density` must be an int ≥ 1. Got {max_days!r}."
-            )
+        max_days = check_int(max_days, "max_days", "exit_density", minimum=1)
         f = self.cif(np.arange(1, int(max_days) + 1, dtype=np.float64))
         return np.maximum(np.diff(f, axis=1, prepend=0.0), 0.0)
 
@@ -953,8 +970,7 @@ def win_time_density(
         raise ParameterError(
             f"`won_code` must be a terminal code in {k}..{c - 1}. Got {won_code!r}."
         )
-    if isinstance(max_days, bool) or not isinstance(max_days, int | np.integer) or max_days < 1:
-        raise ParameterError(f"`max_days` must be an int ≥ 1. Got {max_days!r}.")
+    max_days = check_int(max_days, "max_days", "win_time_density", minimum=1)
     length = int(max_days)
     dens = np.stack([cv.exit_density(length) for cv in curves_by_stage])  # (K, C, L)
     g = np.zeros((k, length))  # fresh-entry win-time densities

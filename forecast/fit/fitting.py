@@ -1,153 +1,81 @@
-"""`forecast.fit`: estimate a `PipelineModel` from a `DealLog` cut at an as-of date."""
+"""`forecast.fit`: estimate a `PipelineModel` from a `DealLog` cut at an as-of date.
+
+:func:`fit` checks its arguments, builds the :class:`~forecast.fit.data.FitData`
+once, fits every component on it (:func:`fit_components`) and, for the
+parameter uncertainty, refits on Bayesian-bootstrap re-weightings of the same
+data (:func:`parameter_draws`). The estimators are written out in
+``docs/model.md``.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import polars as pl
 
-from forecast.calendar import FiscalCalendar, _as_datetime
-from forecast.errors import MissingColumnError, ModelError, ParameterError
-from forecast.fit.amounts import fit_amounts
-from forecast.fit.arrivals import fit_arrivals
-from forecast.fit.bootstrap import dirichlet_deal_weights
-from forecast.fit.calendar_effects import fit_quarter_end_effect
-from forecast.fit.competing_risks import CensoredSpells, ExitCurves, aalen_johansen, fit_exit_curves
-from forecast.fit.model import ParameterDraws, PipelineModel, _empty_shrinkage
-from forecast.fit.shocks import fit_shocks
-from forecast.fit.shrinkage import credibility_weights
+from forecast._validation import check_bool, check_int, check_seed
+from forecast._version import __version__
+from forecast.calendar import FiscalCalendar
+from forecast.data.deal_log import DealLog
+from forecast.errors import ParameterError
+from forecast.fit.amounts import AmountModel, fit_amounts
+from forecast.fit.arrivals import ArrivalModel, fit_arrivals
+from forecast.fit.bootstrap import bootstrap_weights
+from forecast.fit.calendar_effects import QuarterEndEffect, fit_quarter_end_effect
+from forecast.fit.competing_risks import CensoredSpells, ExitCurves
+from forecast.fit.data import FitData
+from forecast.fit.exits import ExitFit, fit_exits, weighted_fit_summary
+from forecast.fit.model import ParameterDraws, PipelineModel
+from forecast.fit.shocks import ShockModel, fit_shocks
 
-if TYPE_CHECKING:  # pragma: no cover
-    from forecast.data.deal_log import DealLog
-
-__all__ = ["SEGMENT_COLUMN", "fit", "segment_labels"]
-
-#: Name of the derived column holding a row's segment label.
-SEGMENT_COLUMN = "_segment"
-_POOLED = "all"
+__all__ = ["FitOptions", "PointFit", "fit", "fit_components", "parameter_draws"]
 
 
-def segment_labels(frame: pl.DataFrame, segment_by: Sequence[str]) -> pl.DataFrame:
-    """Add the ``_segment`` label column: segment values joined by ``"|"`` (``"all"`` if none)."""
-    if not segment_by:
-        return frame.with_columns(pl.lit(_POOLED).alias(SEGMENT_COLUMN))
-    return frame.with_columns(
-        pl.concat_str(
-            [pl.col(c).cast(pl.Utf8).fill_null("(missing)") for c in segment_by], separator="|"
-        ).alias(SEGMENT_COLUMN)
+@dataclass(frozen=True)
+class FitOptions:
+    """The fitting options that every fit of one model (point and draws) shares.
+
+    Attributes
+    ----------
+    tail_families : tuple of str
+        Candidate families for the tail beyond the last observed sojourn.
+    quarter_end_window_days : int
+        Quarter-end window, days (pull-in and deeper discounts).
+    arrivals_lookback_quarters : int
+        Full fiscal quarters of history in the arrival model.
+    shrink : bool
+        Shrink segment exit curves toward the pooled ones.
+    """
+
+    tail_families: tuple[str, ...] = ("exponential", "weibull", "lognormal")
+    quarter_end_window_days: int = 14
+    arrivals_lookback_quarters: int = 12
+    shrink: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class PointFit:
+    """Every component fitted on one :class:`FitData` (the point fit of a model)."""
+
+    exits: ExitFit
+    amounts: AmountModel
+    arrivals: ArrivalModel
+    quarter_end: QuarterEndEffect
+    shocks: ShockModel
+
+
+def fit_components(data: FitData, options: FitOptions) -> PointFit:
+    """Fit the exit curves, amounts, arrivals, quarter-end effect and shocks on ``data``."""
+    window = options.quarter_end_window_days
+    return PointFit(
+        exits=fit_exits(data, tail_families=options.tail_families, shrink=options.shrink),
+        amounts=fit_amounts(data, window_days=window),
+        arrivals=fit_arrivals(data, lookback_quarters=options.arrivals_lookback_quarters),
+        quarter_end=fit_quarter_end_effect(data, window_days=window),
+        shocks=fit_shocks(data),
     )
-
-
-def _spells_arrays(
-    spells: pl.DataFrame, n_codes: int, weights: np.ndarray | None = None
-) -> CensoredSpells:
-    return CensoredSpells(
-        durations=spells["duration_days"].to_numpy().astype(np.float64),
-        destinations=spells["destination_code"].to_numpy().astype(np.int64),
-        weights=None if weights is None else np.asarray(weights, dtype=np.float64),
-        n_codes=n_codes,
-    )
-
-
-def _summary_of_weighted_fit(
-    cs: CensoredSpells, tail_shares: np.ndarray
-) -> tuple[np.ndarray, float]:
-    """Eventual destination shares (C,) and median sojourn (days) of a weighted AJ fit.
-
-    Mass still surviving after the last observed time is split by the point fit's
-    tail shares; the median is ``nan`` when survival never falls to one half.
-    """
-    aj = aalen_johansen(cs)
-    if aj.times.size == 0:
-        return tail_shares.copy(), float("nan")
-    shares = aj.cif[:, -1] + aj.survival[-1] * tail_shares
-    below = np.nonzero(aj.survival <= 0.5)[0]
-    median = float(aj.times[below[0]]) if below.size else float("nan")
-    return shares, median
-
-
-def _segment_destination_effects(
-    raw: dict[tuple[str, int], ExitCurves],
-    pooled: dict[int, ExitCurves],
-    exits: dict[tuple[str, int], float],
-    segments: Sequence[str],
-    n_open: int,
-) -> dict[str, np.ndarray | None]:
-    """Per segment, how much more often its exits go to each destination, over all stages.
-
-    An indirectly standardised ratio per destination ``j`` (observed over expected):
-    ``m_gj = Σ_k n_gk F_gkj(∞) / Σ_k n_gk P_kj(∞)``, with ``n_gk`` the segment's
-    observed exits from stage ``k``, ``F_gk`` its own eventual destination shares and
-    ``P_k`` the pooled ones. Pooling the stages makes it far steadier than any one
-    stage's mix (on the synthetic generator the Enterprise segment has ~280 exits in
-    all but 20 in Negotiation). Ratios are 1 where nothing is expected.
-
-    Returns
-    -------
-    dict str -> ndarray of float64, shape (C,), or None
-        None for a segment without any observed exit.
-    """
-    n_codes = pooled[0].n_codes
-    out: dict[str, np.ndarray | None] = {}
-    for g in segments:
-        observed = np.zeros(n_codes)
-        expected = np.zeros(n_codes)
-        for k in range(n_open):
-            n = exits[(g, k)]
-            if n > 0:
-                observed += n * raw[(g, k)].eventual_shares()
-                expected += n * pooled[k].eventual_shares()
-        if not expected.sum() > 0:
-            out[g] = None
-            continue
-        ratio = np.ones(n_codes)
-        has = expected > 0
-        ratio[has] = observed[has] / expected[has]
-        out[g] = ratio
-    return out
-
-
-def _shrink_toward(
-    own: ExitCurves,
-    pooled: ExitCurves,
-    credibility: float,
-    destination_effect: np.ndarray | None = None,
-) -> ExitCurves:
-    """Credibility mixture of a segment's curves with the pooled ones, adjusted to the segment.
-
-    The credibility weight measures how much the segments' destination mixes
-    differ (:mod:`forecast.fit.shrinkage`). Mixing with the raw pooled curves would
-    pull a segment toward the majority in *every* respect, so the pooled curves are
-    first moved to the segment where the segment's own data are plentiful:
-
-    - stretched to the segment's own median sojourn (when both medians are finite):
-      segments often differ several-fold in speed (on the synthetic generator the
-      Enterprise median sojourn in Negotiation fell from 49 to 28 days without it,
-      and next-quarter Enterprise wins were over-predicted by 40-100 %);
-    - reweighted by the segment's destination effect over all stages
-      (:func:`_segment_destination_effects`): a segment that wins less often in every
-      stage keeps that when a sparse stage borrows from the pool (without it, the
-      Enterprise Negotiation win share was pulled from 0.50 toward the pooled 0.60).
-
-    Shrinkage then borrows the stage's shape of the sojourn distribution and the
-    stage-specific pattern of the destination mix, not the segment's level.
-    """
-    if credibility >= 1.0:
-        return own
-    target = pooled
-    m_own, m_pool = own.median(), pooled.median()
-    factor = 1.0
-    if np.isfinite(m_own) and np.isfinite(m_pool) and m_own > 0 and m_pool > 0:
-        factor = m_own / m_pool
-    effect = destination_effect
-    if effect is not None and not float(np.dot(effect, pooled.eventual_shares())) > 0:
-        effect = None
-    if factor != 1.0 or effect is not None:
-        target = pooled.scaled(factor, effect)
-    return own.mixed(target, credibility)
 
 
 def fit(
@@ -164,6 +92,8 @@ def fit(
     shrink: bool = True,
 ) -> PipelineModel:
     """Fit the semi-Markov pipeline model to the history known at ``as_of``.
+
+    The model and its estimators are described in ``docs/model.md``.
 
     Parameters
     ----------
@@ -194,188 +124,93 @@ def fit(
     -------
     PipelineModel
     """
-    from forecast import __version__
-
-    calendar = calendar or FiscalCalendar()
-    if not isinstance(n_draws, int) or n_draws < 0:
+    caller = "fit"
+    n_draws = check_int(n_draws, "n_draws", caller, minimum=0)
+    seed = check_seed(seed, caller)
+    if isinstance(tail_families, str):
         raise ParameterError(
-            f"The `n_draws` parameter of `fit` must be an int ≥ 0. Got {n_draws!r}."
+            f"The `tail_families` parameter of `{caller}` must be a list of family names "
+            f"(e.g. ['weibull']). Got {tail_families!r}."
         )
-    segment_by = tuple(segment_by)
-    for c in segment_by:
-        if c not in log.segment_columns:
-            raise MissingColumnError(
-                f"The `segment_by` column {c!r} is not a segment column of the log. "
-                f"Segment columns: {list(log.segment_columns)} (pass `segment_columns=` "
-                "to `read_deal_log`).",
-                column=c,
-                expected=list(log.segment_columns),
-                found=c,
-            )
-    t = log.last_timestamp if as_of is None else _as_datetime(as_of, "as_of")
-    cut = log.as_of(t)
-    stages = log.stages
-    n_codes = stages.n_codes
-    spells = segment_labels(cut.spells(t), segment_by)
-    outcomes = segment_labels(cut.outcomes(t), segment_by)
-    bookings = segment_labels(
-        cut.bookings(cut.first_timestamp, t + dt.timedelta(microseconds=1)), segment_by
+    options = FitOptions(
+        tail_families=tuple(tail_families),
+        quarter_end_window_days=check_int(
+            quarter_end_window_days, "quarter_end_window_days", caller, minimum=1
+        ),
+        arrivals_lookback_quarters=check_int(
+            arrivals_lookback_quarters, "arrivals_lookback_quarters", caller, minimum=1
+        ),
+        shrink=check_bool(shrink, "shrink", caller),
     )
-    if spells.height == 0:
-        raise ModelError(f"The history has no stage visits before {t:%Y-%m-%d}; nothing to fit.")
-    segments = tuple(sorted(spells[SEGMENT_COLUMN].unique().to_list()))
-
-    # -- exit curves: pooled, per segment, shrunk ------------------------------------------------
-    pooled: dict[int, ExitCurves] = {}
-    raw: dict[tuple[str, int], ExitCurves] = {}
-    shrink_rows: list[dict[str, Any]] = []
-    curves: dict[tuple[str, int], ExitCurves] = {}
-    credibility: dict[tuple[str, int], float] = {}
-    stage_spells: dict[int, dict[str, CensoredSpells]] = {}
-    exits: dict[tuple[str, int], float] = {}
-    for k in range(stages.n_open):
-        sk = spells.filter(pl.col("stage_code") == k)
-        pooled[k] = fit_exit_curves(_spells_arrays(sk, n_codes), tail_families=tail_families)
-        stage_spells[k] = {
-            g: _spells_arrays(sk.filter(pl.col(SEGMENT_COLUMN) == g), n_codes) for g in segments
-        }
-        for g in segments:
-            seg = stage_spells[k][g]
-            raw[(g, k)] = (
-                fit_exit_curves(seg, tail_families=tail_families) if seg.n > 0 else pooled[k]
-            )
-            exits[(g, k)] = float(np.sum(seg.weights[seg.destinations >= 0]))
-    effects = _segment_destination_effects(raw, pooled, exits, segments, stages.n_open)
-    for k, stage_name in enumerate(stages.open):
-        seg_spells = stage_spells[k]
-        if len(segments) > 1 and shrink:
-            cred = credibility_weights(list(seg_spells.values()), time_bands="quartiles")
-            weights, kval = np.asarray(cred.weights, dtype=float), float(cred.k)
-        else:
-            weights, kval = np.ones(len(segments)), 0.0
-        for i, g in enumerate(segments):
-            z = float(weights[i]) if seg_spells[g].n > 0 else 0.0
-            credibility[(g, k)] = z
-            curves[(g, k)] = _shrink_toward(raw[(g, k)], pooled[k], z, effects[g])
-            shrink_rows.append(
-                {
-                    "segment": g,
-                    "stage": stage_name,
-                    "n_spells": int(seg_spells[g].n),
-                    "credibility": z,
-                    "k": kval,
-                }
-            )
-    shrinkage = pl.DataFrame(shrink_rows) if shrink_rows else _empty_shrinkage()
-
-    # -- other components ------------------------------------------------------------------------------
-    seg_cols = [SEGMENT_COLUMN]
-    amounts = fit_amounts(
-        spells, outcomes, t, calendar, seg_cols, window_days=quarter_end_window_days
-    )
-    history_start = cut.first_timestamp
-    arrivals = fit_arrivals(
-        outcomes,
-        t,
-        calendar,
-        seg_cols,
-        lookback_quarters=arrivals_lookback_quarters,
-        n_open_stages=stages.n_open,
-        history_start=history_start,
-    )
-    quarter_end = fit_quarter_end_effect(
-        bookings, t, calendar, window_days=quarter_end_window_days, history_start=history_start
-    )
-    shocks = fit_shocks(
-        spells,
-        t,
-        calendar,
-        n_open_stages=stages.n_open,
-        segment_columns=seg_cols,
-        history_start=history_start,
-    )
-
-    draws = None
-    if n_draws > 0:
-        draws = _parameter_draws(
-            spells,
-            outcomes,
-            bookings,
-            t,
-            calendar,
-            segments,
-            stages.n_open,
-            n_codes,
-            raw,
-            pooled,
-            credibility,
-            arrivals,
-            quarter_end,
-            shocks,
-            n_draws,
-            seed,
-            quarter_end_window_days,
-            arrivals_lookback_quarters,
-            history_start,
-        )
+    data = FitData.from_log(log, as_of=as_of, segment_by=segment_by, calendar=calendar)
+    point = fit_components(data, options)
+    draws = parameter_draws(data, point, options, n_draws, seed) if n_draws > 0 else None
+    assert data.stages is not None and data.cut is not None  # built from a log
     return PipelineModel(
-        stages=stages,
-        segment_by=segment_by,
-        segments=segments,
-        as_of=t,
-        calendar=calendar,
-        curves=curves,
-        pooled_curves=pooled,
-        shrinkage=shrinkage,
-        amounts=amounts,
-        arrivals=arrivals,
-        quarter_end=quarter_end,
-        shocks=shocks,
+        stages=data.stages,
+        segment_by=data.segment_by,
+        segments=data.segments,
+        as_of=data.as_of,
+        calendar=data.calendar,
+        curves=point.exits.curves,
+        pooled_curves=point.exits.pooled,
+        shrinkage=point.exits.shrinkage,
+        amounts=point.amounts,
+        arrivals=point.arrivals,
+        quarter_end=point.quarter_end,
+        shocks=point.shocks,
         draws=draws,
-        data_fingerprint=cut.fingerprint,
+        data_fingerprint=data.cut.fingerprint,
         version=__version__,
         options={
-            "segment_by": list(segment_by),
+            "segment_by": list(data.segment_by),
             "n_draws": n_draws,
             "seed": seed,
-            "tail_families": list(tail_families),
-            "quarter_end_window_days": quarter_end_window_days,
-            "arrivals_lookback_quarters": arrivals_lookback_quarters,
-            "shrink": shrink,
+            "tail_families": list(options.tail_families),
+            "quarter_end_window_days": options.quarter_end_window_days,
+            "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
+            "shrink": options.shrink,
         },
     )
 
 
-def _parameter_draws(
-    spells: pl.DataFrame,
-    outcomes: pl.DataFrame,
-    bookings: pl.DataFrame,
-    t: dt.datetime,
-    calendar: FiscalCalendar,
-    segments: tuple[str, ...],
-    n_open: int,
-    n_codes: int,
-    raw: dict[tuple[str, int], ExitCurves],
-    pooled: dict[int, ExitCurves],
-    credibility: dict[tuple[str, int], float],
-    arrivals: Any,
-    quarter_end: Any,
-    shocks: Any,
-    n_draws: int,
-    seed: int,
-    window_days: int,
-    lookback: int,
-    history_start: dt.datetime,
+def parameter_draws(
+    data: FitData, point: PointFit, options: FitOptions, n_draws: int, seed: int
 ) -> ParameterDraws:
-    """Bayesian bootstrap over deals: refit on Dirichlet-weighted deals, keep the ratios to the point fit."""
-    deal_ids = outcomes["deal_id"].unique(maintain_order=True)
-    w_all = dirichlet_deal_weights(deal_ids, n_draws, seed)
+    """Bayesian bootstrap over deals: refit on Dirichlet-weighted deals, keep the ratios to the point fit.
+
+    Draw ``b`` is ``data.with_weights(bootstrap_weights(data, seed, b))``. Per
+    (segment, stage) it keeps the ratio of the draw's eventual destination shares
+    and median sojourn to the point fit's (mixed like the curves, by the
+    credibility of the segment), per segment the ratio of the expected arrivals
+    over the next four quarters, and the refitted pull-in and shock sigma
+    (``docs/model.md``, "Parameter uncertainty").
+
+    Parameters
+    ----------
+    data : FitData
+        The point fit's data (unit weights).
+    point : PointFit
+        The point fit on ``data``.
+    options : FitOptions
+    n_draws : int
+        ``B`` ≥ 1.
+    seed : int
+
+    Returns
+    -------
+    ParameterDraws
+    """
+    segments = data.segments
+    n_open, n_codes = int(data.n_open or 0), int(data.n_codes or 0)
+    t, calendar = data.as_of, data.calendar
+    exits = point.exits
     G = len(segments)
     time_factor = np.ones((n_draws, G, n_open))
     dest_mult = np.ones((n_draws, G, n_open, n_codes))
     arrival_mult = np.ones((n_draws, G))
-    pull_in = np.full(n_draws, float(quarter_end.pi))
-    sigma = np.full(n_draws, float(shocks.sigma))
+    pull_in = np.full(n_draws, float(point.quarter_end.pi))
+    sigma = np.full(n_draws, float(point.shocks.sigma))
 
     point_medians: dict[int, float] = {}
 
@@ -383,9 +218,9 @@ def _parameter_draws(
         # Both medians come from the same step-function estimator, so that an
         # unperturbed draw gives exactly 1.
         shares_pt = c_point.eventual_shares()
-        shares_b, med_b = _summary_of_weighted_fit(cs, c_point.tail_shares)
+        shares_b, med_b = weighted_fit_summary(cs, c_point.tail_shares)
         if id(c_point) not in point_medians:
-            point_medians[id(c_point)] = _summary_of_weighted_fit(
+            point_medians[id(c_point)] = weighted_fit_summary(
                 cs.with_weights(np.ones(cs.n)), c_point.tail_shares
             )[1]
         med_pt = point_medians[id(c_point)]
@@ -394,58 +229,27 @@ def _parameter_draws(
         tf = med_b / med_pt if np.isfinite(med_b) and np.isfinite(med_pt) and med_pt > 0 else 1.0
         return m, float(tf)
 
-    base_counts = None
+    qb = calendar.quarters(t, 1)[0]
+    window = (qb.start, calendar.shift(qb, 4).end)
+    base_counts = point.arrivals.expected_counts([window], t)
     for b in range(n_draws):
-        wb = w_all.filter(pl.col("draw") == b).select("deal_id", "weight")
-        sp = spells.join(wb, on="deal_id", how="left").with_columns(pl.col("weight").fill_null(0.0))
-        oc = outcomes.join(wb, on="deal_id", how="left").with_columns(
-            pl.col("weight").fill_null(0.0)
-        )
-        bk = bookings.join(wb, on="deal_id", how="left").with_columns(
-            pl.col("weight").fill_null(0.0)
-        )
+        data_b = data.with_weights(bootstrap_weights(data, seed, b))
         for k in range(n_open):
-            sk = sp.filter(pl.col("stage_code") == k)
-            m_pool, tf_pool = ratios(
-                pooled[k], _spells_arrays(sk, n_codes, sk["weight"].to_numpy())
-            )
+            m_pool, tf_pool = ratios(exits.pooled[k], data_b.stratum_spells(k))
             for gi, g in enumerate(segments):
-                sg = sk.filter(pl.col(SEGMENT_COLUMN) == g)
-                z = credibility[(g, k)]
-                if sg.height and z > 0:
-                    m_g, tf_g = ratios(
-                        raw[(g, k)], _spells_arrays(sg, n_codes, sg["weight"].to_numpy())
-                    )
+                z = exits.credibility[(g, k)]
+                sg = data_b.stratum_spells(k, gi)
+                if sg.n and z > 0:
+                    m_g, tf_g = ratios(exits.raw[(g, k)], sg)
                 else:
                     m_g, tf_g = m_pool, tf_pool
                 dest_mult[b, gi, k] = z * m_g + (1 - z) * m_pool
                 time_factor[b, gi, k] = z * tf_g + (1 - z) * tf_pool
-        arr_b = fit_arrivals(
-            oc,
-            t,
-            calendar,
-            [SEGMENT_COLUMN],
-            lookback_quarters=lookback,
-            n_open_stages=n_open,
-            history_start=history_start,
-        )
-        qb = calendar.quarters(t, 1)[0]
-        window = (qb.start, calendar.shift(qb, 4).end)
+        arr_b = fit_arrivals(data_b, lookback_quarters=options.arrivals_lookback_quarters)
         counts_b = arr_b.expected_counts([window], t)
-        if base_counts is None:
-            base_counts = arrivals.expected_counts([window], t)
-        arrival_mult[b] = _segment_ratio(counts_b, base_counts, arr_b, arrivals, segments)
-        pull_in[b] = fit_quarter_end_effect(
-            bk, t, calendar, window_days=window_days, history_start=history_start
-        ).pi
-        sigma[b] = fit_shocks(
-            sp,
-            t,
-            calendar,
-            n_open_stages=n_open,
-            segment_columns=[SEGMENT_COLUMN],
-            history_start=history_start,
-        ).sigma
+        arrival_mult[b] = _segment_ratio(counts_b, base_counts, arr_b, point.arrivals, segments)
+        pull_in[b] = fit_quarter_end_effect(data_b, window_days=options.quarter_end_window_days).pi
+        sigma[b] = fit_shocks(data_b).sigma
     return ParameterDraws(time_factor, dest_mult, arrival_mult, pull_in, sigma, seed)
 
 

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import as_datetime, check_float, is_int
+from forecast.calendar import FiscalCalendar
+from forecast.data.deal_log import DealLog
 from forecast.data.stages import StageMap
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.amounts import AmountModel
 from forecast.fit.arrivals import ArrivalModel
 from forecast.fit.calendar_effects import QuarterEndEffect
 from forecast.fit.competing_risks import ExitCurves, win_probability
+from forecast.fit.exits import empty_shrinkage
 from forecast.fit.shocks import ShockModel
-
-if TYPE_CHECKING:  # pragma: no cover
-    from forecast.data.deal_log import DealLog
-    from forecast.results import Forecast
+from forecast.io import atomic_write_text
+from forecast.results import Forecast
+from forecast.scenarios import with_changes as model_with_changes
+from forecast.segments import POOLED_SEGMENT
+from forecast.simulate import simulate as simulate_model
 
 __all__ = ["FORMAT_VERSION", "ParameterDraws", "PipelineModel"]
 
@@ -90,7 +95,7 @@ class ParameterDraws:
 
 @dataclass(frozen=True, eq=False)
 class PipelineModel:
-    """A fitted semi-Markov pipeline model (see DESIGN §2). Build it with :func:`forecast.fit`.
+    """A fitted semi-Markov pipeline model (``docs/model.md``). Build it with :func:`forecast.fit`.
 
     Attributes
     ----------
@@ -98,7 +103,8 @@ class PipelineModel:
     segment_by : tuple of str
         Segment columns the model was fitted by (empty: one pooled segment).
     segments : tuple of str
-        Segment labels (values joined by ``"|"``; ``"all"`` without segments).
+        Segment labels (values joined by ``"|"``; :data:`~forecast.segments.POOLED_SEGMENT`
+        without segments).
     as_of : datetime
         The cut the model was fitted at (naive UTC).
     calendar : FiscalCalendar
@@ -138,18 +144,18 @@ class PipelineModel:
 
     # -- lookups -----------------------------------------------------------------------
     def _segment(self, segment: str | None) -> str:
+        """A segment label of the model, or :data:`POOLED_SEGMENT` for the pooled fit."""
         if segment is None:
-            if len(self.segments) == 1:
-                return self.segments[0]
-            return "__pooled__"
-        if segment not in self.segments:
+            return self.segments[0] if len(self.segments) == 1 else POOLED_SEGMENT
+        if segment not in self.segments and segment != POOLED_SEGMENT:
             raise ParameterError(
-                f"Unknown `segment` {segment!r}. Segments of this model: {list(self.segments)}."
+                f"Unknown `segment` {segment!r}. Segments of this model: {list(self.segments)} "
+                f"(or None / {POOLED_SEGMENT!r} for the pooled fit)."
             )
         return segment
 
     def _stage_code(self, stage: str | int) -> int:
-        if isinstance(stage, int | np.integer):
+        if is_int(stage):
             code = int(stage)
         else:
             code = self.stages.code(str(stage))
@@ -160,9 +166,13 @@ class PipelineModel:
         return code
 
     def stage_curves(self, segment: str | None = None) -> list[ExitCurves]:
-        """Exit curves of every open stage for ``segment`` (``None``: pooled fit)."""
+        """Exit curves of every open stage for ``segment``.
+
+        ``None`` or :data:`~forecast.segments.POOLED_SEGMENT`: the pooled fit (the
+        model's only segment when it has one).
+        """
         g = self._segment(segment)
-        if g == "__pooled__":
+        if g not in self.segments:
             return [self.pooled_curves[k] for k in range(self.stages.n_open)]
         return [self.curves[(g, k)] for k in range(self.stages.n_open)]
 
@@ -184,7 +194,8 @@ class PipelineModel:
         age : float, default 0
             Days already spent in the stage (the deal has not left yet).
         segment : str, optional
-            Segment label; ``None`` uses the pooled fit when there are several.
+            Segment label; ``None`` (or :data:`~forecast.segments.POOLED_SEGMENT`)
+            uses the pooled fit when there are several.
         max_days : int, default 365
             Length of the returned grid (days from now).
 
@@ -195,8 +206,7 @@ class PipelineModel:
             of having left to it within ``day`` days, plus ``still_in_stage``.
         """
         k = self._stage_code(stage)
-        if age < 0 or not np.isfinite(age):
-            raise ParameterError(f"The `age` must be a finite number of days ≥ 0. Got {age!r}.")
+        age = check_float(age, "age", "exit_distribution", minimum=0.0)
         c = self.stage_curves(segment)[k]
         t = np.arange(1, int(max_days) + 1, dtype=np.float64)
         s_age = float(c.survival(np.array([age]))[0])
@@ -247,11 +257,15 @@ class PipelineModel:
 
     def summary(self) -> pl.DataFrame:
         """Per segment and stage: sample sizes, win probability, median time to exit,
-        conversion to the next stage and shrinkage credibility."""
+        conversion to the next stage and shrinkage credibility.
+
+        With several segments the pooled fit follows, as segment
+        :data:`~forecast.segments.POOLED_SEGMENT`.
+        """
         rows = []
         segs = list(self.segments) if len(self.segments) > 1 else []
         for g in [*segs, None]:
-            label = "all (pooled)" if g is None else g
+            label = POOLED_SEGMENT if g is None else g
             curves = self.stage_curves(g)
             for k, name in enumerate(self.stages.open):
                 c = curves[k]
@@ -297,9 +311,7 @@ class PipelineModel:
         executor: Any = None,
     ) -> Forecast:
         """Simulate quarterly bookings; see :func:`forecast.simulate.simulate`."""
-        from forecast.simulate import simulate
-
-        return simulate(
+        return simulate_model(
             self,
             log,
             n_paths=n_paths,
@@ -313,16 +325,12 @@ class PipelineModel:
 
     def with_changes(self, **levers: float) -> PipelineModel:
         """A modified copy for what-if scenarios; see :func:`forecast.scenarios.with_changes`."""
-        from forecast.scenarios import with_changes
-
-        return with_changes(self, **levers)
+        return model_with_changes(self, **levers)
 
     # -- serialisation ----------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
         """Hash of the serialised model (hex, 16 characters)."""
-        import hashlib
-
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -364,8 +372,6 @@ class PipelineModel:
         """Serialise to JSON; write to ``path`` atomically if given."""
         text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
         if path is not None:
-            from forecast.io import atomic_write_text
-
             atomic_write_text(Path(path), text)
         return text
 
@@ -383,7 +389,7 @@ class PipelineModel:
             stages=StageMap.from_dict(d["stages"]),
             segment_by=tuple(d["segment_by"]),
             segments=tuple(d["segments"]),
-            as_of=_as_datetime(d["as_of"], "as_of"),
+            as_of=as_datetime(d["as_of"], "as_of", "PipelineModel.from_dict"),
             calendar=FiscalCalendar.from_dict(d["calendar"]),
             curves={
                 (e["segment"], int(e["stage"])): ExitCurves.from_dict(e["curves"])
@@ -393,11 +399,11 @@ class PipelineModel:
                 int(e["stage"]): ExitCurves.from_dict(e["curves"]) for e in d["pooled_curves"]
             },
             shrinkage=(
-                pl.DataFrame(d["shrinkage"], schema=_empty_shrinkage().schema).with_columns(
+                pl.DataFrame(d["shrinkage"], schema=empty_shrinkage().schema).with_columns(
                     pl.col("k").fill_null(float("inf"))
                 )
                 if d["shrinkage"]
-                else _empty_shrinkage()
+                else empty_shrinkage()
             ),
             amounts=AmountModel.from_dict(d["amounts"]),
             arrivals=ArrivalModel.from_dict(d["arrivals"]),
@@ -421,15 +427,3 @@ class PipelineModel:
     def replace(self, **changes: Any) -> PipelineModel:
         """A copy with some attributes replaced (the model itself is immutable)."""
         return replace(self, **changes)
-
-
-def _empty_shrinkage() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            "segment": pl.Utf8,
-            "stage": pl.Utf8,
-            "n_spells": pl.Int64,
-            "credibility": pl.Float64,
-            "k": pl.Float64,
-        }
-    )

@@ -31,7 +31,7 @@ profile-likelihood interval (REML log-likelihood within χ²₁(0.95)/2 = 1.92 o
 its maximum). The method-of-moments value — variance of the residual shifts
 minus the mean of ``v_q``, floored at 0 — is reported beside it.
 
-Meaning for the simulator (``docs/internals.md`` §5): per path and quarter,
+Meaning for the simulator (``docs/model.md``, "Shared shocks"; ``docs/internals.md`` §5): per path and quarter,
 ``z_q ~ N(-sigma²/2, sigma²)`` and each deal's odds of winning in that quarter are
 multiplied by ``exp(z_q)``; ``sigma`` is the standard deviation of that log-odds shift.
 """
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,21 +47,11 @@ import numpy as np
 import polars as pl
 from scipy.optimize import brentq, minimize_scalar
 
-from forecast.calendar import FiscalCalendar, _as_datetime
+from forecast._validation import check_bool, check_int, float_or_none, to_datetime64
 from forecast.errors import ParameterError
-from forecast.fit.bootstrap import (
-    _SEGMENT,
-    WEIGHT_COLUMN,
-    check_as_of,
-    check_calendar,
-    check_positive_int,
-    float_or_none,
-    require_columns,
-    to_datetime64,
-    with_segment_label,
-    with_weight,
-)
 from forecast.fit.calendar_effects import month_index_to_datetime, quarter_start_month_index
+from forecast.fit.data import WEIGHT_COLUMN, FitData
+from forecast.segments import SEGMENT_COLUMN
 
 __all__ = ["ShockModel", "fit_shocks", "reml_shock_variance"]
 
@@ -87,7 +76,7 @@ def _baseline_offsets(
         sel = stage == k
         edges = np.unique(np.quantile(dur[sel], np.linspace(0, 1, n_bins + 1)[1:-1]))
         bins[sel] = np.searchsorted(edges, dur[sel], side="right")
-    _, seg = np.unique(term[_SEGMENT].to_numpy(), return_inverse=True)
+    _, seg = np.unique(term[SEGMENT_COLUMN].to_numpy(), return_inverse=True)
     _, stratum = np.unique(np.column_stack([stage, seg, bins]), axis=0, return_inverse=True)
     stratum = stratum.ravel()
     n_w = np.bincount(stratum, weights=w * won)
@@ -286,37 +275,28 @@ class ShockModel:
 
 
 def fit_shocks(
-    spells: pl.DataFrame,
-    as_of: object,
-    calendar: FiscalCalendar,
+    data: FitData,
     *,
-    n_open_stages: int | None = None,
-    segment_columns: Sequence[str] = (),
     baseline: Literal["stratified", "none"] = "stratified",
     n_duration_bins: int = 10,
     detrend: bool = True,
     min_closed_per_quarter: int = 10,
     min_quarters: int = 3,
     min_quarters_trend: int = 6,
-    history_start: object | None = None,
 ) -> ShockModel:
     """Estimate the between-quarter shock ``sigma`` on win log-odds.
 
     Parameters
     ----------
-    spells : polars.DataFrame
-        ``DealLog.spells(as_of)``: ``stage_code, destination_code, exited_at,
-        censored`` (and ``duration_days`` for the stratified baseline); an optional
-        ``weight`` column weights each spell's deal.
-    as_of : date-like
-        The cut; only fiscal quarters that ended by ``as_of`` are used.
-    calendar : FiscalCalendar
-    n_open_stages : int, optional
-        ``K`` (won is code ``K``; lost and no decision ``K + 1``, ``K + 2``).
-        Default: ``1 + max(stage_code)``, right whenever the last open stage has
-        been visited at least once.
-    segment_columns : sequence of str, default ()
-        Segment columns that enter the baseline strata (e.g. ``["_segment"]``).
+    data : FitData
+        Reads the spells (``stage_code, destination_code, exited_at, censored``,
+        and ``duration_days`` for the stratified baseline) with their segment
+        labels, which enter the baseline strata, and deal weights; ``data.n_open``
+        (won is code ``K``; lost and no decision ``K + 1``, ``K + 2``; default:
+        ``1 + max(stage_code)``, right whenever the last open stage has been
+        visited) and ``data.history_start`` (quarters starting before it are left
+        out; default: the earliest ``entered_at`` if the column is present, else no
+        limit). Only fiscal quarters that ended by ``data.as_of`` are used.
     baseline : {"stratified", "none"}, default "stratified"
         Deal-level baseline log-odds per stage × segment × duration bin, or none
         (the quarter's aggregate empirical logit; see the module docstring).
@@ -331,41 +311,35 @@ def fit_shocks(
         so that short histories can still be fitted; check :attr:`ShockModel.estimated`).
     min_quarters_trend : int, default 6
         Quarters needed to also fit the trend.
-    history_start : date-like, optional
-        Quarters starting before it are left out. Default: the earliest ``entered_at``
-        if the column is present, else no limit.
 
     Returns
     -------
     ShockModel
     """
     caller = "fit_shocks"
-    t = check_as_of(as_of, caller)
-    calendar = check_calendar(calendar, caller)
-    min_closed = check_positive_int(min_closed_per_quarter, "min_closed_per_quarter", caller)
-    min_q = check_positive_int(min_quarters, "min_quarters", caller, minimum=2)
-    min_q_trend = check_positive_int(min_quarters_trend, "min_quarters_trend", caller, minimum=3)
+    t, calendar = data.as_of, data.calendar
+    min_closed = check_int(min_closed_per_quarter, "min_closed_per_quarter", caller, minimum=1)
+    min_q = check_int(min_quarters, "min_quarters", caller, minimum=2)
+    min_q_trend = check_int(min_quarters_trend, "min_quarters_trend", caller, minimum=3)
+    detrend = check_bool(detrend, "detrend", caller)
     if baseline not in ("stratified", "none"):
         raise ParameterError(
             f"The `baseline` parameter of `{caller}` must be 'stratified' or 'none'. Got {baseline!r}."
         )
-    n_bins = check_positive_int(n_duration_bins, "n_duration_bins", caller)
+    n_bins = check_int(n_duration_bins, "n_duration_bins", caller, minimum=1)
     needed = ["stage_code", "destination_code", "exited_at", "censored"]
     if baseline == "stratified":
         needed.append("duration_days")
-    require_columns(spells, needed, caller, "spells")
-    sp = with_segment_label(
-        with_weight(spells, caller, "spells"), segment_columns, caller, "spells"
-    )
-    if n_open_stages is None:
+    sp = data.frame("spells", caller, needed)
+    if data.n_open is None:
         if sp.height == 0:
             k_open = 0
         else:
             k_open = int(sp["stage_code"].max()) + 1  # type: ignore[arg-type]
     else:
-        k_open = check_positive_int(n_open_stages, "n_open_stages", caller)
-    if history_start is not None:
-        start: dt.datetime | None = _as_datetime(history_start, "history_start")
+        k_open = data.n_open
+    if data.history_start is not None:
+        start: dt.datetime | None = data.history_start
     elif "entered_at" in sp.columns and sp.height:
         start = sp["entered_at"].min()  # type: ignore[assignment]
     else:

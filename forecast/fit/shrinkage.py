@@ -19,7 +19,8 @@ every ``Z_g = 0`` (use the pooled fit). Only observed exits count, since a
 censored spell's destination is unknown; ``n_g`` is their (weighted) number.
 The shrunk curves are the mixture ``Z_g · segment + (1 − Z_g) · pooled``
 (:meth:`forecast.fit.competing_risks.ExitCurves.mixed`), which keeps them proper
-distributions of (time, destination).
+distributions of (time, destination). How the model uses it: ``docs/model.md``,
+section 5 (the mixture target is built in :mod:`forecast.fit.exits`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -29,7 +30,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from forecast._version import __version__
+from forecast.backtest import backtest, default_origins
+from forecast.compare import CAUSE_LABELS, _snapshot, compare, output_as_of_dates
+from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
+from forecast.fit.fitting import fit
+from forecast.io import atomic_write_text
+from forecast.metrics import _default_target, compute_metrics
+from forecast.plots import fan_chart, quarter_distribution
 from forecast.report import figures
 from forecast.report.html import (
     Raw,
@@ -45,15 +54,14 @@ from forecast.report.html import (
     signed_money,
     table,
 )
+from forecast.results import Forecast
 
 if TYPE_CHECKING:  # pragma: no cover
     from forecast.backtest import BacktestResult
     from forecast.calendar import FiscalCalendar
     from forecast.compare import Movement
-    from forecast.data.deal_log import DealLog
     from forecast.fit.model import PipelineModel
     from forecast.metrics import SalesMetrics
-    from forecast.results import Forecast
 
 __all__ = ["SECTIONS", "Report", "report"]
 
@@ -115,7 +123,6 @@ class Report:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the page to ``path`` atomically (the old file stays intact if the write fails)."""
-        from forecast.io import atomic_write_text
 
         path = Path(path)
         atomic_write_text(path, self.html)
@@ -217,10 +224,6 @@ def report(
     >>> from forecast.datasets import load_sample
     >>> rep = forecast.report(load_sample(), "report.html", segment_by=["segment"])  # doctest: +SKIP
     """
-    import time
-
-    import forecast as fcmod
-    from forecast.data.deal_log import DealLog
 
     figures.require_matplotlib()
     if not isinstance(log, DealLog):
@@ -239,7 +242,7 @@ def report(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     if model is None:
-        model = fcmod.fit(
+        model = fit(
             log,
             as_of=as_of,
             segment_by=tuple(segment_by),
@@ -278,9 +281,9 @@ def report(
     # Point estimates only (the page shows no intervals): without the parameter draws the
     # conversion table takes a fraction of the time. The Pipeline Value Factor simulates
     # and keeps them.
-    metrics = fcmod.compute_metrics(
+    metrics = compute_metrics(
+        model if pipeline_value_factor else model.replace(draws=None),
         log,
-        model=model if pipeline_value_factor else model.replace(draws=None),
         coverage=bool(pipeline_value_factor),
         target=first_target if pipeline_value_factor else None,
         seed=seed,
@@ -320,7 +323,7 @@ def report(
         + (f" · segments by {', '.join(model.segment_by)}" if model.segment_by else "")
     )
     footer = escape(
-        f"forecast {fcmod.__version__} · seed {info.get('seed', '–')} · model "
+        f"forecast {__version__} · seed {info.get('seed', '–')} · model "
         f"{info.get('model_fingerprint', model.fingerprint)} · data {model.data_fingerprint} · "
         f"written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Amounts in the history's "
         "currency; k = thousand, M = million."
@@ -330,7 +333,7 @@ def report(
         subtitle=subtitle,
         sections=sections,
         footer=footer,
-        version=fcmod.__version__,
+        version=__version__,
     )
     timings["render"] = time.perf_counter() - t
     rep = Report(
@@ -364,7 +367,6 @@ def _targets(fc: Forecast, targets: Targets) -> dict[str, list[float]]:
 def _backtest(
     log: DealLog, model: PipelineModel, n_origins: int, n_paths: int, n_draws: int, seed: int
 ) -> tuple[BacktestResult | None, str]:
-    from forecast.backtest import backtest, default_origins
 
     if n_origins == 0:
         return None, "The backtest was switched off for this report."
@@ -391,10 +393,8 @@ def _backtest(
 
 def _previous_as_of(previous: Any, fc: Forecast) -> dt.date | None:
     """The as-of date to read from a previous output directory (checked before any work)."""
-    import forecast as fcmod
-    from forecast.compare import output_as_of_dates
 
-    if isinstance(previous, fcmod.Forecast):
+    if isinstance(previous, Forecast):
         return None
     if not isinstance(previous, str | os.PathLike):
         raise ParameterError(
@@ -421,15 +421,13 @@ def _movement(
     previous_model: PipelineModel | None,
     threads: int | None,
 ) -> tuple[Movement, str]:
-    import forecast as fcmod
-    from forecast.compare import _snapshot, compare
 
     snap = _snapshot(previous, "previous", prev_as_of)
     note = ""
     if previous_model is None:
         options = dict(model.options)
         options["segment_by"] = tuple(options.get("segment_by", model.segment_by))
-        refit = fcmod.fit(log, as_of=snap.as_of, calendar=model.calendar, **options)
+        refit = fit(log, as_of=snap.as_of, calendar=model.calendar, **options)
         if refit.fingerprint == snap.model_fingerprint:
             previous_model = refit
             note = (
@@ -515,7 +513,6 @@ def _headline(fc: Forecast, tg: dict[str, list[float]], model: PipelineModel) ->
 
 
 def _outlook(fc: Forecast, tg: dict[str, list[float]]) -> Section:
-    from forecast.plots import fan_chart
 
     first = {q: v[0] for q, v in tg.items()}
     svg = figures.svg(fan_chart(fc, targets=first or None), "fan", label="Fan chart of bookings")
@@ -566,7 +563,6 @@ def _outlook(fc: Forecast, tg: dict[str, list[float]]) -> Section:
 
 
 def _distribution(fc: Forecast, tg: dict[str, list[float]]) -> Section:
-    from forecast.plots import quarter_distribution
 
     q = fc.quarters[0]
     targets = tg.get(q, [])
@@ -690,7 +686,6 @@ def _metrics(
     log: DealLog,
     model: PipelineModel,
 ) -> Section:
-    from forecast.metrics import _default_target
 
     wr = metrics.win_rates.filter(pl.col("period") == "all")
     rows = [
@@ -1056,7 +1051,6 @@ def _diagnostics(warnings: list[tuple[str, str]], log: DealLog, model: PipelineM
 
 
 def _changes(mv: Movement, note: str) -> Section:
-    from forecast.compare import CAUSE_LABELS
 
     svg = figures.svg(figures.waterfall(mv), "wf", label="What changed waterfall")
     causes = mv.by_cause()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import io
 import re
+from html import escape
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from forecast.errors import MissingDependencyError
+from forecast.plots import _figure as plots_figure
+from forecast.plots import _money
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -47,7 +50,6 @@ def require_matplotlib() -> None:
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:
-    from forecast.plots import _figure as plots_figure
 
     return plots_figure(figsize)
 
@@ -85,7 +87,6 @@ def svg(fig: Figure, prefix: str, *, label: str) -> str:
         text = text.replace(f'href="#{old}"', f'href="#{new}"')
         text = text.replace(f"url(#{old})", f"url(#{new})")
     text = re.sub(r'<svg\b([^>]*?) width="[^"]*" height="[^"]*"', r"<svg\1", text, count=1)
-    from html import escape
 
     return text.replace("<svg", f'<svg role="img" aria-label="{escape(label)}"', 1)
 
@@ -104,8 +105,6 @@ def waterfall(movement: Movement) -> Figure:
         Causes without change are left out; increases green, decreases red.
     """
     from matplotlib.ticker import FuncFormatter
-
-    from forecast.plots import _money
 
     causes = movement.by_cause().filter(movement.by_cause()["change"].abs() > 0.5)
     labels = [f"as of {movement.previous_as_of:%Y-%m-%d}"]
@@ -171,8 +170,6 @@ def backtest_coverage(result: BacktestResult) -> Figure:
 def backtest_history(result: BacktestResult, step: int = 1) -> Figure:
     """Past forecasts (P10–P90, median) against what was booked and the weighted pipeline."""
     from matplotlib.ticker import FuncFormatter
-
-    from forecast.plots import _money
 
     fig = _figure((8.0, 3.4))
     ax = fig.add_subplot()

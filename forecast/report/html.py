@@ -16,12 +16,13 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+from forecast.plots import _money
+
 __all__ = ["Section", "days", "money", "percent", "render", "signed_money", "table"]
 
 
 def money(x: float | None) -> str:
     """An amount for people: ``1.2M``, ``350k``, ``940``; ``–`` when missing."""
-    from forecast.plots import _money
 
     if x is None or not math.isfinite(x):
         return "–"

@@ -1,0 +1,327 @@
+"""The public wrappers of the kernels: validate once, allocate, run, raise typed errors.
+
+- :func:`outcome_probabilities` — exact per-deal quarter probabilities ``p_win``,
+  ``p_qe`` (B, N, H) and new-deal ``new_pmf``, ``new_qe`` (B, G, H, H) of a
+  :class:`~forecast._kernels.arrays.ModelArrays`;
+- :func:`sampling_inputs` — the :class:`~forecast._kernels.arrays.SamplingInputs`
+  of a model and its outcome probabilities;
+- :func:`sample_paths` — the sampling kernel over a path range, in chunks, with a
+  progress callback and clean interruption between chunks;
+- :func:`simulate_arrays` — all three in one call.
+
+The kernels (:mod:`forecast._kernels.outcomes`, :mod:`forecast._kernels.sample`)
+never raise; the inputs are checked when their frozen objects are built
+(:mod:`forecast._kernels.arrays`), and only the run settings are checked here.
+Randomness and reproducibility: ``docs/model.md`` ("Sampling") and
+``docs/internals.md`` §5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numba
+import numpy as np
+
+from forecast._kernels.arrays import ModelArrays, OutcomeArrays, PathSamples, SamplingInputs
+from forecast._kernels.outcomes import (
+    STATUS_OK,
+    deal_quarter_probs,
+    fresh_win_density,
+    new_deal_quarter_probs,
+)
+from forecast._kernels.sample import sample_chunk
+from forecast._validation import check_int, check_seed
+from forecast.errors import ModelError, ParameterError
+
+__all__ = ["outcome_probabilities", "sample_paths", "sampling_inputs", "simulate_arrays"]
+
+
+# ----------------------------------------------------------------------------- outcomes
+def outcome_probabilities(arrays: ModelArrays) -> OutcomeArrays:
+    """Exact per-deal and new-deal quarter probabilities for every parameter draw.
+
+    Deals of a segment sharing (stage, age) share their computation. Work is
+    O(B × G × (n_days² K² + U × n_days × K × H)) with U unique (stage, age) pairs.
+
+    Parameters
+    ----------
+    arrays : ModelArrays
+
+    Returns
+    -------
+    OutcomeArrays
+
+    Raises
+    ------
+    ModelError
+        If a renewal system is singular (impossible for validated ``arrays``).
+    """
+    sizes = arrays.shape
+    n_draws, n_seg, n_open, n_deals, n_q = (sizes[x] for x in ("B", "G", "K", "N", "H"))
+    n_days = arrays.n_days
+    p_win = np.zeros((n_draws, n_deals, n_q))
+    p_qe = np.zeros((n_draws, n_deals, n_q))
+    new_pmf = np.zeros((n_draws, n_seg, n_q, n_q))
+    new_qe = np.zeros((n_draws, n_seg, n_q, n_q))
+    fresh = np.empty((n_open, n_days))
+    groups = []
+    for g in range(n_seg):
+        idx = np.flatnonzero(arrays.deal_segment == g)
+        key = (
+            arrays.deal_stage[idx] * (int(arrays.deal_age.max(initial=0)) + 1)
+            + arrays.deal_age[idx]
+        )
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        groups.append(
+            (
+                idx,
+                np.ascontiguousarray(arrays.deal_stage[idx[first]]),
+                np.ascontiguousarray(arrays.deal_age[idx[first]]),
+                inverse.reshape(-1),
+            )
+        )
+    for b in range(n_draws):
+        for g in range(n_seg):
+            dens = arrays.dens[b, g]
+            window = int(arrays.qe_window[g])
+            pull = float(arrays.pull_in[b, g])
+            status = fresh_win_density(dens, n_days, fresh)
+            if status != STATUS_OK:
+                # Unreachable for validated arrays (rows of `dens` sum to at most 1, which
+                # makes I - H0 strictly diagonally dominant); kept so that a broken
+                # invariant fails loudly instead of giving wrong probabilities.
+                raise ModelError(
+                    f"The renewal system of `dens[{b}, {g}]` is singular (I - H0); the exit "
+                    "densities are not valid sub-densities."
+                )
+            idx, u_stage, u_age, inverse = groups[g]
+            if idx.size:
+                u_win = np.empty((u_stage.shape[0], n_q))
+                u_qe = np.empty((u_stage.shape[0], n_q))
+                deal_quarter_probs(
+                    dens, fresh, u_stage, u_age, arrays.qb, window, pull, u_win, u_qe
+                )
+                p_win[b, idx] = u_win[inverse]
+                p_qe[b, idx] = u_qe[inverse]
+            new_deal_quarter_probs(
+                fresh,
+                arrays.new_entry_mix[b, g],
+                arrays.qb,
+                window,
+                pull,
+                new_pmf[b, g],
+                new_qe[b, g],
+            )
+    return OutcomeArrays(p_win=p_win, p_qe=p_qe, new_pmf=new_pmf, new_qe=new_qe)
+
+
+# ----------------------------------------------------------------------------- sampling
+def _stack_csr(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack per-segment CSRs into offsets (R, G + 1) over one values array.
+
+    An empty (row, segment) gets a single value 1.0, so that the kernel never meets
+    an empty row (no branch): ratio 1, or a unit amount per new deal.
+    """
+    n_seg = parts[0][0].shape[0] - 1
+    offsets = np.zeros((len(parts), n_seg + 1), dtype=np.int64)
+    chunks: list[np.ndarray] = []
+    pos = 0
+    for r, (off, val) in enumerate(parts):
+        offsets[r, 0] = pos
+        for g in range(n_seg):
+            seg_vals = val[off[g] : off[g + 1]]
+            if seg_vals.size == 0:
+                seg_vals = np.ones(1)
+            chunks.append(seg_vals)
+            pos += seg_vals.size
+            offsets[r, g + 1] = pos
+    values = np.concatenate(chunks) if chunks else np.ones(1)
+    return offsets, np.ascontiguousarray(values, dtype=np.float64)
+
+
+def _default_chunk(n_deals: int, expected_new: float) -> int:
+    per_path = max(1.0, n_deals + 4.0 * expected_new)
+    return int(max(16, min(100_000, 2e7 // per_path)))
+
+
+def sampling_inputs(arrays: ModelArrays, outcomes: OutcomeArrays) -> SamplingInputs:
+    """The :class:`SamplingInputs` of ``arrays`` and its :func:`outcome_probabilities`.
+
+    Everything the sampling kernel reads, without the exit densities ``dens``, so
+    this is also what a distributed run sends to its workers. Only ``outcomes`` is
+    checked (``arrays`` was checked when built).
+    """
+    return SamplingInputs.from_model(arrays, outcomes)
+
+
+def sample_paths(
+    inputs: SamplingInputs,
+    *,
+    seed: int,
+    n_paths: int,
+    path_start: int = 0,
+    chunk_size: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[int], object] | None = None,
+    partial_on_interrupt: bool = False,
+) -> PathSamples:
+    """Sample paths ``path_start .. path_start + n_paths - 1`` (docs/internals.md §5).
+
+    Path ``p`` uses parameter draw ``p % B`` and its own random stream seeded from
+    ``(seed, p)``; the samples are bit-identical for any ``chunk_size``, any thread
+    count and any split of the path range (shards concatenate).
+
+    Parameters
+    ----------
+    inputs : SamplingInputs
+        What the kernel reads (:func:`sampling_inputs`); not checked again.
+    seed : int
+        ``0 <= seed < 2**63``.
+    n_paths : int
+        Number of paths, >= 1.
+    path_start : int, default 0
+        Global index of the first path (for shards).
+    chunk_size : int, optional
+        Paths per kernel call; ``progress`` is called and Ctrl-C is honoured between
+        calls. Default: about 2·10⁷ deal-draws per chunk.
+    threads : int, optional
+        Numba threads for this call (restored afterwards). Default: Numba's current setting.
+    progress : callable, optional
+        Called after each chunk with the number of paths it completed
+        (``tqdm.update`` semantics).
+    partial_on_interrupt : bool, default False
+        On KeyboardInterrupt between chunks, return the completed paths (with
+        ``interrupted=True``) instead of re-raising.
+
+    Returns
+    -------
+    PathSamples
+    """
+    caller = "sample_paths"
+    if not isinstance(inputs, SamplingInputs):
+        raise ParameterError(
+            f"The `inputs` parameter of `{caller}` must be `SamplingInputs` (from "
+            f"`sampling_inputs`). Got {type(inputs).__name__}."
+        )
+    seed = check_seed(seed, caller)
+    n_paths = check_int(n_paths, "n_paths", caller, minimum=1)
+    path_start = check_int(path_start, "path_start", caller, minimum=0)
+    _, n_deals, n_q = inputs.p_win.shape
+    n_seg = inputs.new_counts.shape[1]
+    if chunk_size is None:
+        chunk_size = _default_chunk(n_deals, float(inputs.new_counts.sum(axis=(1, 2)).mean()))
+    chunk_size = check_int(chunk_size, "chunk_size", caller, minimum=1)
+    if threads is not None:
+        threads = check_int(
+            threads, "threads", caller, minimum=1, maximum=numba.config.NUMBA_NUM_THREADS
+        )
+
+    # kernel layout (no checks: the inputs were checked when built)
+    p_none = np.ascontiguousarray(np.clip(1.0 - inputs.p_win.sum(axis=-1), 0.0, None))
+    p_win_t = np.ascontiguousarray(inputs.p_win.transpose(0, 2, 1))  # deal-minor
+    new_none = np.ascontiguousarray(np.clip(1.0 - inputs.new_pmf.sum(axis=-1), 0.0, None))
+    ratio_off2, ratio_val2 = _stack_csr(
+        [
+            (inputs.ratio_offsets, inputs.ratio_values),
+            (inputs.ratio_qe_offsets, inputs.ratio_qe_values),
+        ]
+    )
+    amount_off2, amount_val2 = _stack_csr([(inputs.new_amount_offsets, inputs.new_amount_values)])
+
+    previous_threads = numba.get_num_threads()
+    if threads is not None:
+        numba.set_num_threads(int(threads))
+    try:
+        n_blocks_max = max(1, numba.get_num_threads())
+        totals = np.zeros((n_paths, n_q, n_seg, 2))
+        block_wins = np.zeros((n_blocks_max, n_deals, n_q), dtype=np.int64)
+        block_cents = np.zeros((n_blocks_max, n_deals, n_q), dtype=np.int64)
+        done = 0
+        interrupted = False
+        try:
+            while done < n_paths:
+                size = min(chunk_size, n_paths - done)
+                n_blocks = min(n_blocks_max, size)
+                lo = path_start + done
+                sample_chunk(
+                    p_win_t,
+                    p_none,
+                    inputs.p_qe,
+                    inputs.deal_amount,
+                    inputs.deal_segment,
+                    ratio_off2,
+                    ratio_val2,
+                    inputs.new_counts,
+                    inputs.new_shape,
+                    inputs.new_pmf,
+                    new_none,
+                    inputs.new_qe,
+                    amount_off2,
+                    amount_val2,
+                    inputs.shock_sigma,
+                    np.int64(seed),
+                    np.int64(lo),
+                    np.int64(lo + size),
+                    np.int64(n_blocks),
+                    totals[done : done + size],
+                    block_wins,
+                    block_cents,
+                )
+                done += size
+                if progress is not None:
+                    progress(size)
+        except KeyboardInterrupt:
+            if not partial_on_interrupt:
+                raise
+            interrupted = True
+    finally:
+        if threads is not None:
+            numba.set_num_threads(previous_threads)
+    return PathSamples(
+        totals=totals[:done] if interrupted else totals,
+        deal_wins=block_wins.sum(axis=0),
+        deal_won_cents=block_cents.sum(axis=0),
+        path_start=path_start,
+        interrupted=interrupted,
+    )
+
+
+def simulate_arrays(
+    arrays: ModelArrays,
+    *,
+    n_paths: int,
+    seed: int,
+    path_start: int = 0,
+    outcomes: OutcomeArrays | None = None,
+    chunk_size: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[int], object] | None = None,
+    partial_on_interrupt: bool = False,
+) -> PathSamples:
+    """Outcome probabilities then path samples for a :class:`ModelArrays`.
+
+    Parameters
+    ----------
+    arrays : ModelArrays
+    n_paths, seed, path_start, chunk_size, threads, progress, partial_on_interrupt
+        As in :func:`sample_paths`.
+    outcomes : OutcomeArrays, optional
+        Precomputed :func:`outcome_probabilities` of ``arrays`` (reused across shards).
+
+    Returns
+    -------
+    PathSamples
+    """
+    if outcomes is None:
+        outcomes = outcome_probabilities(arrays)
+    return sample_paths(
+        sampling_inputs(arrays, outcomes),
+        seed=seed,
+        n_paths=n_paths,
+        path_start=path_start,
+        chunk_size=chunk_size,
+        threads=threads,
+        progress=progress,
+        partial_on_interrupt=partial_on_interrupt,
+    )

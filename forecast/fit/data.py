@@ -1,0 +1,549 @@
+"""`FitData`: the frozen, once-validated input of every component fitter.
+
+:func:`forecast.fit` builds one :class:`FitData` from a :class:`DealLog` and an
+as-of instant (:meth:`FitData.from_log`): the log is cut once, the three views
+every estimator reads (spells, outcomes, bookings) are taken once, each row gets
+its segment label once (:mod:`forecast.segments`) and the index of its deal in
+the deal table, and the open-stage spells are laid out as flat arrays grouped
+once by (open stage, segment) stratum. Every component fitter
+(:func:`~forecast.fit.exits.fit_exits`, :func:`~forecast.fit.amounts.fit_amounts`,
+:func:`~forecast.fit.arrivals.fit_arrivals`,
+:func:`~forecast.fit.calendar_effects.fit_quarter_end_effect`,
+:func:`~forecast.fit.shocks.fit_shocks`) takes it.
+
+**Weights.** A :class:`FitData` carries one weight per deal (all 1 when built).
+A Bayesian-bootstrap draw (:mod:`forecast.fit.bootstrap`) — or any other
+re-weighting of deals — is the same data with another weight vector,
+:meth:`FitData.with_weights`: nothing is cut, labelled, validated or grouped
+again; each row's weight is its deal's weight, gathered through the deal index.
+
+**Order.** Every frame keeps the row order of its :class:`DealLog` view, and the
+spells of a stratum keep that order too (the grouping is a stable sort), so the
+estimators see exactly the rows, in the order, of a direct filter of the view.
+
+Adding to the fit input — e.g. an entry-age column for logs that start
+mid-stream (delayed entry) or deal covariates — means one more array in
+:class:`SpellArrays` (or column in a frame), filled here; the strata, the deal
+index and the weights then apply to it unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from forecast._validation import (
+    as_datetime,
+    check_as_of,
+    check_int,
+    check_segment_by,
+    require_columns,
+)
+from forecast.calendar import FiscalCalendar, check_calendar
+from forecast.data.deal_log import DealLog
+from forecast.data.stages import StageMap
+from forecast.errors import ModelError, ParameterError
+from forecast.fit.competing_risks import CensoredSpells
+from forecast.segments import SEGMENT_COLUMN, segment_labels
+
+__all__ = ["FRAMES", "WEIGHT_COLUMN", "FitData", "SpellArrays"]
+
+#: Names of the frames a :class:`FitData` may hold.
+FRAMES: tuple[str, ...] = ("spells", "outcomes", "bookings")
+#: Name of the per-row weight column of :meth:`FitData.frame` (the row's deal weight).
+WEIGHT_COLUMN = "weight"
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class SpellArrays:
+    """Open-stage spells as flat arrays, in the row order of the spells frame.
+
+    Attributes
+    ----------
+    deal : ndarray of int64, shape (n,)
+        Index of the spell's deal in :attr:`FitData.deal_ids`.
+    stage : ndarray of int64, shape (n,)
+        Open stage code ``0 .. K-1``.
+    segment : ndarray of int64, shape (n,)
+        Index of the spell's segment label in :attr:`FitData.segments`.
+    duration : ndarray of float64, shape (n,)
+        Days in the stage (exit − entry, or as-of − entry when censored), ≥ 0.
+    destination : ndarray of int64, shape (n,)
+        Code of the next stage, ``-1`` when censored.
+    order : ndarray of int64, shape (n,)
+        Spell rows grouped by stratum ``stage * G + segment`` (stable: each group
+        keeps the row order); group ``s`` is ``order[offsets[s]:offsets[s + 1]]``.
+    offsets : ndarray of int64, shape (K * G + 1,)
+    stage_order : ndarray of int64, shape (n,)
+        Spell rows grouped by stage alone (stable), for the pooled fits.
+    stage_offsets : ndarray of int64, shape (K + 1,)
+    """
+
+    deal: np.ndarray
+    stage: np.ndarray
+    segment: np.ndarray
+    duration: np.ndarray
+    destination: np.ndarray
+    order: np.ndarray
+    offsets: np.ndarray
+    stage_order: np.ndarray
+    stage_offsets: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of spells."""
+        return int(self.stage.size)
+
+
+def _group(key: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable grouping of rows by an integer key in ``0 .. n_groups - 1``: (order, offsets)."""
+    order = np.argsort(key, kind="stable").astype(np.int64)
+    offsets = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key, minlength=n_groups), out=offsets[1:])
+    return _readonly(order), _readonly(offsets)
+
+
+@dataclass(frozen=True, eq=False)
+class FitData:
+    """The cut history at an as-of instant, arranged once for every component fitter.
+
+    Build it with :meth:`from_log` (or :meth:`from_frames` for hand-made frames);
+    see the module docstring.
+
+    Attributes
+    ----------
+    as_of : datetime
+        The cut (naive UTC); nothing after it is in the data.
+    calendar : FiscalCalendar
+    segment_by : tuple of str
+        Segment columns the labels are built from (empty: one segment).
+    segments : tuple of str
+        Sorted segment labels of the spells (the segments of a fitted model).
+    n_open, n_codes : int or None
+        ``K`` open stages and ``C = K + 3`` stage codes (None when unknown, for
+        hand-made frames without a stage count).
+    stages : StageMap or None
+        The log's stage map (None for hand-made frames).
+    history_start : datetime or None
+        Start of the observed history (the log's first event); None: each fitter
+        falls back to the earliest time in its own frame.
+    deal_ids : polars.Series
+        The deal table (Utf8): sorted deal ids of every frame (then, for frames
+        without a ``deal_id`` column, one entry per row).
+    weights : ndarray of float64, shape (n_deals,)
+        Weight of each deal (read-only; 1 when built).
+    spells, outcomes, bookings : polars.DataFrame or None
+        The :class:`DealLog` views (``docs/internals.md`` §3) with the segment
+        label column ``_segment`` added; None when not given.
+    spell_arrays : SpellArrays or None
+        The spells as flat arrays grouped by stratum (needs ``stage_code``,
+        ``duration_days`` and ``destination_code`` and a stage count).
+    cut : DealLog or None
+        The log cut at ``as_of`` (None for hand-made frames).
+    """
+
+    as_of: dt.datetime
+    calendar: FiscalCalendar
+    segment_by: tuple[str, ...]
+    segments: tuple[str, ...]
+    n_open: int | None
+    n_codes: int | None
+    stages: StageMap | None
+    history_start: dt.datetime | None
+    deal_ids: pl.Series
+    weights: np.ndarray
+    spells: pl.DataFrame | None
+    outcomes: pl.DataFrame | None
+    bookings: pl.DataFrame | None
+    spell_arrays: SpellArrays | None
+    cut: DealLog | None = None
+    _deal_index: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    _resampled: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_log(
+        cls,
+        log: DealLog,
+        *,
+        as_of: object | None = None,
+        segment_by: Sequence[str] = (),
+        calendar: FiscalCalendar | None = None,
+        caller: str = "fit",
+    ) -> FitData:
+        """Cut ``log`` at ``as_of`` and take the views every fitter reads.
+
+        Parameters
+        ----------
+        log : DealLog
+            Validated history (:func:`forecast.read_deal_log`).
+        as_of : date-like, optional
+            Cut instant; default: the log's last event.
+        segment_by : sequence of str
+            Segment columns of the log (empty: one pooled segment).
+        calendar : FiscalCalendar, optional
+            Default: fiscal year = calendar year.
+        caller : str
+            Function name for error messages.
+
+        Returns
+        -------
+        FitData
+
+        Raises
+        ------
+        ModelError
+            The history has no open-stage visit before ``as_of``.
+        """
+        if not isinstance(log, DealLog):
+            raise ParameterError(
+                f"The `log` parameter of `{caller}` must be a `DealLog` (from "
+                f"`forecast.read_deal_log`). Got {type(log).__name__}."
+            )
+        calendar = check_calendar(calendar, caller)
+        segment_by = check_segment_by(segment_by, log.segment_columns, caller)
+        t = log.last_timestamp if as_of is None else check_as_of(as_of, caller)
+        cut = log.as_of(t)
+        spells = cut.spells(t)
+        if spells.height == 0:
+            raise ModelError(
+                f"The history has no stage visits before {t:%Y-%m-%d}; nothing to fit."
+            )
+        bookings = cut.bookings(cut.first_timestamp, t + dt.timedelta(microseconds=1))
+        return cls._build(
+            as_of=t,
+            calendar=calendar,
+            segment_by=segment_by,
+            stages=log.stages,
+            history_start=cut.first_timestamp,
+            frames={"spells": spells, "outcomes": cut.outcomes(t), "bookings": bookings},
+            cut=cut,
+            caller=caller,
+        )
+
+    @classmethod
+    def from_frames(
+        cls,
+        *,
+        as_of: object,
+        calendar: FiscalCalendar | None = None,
+        spells: pl.DataFrame | None = None,
+        outcomes: pl.DataFrame | None = None,
+        bookings: pl.DataFrame | None = None,
+        segment_by: Sequence[str] = (),
+        n_open_stages: int | None = None,
+        history_start: object | None = None,
+        caller: str = "FitData.from_frames",
+    ) -> FitData:
+        """A :class:`FitData` from frames shaped like the :class:`DealLog` views.
+
+        For hand-made data (tests, studies of one component). Each fitter checks
+        that the frame it reads has the columns it needs.
+
+        Parameters
+        ----------
+        as_of : date-like
+            The cut the frames describe.
+        calendar : FiscalCalendar, optional
+        spells, outcomes, bookings : polars.DataFrame, optional
+            Like ``DealLog.spells``, ``outcomes`` and ``bookings`` (``docs/internals.md``
+            §3); ``bookings`` may also be any one-row-per-win frame with a ``won_at``,
+            ``closed_at`` or ``exited_at`` column. A frame without ``deal_id`` counts
+            each row as its own deal. Weights are not read from the frames: use
+            :meth:`with_weights`.
+        segment_by : sequence of str
+            Segment columns, present in every frame given.
+        n_open_stages : int, optional
+            ``K``; needed for the exit curves (and the spell arrays). Default:
+            unknown, each fitter infers it from its frame.
+        history_start : date-like, optional
+            Start of the observed history (default: each fitter's own fallback).
+        caller : str
+            Function name for error messages.
+        """
+        t = check_as_of(as_of, caller)
+        calendar = check_calendar(calendar, caller)
+        if isinstance(segment_by, str):
+            raise ParameterError(
+                f"The `segment_by` parameter of `{caller}` must be a list of column names. "
+                f"Got {segment_by!r}."
+            )
+        seg = tuple(segment_by)
+        frames = {"spells": spells, "outcomes": outcomes, "bookings": bookings}
+        for name, frame in frames.items():
+            if frame is None:
+                continue
+            if not isinstance(frame, pl.DataFrame):
+                raise ParameterError(
+                    f"The `{name}` parameter of `{caller}` must be a polars DataFrame. "
+                    f"Got {type(frame).__name__}."
+                )
+            require_columns(frame, seg, caller, name)
+            if WEIGHT_COLUMN in frame.columns:
+                raise ParameterError(
+                    f"The `{name}` frame passed to `{caller}` has a `{WEIGHT_COLUMN}` column; "
+                    "weights are given to the fit data instead: "
+                    "`FitData.from_frames(...).with_weights(w)`, one weight per deal."
+                )
+        stages = None
+        if n_open_stages is not None:
+            k = check_int(n_open_stages, "n_open_stages", caller, minimum=1)
+            stages = (k, k + 3)
+        start = None if history_start is None else as_datetime(history_start, "history_start")
+        return cls._build(
+            as_of=t,
+            calendar=calendar,
+            segment_by=seg,
+            stages=stages,
+            history_start=start,
+            frames={k: v for k, v in frames.items() if v is not None},
+            cut=None,
+            caller=caller,
+        )
+
+    @classmethod
+    def _build(
+        cls,
+        *,
+        as_of: dt.datetime,
+        calendar: FiscalCalendar,
+        segment_by: tuple[str, ...],
+        stages: StageMap | tuple[int, int] | None,
+        history_start: dt.datetime | None,
+        frames: dict[str, pl.DataFrame],
+        cut: DealLog | None,
+        caller: str,
+    ) -> FitData:
+        labelled = {name: segment_labels(f, segment_by) for name, f in frames.items()}
+        # the deal table: sorted ids of every frame, then one entry per row of frames
+        # without deal ids (the Bayesian bootstrap assigns its weights in sorted-id order)
+        with_ids = [f["deal_id"].cast(pl.Utf8) for f in labelled.values() if "deal_id" in f.columns]
+        ids = (
+            pl.concat(with_ids).unique().sort()
+            if with_ids
+            else pl.Series("deal_id", [], dtype=pl.Utf8)
+        )
+        if ids.null_count():
+            raise ParameterError(f"The frames passed to `{caller}` hold a null `deal_id`.")
+        parts = [ids.alias("deal_id")]
+        index: dict[str, np.ndarray] = {}
+        n = ids.len()
+        table = pl.DataFrame({"deal_id": ids, "_deal": np.arange(n, dtype=np.int64)})
+        for name, f in labelled.items():
+            if "deal_id" in f.columns:
+                joined = f.select(pl.col("deal_id").cast(pl.Utf8)).join(
+                    table, on="deal_id", how="left", maintain_order="left"
+                )
+                index[name] = _readonly(joined["_deal"].to_numpy().astype(np.int64))
+            else:
+                index[name] = _readonly(np.arange(n, n + f.height, dtype=np.int64))
+                parts.append(pl.Series("deal_id", [f"{name}#{i}" for i in range(f.height)]))
+                n += f.height
+        deal_ids = pl.concat(parts) if len(parts) > 1 else parts[0]
+        resampled = None
+        if "outcomes" in labelled and "deal_id" in labelled["outcomes"].columns:
+            mask = np.zeros(n, dtype=bool)
+            mask[index["outcomes"]] = True
+            resampled = _readonly(mask)
+
+        if isinstance(stages, StageMap):
+            n_open, n_codes = stages.n_open, stages.n_codes
+        elif stages is not None:
+            n_open, n_codes = stages
+        else:
+            n_open = n_codes = None
+        sp = labelled.get("spells")
+        segments: tuple[str, ...] = ()
+        arrays = None
+        if sp is not None:
+            segments = tuple(sorted(sp[SEGMENT_COLUMN].unique().to_list()))
+            needed = ("stage_code", "duration_days", "destination_code")
+            if n_open is not None and all(c in sp.columns for c in needed):
+                arrays = _spell_arrays(sp, index["spells"], segments, n_open, n_codes, caller)
+        return cls(
+            as_of=as_of,
+            calendar=calendar,
+            segment_by=segment_by,
+            segments=segments,
+            n_open=n_open,
+            n_codes=n_codes,
+            stages=stages if isinstance(stages, StageMap) else None,
+            history_start=history_start,
+            deal_ids=deal_ids,
+            weights=_readonly(np.ones(n)),
+            spells=labelled.get("spells"),
+            outcomes=labelled.get("outcomes"),
+            bookings=labelled.get("bookings"),
+            spell_arrays=arrays,
+            cut=cut,
+            _deal_index=index,
+            _resampled=resampled,
+        )
+
+    # -- weights --------------------------------------------------------------------------
+    @property
+    def n_deals(self) -> int:
+        """Number of entries of the deal table."""
+        return int(self.deal_ids.len())
+
+    @property
+    def resampled_deals(self) -> np.ndarray:
+        """bool (n_deals,): the deals a bootstrap resamples — those of the outcomes view
+        (every deal that exists at ``as_of``), or every deal without an outcomes frame."""
+        if self._resampled is None:
+            return np.ones(self.n_deals, dtype=bool)
+        return self._resampled
+
+    def with_weights(self, weights: Any) -> FitData:
+        """The same data with another weight per deal (nothing else is recomputed).
+
+        Parameters
+        ----------
+        weights : array_like of float, shape (n_deals,)
+            Finite and ≥ 0, in the order of :attr:`deal_ids`.
+
+        Returns
+        -------
+        FitData
+        """
+        w = np.array(weights, dtype=np.float64, copy=True)
+        if w.shape != (self.n_deals,):
+            raise ParameterError(
+                f"The `weights` of `FitData.with_weights` must have one value per deal, shape "
+                f"({self.n_deals},). Got shape {w.shape}."
+            )
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        if bad.size:
+            i = int(bad[0])
+            raise ParameterError(
+                "The `weights` of `FitData.with_weights` must be finite and ≥ 0. "
+                f"Got {float(w[i])!r} for deal {self.deal_ids[i]!r} (index {i})."
+            )
+        return dataclasses.replace(self, weights=_readonly(w))
+
+    def row_weights(self, name: str) -> np.ndarray:
+        """float64 (rows,): the weight of each row of frame ``name`` (its deal's weight)."""
+        return self.weights[self._deal_index[name]]
+
+    def frame(self, name: str, caller: str, columns: Sequence[str] = ()) -> pl.DataFrame:
+        """Frame ``name`` with its row weights as column ``weight`` (Float64).
+
+        Parameters
+        ----------
+        name : {"spells", "outcomes", "bookings"}
+        caller : str
+            The fitter asking, for error messages.
+        columns : sequence of str
+            Columns the fitter needs (checked against the frame's schema).
+
+        Raises
+        ------
+        ParameterError
+            The frame was not given.
+        MissingColumnError
+            A needed column is absent.
+        """
+        frame = getattr(self, name)
+        if frame is None:
+            raise ParameterError(
+                f"`{caller}` needs the `{name}` frame; the fit data holds "
+                f"{[f for f in FRAMES if getattr(self, f) is not None]}."
+            )
+        require_columns(frame, columns, caller, name)
+        return frame.with_columns(pl.Series(WEIGHT_COLUMN, self.row_weights(name)))
+
+    # -- spells by stratum ----------------------------------------------------------------
+    def _arrays(self, caller: str) -> SpellArrays:
+        if self.spell_arrays is None:
+            raise ParameterError(
+                f"`{caller}` needs the spells as arrays: a `spells` frame with `stage_code`, "
+                "`duration_days` and `destination_code`, and the number of open stages."
+            )
+        return self.spell_arrays
+
+    def stratum_spells(self, stage: int, segment: int | None = None) -> CensoredSpells:
+        """The weighted spells of one open stage: of one segment, or pooled (``None``).
+
+        Rows are in the spells frame's order. Built from the arrays validated at
+        construction, without checking them again.
+
+        Parameters
+        ----------
+        stage : int
+            Open stage code ``0 .. K-1``.
+        segment : int, optional
+            Index into :attr:`segments`; ``None`` for every segment together.
+        """
+        a = self._arrays("stratum_spells")
+        if segment is None:
+            rows = a.stage_order[a.stage_offsets[stage] : a.stage_offsets[stage + 1]]
+        else:
+            s = stage * len(self.segments) + segment
+            rows = a.order[a.offsets[s] : a.offsets[s + 1]]
+        return CensoredSpells.trusted(
+            a.duration[rows],
+            a.destination[rows],
+            int(self.n_codes),  # type: ignore[arg-type]
+            self.weights[a.deal[rows]],
+        )
+
+    def strata(self) -> Iterator[tuple[int, int]]:
+        """Every (open stage, segment index) pair, stage-major."""
+        for k in range(int(self.n_open or 0)):
+            for g in range(len(self.segments)):
+                yield k, g
+
+
+def _spell_arrays(
+    sp: pl.DataFrame,
+    deal: np.ndarray,
+    segments: tuple[str, ...],
+    n_open: int,
+    n_codes: int | None,
+    caller: str,
+) -> SpellArrays:
+    """Validate the spell columns once and group the rows by stratum."""
+    stage = sp["stage_code"].to_numpy().astype(np.int64)
+    duration = sp["duration_days"].to_numpy().astype(np.float64)
+    destination = sp["destination_code"].to_numpy().astype(np.int64)
+    c = int(n_codes if n_codes is not None else n_open + 3)
+    problems = (
+        ("stage_code", (stage < 0) | (stage >= n_open), f"an open stage code in 0..{n_open - 1}"),
+        ("duration_days", ~np.isfinite(duration) | (duration < 0), "finite days ≥ 0"),
+        ("destination_code", (destination < -1) | (destination >= c), f"a code in -1..{c - 1}"),
+    )
+    for column, bad, expected in problems:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            deal_id = sp["deal_id"][i] if "deal_id" in sp.columns else None
+            raise ParameterError(
+                f"The `{column}` of the spells passed to `{caller}` must be {expected}. Got "
+                f"{sp[column][i]!r} at row {i}" + (f" (deal {deal_id!r})." if deal_id else ".")
+            )
+    lookup = {g: i for i, g in enumerate(segments)}
+    segment = sp[SEGMENT_COLUMN].replace_strict(lookup, return_dtype=pl.Int64).to_numpy()
+    order, offsets = _group(stage * len(segments) + segment, n_open * len(segments))
+    stage_order, stage_offsets = _group(stage, n_open)
+    return SpellArrays(
+        deal=deal,
+        stage=_readonly(stage),
+        segment=_readonly(segment),
+        duration=_readonly(duration),
+        destination=_readonly(destination),
+        order=order,
+        offsets=offsets,
+        stage_order=stage_order,
+        stage_offsets=stage_offsets,
+    )

@@ -1,0 +1,236 @@
+"""Exit curves of every (segment, open stage): pooled, per segment, shrunk.
+
+For each open stage the spells of all segments give the pooled curves, and each
+segment's own spells its raw curves (:func:`~forecast.fit.competing_risks.fit_exit_curves`:
+Aalen–Johansen on a day grid plus a parametric tail). With several segments the
+raw curves are shrunk toward the pooled ones by credibility weights
+(:mod:`forecast.fit.shrinkage`), after the pooled curves have been moved to the
+segment's own speed and destination level (:func:`shrink_toward`). See
+``docs/model.md`` ("Exit curves", "Shrinkage").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from forecast.fit.competing_risks import CensoredSpells, ExitCurves, aalen_johansen, fit_exit_curves
+from forecast.fit.data import FitData
+from forecast.fit.shrinkage import credibility_weights
+
+__all__ = [
+    "ExitFit",
+    "empty_shrinkage",
+    "fit_exits",
+    "segment_destination_effects",
+    "shrink_toward",
+    "weighted_fit_summary",
+]
+
+
+def empty_shrinkage() -> pl.DataFrame:
+    """The shrinkage table without rows (its schema)."""
+    return pl.DataFrame(
+        schema={
+            "segment": pl.Utf8,
+            "stage": pl.Utf8,
+            "n_spells": pl.Int64,
+            "credibility": pl.Float64,
+            "k": pl.Float64,
+        }
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ExitFit:
+    """The fitted exit curves of one :class:`FitData`.
+
+    Attributes
+    ----------
+    curves : dict (segment label, open stage code) -> ExitCurves
+        After shrinkage toward the pooled fit (the model's curves).
+    pooled : dict open stage code -> ExitCurves
+        All segments together.
+    raw : dict (segment label, open stage code) -> ExitCurves
+        Each segment's own fit (the pooled one where it has no spell).
+    credibility : dict (segment label, open stage code) -> float
+        Weight of the segment's own curves in ``curves`` (0 without spells).
+    shrinkage : polars.DataFrame
+        ``segment, stage, n_spells, credibility, k`` per segment and stage.
+    """
+
+    curves: dict[tuple[str, int], ExitCurves]
+    pooled: dict[int, ExitCurves]
+    raw: dict[tuple[str, int], ExitCurves]
+    credibility: dict[tuple[str, int], float]
+    shrinkage: pl.DataFrame
+
+
+def weighted_fit_summary(cs: CensoredSpells, tail_shares: np.ndarray) -> tuple[np.ndarray, float]:
+    """Eventual destination shares (C,) and median sojourn (days) of a weighted AJ fit.
+
+    Mass still surviving after the last observed time is split by the point fit's
+    tail shares; the median is ``nan`` when survival never falls to one half.
+    """
+    aj = aalen_johansen(cs)
+    if aj.times.size == 0:
+        return tail_shares.copy(), float("nan")
+    shares = aj.cif[:, -1] + aj.survival[-1] * tail_shares
+    below = np.nonzero(aj.survival <= 0.5)[0]
+    median = float(aj.times[below[0]]) if below.size else float("nan")
+    return shares, median
+
+
+def segment_destination_effects(
+    raw: dict[tuple[str, int], ExitCurves],
+    pooled: dict[int, ExitCurves],
+    exits: dict[tuple[str, int], float],
+    segments: Sequence[str],
+    n_open: int,
+) -> dict[str, np.ndarray | None]:
+    """Per segment, how much more often its exits go to each destination, over all stages.
+
+    An indirectly standardised ratio per destination ``j`` (observed over expected):
+    ``m_gj = Σ_k n_gk F_gkj(∞) / Σ_k n_gk P_kj(∞)``, with ``n_gk`` the segment's
+    observed exits from stage ``k``, ``F_gk`` its own eventual destination shares and
+    ``P_k`` the pooled ones. Pooling the stages makes it far steadier than any one
+    stage's mix (on the synthetic generator the Enterprise segment has ~280 exits in
+    all but 20 in Negotiation). Ratios are 1 where nothing is expected.
+
+    Returns
+    -------
+    dict str -> ndarray of float64, shape (C,), or None
+        None for a segment without any observed exit.
+    """
+    n_codes = pooled[0].n_codes
+    out: dict[str, np.ndarray | None] = {}
+    for g in segments:
+        observed = np.zeros(n_codes)
+        expected = np.zeros(n_codes)
+        for k in range(n_open):
+            n = exits[(g, k)]
+            if n > 0:
+                observed += n * raw[(g, k)].eventual_shares()
+                expected += n * pooled[k].eventual_shares()
+        if not expected.sum() > 0:
+            out[g] = None
+            continue
+        ratio = np.ones(n_codes)
+        has = expected > 0
+        ratio[has] = observed[has] / expected[has]
+        out[g] = ratio
+    return out
+
+
+def shrink_toward(
+    own: ExitCurves,
+    pooled: ExitCurves,
+    credibility: float,
+    destination_effect: np.ndarray | None = None,
+) -> ExitCurves:
+    """Credibility mixture of a segment's curves with the pooled ones, adjusted to the segment.
+
+    The credibility weight measures how much the segments' destination mixes
+    differ (:mod:`forecast.fit.shrinkage`). Mixing with the raw pooled curves would
+    pull a segment toward the majority in *every* respect, so the pooled curves are
+    first moved to the segment where the segment's own data are plentiful:
+
+    - stretched to the segment's own median sojourn (when both medians are finite):
+      segments often differ several-fold in speed (on the synthetic generator the
+      Enterprise median sojourn in Negotiation fell from 49 to 28 days without it,
+      and next-quarter Enterprise wins were over-predicted by 40-100 %);
+    - reweighted by the segment's destination effect over all stages
+      (:func:`segment_destination_effects`): a segment that wins less often in every
+      stage keeps that when a sparse stage borrows from the pool (without it, the
+      Enterprise Negotiation win share was pulled from 0.50 toward the pooled 0.60).
+
+    Shrinkage then borrows the stage's shape of the sojourn distribution and the
+    stage-specific pattern of the destination mix, not the segment's level.
+    """
+    if credibility >= 1.0:
+        return own
+    target = pooled
+    m_own, m_pool = own.median(), pooled.median()
+    factor = 1.0
+    if np.isfinite(m_own) and np.isfinite(m_pool) and m_own > 0 and m_pool > 0:
+        factor = m_own / m_pool
+    effect = destination_effect
+    if effect is not None and not float(np.dot(effect, pooled.eventual_shares())) > 0:
+        effect = None
+    if factor != 1.0 or effect is not None:
+        target = pooled.scaled(factor, effect)
+    return own.mixed(target, credibility)
+
+
+def fit_exits(
+    data: FitData,
+    *,
+    tail_families: Sequence[str] = ("exponential", "weibull", "lognormal"),
+    shrink: bool = True,
+) -> ExitFit:
+    """Fit the exit curves of every (segment, open stage) of ``data``.
+
+    Parameters
+    ----------
+    data : FitData
+        Needs the spell arrays (a stage map or ``n_open_stages``).
+    tail_families : sequence of str
+        Candidate families for the tail beyond the last observed sojourn (AIC).
+    shrink : bool, default True
+        Shrink segment fits toward the pooled fit (with more than one segment).
+
+    Returns
+    -------
+    ExitFit
+
+    Raises
+    ------
+    ModelError
+        An open stage without any spell (its pooled curves cannot be fitted).
+    """
+    segments = data.segments
+    n_open = int(data.n_open or 0)
+    names = data.stages.open if data.stages is not None else tuple(str(k) for k in range(n_open))
+    pooled: dict[int, ExitCurves] = {}
+    raw: dict[tuple[str, int], ExitCurves] = {}
+    exits: dict[tuple[str, int], float] = {}
+    stage_spells: dict[int, dict[str, CensoredSpells]] = {}
+    for k in range(n_open):
+        pooled[k] = fit_exit_curves(data.stratum_spells(k), tail_families=tail_families)
+        stage_spells[k] = {g: data.stratum_spells(k, gi) for gi, g in enumerate(segments)}
+        for g in segments:
+            seg = stage_spells[k][g]
+            raw[(g, k)] = (
+                fit_exit_curves(seg, tail_families=tail_families) if seg.n > 0 else pooled[k]
+            )
+            exits[(g, k)] = float(np.sum(seg.weights[seg.destinations >= 0]))
+    effects = segment_destination_effects(raw, pooled, exits, segments, n_open)
+    curves: dict[tuple[str, int], ExitCurves] = {}
+    credibility: dict[tuple[str, int], float] = {}
+    rows: list[dict[str, Any]] = []
+    for k, stage_name in enumerate(names):
+        seg_spells = stage_spells[k]
+        if len(segments) > 1 and shrink:
+            cred = credibility_weights(list(seg_spells.values()), time_bands="quartiles")
+            weights, kval = np.asarray(cred.weights, dtype=float), float(cred.k)
+        else:
+            weights, kval = np.ones(len(segments)), 0.0
+        for i, g in enumerate(segments):
+            z = float(weights[i]) if seg_spells[g].n > 0 else 0.0
+            credibility[(g, k)] = z
+            curves[(g, k)] = shrink_toward(raw[(g, k)], pooled[k], z, effects[g])
+            rows.append(
+                {
+                    "segment": g,
+                    "stage": stage_name,
+                    "n_spells": int(seg_spells[g].n),
+                    "credibility": z,
+                    "k": kval,
+                }
+            )
+    shrinkage = pl.DataFrame(rows) if rows else empty_shrinkage()
+    return ExitFit(curves, pooled, raw, credibility, shrinkage)
