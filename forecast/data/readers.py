@@ -26,7 +26,9 @@ from forecast.data.stages import StageMap
 from forecast.data.validation import (
     EpochUnit,
     RepairCounts,
+    check_creation_dates,
     check_deal_ids,
+    check_event_time_range,
     check_stages,
     check_terminal_transitions,
     deduplicate_and_sort,
@@ -287,6 +289,7 @@ def read_deal_log(
     else:
         events = _deals_to_events(frame, segments, stage_map, entry_stage, found, tally)
     events = check_terminal_transitions(events, stage_map, tally)
+    check_creation_dates(events, stage_map, tally, source=found["created_at"])
     events = events.select(
         pl.col("deal_id").cast(pl.Utf8),
         pl.col("timestamp").cast(pl.Datetime("us")),
@@ -453,6 +456,9 @@ def _typed(
             epoch_unit=epoch_unit,
             tally=tally,
         )
+    # the times of events: stage changes, creation, and the close of a one-row-per-deal table
+    for name in ("timestamp", "created_at", *(("close_date",) if shape == "deals" else ())):
+        check_event_time_range(frame, dates[name], name, source=found[name])
     amount = parse_amount_column(frame, found["amount"])
     return frame.with_columns(*dates.values(), amount, pl.col("stage").cast(pl.Utf8)).select(
         "deal_id", *CANONICAL_NAMES[1:], pl.exclude(*CANONICAL_NAMES)

@@ -150,6 +150,58 @@ def _shrink_toward(
     return own.mixed(target, credibility)
 
 
+#: How far past the last event of a history an as-of date may lie, in days (a quarter).
+MAX_DAYS_AFTER_LAST_EVENT = 92
+
+
+def _check_as_of(log: DealLog, t: dt.datetime) -> None:
+    """The as-of instant lies within the history (or at most a quarter after its end)."""
+    if log.events.height == 0:
+        raise ModelError("The history has no events; nothing to fit.")
+    first, last = log.first_timestamp, log.last_timestamp
+    known_until = max(last, log.cut) if log.cut is not None else last
+    latest = known_until + dt.timedelta(days=MAX_DAYS_AFTER_LAST_EVENT)
+    if t < first:
+        raise ModelError(
+            f"The as-of date {t:%Y-%m-%d} is before the first event of the history "
+            f"({first:%Y-%m-%d %H:%M}): nothing is known at that date. Expected an as-of "
+            f"date from {first:%Y-%m-%d} to {latest:%Y-%m-%d}."
+        )
+    if t > latest:
+        days = (t - known_until).total_seconds() / 86_400
+        raise ModelError(
+            f"The as-of date {t:%Y-%m-%d} is {days:,.0f} days after the last event of the "
+            f"history ({last:%Y-%m-%d %H:%M}): with no events in between, the fit would read "
+            "the silence as deals that stopped moving and no new deals. Expected an as-of "
+            f"date at most {MAX_DAYS_AFTER_LAST_EVENT} days after the last event (up to "
+            f"{latest:%Y-%m-%d}), or a more recent export of the history."
+        )
+
+
+def _check_fittable(
+    spells: pl.DataFrame, outcomes: pl.DataFrame, stages: Any, t: dt.datetime
+) -> None:
+    """Every open stage has been visited and some deal has been won before ``t``."""
+    counts = dict(outcomes.group_by("status").len().iter_rows())
+    if not counts.get("won"):
+        found = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("open", "lost", "no_decision"))
+        raise ModelError(
+            f"No deal was won before the as-of date {t:%Y-%m-%d} ({found}): win "
+            "probabilities and won amounts cannot be estimated. Expected at least one deal "
+            f"in a won stage {list(stages.won)}; fit at a later as-of date, or check which "
+            "stage names are classified as won (`StageMap(won=[...])`)."
+        )
+    visited = set(spells["stage_code"].unique().to_list())
+    missing = [name for k, name in enumerate(stages.open) if k not in visited]
+    if missing:
+        raise ModelError(
+            f"No deal was in the open stage(s) {missing} before the as-of date "
+            f"{t:%Y-%m-%d}, so their exit curves cannot be fitted. Expected every open stage "
+            f"of the stage map {list(stages.open)} to be visited; fit at a later as-of date, "
+            "or leave unused stages out of the `StageMap`."
+        )
+
+
 def fit(
     log: DealLog,
     *,
@@ -213,6 +265,7 @@ def fit(
                 found=c,
             )
     t = log.last_timestamp if as_of is None else _as_datetime(as_of, "as_of")
+    _check_as_of(log, t)
     cut = log.as_of(t)
     stages = log.stages
     n_codes = stages.n_codes
@@ -223,6 +276,7 @@ def fit(
     )
     if spells.height == 0:
         raise ModelError(f"The history has no stage visits before {t:%Y-%m-%d}; nothing to fit.")
+    _check_fittable(spells, outcomes, stages, t)
     segments = tuple(sorted(spells[SEGMENT_COLUMN].unique().to_list()))
 
     # -- exit curves: pooled, per segment, shrunk ------------------------------------------------
