@@ -23,7 +23,7 @@ from forecast.fit.shrinkage import credibility_weights
 if TYPE_CHECKING:  # pragma: no cover
     from forecast.data.deal_log import DealLog
 
-__all__ = ["SEGMENT_COLUMN", "fit", "segment_labels"]
+__all__ = ["MAX_DAYS_AFTER_LAST_EVENT", "SEGMENT_COLUMN", "fit", "segment_labels"]
 
 #: Name of the derived column holding a row's segment label.
 SEGMENT_COLUMN = "_segment"
@@ -245,6 +245,15 @@ def fit(
     Returns
     -------
     PipelineModel
+
+    Raises
+    ------
+    ModelError
+        When the history cannot support a fit at ``as_of``: the as-of date is before
+        the first event or more than :data:`MAX_DAYS_AFTER_LAST_EVENT` days after the
+        last, no deal was won before it, or an open stage was never visited before it.
+    ParameterError, MissingColumnError
+        For an invalid argument or a ``segment_by`` column the log does not carry.
     """
     from forecast import __version__
 
