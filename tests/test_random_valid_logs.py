@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import forecast
@@ -46,8 +46,10 @@ def deal_rows(draw: st.DrawFn, deal: str, n_open: int, with_created: bool) -> li
     segment = draw(st.sampled_from(["A", "B", "C"]))
     amount = draw(amounts)
     stage = OPEN[draw(st.integers(0, n_open - 1))]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for _ in range(draw(st.integers(1, 6))):
+        if any(r["timestamp"] == t and (r["stage"], r["amount"]) == (stage, amount) for r in rows):
+            t += dt.timedelta(minutes=1)  # not an exact duplicate of a row at the same instant
         rows.append(
             {
                 "deal_id": deal,
@@ -130,9 +132,10 @@ def test_valid_logs_fit_and_simulate_or_refuse_with_a_model_error(tmp_path: Path
     @settings(
         max_examples=25,
         deadline=None,
-        derandomize=True,  # the same 25 logs on every run
+        database=None,  # the same 25 logs on every run: a fixed seed, no replayed examples
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+    @seed(20241)
     @given(histories())
     def check(history: tuple[pl.DataFrame, dict[str, Any], dict[str, Any]]) -> None:
         frame, read, fit = history
