@@ -68,14 +68,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from forecast._validation import as_datetime
 from forecast.calendar import FiscalCalendar, FiscalQuarter
 from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
-from forecast.io import PARTITIONING, read_forecast
+from forecast.io import read_forecast, table_files
 from forecast.results import Forecast
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -327,11 +326,8 @@ def _snapshot_of_output(root: str | os.PathLike[str], as_of: object | None) -> _
             )
     quarterly = read_forecast(root, "quarterly", as_of=day).sort("quarter_index")
     deals = read_forecast(root, "deals", as_of=day)
-    dataset = ds.dataset(root / "quarterly", format="parquet", partitioning=PARTITIONING)
-    fragments = list(dataset.get_fragments(filter=ds.field("as_of") == pa.scalar(day, pa.date32())))
-    meta = {
-        k.decode(): v.decode() for k, v in (fragments[0].physical_schema.metadata or {}).items()
-    }
+    files = table_files(root, "quarterly", as_of=day)
+    meta = {k.decode(): v.decode() for k, v in (pq.read_schema(files[0]).metadata or {}).items()}
     cal = json.loads(meta.get("forecast.calendar", "{}") or "{}")
     as_of_instant = (
         dt.datetime.fromisoformat(meta["forecast.as_of"])

@@ -1,37 +1,49 @@
 """Writing results: atomic files and Parquet datasets for batch jobs.
 
-Layout written by :func:`write_forecast` under ``root``::
+Layout written by :func:`write_forecast` under ``root``: one directory per as-of
+date holding every table of that forecast::
 
     root/
-      quarterly/as_of=2025-01-01/part-0.parquet   one row per quarter
-      segments/as_of=2025-01-01/part-0.parquet    one row per (quarter, segment)
-      deals/as_of=2025-01-01/part-0.parquet       one row per (quarter, open deal)
-      paths/as_of=2025-01-01/part-0.parquet       raw samples (``include_paths=True``)
+      as_of=2025-01-01/
+        quarterly/part-0.parquet   one row per quarter
+        segments/part-0.parquet    one row per (quarter, segment)
+        deals/part-0.parquet       one row per (quarter, open deal)
+        paths/part-0.parquet       raw samples (``include_paths=True``)
+      as_of=2025-04-01/
+        ...
+      .staging/                    hidden: writes in progress (normally empty)
 
-Each table is a Hive-partitioned Parquet dataset keyed by the as-of *date*
-(``as_of=YYYY-MM-DD``; the partition column is not stored inside the files). The
-column types are fixed by :data:`SCHEMAS` (documented field by field, units in
-each field's ``unit`` metadata), and every file carries key-value metadata
-(:data:`METADATA_KEYS`): package version, seed, number of paths, model and data
-fingerprints, as-of instant, calendar, and a ``write_id`` shared by the tables of
-one call so that a reader can check that they belong together.
+Each table, across the as-of directories, is a Hive-partitioned Parquet dataset
+keyed by the as-of *date* (``as_of=YYYY-MM-DD``; the partition column is not
+stored inside the files). The column types are fixed by :data:`SCHEMAS`
+(documented field by field, units in each field's ``unit`` metadata), and every
+file carries key-value metadata (:data:`METADATA_KEYS`): package version, seed,
+number of paths, model and data fingerprints, as-of instant, calendar, and a
+``write_id`` shared by the tables of one call so that a reader can check that they
+belong together.
 
-Atomicity: a partition is first written complete (files flushed and fsync'ed) into
-a hidden sibling directory ``.tmp-as_of=...`` — hidden names are skipped by
-pyarrow's dataset discovery — and only then moved into place, on Linux with one
-``renameat2(RENAME_EXCHANGE)`` that swaps the old and new directories atomically
-(elsewhere: two renames, with the old partition kept as ``.old-as_of=...`` in
-between and restored by the next write if the process died there). A crash or kill
-at any moment therefore leaves either the previous partition or the new one, never
-a mixture and never a partial file in a visible place; rerunning a job replaces its
-own as-of partition in each table and nothing else. The tables are swapped one
-after the other after all are written, so a kill during the swaps (a window of a
-few renames) can leave one table newer than another; their ``write_id`` tells.
+One write, one commit: every table of a forecast is first written complete (files
+and directories fsync'ed) into a hidden directory under ``root/.staging/``, and
+the whole as-of directory is then switched in one step: on Linux one
+``renameat2(RENAME_EXCHANGE)`` swaps the new directory with the previous one
+atomically (elsewhere: two renames, with the previous directory parked in
+``.staging/`` in between and put back by the next write if the process died
+there, so that a reader sees the previous forecast or nothing, never a mixture).
+A crash or kill at any moment therefore leaves the previous forecast of that date
+complete or the new one complete, never tables of different runs side by side
+and never a partial file in a visible place; rerunning a job replaces its own
+as-of directory (all its tables, including a ``paths`` table it no longer
+writes) and nothing else. Leftovers of writers that died are removed (or put
+back) by the next write to the same ``root``.
 
-Read back with :func:`read_forecast` or directly::
+Read back with :func:`read_forecast`, or directly with a glob over the as-of
+directories (``as_of=*`` rather than ``*``, which would also match ``.staging``)::
 
-    import pyarrow.dataset as ds
-    ds.dataset("root/quarterly", partitioning=PARTITIONING).to_table()
+    pl.scan_parquet("root/as_of=*/quarterly/*.parquet", hive_partitioning=True)
+    duckdb.sql("SELECT * FROM read_parquet('root/as_of=*/quarterly/*.parquet', "
+               "hive_partitioning = true)")
+    ds.dataset(table_files("root", "quarterly"), partitioning=PARTITIONING,
+               partition_base_dir="root")
 """
 
 from __future__ import annotations
@@ -71,17 +83,22 @@ __all__ = [
     "atomic_write_text",
     "describe_schema",
     "read_forecast",
+    "table_files",
     "write_forecast",
 ]
 
-#: Version of the Parquet layout below; bumped when a schema changes incompatibly.
-SCHEMA_VERSION = "1"
+#: Version of the Parquet layout below; bumped when a schema or the directory layout
+#: changes incompatibly ("2": one directory per as-of date holding every table).
+SCHEMA_VERSION = "2"
 
 #: Table names, in the order they are written.
 TABLES: tuple[str, ...] = ("quarterly", "segments", "deals", "paths")
 
 #: Hive partitioning of every dataset: ``as_of=YYYY-MM-DD`` read as a date.
 PARTITIONING = ds.partitioning(pa.schema([("as_of", pa.date32())]), flavor="hive")
+
+#: Hidden directory under the output root holding writes in progress.
+STAGING_DIR = ".staging"
 
 _PATHS_ROWS_PER_GROUP = 1_000_000
 
@@ -180,9 +197,12 @@ METADATA_KEYS: dict[str, str] = {
     "forecast.segments": "segment labels (JSON list)",
 }
 
-#: Test hook: called as ``_hook(stage, table)`` at fixed points of a write
-#: (``"row_group"`` after each row group, ``"written"`` once a table's temporary
-#: partition is complete, ``"swapped"`` after each swap). ``None`` in normal use.
+#: Test hook: called as ``_hook(stage, table)`` at fixed points of a write, in order:
+#: ``"staging"`` (``table=""``) once the hidden directory exists, ``"row_group"`` after
+#: each row group and ``"written"`` once a table's file is complete and fsync'ed,
+#: ``"staged"`` (``table=""``) once every table is, then ``"parked"`` (two-rename
+#: fallback only: previous directory moved aside), ``"swapped"`` (new directory in
+#: place) and ``"cleaned"`` (previous directory removed). ``None`` in normal use.
 _hook: Callable[[str, str], None] | None = None
 
 
@@ -224,14 +244,19 @@ def write_forecast(
     *,
     include_paths: bool = False,
 ) -> dict[str, Path]:
-    """Write a forecast as Hive-partitioned Parquet datasets under ``root``, atomically.
+    """Write a forecast's tables as one as-of directory of Parquet files under ``root``.
+
+    All tables appear together or not at all: they are written into a hidden
+    staging directory and the complete as-of directory is switched into place in
+    one atomic step (see the module docstring).
 
     Parameters
     ----------
     fc : Forecast
         The result of :meth:`PipelineModel.simulate`.
     root : path
-        Directory holding one dataset per table (created if missing).
+        Directory holding one ``as_of=YYYY-MM-DD`` directory per forecast date
+        (created if missing).
     include_paths : bool, default False
         Also write the raw samples (``paths`` table: n_paths × n_quarters ×
         n_segments × 2 rows).
@@ -239,19 +264,19 @@ def write_forecast(
     Returns
     -------
     dict of str to Path
-        Table name -> the partition directory written (``root/<table>/as_of=<date>``).
+        Table name -> the directory written (``root/as_of=<date>/<table>``).
 
     Notes
     -----
     Schemas: :data:`SCHEMAS`; metadata keys: :data:`METADATA_KEYS`; atomicity and
     layout: see the module docstring. The partition key is the as-of *date*: two
-    forecasts with as-of instants on the same day share a partition (the later
-    write replaces the earlier one).
+    forecasts with as-of instants on the same day share a directory (the later
+    write replaces every table of the earlier one).
 
     Examples
     --------
     >>> write_forecast(fc, "out/")  # doctest: +SKIP
-    {'quarterly': PosixPath('out/quarterly/as_of=2025-01-01'), ...}
+    {'quarterly': PosixPath('out/as_of=2025-01-01/quarterly'), ...}
     """
     if not isinstance(fc, Forecast):
         raise ParameterError(
@@ -266,33 +291,35 @@ def write_forecast(
     partition = f"as_of={fc.as_of:%Y-%m-%d}"
     tables = [t for t in TABLES if t != "paths" or include_paths]
     meta = _metadata(fc)
-    staged: list[tuple[str, Path, Path]] = []
+    staging = root / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    _recover(root)
+    tmp = staging / f"new-{partition}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
+        _call_hook("staging", "")
         for table in tables:
-            parent = root / table
-            parent.mkdir(parents=True, exist_ok=True)
-            _recover(parent, partition)
-            tmp = parent / f".tmp-{partition}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            staged.append((table, tmp, parent / partition))
+            (tmp / table).mkdir()
             schema = SCHEMAS[table].with_metadata({**meta, "forecast.table": table})
-            _write_parquet(tmp / "part-0.parquet", schema, _batches(fc, table, schema), table)
-            _fsync_dir(tmp)
+            _write_parquet(
+                tmp / table / "part-0.parquet", schema, _batches(fc, table, schema), table
+            )
+            _fsync_dir(tmp / table)
             _call_hook("written", table)
-        for table, tmp, final in staged:
-            _swap_into_place(tmp, final)
-            _call_hook("swapped", table)
+        _fsync_dir(tmp)
+        _fsync_dir(staging)
+        _call_hook("staged", "")
+        _swap_into_place(tmp, root / partition)
     except BaseException:
-        for _, tmp, _ in staged:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {table: final for table, _, final in staged}
+    return {table: root / partition / table for table in tables}
 
 
-def read_forecast(
+def table_files(
     root: str | os.PathLike[str], table: str = "quarterly", *, as_of: object = None
-) -> pl.DataFrame:
-    """Read one table written by :func:`write_forecast` (all partitions, or one as-of date).
+) -> list[Path]:
+    """The Parquet files of one table written by :func:`write_forecast`, oldest date first.
 
     Parameters
     ----------
@@ -300,35 +327,75 @@ def read_forecast(
         The ``root`` given to :func:`write_forecast`.
     table : {"quarterly", "segments", "deals", "paths"}
     as_of : date, datetime or ISO-8601 string, optional
-        Keep only this as-of date's partition.
+        Only this as-of date's file(s).
+
+    Returns
+    -------
+    list of Path
+        ``root/as_of=<date>/<table>/*.parquet``, sorted; empty when none exist.
+        Hand them to ``pyarrow.dataset.dataset(files, partitioning=PARTITIONING,
+        partition_base_dir=root)`` to get the ``as_of`` column.
+    """
+    if table not in TABLES:
+        raise ParameterError(f"The `table` parameter must be one of {list(TABLES)}. Got {table!r}.")
+    pattern = "as_of=*" if as_of is None else f"as_of={_as_of_day(as_of):%Y-%m-%d}"
+    return sorted(p for p in Path(root).glob(f"{pattern}/{table}/*.parquet") if p.is_file())
+
+
+def read_forecast(
+    root: str | os.PathLike[str], table: str = "quarterly", *, as_of: object = None
+) -> pl.DataFrame:
+    """Read one table written by :func:`write_forecast` (all as-of dates, or one).
+
+    Parameters
+    ----------
+    root : path
+        The ``root`` given to :func:`write_forecast`.
+    table : {"quarterly", "segments", "deals", "paths"}
+    as_of : date, datetime or ISO-8601 string, optional
+        Keep only this as-of date.
 
     Returns
     -------
     polars.DataFrame
         The table's columns (:data:`SCHEMAS`) plus ``as_of`` (Date).
+
+    Raises
+    ------
+    FileNotFoundError
+        When no as-of directory under ``root`` (or not the one asked for) holds
+        the table.
     """
     if table not in TABLES:
         raise ParameterError(
             f"The `table` parameter of `read_forecast` must be one of {list(TABLES)}. "
             f"Got {table!r}."
         )
-    path = Path(root) / table
-    if not path.is_dir():
-        raise FileNotFoundError(f"No `{table}` dataset under {root} (looked for {path}).")
-    dataset = ds.dataset(path, format="parquet", partitioning=PARTITIONING)
-    flt = None
-    if as_of is not None:
-        try:
-            day = dt.date.fromisoformat(str(as_of)[:10])
-        except ValueError:
-            raise ParameterError(
-                f"The `as_of` parameter of `read_forecast` must be a date. Got {as_of!r}."
-            ) from None
-        flt = ds.field("as_of") == pa.scalar(day, pa.date32())
-    return pl.from_arrow(dataset.to_table(filter=flt))  # type: ignore[return-value]
+    files = table_files(root, table, as_of=as_of)
+    if not files:
+        where = "as_of=*" if as_of is None else f"as_of={_as_of_day(as_of):%Y-%m-%d}"
+        raise FileNotFoundError(
+            f"No `{table}` table under {root} (looked for {Path(root) / where / table}/*.parquet)."
+        )
+    dataset = ds.dataset(
+        [str(f) for f in files],
+        format="parquet",
+        partitioning=PARTITIONING,
+        partition_base_dir=str(Path(root)),
+    )
+    return pl.from_arrow(dataset.to_table())  # type: ignore[return-value]
 
 
 # -- internals --------------------------------------------------------------------------
+def _as_of_day(as_of: object) -> dt.date:
+    try:
+        return dt.date.fromisoformat(str(as_of)[:10])
+    except ValueError:
+        raise ParameterError(
+            f"The `as_of` parameter must be a date (YYYY-MM-DD). Got {as_of!r}."
+        ) from None
+
+
 def _call_hook(stage: str, table: str) -> None:
     if _hook is not None:
         _hook(stage, table)
@@ -473,23 +540,44 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Move the complete partition ``tmp`` to ``final``, replacing any previous one."""
+    """Switch the complete directory ``tmp`` to ``final``, replacing any previous one.
+
+    With ``renameat2(RENAME_EXCHANGE)`` the switch is one atomic step. The fallback
+    parks the previous directory in the staging area (``old-...``) and renames the
+    new one into place; a writer killed between the two renames leaves no
+    ``final``, and the next write puts the parked directory back (:func:`_recover`).
+    """
     if final.exists():
         if _exchange(tmp, final):
             _fsync_dir(final.parent)
-            shutil.rmtree(tmp)  # now holds the previous partition
+            _fsync_dir(tmp.parent)
+            _call_hook("swapped", "")
+            shutil.rmtree(tmp)  # now holds the previous directory
+            _call_hook("cleaned", "")
             return
-        old = final.parent / f".old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        old = tmp.parent / f"old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(final, old)
-        os.rename(tmp, final)
-        _fsync_dir(final.parent)
-        shutil.rmtree(old)
+        try:
+            _call_hook("parked", "")
+            os.rename(tmp, final)
+        except BaseException:
+            os.rename(old, final)  # the previous forecast stays; the caller removes tmp
+            raise
+        try:
+            _fsync_dir(final.parent)
+            _fsync_dir(tmp.parent)
+            _call_hook("swapped", "")
+        finally:
+            shutil.rmtree(old, ignore_errors=True)  # the new forecast is in place
+        _call_hook("cleaned", "")
     else:
         os.rename(tmp, final)
         _fsync_dir(final.parent)
+        _fsync_dir(tmp.parent)
+        _call_hook("swapped", "")
 
 
-_LEFTOVER = re.compile(r"^\.(tmp|old)-(as_of=\d{4}-\d{2}-\d{2})-(\d+)-[0-9a-f]{8}$")
+_LEFTOVER = re.compile(r"^(new|old)-(as_of=\d{4}-\d{2}-\d{2})-(\d+)-[0-9a-f]{8}$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -504,20 +592,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _recover(parent: Path, partition: str) -> None:
-    """Clean up after a writer of ``partition`` that died: restore or remove its leftovers.
+def _recover(root: Path) -> None:
+    """Clean up after writers under ``root`` that died: put back or remove their leftovers.
 
-    A ``.old-`` directory whose partition is missing is the previous partition of a
-    writer killed between its two renames: it is put back. Other leftovers of dead
-    writers are hidden temporary directories and are removed.
+    An ``old-`` directory whose as-of directory is missing is the previous forecast
+    of a writer killed between the two renames of the fallback: it is put back.
+    Every other leftover of a dead writer (a half-written ``new-`` directory, or a
+    previous directory already replaced) is removed. Leftovers of live writers
+    are left alone.
     """
-    for entry in sorted(parent.iterdir()):
+    staging = root / STAGING_DIR
+    if not staging.is_dir():
+        return
+    for entry in sorted(staging.iterdir()):
         m = _LEFTOVER.match(entry.name)
-        if not m or m.group(2) != partition or _pid_alive(int(m.group(3))):
+        if not m or _pid_alive(int(m.group(3))):
             continue
-        final = parent / partition
+        final = root / m.group(2)
         if m.group(1) == "old" and not final.exists():
             os.rename(entry, final)
+            _fsync_dir(root)
         else:
             shutil.rmtree(entry, ignore_errors=True)
 

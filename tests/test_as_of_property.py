@@ -84,14 +84,18 @@ def log_and_cut(draw):
     for deal in created:  # a fresh future for some existing deals
         if draw(st.booleans()):
             n = draw(st.integers(1, 4))
-            times = distinct_times(draw, n, cut_min + 1, cut_min + 1 + HORIZON_MIN)
-            if draw(st.booleans()):  # the first future change 1 µs after the cut
-                times[0] = cut + dt.timedelta(microseconds=1)
+            lo = cut_min + 1
+            if created[deal] is not None:  # no change before the deal's creation
+                lo = max(lo, int((created[deal] - T0).total_seconds() // 60) + 1)
+            times = distinct_times(draw, n, lo, lo + HORIZON_MIN)
+            if draw(st.booleans()) and (created[deal] is None or created[deal] <= cut):
+                times[0] = cut + dt.timedelta(microseconds=1)  # 1 µs after the cut
             # an open stage first keeps any history valid (terminal -> open re-opens)
             first = draw(st.sampled_from(OPEN))
             stages = [first, *walk(draw, n - 1, first)]
             future += rows_for(draw, deal, times, stages, created[deal])
-    for j in range(draw(st.integers(0, 2))):  # deals created after the cut
+    # deals created after the cut (at least one if B would otherwise be an empty table)
+    for j in range(draw(st.integers(0 if past or future else 1, 2))):
         n = draw(st.integers(1, 3))
         times = distinct_times(draw, n, cut_min + 1, cut_min + 1 + HORIZON_MIN)
         future += rows_for(draw, f"new{j}", times, walk(draw, n), None)

@@ -1,5 +1,6 @@
-"""Tests of the Parquet output: schema and metadata read back with pyarrow, partitions,
-atomic replacement, and a writer killed mid-write that must leave the previous output intact."""
+"""Tests of the Parquet output: schema and metadata read back with pyarrow, polars and
+DuckDB, one as-of directory per forecast switched in one step, and a writer failing or
+killed at every step of a write, which must leave one complete forecast behind."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -61,14 +63,31 @@ def visible_files(root: Path) -> list[str]:
     return sorted(out)
 
 
+def write_ids(directory: Path) -> dict[str, str]:
+    """Table name -> the ``forecast.write_id`` of its file, for one as-of directory."""
+    out = {}
+    for f in sorted(directory.glob("*/part-0.parquet")):
+        meta = pq.read_schema(f).metadata
+        assert meta[b"forecast.table"].decode() == f.parent.name
+        out[f.parent.name] = meta[b"forecast.write_id"].decode()
+    return out
+
+
+def staging_leftovers(root: Path) -> list[str]:
+    staging = root / fio.STAGING_DIR
+    return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+
+
 def test_schema_and_metadata_read_back_with_pyarrow(tmp_path: Path) -> None:
     fc = synthetic_forecast(1)
     written = fio.write_forecast(fc, tmp_path, include_paths=True)
     assert set(written) == {"quarterly", "segments", "deals", "paths"}
     assert visible_files(tmp_path) == [
-        f"{t}/as_of=2025-01-01/part-0.parquet" for t in ("deals", "paths", "quarterly", "segments")
+        f"as_of=2025-01-01/{t}/part-0.parquet" for t in ("deals", "paths", "quarterly", "segments")
     ]
-    write_ids = set()
+    assert {t: d.relative_to(tmp_path).as_posix() for t, d in written.items()} == {
+        t: f"as_of=2025-01-01/{t}" for t in written
+    }
     for table, directory in written.items():
         schema = pq.read_schema(directory / "part-0.parquet")
         assert schema.remove_metadata().equals(fio.SCHEMAS[table].remove_metadata())
@@ -77,6 +96,7 @@ def test_schema_and_metadata_read_back_with_pyarrow(tmp_path: Path) -> None:
         meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
         assert set(fio.METADATA_KEYS) <= set(meta)
         assert meta["forecast.version"] == forecast.__version__
+        assert meta["forecast.schema_version"] == fio.SCHEMA_VERSION
         assert meta["forecast.table"] == table
         assert meta["forecast.seed"] == "1"
         assert meta["forecast.n_paths"] == "300"
@@ -85,10 +105,13 @@ def test_schema_and_metadata_read_back_with_pyarrow(tmp_path: Path) -> None:
         assert meta["forecast.as_of"] == "2025-01-01T00:00:00"
         assert json.loads(meta["forecast.calendar"]) == {"start_month": 1, "year_label": "end"}
         assert json.loads(meta["forecast.quarters"]) == ["FY2025-Q1", "FY2025-Q2"]
-        write_ids.add(meta["forecast.write_id"])
-    assert len(write_ids) == 1  # one write, one id across its tables
+    assert len(set(write_ids(tmp_path / "as_of=2025-01-01").values())) == 1  # one write, one id
 
-    quarterly = ds.dataset(tmp_path / "quarterly", partitioning=fio.PARTITIONING).to_table()
+    quarterly = ds.dataset(
+        fio.table_files(tmp_path, "quarterly"),
+        partitioning=fio.PARTITIONING,
+        partition_base_dir=str(tmp_path),
+    ).to_table()
     assert quarterly.column("as_of").to_pylist() == [dt.date(2025, 1, 1)] * 2
     assert quarterly.column("mean").to_pylist() == pytest.approx(fc.quarterly()["mean"].to_list())
     assert quarterly.column("quarter_start").to_pylist() == [
@@ -103,20 +126,63 @@ def test_schema_and_metadata_read_back_with_pyarrow(tmp_path: Path) -> None:
     assert set(deals["segment"].to_list()) == {"East", "West"}
 
 
-def test_rerun_replaces_its_partition_only(tmp_path: Path) -> None:
+def test_layout_reads_with_polars_duckdb_and_pyarrow(tmp_path: Path) -> None:
+    """The documented globs read every as-of date of one table, and nothing staged."""
+    duckdb = pytest.importorskip("duckdb")
+    first = synthetic_forecast(1)
+    second = dataclasses.replace(synthetic_forecast(2), as_of=dt.datetime(2025, 4, 1))
+    fio.write_forecast(first, tmp_path)
+    fio.write_forecast(second, tmp_path)
+    # a write in progress: a complete-looking table in the staging area must stay unseen
+    staged = tmp_path / fio.STAGING_DIR / f"new-as_of=2025-07-01-{os.getpid()}-0badcafe"
+    shutil.copytree(tmp_path / "as_of=2025-01-01", staged)
+    expected = sorted(
+        [(dt.date(2025, 1, 1), m) for m in first.quarterly()["mean"].to_list()]
+        + [(dt.date(2025, 4, 1), m) for m in second.quarterly()["mean"].to_list()]
+    )
+    glob = str(tmp_path / "as_of=*" / "quarterly" / "*.parquet")
+
+    lazy = pl.scan_parquet(glob, hive_partitioning=True)
+    got_polars = sorted(lazy.select("as_of", "mean").collect().iter_rows())
+    got_duckdb = sorted(
+        duckdb.sql(
+            f"SELECT as_of, mean FROM read_parquet('{glob}', hive_partitioning = true)"
+        ).fetchall()
+    )
+    table = ds.dataset(
+        fio.table_files(tmp_path, "quarterly"),
+        partitioning=fio.PARTITIONING,
+        partition_base_dir=str(tmp_path),
+    ).to_table()
+    got_pyarrow = sorted(zip(table.column("as_of").to_pylist(), table.column("mean").to_pylist()))
+    got_helper = sorted(
+        fio.read_forecast(tmp_path, "quarterly").select("as_of", "mean").iter_rows()
+    )
+    for got in (got_polars, got_duckdb, got_pyarrow, got_helper):
+        assert [d for d, _ in got] == [d for d, _ in expected]
+        assert [m for _, m in got] == pytest.approx([m for _, m in expected])
+
+
+def test_rerun_replaces_its_date_only_and_every_table_of_it(tmp_path: Path) -> None:
     first = synthetic_forecast(1)
     other_day = dataclasses.replace(synthetic_forecast(2), as_of=dt.datetime(2024, 10, 1))
     fio.write_forecast(first, tmp_path, include_paths=True)
     fio.write_forecast(other_day, tmp_path)
-    before_other = (tmp_path / "quarterly/as_of=2024-10-01/part-0.parquet").read_bytes()
+    before_other = (tmp_path / "as_of=2024-10-01/quarterly/part-0.parquet").read_bytes()
 
     rerun = synthetic_forecast(3)
-    fio.write_forecast(rerun, tmp_path, include_paths=True)
+    fio.write_forecast(rerun, tmp_path)  # no paths this time
     q = fio.read_forecast(tmp_path, "quarterly", as_of="2025-01-01")
     assert q["mean"].to_list() == pytest.approx(rerun.quarterly()["mean"].to_list())
-    assert (tmp_path / "quarterly/as_of=2024-10-01/part-0.parquet").read_bytes() == before_other
-    assert fio.read_forecast(tmp_path, "quarterly").height == 4  # two partitions × 2 quarters
-    assert not [p for p in tmp_path.rglob(".*")]  # no leftovers
+    assert (tmp_path / "as_of=2024-10-01/quarterly/part-0.parquet").read_bytes() == before_other
+    assert fio.read_forecast(tmp_path, "quarterly").height == 4  # two dates × 2 quarters
+    # the first run's paths are gone with it: no table of another run is left beside the rerun
+    assert set(write_ids(tmp_path / "as_of=2025-01-01")) == {"quarterly", "segments", "deals"}
+    assert len(set(write_ids(tmp_path / "as_of=2025-01-01").values())) == 1
+    with pytest.raises(FileNotFoundError, match="paths"):
+        fio.read_forecast(tmp_path, "paths", as_of="2025-01-01")
+    assert staging_leftovers(tmp_path) == []
+    assert not [p for p in tmp_path.rglob(".*") if p.name != fio.STAGING_DIR]
 
 
 def test_fallback_swap_without_renameat2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,86 +191,189 @@ def test_fallback_swap_without_renameat2(tmp_path: Path, monkeypatch: pytest.Mon
     fio.write_forecast(synthetic_forecast(4), tmp_path)
     q = fio.read_forecast(tmp_path, "quarterly")
     assert q["mean"].to_list() == pytest.approx(synthetic_forecast(4).quarterly()["mean"].to_list())
-    assert not [p for p in tmp_path.rglob(".*")]
+    assert staging_leftovers(tmp_path) == []
 
 
-def test_previous_partition_restored_after_death_between_renames(tmp_path: Path) -> None:
-    fc = synthetic_forecast(1)
-    fio.write_forecast(fc, tmp_path)
+def test_parked_directory_restored_after_death_between_renames(tmp_path: Path) -> None:
+    fio.write_forecast(synthetic_forecast(1), tmp_path)
+    before = {p: (tmp_path / p).read_bytes() for p in visible_files(tmp_path)}
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs
-    parent = tmp_path / "quarterly"
     # the state the two-rename fallback leaves if killed between its renames
-    os.rename(parent / "as_of=2025-01-01", parent / f".old-as_of=2025-01-01-{dead.pid}-deadbeef")
-    fio._recover(parent, "as_of=2025-01-01")
-    assert (parent / "as_of=2025-01-01/part-0.parquet").exists()
-    assert not [p for p in parent.iterdir() if p.name.startswith(".")]
+    os.rename(
+        tmp_path / "as_of=2025-01-01",
+        tmp_path / fio.STAGING_DIR / f"old-as_of=2025-01-01-{dead.pid}-deadbeef",
+    )
+    assert visible_files(tmp_path) == []  # nothing of that date visible, not a mixture
+    fio._recover(tmp_path)
+    assert {p: (tmp_path / p).read_bytes() for p in visible_files(tmp_path)} == before
+    assert staging_leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("stage", ["staging", "written", "staged", "parked", "swapped", "cleaned"])
+def test_error_at_any_step_leaves_one_complete_forecast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """An exception (disk full, permission, interrupt) at a step of the write: the
+    previous forecast stays whole, or the new one is whole; nothing is left behind."""
+    monkeypatch.setattr(fio, "_exchange", lambda a, b: False)  # the path with most steps
+    fio.write_forecast(synthetic_forecast(1), tmp_path)
+    before = {p: (tmp_path / p).read_bytes() for p in visible_files(tmp_path)}
+
+    def fail(step: str, table: str) -> None:
+        if step == stage:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fio, "_hook", fail)
+    with pytest.raises(OSError, match="No space"):
+        fio.write_forecast(synthetic_forecast(2), tmp_path, include_paths=True)
+    after = {p: (tmp_path / p).read_bytes() for p in visible_files(tmp_path)}
+    ids = write_ids(tmp_path / "as_of=2025-01-01")
+    assert len(set(ids.values())) == 1
+    if stage in ("swapped", "cleaned"):  # the new forecast was already in place
+        assert set(ids) == set(fio.TABLES)
+    else:
+        assert after == before
+    monkeypatch.setattr(fio, "_hook", None)
+    assert staging_leftovers(tmp_path) == []
+    fio.write_forecast(synthetic_forecast(3), tmp_path)
+    assert staging_leftovers(tmp_path) == []
+
+
+# -- a writer killed at every step -------------------------------------------------------
+# The child imports only `forecast.io` and `forecast.results` under a bare `forecast`
+# package (not the package's __init__, which loads every module): each child costs
+# about half as much, and there is one child per kill point.
 KILLED_WRITER = """
-import sys, time
-from pathlib import Path
+import os, signal, sys, types
+package = types.ModuleType("forecast")
+package.__path__ = [{package!r}]
+package.__version__ = {version!r}
+sys.modules["forecast"] = package
 sys.path.insert(0, {tests!r})
 import forecast.io as fio
 from test_io import synthetic_forecast
 
+calls = 0
+
 def hook(stage, table):
-    if stage == "row_group" and table == "paths":
-        Path({marker!r}).write_text("started")
-        time.sleep(120)  # killed here, half-way through the paths file
+    global calls
+    if calls == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    calls += 1
 
 fio._PATHS_ROWS_PER_GROUP = 1000
+if {fallback}:
+    fio._exchange = lambda a, b: False
 fio._hook = hook
-fio.write_forecast(synthetic_forecast(99, n_paths=2000), {root!r}, include_paths=True)
+fio.write_forecast(synthetic_forecast(99, n_paths=1000), {root!r}, include_paths=True)
 """
 
 
-@pytest.mark.slow
-def test_kill_mid_write_leaves_previous_partition_intact(tmp_path: Path) -> None:
-    root = tmp_path / "out"
-    previous = synthetic_forecast(1, n_paths=2000)
-    fio.write_forecast(previous, root, include_paths=True)
-    before = {p: (root / p).read_bytes() for p in visible_files(root)}
-
-    marker = tmp_path / "started"
-    script = KILLED_WRITER.format(
-        tests=str(Path(__file__).parent), marker=str(marker), root=str(root)
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script])
+def write_steps(tmp_path: Path, fallback: bool) -> list[tuple[str, str]]:
+    """The hook calls of the killed writer's write (over a previous forecast), in order."""
+    calls: list[tuple[str, str]] = []
+    old = (fio._hook, fio._exchange, fio._PATHS_ROWS_PER_GROUP)
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "writer exited before reaching the paths table"
-            assert time.monotonic() < deadline, "writer never started writing"
-            time.sleep(0.05)
-        # the writer is mid-way: a partial paths file exists in a hidden temp directory
-        partial = list((root / "paths").glob(".tmp-as_of=2025-01-01-*/part-0.parquet"))
-        assert len(partial) == 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        fio._hook = lambda stage, table: calls.append((stage, table))
+        fio._PATHS_ROWS_PER_GROUP = 1000
+        if fallback:
+            fio._exchange = lambda a, b: False
+        root = tmp_path / "dry"
+        fio.write_forecast(synthetic_forecast(1, n_paths=1000), root)
+        calls.clear()
+        fio.write_forecast(synthetic_forecast(99, n_paths=1000), root, include_paths=True)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+        fio._hook, fio._exchange, fio._PATHS_ROWS_PER_GROUP = old
+    return calls
 
-    # previous output intact, byte for byte, and nothing partial is visible
-    assert visible_files(root) == sorted(before)
-    for p, data in before.items():
-        assert (root / p).read_bytes() == data
-    for table in ("quarterly", "segments", "deals", "paths"):
-        got = fio.read_forecast(root, table)
-        assert got.height > 0
-    q = fio.read_forecast(root, "quarterly")
-    assert q["mean"].to_list() == pytest.approx(previous.quarterly()["mean"].to_list())
 
-    # the next run cleans the dead writer's hidden leftovers and replaces the partition
-    fio.write_forecast(synthetic_forecast(5, n_paths=2000), root, include_paths=True)
-    assert not [p for p in root.rglob(".*")]
-    q = fio.read_forecast(root, "quarterly")
-    assert q["mean"].to_list() == pytest.approx(
-        synthetic_forecast(5, n_paths=2000).quarterly()["mean"].to_list()
-    )
+def kill_points(steps: list[tuple[str, str]], fallback: bool) -> list[int]:
+    """Every point of the write's code: each step kind of the first and the last table
+    (the middle tables run the same code), the first, a middle and the last row group of
+    the multi-group table, and each step of the switch. With the fallback, only the
+    steps of the switch (the writing steps are the same code)."""
+    tables = [t for _, t in steps if t]
+    keep = {tables[0], tables[-1]}
+    points = []
+    for i, (stage, table) in enumerate(steps):
+        if fallback and stage not in ("parked", "swapped", "cleaned"):
+            continue
+        if table and table not in keep:
+            continue
+        if stage == "row_group" and table == tables[-1]:
+            groups = [j for j, s in enumerate(steps) if s == ("row_group", table)]
+            if i not in (groups[0], groups[len(groups) // 2], groups[-1]):
+                continue
+        points.append(i)
+    return points
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["renameat2", "two-renames"])
+@pytest.mark.slow
+def test_writer_killed_at_every_step(tmp_path: Path, fallback: bool) -> None:
+    """SIGKILL at each step of a write: readers see the previous forecast whole or the
+    new one whole (every table with the same write id), and the next write recovers."""
+    steps = write_steps(tmp_path, fallback)
+    stages = [s for s, _ in steps]
+    assert stages[0] == "staging" and stages[-2:] == ["swapped", "cleaned"]
+    assert ("parked" in stages) == fallback
+    assert stages.count("row_group") > 3  # the paths table spans several row groups
+    swapped_at = stages.index("swapped")
+
+    previous = synthetic_forecast(1, n_paths=1000)
+    other_day = dataclasses.replace(synthetic_forecast(2), as_of=dt.datetime(2024, 10, 1))
+    template = tmp_path / "template"
+    fio.write_forecast(other_day, template)
+    fio.write_forecast(previous, template)  # no paths: a mixture would show as a 4th table
+    before = {p: (template / p).read_bytes() for p in visible_files(template)}
+    previous_id = set(write_ids(template / "as_of=2025-01-01").values())
+    assert len(previous_id) == 1
+
+    for step in kill_points(steps, fallback):
+        root = tmp_path / f"killed-{step}"
+        shutil.copytree(template, root)
+        script = KILLED_WRITER.format(
+            package=str(Path(fio.__file__).parent),
+            version=forecast.__version__,
+            tests=str(Path(__file__).parent),
+            step=step,
+            fallback=fallback,
+            root=str(root),
+        )
+        proc = subprocess.run([sys.executable, "-c", script], timeout=120, capture_output=True)
+        where = f"killed at step {step} {steps[step]}"
+        assert proc.returncode == -signal.SIGKILL, (where, proc.stderr.decode())
+
+        if steps[step][0] == "parked":
+            # between the two renames: that date shows nothing (never a mixture) until
+            # the next write puts the previous directory back
+            assert not (root / "as_of=2025-01-01").exists(), where
+            fio._recover(root)
+        got = {p: (root / p).read_bytes() for p in visible_files(root)}
+        ids = write_ids(root / "as_of=2025-01-01")
+        assert len(set(ids.values())) == 1, (where, ids)  # all tables from one run
+        if step < swapped_at:
+            assert got == before, where  # previous forecast, byte for byte
+        else:
+            assert set(ids) == set(fio.TABLES), where  # the new forecast, complete
+            assert set(ids.values()) != previous_id, where
+            q = fio.read_forecast(root, "quarterly", as_of="2025-01-01")
+            assert q["mean"].to_list() == pytest.approx(
+                synthetic_forecast(99, n_paths=1000).quarterly()["mean"].to_list()
+            )
+        other = "as_of=2024-10-01/quarterly/part-0.parquet"
+        assert got[other] == before[other], where  # another date is never touched
+
+        # the next write removes (or puts back) the dead writer's leftovers and succeeds
+        rerun = synthetic_forecast(5, n_paths=1000)
+        fio.write_forecast(rerun, root)
+        assert staging_leftovers(root) == [], where
+        ids = write_ids(root / "as_of=2025-01-01")
+        assert set(ids) == {"quarterly", "segments", "deals"}, where
+        assert len(set(ids.values())) == 1, where
+        q = fio.read_forecast(root, "quarterly", as_of="2025-01-01")
+        assert q["mean"].to_list() == pytest.approx(rerun.quarterly()["mean"].to_list())
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
@@ -216,8 +385,10 @@ def test_bad_arguments(tmp_path: Path) -> None:
         fio.write_forecast(synthetic_forecast(1), afile)
     with pytest.raises(ParameterError, match="table"):
         fio.read_forecast(tmp_path, "nope")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="quarterly"):
         fio.read_forecast(tmp_path, "quarterly")
+    with pytest.raises(ParameterError, match="as_of"):
+        fio.read_forecast(tmp_path, "quarterly", as_of="next week")
     assert "currency" in fio.describe_schema("quarterly")
 
 

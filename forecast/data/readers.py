@@ -11,6 +11,8 @@ frame of ``docs/internals.md`` §2.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
@@ -34,7 +36,9 @@ from forecast.data.stages import StageMap
 from forecast.data.validation import (
     EpochUnit,
     RepairCounts,
+    check_creation_dates,
     check_deal_ids,
+    check_event_time_range,
     check_stages,
     check_terminal_transitions,
     deduplicate_and_sort,
@@ -91,9 +95,14 @@ def load_table(source: Any) -> pl.DataFrame:
     Raises
     ------
     ParameterError
-        For an unsupported type or file suffix.
+        For an unsupported type or file suffix, or a directory.
     FileNotFoundError
         If a path does not exist.
+    DataError
+        If the file cannot be read as a table: empty, not UTF-8 text (e.g. Latin-1
+        or UTF-16), binary, a CSV line with more fields than the header, a header
+        naming a column twice or separated by another character, or not a Parquet
+        file. The message names the file, the line or byte, and how to fix it.
     """
     if isinstance(source, str | os.PathLike):
         path = Path(source)
@@ -103,12 +112,13 @@ def load_table(source: Any) -> pl.DataFrame:
                 "The `source` file of `read_deal_log` must end in .parquet, .pq, .csv, .txt or "
                 f".tsv. Got {path.name!r}."
             )
-        if not path.is_file():
-            raise FileNotFoundError(f"The `source` file of `read_deal_log` does not exist: {path}")
+        _check_file(path)
         if suffix in (".parquet", ".pq"):
-            return pl.read_parquet(path)
-        sep = "\t" if suffix == ".tsv" else ","
-        return pl.read_csv(path, infer_schema=False, separator=sep)
+            try:
+                return pl.read_parquet(path)
+            except pl.exceptions.PolarsError as err:
+                raise _parquet_error(path, err) from None
+        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
     if isinstance(source, pl.DataFrame):
         return source
     if isinstance(source, pl.LazyFrame):
@@ -345,10 +355,24 @@ def _canonical(
     """The reader's steps after loading: map, type, classify, build events."""
     if _ROW in table.columns:  # pragma: no cover - defensive
         table = table.drop(_ROW)
+    if table.height == 0:
+        raise DataError(
+            f"{_what(source).capitalize()} has no rows (only the columns {table.columns}). "
+            "Expected a deal history: at least one row per deal.",
+            expected="at least one row",
+            found=0,
+        )
     tally = RepairCounts(rows_read=table.height)
     table = table.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW))
     if p is not None:
         table = _drop_deleted(table, p, tally)
+        if table.height == 0:
+            raise DataError(
+                f"All {tally.rows_read} rows of {_what(source)} are marked deleted "
+                f"(dropped by preset {p.name!r}): nothing is left to read.",
+                expected="at least one row not marked deleted",
+                found=0,
+            )
 
     candidates, required = _column_plan(shape, p, columns)
     available = [c for c in table.columns if c != _ROW]
@@ -403,6 +427,7 @@ def _canonical(
     else:
         events = _deals_to_events(frame, segments, stage_map, entry_stage, found, tally)
     events = check_terminal_transitions(events, stage_map, tally)
+    check_creation_dates(events, stage_map, tally, source=found["created_at"])
     events = events.select(
         pl.col("deal_id").cast(pl.Utf8),
         pl.col("timestamp").cast(pl.Datetime("us")),
@@ -448,10 +473,25 @@ def _load_needed_columns(
         ".parquet",
         ".pq",
     ):
-        if Path(source).is_file():
-            lazy = pl.scan_parquet(source)
+        _check_file(Path(source))
+        lazy = pl.scan_parquet(source)
     if lazy is None:
         return load_table(source)
+    try:
+        return _collect_needed(lazy, shape, p, columns, segments)
+    except pl.exceptions.PolarsError as err:
+        if isinstance(source, pl.LazyFrame):
+            raise
+        raise _parquet_error(Path(source), err) from None
+
+
+def _collect_needed(
+    lazy: pl.LazyFrame,
+    shape: str,
+    p: Preset | None,
+    columns: Mapping[str, str | None] | None,
+    segments: tuple[str, ...],
+) -> pl.DataFrame:
     names = lazy.collect_schema().names()
     candidates, required = _column_plan(shape, p, columns)
     complete = all(any(c in names for c in candidates.get(r, ())) for r in required)
@@ -666,6 +706,9 @@ def _typed(
             epoch_unit=epoch_unit,
             tally=tally,
         )
+    # the times of events: stage changes, creation, and the close of a one-row-per-deal table
+    for name in ("timestamp", "created_at", *(("close_date",) if shape == "deals" else ())):
+        check_event_time_range(frame, dates[name], name, source=found[name])
     amount = parse_amount_column(frame, found["amount"])
     return frame.with_columns(*dates.values(), amount, pl.col("stage").cast(pl.Utf8)).select(
         "deal_id", *CANONICAL_NAMES[1:], pl.exclude(*CANONICAL_NAMES)
@@ -823,3 +866,240 @@ def _deals_to_events(
 def _src(found: Mapping[str, str | None], canon: str) -> str:
     src = found.get(canon)
     return f" (source column `{src}`)" if src is not None and src != canon else ""
+
+
+# ---------------------------------------------------------------------------------------
+# reading files: what went wrong, in words
+# ---------------------------------------------------------------------------------------
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_PARQUET_MAGIC = b"PAR1"
+_CHUNK = 1 << 20
+
+
+def _what(source: Any) -> str:
+    if isinstance(source, str | os.PathLike):
+        return f"the file {Path(source).name}"
+    return "the table"
+
+
+def _check_file(path: Path) -> None:
+    """A readable, non-empty file (the readers' own messages do not say which)."""
+    if path.is_dir():
+        raise ParameterError(
+            f"The `source` of `read_deal_log` must be a file. Got the directory {path}."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"The `source` file of `read_deal_log` does not exist: {path}")
+    if path.stat().st_size == 0:
+        what = (
+            "a Parquet file"
+            if path.suffix.lower() in (".parquet", ".pq")
+            else "a header row with the column names, then one row per event"
+        )
+        raise DataError(
+            f"The file {path.name} is empty (0 bytes). Expected a deal history: {what}.",
+            expected="a non-empty file",
+            found="0 bytes",
+        )
+
+
+def _read_csv(path: Path, sep: str) -> pl.DataFrame:
+    with open(path, "rb") as fh:
+        head = fh.read(_CHUNK)
+    _check_not_utf16_or_parquet(path, head)
+    try:
+        frame = pl.read_csv(path, infer_schema=False, separator=sep)
+    except pl.exceptions.NoDataError:
+        raise DataError(
+            f"The file {path.name} holds no table: no header row, only blank lines. Expected "
+            "a header row with the column names, then one row per event.",
+            expected="a header row",
+            found="blank lines",
+        ) from None
+    except pl.exceptions.PolarsError as err:
+        _check_utf8(path, head)
+        raise _csv_error(path, sep, err) from None
+    header = _csv_header(path, sep)
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        where = "; ".join(
+            f"`{c}` in columns {[i + 1 for i, h in enumerate(header) if h == c]}" for c in twice
+        )
+        raise DataError(
+            f"The header of {path.name} names a column more than once: {where}. Expected "
+            "distinct column names; rename or remove the extra column(s).",
+            column=twice[0],
+            expected="distinct column names",
+            found=header,
+        )
+    if frame.width == 1:
+        other = next((c for c in (";", "\t", "|", ",") if c != sep and c in frame.columns[0]), None)
+        if other is not None:
+            said = {"\t": "tabs", ",": "commas", ";": "semicolons", "|": "'|'"}
+            raise DataError(
+                f"The file {path.name} has a single column {frame.columns[0]!r}: its fields "
+                f"seem to be separated by {said[other]}, not {said[sep]}. Expected "
+                f"{said[sep]}: save it with commas as .csv (or tabs as .tsv), or read it "
+                f"yourself, e.g. `polars.read_csv(path, separator={other!r})`, and pass the "
+                "frame to `read_deal_log`.",
+                expected=f"fields separated by {said[sep]}",
+                found=frame.columns[0],
+            )
+    return frame
+
+
+def _csv_header(path: Path, sep: str) -> list[str]:
+    """The header fields as written (polars renames repeated names)."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        try:
+            return next(csv.reader(fh, delimiter=sep), [])
+        except csv.Error:
+            return []
+
+
+def _check_not_utf16_or_parquet(path: Path, head: bytes) -> None:
+    name = path.name
+    if head.startswith(_UTF16_BOMS) or (b"\x00" in head and _looks_utf16(head)):
+        raise DataError(
+            f"The file {name} is encoded as UTF-16, not UTF-8. Expected UTF-8 text: re-save "
+            "it as UTF-8 (in Excel: 'CSV UTF-8'), or convert it, e.g. "
+            f"`iconv -f UTF-16 -t UTF-8 {name}`.",
+            expected="UTF-8 text",
+            found="UTF-16",
+        )
+    if head.startswith(_PARQUET_MAGIC):
+        raise DataError(
+            f"The file {name} is a Parquet file, not CSV text. Give it a .parquet suffix.",
+            expected="CSV text",
+            found="Parquet data",
+        )
+
+
+def _check_utf8(path: Path, head: bytes) -> None:
+    """Raise a :class:`DataError` naming the first byte that is not UTF-8, if any."""
+    name = path.name
+    bad = _first_invalid_utf8(path)
+    if bad is None:
+        return
+    offset, line, byte = bad
+    if b"\x00" in head:
+        raise DataError(
+            f"The file {name} is binary data, not CSV text (byte 0x{byte:02X} at offset "
+            f"{offset}, line {line}, is not UTF-8; the file holds NUL bytes). Expected a CSV "
+            "export of the deal history.",
+            expected="UTF-8 text",
+            found=f"binary data (0x{byte:02X} at byte {offset})",
+        )
+    guess = bytes([byte]).decode("cp1252", errors="replace")
+    raise DataError(
+        f"The file {name} is not UTF-8 text: byte 0x{byte:02X} at offset {offset} (line "
+        f"{line}) is not valid UTF-8; it reads as {guess!r} in Latin-1/Windows-1252, the "
+        "usual culprit. Expected UTF-8: re-save it as UTF-8 (in Excel: 'CSV UTF-8'), or "
+        f"convert it, e.g. `iconv -f WINDOWS-1252 -t UTF-8 {name}`.",
+        row=line - 2 if line >= 2 else None,
+        expected="UTF-8 text",
+        found=f"0x{byte:02X} at byte {offset}",
+    )
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """Text of mostly ASCII characters in UTF-16: every other byte is NUL."""
+    sample = head[:4096]
+    if len(sample) < 4:
+        return False
+    even, odd = sample[0::2], sample[1::2]
+    return max(even.count(0) / len(even), odd.count(0) / len(odd)) > 0.9
+
+
+def _first_invalid_utf8(path: Path) -> tuple[int, int, int] | None:
+    """``(byte offset, 1-based line, byte value)`` of the first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    fed = 0
+    lines = 1
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(_CHUNK)
+            pending = decoder.getstate()[0]
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                data = pending + chunk
+                offset = fed - len(pending) + err.start
+                return offset, lines + data[: err.start].count(b"\n"), data[err.start]
+            if not chunk:
+                return None
+            fed += len(chunk)
+            lines += chunk.count(b"\n")
+
+
+def _csv_error(path: Path, sep: str, err: Exception) -> DataError:
+    """The first malformed line of a UTF-8 CSV file that polars could not parse."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter=sep, strict=True)
+        n_header = 0
+        try:
+            for record in reader:
+                if reader.line_num == 1:
+                    n_header = len(record)
+                elif len(record) > n_header:
+                    return DataError(
+                        f"The file {path.name}, line {reader.line_num}: {len(record)} fields "
+                        f"where the header has {n_header}. Expected one field per column; "
+                        f"quote fields that contain the separator {sep!r} and check for "
+                        "stray separators at the end of the line.",
+                        row=reader.line_num - 2,
+                        expected=f"{n_header} fields",
+                        found=f"{len(record)} fields",
+                    )
+        except csv.Error as csv_err:
+            return DataError(
+                f"The file {path.name}, line {reader.line_num}: {csv_err}. Expected well-formed "
+                "CSV: a field that starts with a quote must end with one, and a quote inside "
+                'a quoted field is written "".',
+                row=max(reader.line_num - 2, 0),
+                expected="well-formed CSV",
+                found=str(csv_err),
+            )
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DataError(
+        f"Cannot read the CSV file {path.name}: {first}.",
+        expected="well-formed CSV",
+        found=first,
+    )
+
+
+def _parquet_error(path: Path, err: Exception) -> DataError:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        fh.seek(max(size - 4, 0))
+        tail = fh.read(4)
+    if head == _PARQUET_MAGIC and tail != _PARQUET_MAGIC:
+        return DataError(
+            f"The file {path.name} is a truncated Parquet file: it starts with the bytes "
+            f"'PAR1' but does not end with them ({size} bytes; an interrupted copy or "
+            "download?). Expected a complete Parquet file: copy or export it again.",
+            expected="a complete Parquet file",
+            found=f"{size} bytes ending with {tail!r}",
+        )
+    if head != _PARQUET_MAGIC or tail != _PARQUET_MAGIC:
+        hint = ""
+        try:
+            head_text = path.read_bytes()[:200].decode("utf-8")
+            if "," in head_text or ";" in head_text or "\t" in head_text:
+                hint = " It looks like CSV text: give it a .csv suffix."
+        except UnicodeDecodeError:
+            pass
+        return DataError(
+            f"The file {path.name} is not a Parquet file: a Parquet file starts and ends with "
+            f"the bytes 'PAR1', this one starts with {head!r} and ends with {tail!r} "
+            f"({size} bytes).{hint}",
+            expected="a Parquet file",
+            found=f"{size} bytes starting with {head!r}",
+        )
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DataError(
+        f"Cannot read the Parquet file {path.name} ({size} bytes; damaged?): {first}.",
+        expected="a readable Parquet file",
+        found=first,
+    )

@@ -4,14 +4,16 @@ Every reader (:func:`forecast.read_deal_log`) runs its input through the functio
 here, in one path, before a :class:`~forecast.data.deal_log.DealLog` is built:
 
 - :func:`resolve_columns` — required columns exist (:class:`MissingColumnError`);
-- :func:`check_deal_ids`, :func:`parse_datetime_column`, :func:`parse_amount_column`,
-  :func:`check_stages` — every cell is usable (:class:`DataError`,
+- :func:`check_deal_ids`, :func:`parse_datetime_column`, :func:`check_event_time_range`,
+  :func:`parse_amount_column`, :func:`check_stages` — every cell is usable (:class:`DataError`,
   :class:`TimestampError`, :class:`MixedTimezoneError`, :class:`AmountError`,
   :class:`UnknownStageError`);
-- :func:`deduplicate_and_sort` and :func:`check_terminal_transitions` — the deliberate
-  repairs (exact duplicates removed, rows sorted into time order, re-opened deals
-  kept, updates after a terminal outcome kept) and the one impossible history
-  (:class:`TerminalEventError`).
+- :func:`deduplicate_and_sort`, :func:`check_terminal_transitions` and
+  :func:`check_creation_dates` — the deliberate repairs (exact duplicates removed, rows
+  sorted into time order, re-opened deals kept, updates after a terminal outcome kept,
+  rows before ``created_at`` kept) and the impossible histories
+  (:class:`TerminalEventError`; a deal closed before its creation,
+  :class:`TimestampError`).
 
 Errors name the column (canonical name and the caller's name), the deal, the 0-based
 row of the caller's table and the raw value. Repairs are counted in a
@@ -20,6 +22,7 @@ row of the caller's table and the raw value. Repairs are counted in a
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -41,10 +44,14 @@ from forecast.errors import (
 
 __all__ = [
     "DEFAULT_TIMESTAMP_FORMATS",
+    "EARLIEST_EVENT",
+    "LATEST_EVENT",
     "EpochUnit",
     "RepairCounts",
     "ValidationReport",
+    "check_creation_dates",
     "check_deal_ids",
+    "check_event_time_range",
     "check_stages",
     "check_terminal_transitions",
     "deduplicate_and_sort",
@@ -355,6 +362,50 @@ def _timestamp_error(
         expected=expected,
         found=value,
     )
+
+
+#: Event times outside ``[EARLIEST_EVENT, LATEST_EVENT)`` are typos or placeholders
+#: (``0001-01-01``, ``9999-12-31``): a forecast from them would be wrong without a trace.
+EARLIEST_EVENT = dt.datetime(1900, 1, 1)
+LATEST_EVENT = dt.datetime(2200, 1, 1)
+
+
+def check_event_time_range(
+    frame: pl.DataFrame, values: pl.Series, column: str, source: str | None = None
+) -> None:
+    """Every parsed event time lies in ``[EARLIEST_EVENT, LATEST_EVENT)``.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        Holds the raw ``column`` plus ``deal_id`` and ``source_row`` (for messages).
+    values : polars.Series
+        The parsed column (naive UTC ``Datetime``), shape ``(n_rows,)``; nulls pass.
+    column : str
+        Canonical name of the column.
+    source : str, optional
+        The caller's name of the column, for messages.
+
+    Raises
+    ------
+    TimestampError
+        For the first value out of range (deal, row and raw value named).
+    """
+    bad = ((values < EARLIEST_EVENT) | (values >= LATEST_EVENT)).fill_null(False)
+    if bad.any():
+        when = values.filter(bad)[0]
+        raise _timestamp_error(
+            frame,
+            bad,
+            frame[column],
+            column,
+            source,
+            f"the date-time {when} is outside the supported range "
+            f"{EARLIEST_EVENT:%Y-%m-%d} .. {LATEST_EVENT - dt.timedelta(days=1):%Y-%m-%d} "
+            "(a typo, or a placeholder for an unknown date?)",
+            "the date and time the row became true; leave the cell empty where it is unknown "
+            "and the column allows it",
+        )
 
 
 def parse_datetime_column(
@@ -735,6 +786,61 @@ def check_stages(frame: pl.DataFrame, stages: StageMap, source: str | None = Non
         row=first["source_row"],
         expected="a stage listed in the StageMap",
         found=firsts["stage"].to_list(),
+    )
+
+
+def check_creation_dates(
+    events: pl.DataFrame, stages: StageMap, tally: RepairCounts, source: str | None = None
+) -> None:
+    """No deal closes before its ``created_at``; earlier open-stage rows are counted.
+
+    A deal's creation in the views is the earlier of its ``created_at`` and its first
+    event. Rows more than a day before ``created_at`` (one day of slack for dates
+    written without a time) contradict it: an open-stage row is kept and the deal
+    counted in a note; a terminal row (closed before it was created) is an error.
+
+    Parameters
+    ----------
+    events : polars.DataFrame
+        Canonical events (``deal_id``, ``timestamp``, ``stage``, ``created_at``,
+        ``source_row``), sorted by deal and time.
+    stages : StageMap
+    tally : RepairCounts
+        Receives the note.
+    source : str, optional
+        The caller's name of the ``created_at`` column, for messages.
+
+    Raises
+    ------
+    TimestampError
+        Naming the deal, the terminal row, its stage and both dates.
+    """
+    created = pl.col("created_at").min().over("deal_id")
+    early = events.with_columns(created.alias("_created")).filter(
+        pl.col("timestamp") < pl.col("_created") - pl.duration(days=1)
+    )
+    if early.height == 0:
+        return
+    kinds = {s: stages.kind(s) for s in stages.names()}
+    closed = early.filter(pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8) != "open")
+    if closed.height:
+        r = closed.row(0, named=True)
+        raise TimestampError(
+            f"Column {_label('created_at', source)}, deal `{r['deal_id']}`, row "
+            f"{r['source_row']}: the deal closed ({r['stage']!r} at {r['timestamp']}) before "
+            f"it was created ({r['_created']}). Expected a creation date on or before every "
+            "event of the deal; correct `created_at` or the row.",
+            column="created_at",
+            deal_id=r["deal_id"],
+            row=r["source_row"],
+            expected="created_at <= the time of every event of the deal",
+            found=r["_created"],
+        )
+    first = early.row(0, named=True)
+    tally.notes.append(
+        f"{early['deal_id'].n_unique()} deal(s) have stage changes more than a day before "
+        f"their `created_at` (first: deal `{first['deal_id']}`, row {first['source_row']}); "
+        "each is taken as created at its first event."
     )
 
 

@@ -48,7 +48,11 @@ from forecast.fit.calendar_effects import in_quarter_end_window
 from forecast.fit.data import WEIGHT_COLUMN, FitData
 from forecast.segments import POOLED_SEGMENT, SEGMENT_COLUMN
 
-__all__ = ["AmountModel", "fit_amounts", "weighted_quantile_grid"]
+__all__ = ["MIN_ENTRY_AMOUNT", "AmountModel", "fit_amounts", "weighted_quantile_grid"]
+
+#: Smallest amount at stage entry (currency; one cent, the resolution of the simulated
+#: won amounts) a win ratio is computed from: smaller ones make the ratio noise or inf.
+MIN_ENTRY_AMOUNT = 0.01
 
 #: Key of the pooled entry in the amount model's dictionaries and JSON (a serialisation
 #: detail: callers name the pooled segment ``None`` or :data:`POOLED_SEGMENT`).
@@ -339,7 +343,8 @@ def fit_amounts(
             (pl.col("entered_at") < pl.col("closed_at"))
             & pl.col("amount_at_entry").is_not_null()
             & pl.col("amount_at_entry").is_finite()
-            & (pl.col("amount_at_entry") > 0)
+            # below a cent (the engine's money resolution) the ratio is noise, or inf
+            & (pl.col("amount_at_entry") >= MIN_ENTRY_AMOUNT)
         )
         .with_columns(
             (pl.col("won_amount") / pl.col("amount_at_entry")).alias("ratio"),
@@ -348,8 +353,9 @@ def fit_amounts(
     )
     if r.height == 0 or r["w_spell"].sum() <= 0:
         raise ModelError(
-            f"`{caller}`: no won deal before {t:%Y-%m-%d} has a known won amount and a positive "
-            "amount at entry of an earlier open stage, so won/pipeline amount ratios cannot be "
+            f"`{caller}`: no won deal before {t:%Y-%m-%d} has a known won amount and an amount "
+            f"of at least {MIN_ENTRY_AMOUNT} at entry of an earlier open stage, so won/pipeline "
+            "amount ratios cannot be "
             "estimated. Check the `amount` column of the log."
         )
     r = r.with_columns(

@@ -111,6 +111,10 @@ def poisson_glm(
     return beta, X.T @ (mu[:, None] * X), converged and bool(np.all(np.isfinite(mu)))
 
 
+#: Upper end of the search for the NB2 ``alpha`` (the estimate is capped there).
+_MAX_ALPHA = 1e12
+
+
 def _nb_alpha(y: np.ndarray, mu: np.ndarray, df: int) -> float:
     """NB2 moment estimate of ``alpha = 1/shape``: Pearson χ²(alpha) = df (0 if not over-dispersed)."""
 
@@ -120,8 +124,10 @@ def _nb_alpha(y: np.ndarray, mu: np.ndarray, df: int) -> float:
     if df <= 0 or excess(0.0) <= 0:
         return 0.0
     hi = 1.0
-    while excess(hi) > 0 and hi < 1e12:
+    while excess(hi) > 0 and hi < _MAX_ALPHA:
         hi *= 4.0
+    if excess(hi) > 0:  # a quarter with arrivals where the fit expects almost none
+        return hi  # at least this over-dispersed: the bracket's end
     return float(brentq(excess, 0.0, hi, xtol=1e-12, rtol=1e-10))
 
 

@@ -52,7 +52,7 @@ from forecast.errors import ModelError, ParameterError
 from forecast.fit.competing_risks import CensoredSpells
 from forecast.segments import SEGMENT_COLUMN, segment_labels
 
-__all__ = ["FRAMES", "WEIGHT_COLUMN", "FitData", "SpellArrays"]
+__all__ = ["FRAMES", "MAX_DAYS_AFTER_LAST_EVENT", "WEIGHT_COLUMN", "FitData", "SpellArrays"]
 
 #: Names of the frames a :class:`FitData` may hold.
 FRAMES: tuple[str, ...] = ("spells", "outcomes", "bookings")
@@ -205,7 +205,10 @@ class FitData:
         Raises
         ------
         ModelError
-            The history has no open-stage visit before ``as_of``.
+            When the history cannot support a fit at ``as_of``: the as-of date is
+            before the first event or more than :data:`MAX_DAYS_AFTER_LAST_EVENT` days
+            after the last, there is no open-stage visit or no won deal before it, or
+            an open stage was never visited before it.
         """
         if not isinstance(log, DealLog):
             raise ParameterError(
@@ -215,12 +218,15 @@ class FitData:
         calendar = check_calendar(calendar, caller)
         segment_by = check_segment_by(segment_by, log.segment_columns, caller)
         t = log.last_timestamp if as_of is None else check_as_of(as_of, caller)
+        _check_as_of_within_history(log, t)
         cut = log.as_of(t)
         spells = cut.spells(t)
         if spells.height == 0:
             raise ModelError(
                 f"The history has no stage visits before {t:%Y-%m-%d}; nothing to fit."
             )
+        outcomes = cut.outcomes(t)
+        _check_fittable(spells, outcomes, log.stages, t)
         bookings = cut.bookings(cut.first_timestamp, t + dt.timedelta(microseconds=1))
         return cls._build(
             as_of=t,
@@ -228,7 +234,7 @@ class FitData:
             segment_by=segment_by,
             stages=log.stages,
             history_start=cut.first_timestamp,
-            frames={"spells": spells, "outcomes": cut.outcomes(t), "bookings": bookings},
+            frames={"spells": spells, "outcomes": outcomes, "bookings": bookings},
             cut=cut,
             caller=caller,
         )
@@ -547,3 +553,55 @@ def _spell_arrays(
         stage_order=stage_order,
         stage_offsets=stage_offsets,
     )
+
+
+#: How far past the last event of a history an as-of date may lie, in days (a quarter).
+MAX_DAYS_AFTER_LAST_EVENT = 92
+
+
+def _check_as_of_within_history(log: DealLog, t: dt.datetime) -> None:
+    """The as-of instant lies within the history (or at most a quarter after its end)."""
+    if log.events.height == 0:
+        raise ModelError("The history has no events; nothing to fit.")
+    first, last = log.first_timestamp, log.last_timestamp
+    known_until = max(last, log.cut) if log.cut is not None else last
+    latest = known_until + dt.timedelta(days=MAX_DAYS_AFTER_LAST_EVENT)
+    if t < first:
+        raise ModelError(
+            f"The as-of date {t:%Y-%m-%d} is before the first event of the history "
+            f"({first:%Y-%m-%d %H:%M}): nothing is known at that date. Expected an as-of "
+            f"date from {first:%Y-%m-%d} to {latest:%Y-%m-%d}."
+        )
+    if t > latest:
+        days = (t - known_until).total_seconds() / 86_400
+        raise ModelError(
+            f"The as-of date {t:%Y-%m-%d} is {days:,.0f} days after the last event of the "
+            f"history ({last:%Y-%m-%d %H:%M}): with no events in between, the fit would read "
+            "the silence as deals that stopped moving and no new deals. Expected an as-of "
+            f"date at most {MAX_DAYS_AFTER_LAST_EVENT} days after the last event (up to "
+            f"{latest:%Y-%m-%d}), or a more recent export of the history."
+        )
+
+
+def _check_fittable(
+    spells: pl.DataFrame, outcomes: pl.DataFrame, stages: StageMap, t: dt.datetime
+) -> None:
+    """Every open stage has been visited and some deal has been won before ``t``."""
+    counts = dict(outcomes.group_by("status").len().iter_rows())
+    if not counts.get("won"):
+        found = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("open", "lost", "no_decision"))
+        raise ModelError(
+            f"No deal was won before the as-of date {t:%Y-%m-%d} ({found}): win "
+            "probabilities and won amounts cannot be estimated. Expected at least one deal "
+            f"in a won stage {list(stages.won)}; fit at a later as-of date, or check which "
+            "stage names are classified as won (`StageMap(won=[...])`)."
+        )
+    visited = set(spells["stage_code"].unique().to_list())
+    missing = [name for k, name in enumerate(stages.open) if k not in visited]
+    if missing:
+        raise ModelError(
+            f"No deal was in the open stage(s) {missing} before the as-of date "
+            f"{t:%Y-%m-%d}, so their exit curves cannot be fitted. Expected every open stage "
+            f"of the stage map {list(stages.open)} to be visited; fit at a later as-of date, "
+            "or leave unused stages out of the `StageMap`."
+        )

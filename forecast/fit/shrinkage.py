@@ -131,7 +131,8 @@ def credibility_from_counts(destination_counts: Any) -> Credibility:
         vhm = 0.0
     if vhm > 0:
         k = epv / vhm
-        z = n_g / (n_g + k)
+        # k = 0 (no within-segment spread): full credibility where a segment has data
+        z = np.divide(n_g, n_g + k, out=np.zeros_like(n_g), where=(n_g + k) > 0)
     else:
         k = math.inf
         z = np.zeros_like(n_g)
