@@ -333,7 +333,7 @@ class TailFit:
 
 def _fit_exponential(t, d, w, u):
     events = float(np.dot(w, d))
-    exposure = float(np.dot(w, t - u))
+    exposure = float(np.dot(w, t - u))  # u: truncation point of each spell (or one for all)
     scale = exposure / events
     ll = -events * math.log(scale) - exposure / scale
     return {"scale": scale}, ll, "ok"
@@ -345,12 +345,14 @@ def _fit_weibull(t, d, w, u):
     sum_dlogt = float(np.dot(w * d, log_t))
     log_tmax = float(log_t.max())
     rel = log_t - log_tmax  # ≤ 0, so exp(c * rel) never overflows
-    rel_u = (math.log(u) - log_tmax) if u > 0 else -math.inf
-    wsum = float(w.sum())
+    uu = np.broadcast_to(np.asarray(u, dtype=np.float64), t.shape)
+    trunc = uu > 0
+    rel_u = np.log(uu[trunc]) - log_tmax
+    w_u = w[trunc]
 
     def log_a(c: float) -> float:
         # log Σ w (t^c - u^c), computed relative to t_max^c
-        inner = float(np.dot(w, np.exp(c * rel))) - (wsum * math.exp(c * rel_u) if u > 0 else 0.0)
+        inner = float(np.dot(w, np.exp(c * rel))) - float(np.dot(w_u, np.exp(c * rel_u)))
         return c * log_tmax + math.log(inner)
 
     def neg_profile(log_c: float) -> float:
@@ -385,13 +387,16 @@ def _lognormal_nll(theta, t, d, w, u, wsum):
     ll = np.dot(w * d, log_pdf_z - log_sigma - log_t) + np.dot(w * c, log_sf)
     g_mu = np.dot(w * d, z) / sigma + np.dot(w * c, mills) / sigma
     g_ls = np.dot(w * d, z * z - 1.0) + np.dot(w * c, mills * z)
-    if u > 0:
-        zu = (math.log(u) - mu) / sigma
-        lsu = float(special.log_ndtr(-zu))
-        mu_u = math.exp(-0.5 * zu * zu - _LOG_SQRT_2PI - lsu)
-        ll -= wsum * lsu
-        g_mu -= wsum * mu_u / sigma
-        g_ls -= wsum * mu_u * zu
+    uu = np.broadcast_to(np.asarray(u, dtype=np.float64), t.shape)
+    trunc = uu > 0
+    if np.any(trunc):  # − Σ w log S(u) over the truncated spells
+        wt = w[trunc]
+        zu = (np.log(uu[trunc]) - mu) / sigma
+        lsu = special.log_ndtr(-zu)
+        mu_u = np.exp(-0.5 * zu * zu - _LOG_SQRT_2PI - lsu)
+        ll -= float(np.dot(wt, lsu))
+        g_mu -= float(np.dot(wt, mu_u)) / sigma
+        g_ls -= float(np.dot(wt, mu_u * zu))
     return -float(ll), -np.array([g_mu, g_ls], dtype=np.float64)
 
 
@@ -436,6 +441,7 @@ def fit_tail(
     threshold: float = 0.0,
     min_events: int = 20,
     duration_floor: float = 1.0 / 24.0,
+    entries: Any = None,
 ) -> TailFit:
     """Fit sojourn-time tails by censored maximum likelihood and pick one by AIC.
 
@@ -457,6 +463,9 @@ def fit_tail(
     duration_floor : float, default 1/24
         Days. Durations below it (e.g. same-instant stage skips) are raised to it,
         since the Weibull and log-normal densities need t > 0.
+    entries : array_like of float, shape (n,), optional
+        Delayed entry of each spell (days, ``≤ duration``; default 0): a spell first
+        observed at ``e`` enters conditional on ``T > max(threshold, e)``.
 
     Returns
     -------
@@ -509,6 +518,14 @@ def fit_tail(
     if min_events < 1:
         raise ParameterError(f"`min_events` must be ≥ 1. Got {min_events!r}.")
 
+    if entries is None:
+        e = np.zeros_like(t)
+    else:
+        e = np.asarray(entries, dtype=np.float64)
+        if e.shape != t.shape or not np.all(np.isfinite(e) & (e >= 0) & (e <= t)):
+            raise ParameterError(
+                f"`entries` must be finite days in [0, duration], shape {t.shape}."
+            )
     keep_pos = w > 0
     u = float(threshold)
     beyond = keep_pos & (t > u)
@@ -516,6 +533,9 @@ def fit_tail(
         u = 0.0
     use = keep_pos & (t > u) if u > 0 else keep_pos
     tu, du, wu = np.maximum(t[use], duration_floor), obs[use].astype(np.float64), w[use]
+    # truncation point of each spell: the threshold, or its later delayed entry
+    trunc = np.minimum(np.maximum(u, e[use]), tu)
+    u_fit: float | np.ndarray = trunc if np.any(trunc != u) else u
     info = {
         "threshold": u,
         "requested_threshold": float(threshold),
@@ -541,14 +561,14 @@ def fit_tail(
                 )
             )
             continue
-        params, ll, message = _FITTERS[fam](tu, du, wu, u)
+        params, ll, message = _FITTERS[fam](tu, du, wu, u_fit)
         if not all(math.isfinite(v) and v > 0 for v in params.values()) or not math.isfinite(ll):
             candidates.append(TailCandidate(fam, None, None, None, k, f"fit failed: {params}"))
             continue
         candidates.append(TailCandidate(fam, params, ll, 2 * k - 2 * ll, k, message))
     fitted = [c for c in candidates if c.aic is not None]
     if not fitted:  # too few distinct exits for the requested two-parameter families
-        params, ll, _ = _fit_exponential(tu, du, wu, u)
+        params, ll, _ = _fit_exponential(tu, du, wu, u_fit)
         fitted = [
             TailCandidate(
                 "exponential", params, ll, 2 - 2 * ll, 1, "fallback: no requested family fitted"
