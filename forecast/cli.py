@@ -407,6 +407,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     model.to_json(args.output)
     print(model.summary())
+    for d in model.diagnostics:
+        print(f"Diagnostic: {d}")
     print(f"Wrote {args.output}")
     return EXIT_OK
 

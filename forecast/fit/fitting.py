@@ -16,6 +16,7 @@ from forecast.fit.arrivals import fit_arrivals
 from forecast.fit.bootstrap import dirichlet_deal_weights
 from forecast.fit.calendar_effects import fit_quarter_end_effect
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves, aalen_johansen, fit_exit_curves
+from forecast.fit.diagnostics import tail_diagnostics
 from forecast.fit.model import ParameterDraws, PipelineModel, _empty_shrinkage
 from forecast.fit.shocks import fit_shocks
 from forecast.fit.shrinkage import credibility_weights
@@ -267,6 +268,13 @@ def fit(
                 }
             )
     shrinkage = pl.DataFrame(shrink_rows) if shrink_rows else _empty_shrinkage()
+    diagnostics = tail_diagnostics(
+        [
+            *((None, k, c) for k, c in pooled.items() if len(segments) > 1),
+            *((g, k, c) for (g, k), c in raw.items() if c is not pooled[k]),
+        ],
+        stages.open,
+    )
 
     # -- other components ------------------------------------------------------------------------------
     seg_cols = [SEGMENT_COLUMN]
@@ -343,6 +351,7 @@ def fit(
             "arrivals_lookback_quarters": arrivals_lookback_quarters,
             "shrink": shrink,
         },
+        diagnostics=diagnostics,
     )
 
 
