@@ -172,3 +172,32 @@ def test_bad_arguments(sample_model):
         forecast.fit(log, segment_by=["colour"])
     with pytest.raises(ParameterError, match="n_draws"):
         forecast.fit(log, n_draws=-1)
+
+
+def test_tail_convergence_failures_become_model_diagnostics(monkeypatch):
+    # One Newton step cannot reach the log-normal optimum: every log-normal tail
+    # candidate stops short, and each must show up as a diagnostic (not a warning),
+    # survive the JSON round trip and be counted in the summary.
+    from forecast.fit import tails
+
+    log = load_sample()
+    clean = forecast.fit(log, as_of="2024-10-01", segment_by=["segment"], n_draws=0)
+    assert clean.diagnostics == ()
+    assert set(clean.summary()["diagnostics"].to_list()) == {""}
+    monkeypatch.setattr(tails, "_NEWTON_MAX_ITER", 1)
+    m = forecast.fit(log, as_of="2024-10-01", segment_by=["segment"], n_draws=0)
+    n_stages = m.stages.n_open
+    # pooled fits (segment None) and one per segment and stage
+    assert len(m.diagnostics) == n_stages * (len(m.segments) + 1)
+    assert {(d.component, d.code) for d in m.diagnostics} == {("tail", "not_converged")}
+    assert {d.segment for d in m.diagnostics} == {None, *m.segments}
+    assert {d.stage for d in m.diagnostics} == set(m.stages.open)
+    assert all(d.message.startswith("lognormal fit: ") for d in m.diagnostics)
+    summary = m.summary()
+    assert set(summary["diagnostics"].to_list()) == {"tail not_converged"}
+    back = PipelineModel.from_json(m.to_json())
+    assert back.diagnostics == m.diagnostics
+    d = json.loads(m.to_json())
+    assert d["diagnostics"][0].keys() == {"component", "segment", "stage", "code", "message"}
+    del d["diagnostics"]  # models saved before diagnostics existed still load
+    assert PipelineModel.from_dict(d).diagnostics == ()
