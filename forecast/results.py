@@ -329,7 +329,11 @@ class Forecast:
                 "cumulative_share": cum,
                 "risk_class": risk_class,
             }
-            frames.append(pl.DataFrame(cols, schema_overrides={"deal_id": pl.Utf8}))
+            # explicit string types: a forecast without open deals has empty columns
+            text = {
+                c: pl.Utf8 for c in ("quarter", "deal_id", "segment", "risk_class") if c in cols
+            }
+            frames.append(pl.DataFrame(cols, schema_overrides=text))
         return pl.concat(frames) if frames else pl.DataFrame()
 
     def risk_summary(self, *, thresholds: tuple[float, float] = (0.5, 0.9)) -> pl.DataFrame:
