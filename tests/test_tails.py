@@ -278,7 +278,9 @@ def test_tail_fit_leaves_the_process_warning_state_alone(monkeypatch):
     pareto = 10.0 * (1.0 - rng.uniform(size=400)) ** (-1.0 / 0.7)
     samples = [lognormal_sample(16), censored_weibull(17), (pareto, np.ones(400, bool))]
     before = list(warnings.filters)
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, np.errstate(all="raise"):
+        # also under a caller's strictest floating-point settings: every underflow or
+        # overflow inside is handled where it happens
         m.setattr(warnings, "catch_warnings", Spy)
         for x, obs in samples:
             for u in (0.0, 20.0):

@@ -29,6 +29,16 @@ body and extrapolate its hazard; the truncated fit describes the late hazard
 only. When fewer than ``min_events`` exits lie beyond ``u`` the fit falls back
 to all data (``u = 0``, :attr:`TailFit.truncated` is ``False``), trading bias
 for a fit that exists. Both the requested and the used threshold are recorded.
+
+**How each family is fitted.** The exponential in closed form; the Weibull by a
+bounded scalar search of its profile likelihood over the shape; the log-normal by
+damped Newton steps inside a box (:func:`_newton_box`, analytic gradient and Hessian),
+started from the moments of the exits' log durations and, if that does not converge,
+from those of all spells. Nothing in a fit depends on process-wide state (warning
+filters, optimiser caches), so fits running side by side on threads give the same
+numbers and never warn. How each family's fit ended is its
+:attr:`TailCandidate.code`; a bound reached or a failed convergence is reported there
+(and in the model's diagnostics), never as a warning.
 """
 
 from __future__ import annotations
@@ -397,10 +407,11 @@ def _fit_weibull(t, d, w, u):
     def log_a(c: float) -> float:
         # log Σ w (t^c - u^c), relative to t_max^c; t^c - u^c = t^c (1 - (u/t)^c) with
         # expm1, so that spells just beyond u keep their (small, positive) share.
-        if u > 0:
-            inner = float(np.dot(w, np.exp(c * rel) * -np.expm1(c * (rel_u - rel))))
-        else:
-            inner = float(np.dot(w, np.exp(c * rel)))
+        with np.errstate(under="ignore"):  # short spells at a large shape weigh 0
+            if u > 0:
+                inner = float(np.dot(w, np.exp(c * rel) * -np.expm1(c * (rel_u - rel))))
+            else:
+                inner = float(np.dot(w, np.exp(c * rel)))
         return c * log_tmax + math.log(inner)
 
     def neg_profile(log_c: float) -> float:
@@ -444,7 +455,8 @@ def _lognormal_mean_nll(
     sigma = math.exp(log_sigma)
     z = (log_t - mu) / sigma
     log_sf = special.log_ndtr(-z)
-    lam = np.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_sf)  # φ(z) / Φ(−z), ≥ 0
+    with np.errstate(under="ignore"):  # far below the scale φ(z) / Φ(−z) is 0
+        lam = np.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_sf)  # φ(z) / Φ(−z), ≥ 0
     we = w * d
     wc = w - we
     ll = float(np.dot(we, -0.5 * z * z - _LOG_SQRT_2PI - log_sigma) + np.dot(wc, log_sf))
