@@ -136,12 +136,6 @@ def test_baselines_by_hand(events, result):
     assert s["n_open_deals"][0] == open_.height
 
 
-# scipy's BFGS silences its own LineSearchWarning with `warnings.catch_warnings`, which
-# is not thread-safe before Python 3.14: when two fits run in threads, one thread can
-# restore the filters while the other is inside its block, and the silenced warning
-# escapes (an error under `filterwarnings = error`). The fits and the result are the
-# same; only the warning leaks.
-@pytest.mark.filterwarnings("ignore:The line search algorithm did not converge")
 def test_executor_gives_identical_results(log, result):
     with ThreadPoolExecutor(2) as ex:
         r = run(
