@@ -144,6 +144,7 @@ def test_executor_gives_identical_results(log, result):
     assert r.scores().equals(result.scores())
 
 
+@pytest.mark.slow
 def test_thread_pool_runs_are_identical_and_silent_twenty_times(log, result):
     # Fits running side by side on threads once let a warning through (and, with
     # warnings as errors, failed) about one run in eight: each run must give the
@@ -161,6 +162,7 @@ def test_thread_pool_runs_are_identical_and_silent_twenty_times(log, result):
         assert r.scores().equals(result.scores())
 
 
+@pytest.mark.slow
 def test_process_pool_gives_identical_results(log, result):
     # Spawned workers (forking after Numba started its threads is unsafe) import the
     # package afresh, with warnings as errors: the results still equal the serial run's.
