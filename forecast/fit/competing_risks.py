@@ -255,7 +255,9 @@ class CensoredSpells:
 
     def with_weights(self, weights: Any) -> CensoredSpells:
         """The same spells with new case weights, shape (n,)."""
-        return CensoredSpells(self.durations, self.destinations, self.n_codes, weights, self.entries)
+        return CensoredSpells(
+            self.durations, self.destinations, self.n_codes, weights, self.entries
+        )
 
     def __str__(self) -> str:
         counts = self.event_counts
