@@ -45,9 +45,11 @@ __all__ = [
     "condition_on_not_pulled_in",
     "early_window_days",
     "model_arrays",
+    "prepare_simulation",
     "quarter_bins",
     "shock_scale",
     "simulate",
+    "simulate_quarter_totals",
     "weighted_pipeline",
 ]
 
@@ -465,6 +467,50 @@ def model_arrays(
     return arrays, pipe, quarters, booked
 
 
+def prepare_simulation(
+    model: PipelineModel, log: DealLog, horizon: int
+) -> tuple[ModelArrays, OutcomeArrays, pl.DataFrame, list[Any], np.ndarray]:
+    """Everything a simulation samples from: arrays, per-deal outcome probabilities.
+
+    :func:`model_arrays`, the outcome probabilities conditioned on not having been
+    pulled into the closed quarter (:func:`condition_on_not_pulled_in`), and the
+    shock sigma scaled for the kernel (:func:`shock_scale`).
+
+    Returns
+    -------
+    arrays : forecast._kernels.ModelArrays
+    outcomes : forecast._kernels.OutcomeArrays
+    pipe, quarters, booked
+        As :func:`model_arrays`.
+    """
+    arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
+    outcomes = condition_on_not_pulled_in(
+        arrays, outcome_probabilities(arrays), early_window_days(model, quarters)
+    )
+    arrays = dataclasses.replace(
+        arrays, shock_sigma=arrays.shock_sigma * shock_scale(model, arrays, outcomes)
+    )
+    return arrays, outcomes, pipe, quarters, booked
+
+
+def simulate_quarter_totals(
+    model: PipelineModel, log: DealLog, n_paths: int, seed: int
+) -> np.ndarray:
+    """Simulated bookings of the quarter holding ``model.as_of`` (with what it booked before).
+
+    A lean :func:`simulate` for scoring many fits (the half-life backtest): one
+    quarter, no per-deal output, no :class:`~forecast.results.Forecast`.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_paths,)
+        Currency.
+    """
+    arrays, outcomes, _, _, booked = prepare_simulation(model, log, 1)
+    samples = simulate_arrays(arrays, n_paths=n_paths, seed=seed, outcomes=outcomes)
+    return samples.totals[:, 0].sum(axis=(1, 2)) + float(booked[0].sum())
+
+
 def simulate(
     model: PipelineModel,
     log: DealLog,
@@ -513,13 +559,7 @@ def simulate(
     seed = check_seed(seed, caller)
     if threads is not None:
         threads = check_int(threads, "threads", caller, minimum=1)
-    arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
-    outcomes = condition_on_not_pulled_in(
-        arrays, outcome_probabilities(arrays), early_window_days(model, quarters)
-    )
-    arrays = dataclasses.replace(
-        arrays, shock_sigma=arrays.shock_sigma * shock_scale(model, arrays, outcomes)
-    )
+    arrays, outcomes, pipe, quarters, booked = prepare_simulation(model, log, horizon)
     check_won_cents_fit(arrays, n_paths, pipe["deal_id"].to_numpy(), model.segments)
     if executor is not None:
         samples = _simulate_sharded(executor, arrays, outcomes, n_paths, seed, chunk_size)

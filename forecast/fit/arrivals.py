@@ -30,6 +30,15 @@ coefficient covariance is the quasi-Poisson one, ``phi (XᵀWX)⁻¹`` with
 **Entry stages.** The mix over open stages of the first stage of deals created
 since the start of the fiscal quarter ``mix_quarters`` quarters ago (pooled when
 a segment has fewer than ``min_segment_mix`` such deals).
+
+**Recency and logs that start mid-stream.** With a half-life
+(:meth:`FitData.with_half_life`) each quarter's count enters the likelihood with the
+recency weight ``ω_q`` of its midpoint, ``Σ ω_q (n_q log μ_q − μ_q)`` (a weighted
+level and trend), and the Pearson terms of the dispersion too, with ``N`` replaced
+by the effective number of quarters ``(Σ ω)² / Σ ω²``; the entry mix weighs each
+deal by the recency of its creation. Deals already in progress when the log
+started (:func:`forecast.fit.data.mid_stream_deals`) are not arrivals: they are not
+counted, and the exposure starts at the recording start (``data.history_start``).
 """
 
 from __future__ import annotations
@@ -62,9 +71,17 @@ MAX_ABS_COEFFICIENT = 10.0
 
 
 def poisson_glm(
-    y: np.ndarray, X: np.ndarray, offset: np.ndarray, max_iter: int = 100, tol: float = 1e-10
+    y: np.ndarray,
+    X: np.ndarray,
+    offset: np.ndarray,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Poisson log-linear GLM by iteratively reweighted least squares.
+
+    With prior ``weights`` ``ω`` the log-likelihood is ``Σ ω (y log μ − μ)``
+    (a weighted likelihood: each quarter's count counts ``ω`` times).
 
     Parameters
     ----------
@@ -76,50 +93,56 @@ def poisson_glm(
         Log exposure.
     max_iter, tol
         Iteration limit and convergence tolerance on the relative deviance change.
+    weights : ndarray, shape (n,), optional
+        Prior weights ``ω ≥ 0`` of the observations (default 1).
 
     Returns
     -------
     beta : ndarray, shape (p,)
     information : ndarray, shape (p, p)
-        Fisher information ``XᵀWX`` at ``beta`` (``W = diag(mu)``).
+        Fisher information ``XᵀWX`` at ``beta`` (``W = diag(ω mu)``).
     converged : bool
     """
     y = np.asarray(y, dtype=np.float64)
+    om = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
     beta = np.zeros(X.shape[1])
-    beta[0] = math.log(y.sum() / np.exp(offset).sum())
+    beta[0] = math.log((om * y).sum() / (om * np.exp(offset)).sum())
     dev_old = math.inf
     converged = False
     for _ in range(max_iter):
         eta = X @ beta + offset
         mu = np.exp(eta)
         z = eta - offset + (y - mu) / mu
-        info = X.T @ (mu[:, None] * X)
+        info = X.T @ ((om * mu)[:, None] * X)
         try:
-            beta = np.linalg.solve(info, X.T @ (mu * z))
+            beta = np.linalg.solve(info, X.T @ (om * mu * z))
         except np.linalg.LinAlgError:
             break
         if not np.all(np.isfinite(beta)):
             break
         mu = np.exp(X @ beta + offset)
         with np.errstate(divide="ignore", invalid="ignore"):
-            dev = 2.0 * float(np.sum(np.where(y > 0, y * np.log(y / mu), 0.0) - (y - mu)))
+            dev = 2.0 * float(np.sum(om * (np.where(y > 0, y * np.log(y / mu), 0.0) - (y - mu))))
         if abs(dev - dev_old) <= tol * (abs(dev) + 1.0):
             converged = True
             break
         dev_old = dev
     mu = np.exp(X @ beta + offset)
-    return beta, X.T @ (mu[:, None] * X), converged and bool(np.all(np.isfinite(mu)))
+    return beta, X.T @ ((om * mu)[:, None] * X), converged and bool(np.all(np.isfinite(mu)))
 
 
 #: Upper end of the search for the NB2 ``alpha`` (the estimate is capped there).
 _MAX_ALPHA = 1e12
 
 
-def _nb_alpha(y: np.ndarray, mu: np.ndarray, df: int) -> float:
-    """NB2 moment estimate of ``alpha = 1/shape``: Pearson χ²(alpha) = df (0 if not over-dispersed)."""
+def _nb_alpha(y: np.ndarray, mu: np.ndarray, df: float, weights: np.ndarray | None = None) -> float:
+    """NB2 moment estimate of ``alpha = 1/shape``: Pearson χ²(alpha) = df (0 if not over-dispersed).
+
+    ``weights`` (prior weights of the quarters, default 1) weigh each Pearson term."""
+    om = np.ones_like(y) if weights is None else weights
 
     def excess(a: float) -> float:
-        return float(np.sum((y - mu) ** 2 / (mu * (1.0 + a * mu)))) - df
+        return float(np.sum(om * (y - mu) ** 2 / (mu * (1.0 + a * mu)))) - df
 
     if df <= 0 or excess(0.0) <= 0:
         return 0.0
@@ -442,8 +465,13 @@ def _fit_segment(
     fiscal_q: np.ndarray,
     min_trend: int,
     min_season: int,
+    weights: np.ndarray | None = None,
 ) -> tuple[SegmentArrivals, np.ndarray]:
     n = y.size
+    # prior weights of the quarters (recency), scaled to sum to their effective number
+    om = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    n_eff = float(om.sum() ** 2 / (om * om).sum()) if om.sum() > 0 else 0.0
+    om = om * (n_eff / om.sum()) if om.sum() > 0 else om
     n_full = int(np.sum(exposure >= FULL_QUARTER_EXPOSURE))
     if y.sum() <= 0:
         empty = SegmentArrivals(
@@ -472,7 +500,7 @@ def _fit_segment(
     offset = np.log(exposure)
     while True:
         X = _design(terms, t_years, fiscal_q)
-        beta, info, ok = poisson_glm(y, X, offset)
+        beta, info, ok = poisson_glm(y, X, offset, weights=om)
         diverged = (not ok) or np.any(np.abs(beta[1:]) > MAX_ABS_COEFFICIENT) or X.shape[1] > n
         if not diverged or len(terms) == 1:
             break
@@ -481,12 +509,12 @@ def _fit_segment(
         terms = terms[:-3] if dropped == "seasonality" else terms[:-1]
     mu = np.exp(X @ beta + offset)
     p = len(terms)
-    df = n - p
-    chi2 = float(np.sum((y - mu) ** 2 / mu))
+    df = n_eff - p  # n - p without recency weights
+    chi2 = float(np.sum(om * (y - mu) ** 2 / mu))
     phi = chi2 / df if df > 0 else 1.0
     if df <= 0:
         notes.append("over-dispersion not estimable (no residual degrees of freedom)")
-    alpha = _nb_alpha(y, mu, df)
+    alpha = _nb_alpha(y, mu, df, om)
     try:
         cov = np.linalg.inv(info) * max(phi, 1.0)
     except np.linalg.LinAlgError:
@@ -499,7 +527,7 @@ def _fit_segment(
         math.inf if alpha <= 0 else 1.0 / alpha,
         n,
         n_full,
-        df,
+        math.floor(df + 1e-9),
         converged=bool(ok),
         note="; ".join(notes),
     )
@@ -551,7 +579,13 @@ def fit_arrivals(
     min_season = check_int(min_full_quarters_season, "min_full_quarters_season", caller, minimum=1)
     min_mix = check_int(min_segment_mix, "min_segment_mix", caller, minimum=1)
     oc = data.frame("outcomes", caller, ["deal_id", "created_at", "first_stage_code"])
-    oc = oc.filter(pl.col("created_at").is_not_null() & (pl.col("created_at") <= t))
+    # deals in progress when the log started are not arrivals (their creation and first
+    # stage were not recorded)
+    oc = oc.filter(
+        pl.col("created_at").is_not_null()
+        & (pl.col("created_at") <= t)
+        & ~pl.Series(data.row_in_progress("outcomes"))
+    )
     if oc.height == 0:
         raise ModelError(
             f"`{caller}`: no deal was created on or before {t:%Y-%m-%d}; arrival rates cannot be "
@@ -594,13 +628,15 @@ def fit_arrivals(
     q_index = np.where((q_index >= 0) & (q_index < len(quarters)), q_index, -1)
     seg_arr = oc[SEGMENT_COLUMN].to_numpy()
     w = oc[WEIGHT_COLUMN].to_numpy().astype(np.float64)
+    # recency: each quarter's count is weighed by the recency of its midpoint
+    quarter_weight = data.recency(np.array([np.datetime64(m, "us") for m in mids]))
 
     fits: dict[str, SegmentArrivals] = {}
     history: list[dict[str, Any]] = []
     for seg in segments:
         sel = (seg_arr == seg) & (q_index >= 0)
         y = np.bincount(q_index[sel], weights=w[sel], minlength=len(quarters)).astype(np.float64)
-        fit, mu = _fit_segment(y, exp_arr, t_years, fiscal_q, min_trend, min_season)
+        fit, mu = _fit_segment(y, exp_arr, t_years, fiscal_q, min_trend, min_season, quarter_weight)
         fits[seg] = fit
         for i, q in enumerate(quarters):
             history.append(
@@ -616,6 +652,7 @@ def fit_arrivals(
     # -- entry-stage mix --------------------------------------------------------------------------
     mix_start = calendar.shift(current, -mixq).start
     codes = oc["first_stage_code"].to_numpy()
+    w = w * data.recency(oc["created_at"])
     open_entry = (codes >= 0) & (codes < k_open)
     recent = open_entry & (created >= np.datetime64(mix_start, "us"))
     if w[recent].sum() <= 0:

@@ -263,7 +263,8 @@ def fit_quarter_end_effect(
     frame, col = _win_times(data.frame("bookings", caller), time_column)
     frame = frame.filter(pl.col(col) <= t_cut)
     times = to_datetime64(frame[col])
-    weights = frame[WEIGHT_COLUMN].to_numpy().astype(np.float64)
+    # deal weights times the recency of each win (docs/model.md, "Recency weighting")
+    weights = frame[WEIGHT_COLUMN].to_numpy().astype(np.float64) * data.recency(frame[col])
     order = np.argsort(times, kind="stable")
     times, weights = times[order], weights[order]
     cum_w = np.concatenate([[0.0], np.cumsum(weights)])

@@ -9,6 +9,8 @@ data (:func:`parameter_draws`). The estimators are written out in
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,7 @@ from forecast._validation import check_bool, check_int, check_seed
 from forecast._version import __version__
 from forecast.calendar import FiscalCalendar
 from forecast.data.deal_log import DealLog
-from forecast.errors import ParameterError
+from forecast.errors import ModelError, ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
 from forecast.fit.arrivals import ArrivalModel, fit_arrivals
 from forecast.fit.bootstrap import bootstrap_weights
@@ -29,9 +31,25 @@ from forecast.fit.data import FitData
 from forecast.fit.diagnostics import tail_diagnostics
 from forecast.fit.exits import ExitFit, fit_exits, weighted_fit_summary
 from forecast.fit.model import ParameterDraws, PipelineModel
+from forecast.fit.recency import (
+    DEFAULT_HALF_LIFE_GRID,
+    HalfLifeChoice,
+    check_half_life,
+    select_half_life,
+)
 from forecast.fit.shocks import ShockModel, fit_shocks
+from forecast.scores import crps_samples
+from forecast.simulate import simulate_quarter_totals
 
-__all__ = ["FitOptions", "PointFit", "fit", "fit_components", "parameter_draws"]
+__all__ = [
+    "FitOptions",
+    "PointFit",
+    "assemble_model",
+    "choose_half_life",
+    "fit",
+    "fit_components",
+    "parameter_draws",
+]
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,8 @@ def fit(
     quarter_end_window_days: int = 14,
     arrivals_lookback_quarters: int = 12,
     shrink: bool = True,
+    half_life: float | str | None = "auto",
+    recorded_from: object | None = None,
 ) -> PipelineModel:
     """Fit the semi-Markov pipeline model to the history known at ``as_of``.
 
@@ -120,12 +140,27 @@ def fit(
         Quarters of history used for the new-deal arrival model.
     shrink : bool, default True
         Shrink segment fits toward the pooled fit (credibility weighting).
+    half_life : "auto", float or None, default "auto"
+        Recency weighting of every estimator: an observation made ``a`` days before
+        ``as_of`` counts ``2^(−a / half_life)`` (``docs/model.md``, "Recency
+        weighting"). None: every observation counts fully. ``"auto"`` chooses among
+        :data:`~forecast.fit.recency.DEFAULT_HALF_LIFE_GRID` (None included) by a
+        rolling-origin backtest of this history (:func:`choose_half_life`; no
+        weighting when the history is too short to backtest). The choice and its
+        scores are kept in :attr:`PipelineModel.recency`.
+    recorded_from : date-like, optional
+        When the recording of the history began. Deals created before it (by their
+        ``created_at``) — or, when given, first seen at it — were already in progress:
+        they are not counted as new deals, and the stage time before their first
+        record is unknown (``docs/model.md``, "Logs that start mid-stream"). Default:
+        the first event of the log (the first export of a snapshot history).
 
     Returns
     -------
     PipelineModel
     """
     caller = "fit"
+    half_life = check_half_life(half_life, caller)
     n_draws = check_int(n_draws, "n_draws", caller, minimum=0)
     seed = check_seed(seed, caller)
     if isinstance(tail_families, str):
@@ -143,9 +178,46 @@ def fit(
         ),
         shrink=check_bool(shrink, "shrink", caller),
     )
-    data = FitData.from_log(log, as_of=as_of, segment_by=segment_by, calendar=calendar)
+    data = FitData.from_log(
+        log, as_of=as_of, segment_by=segment_by, calendar=calendar, recorded_from=recorded_from
+    )
+    if half_life == "auto":
+        choice = choose_half_life(
+            log, data=data, options=options, seed=seed, recorded_from=recorded_from
+        )
+    else:
+        choice = HalfLifeChoice(half_life, requested=half_life)  # type: ignore[arg-type]
+    data = data.with_half_life(choice.half_life)
     point = fit_components(data, options)
     draws = parameter_draws(data, point, options, n_draws, seed) if n_draws > 0 else None
+    return assemble_model(
+        data,
+        point,
+        draws,
+        options={
+            "segment_by": list(data.segment_by),
+            "n_draws": n_draws,
+            "seed": seed,
+            "tail_families": list(options.tail_families),
+            "quarter_end_window_days": options.quarter_end_window_days,
+            "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
+            "shrink": options.shrink,
+            "half_life": half_life,
+            "recorded_from": None if recorded_from is None else data.recorded_from.isoformat(),  # type: ignore[union-attr]
+        },
+        recency=choice,
+    )
+
+
+def assemble_model(
+    data: FitData,
+    point: PointFit,
+    draws: ParameterDraws | None,
+    *,
+    options: dict[str, Any],
+    recency: HalfLifeChoice | None = None,
+) -> PipelineModel:
+    """The :class:`PipelineModel` of a point fit (and its draws) on ``data`` (built from a log)."""
     assert data.stages is not None and data.cut is not None  # built from a log
     exits = point.exits
     diagnostics = tail_diagnostics(
@@ -171,16 +243,138 @@ def fit(
         draws=draws,
         data_fingerprint=data.cut.fingerprint,
         version=__version__,
-        options={
-            "segment_by": list(data.segment_by),
-            "n_draws": n_draws,
-            "seed": seed,
-            "tail_families": list(options.tail_families),
-            "quarter_end_window_days": options.quarter_end_window_days,
-            "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
-            "shrink": options.shrink,
-        },
+        options=options,
         diagnostics=diagnostics,
+        recency=recency,
+    )
+
+
+#: Tail families of the fits :func:`choose_half_life` scores.
+SCORING_TAIL_FAMILIES: tuple[str, ...] = ("exponential",)
+
+
+def choose_half_life(
+    log: DealLog,
+    *,
+    data: FitData,
+    options: FitOptions,
+    seed: int = 0,
+    recorded_from: object | None = None,
+    grid: Sequence[float | None] = DEFAULT_HALF_LIFE_GRID,
+    n_origins: int = 4,
+    n_paths: int = 400,
+    min_history_quarters: int = 4,
+) -> HalfLifeChoice:
+    """Choose the recency half-life by a rolling-origin backtest of the history itself.
+
+    At each of the last ``n_origins`` fiscal quarter starts whose quarter ended by
+    ``data.as_of`` (with at least ``min_history_quarters`` quarters of history before
+    them), the log is cut there once (one :class:`FitData` per origin, shared by the
+    candidates: only the weights change), every candidate of ``grid`` is fitted
+    without parameter draws, and the quarter that followed is simulated with
+    ``n_paths`` paths (the same random numbers for every candidate) and scored by its
+    CRPS against what was booked. :func:`~forecast.fit.recency.select_half_life`
+    picks the least weighting within one standard error of the best mean. The scored
+    fits use exponential tails (:data:`SCORING_TAIL_FAMILIES`): the candidates differ
+    in the body of the curves, and the family beyond the longest observed stay
+    barely moves one quarter's forecast.
+
+    Cost: ``n_origins × len(grid)`` component fits and short simulations (measured
+    in ``benchmarks/bench_fit.py``); the choice is deterministic for a seed.
+
+    Parameters
+    ----------
+    log : DealLog
+        The history (only what ``data.as_of`` knows is used).
+    data : FitData
+        The fit input at the as-of instant (for the segments, calendar and cut).
+    options : FitOptions
+    seed : int
+        Seed of the scored simulations.
+    recorded_from : date-like, optional
+        As :func:`fit`.
+    grid : sequence of float or None
+        Candidate half-lives (days), least weighting first; None is no weighting.
+    n_origins, n_paths, min_history_quarters : int
+
+    Returns
+    -------
+    HalfLifeChoice
+        No weighting, with a ``note``, when no origin qualifies or no candidate
+        could be fitted at any origin.
+    """
+    candidates = tuple(None if h is None else float(h) for h in grid)
+    if None not in candidates:
+        candidates = (None, *candidates)
+    calendar = data.calendar
+    cut = data.cut if data.cut is not None else log.as_of(data.as_of)
+    start = data.history_start if data.history_start is not None else cut.first_timestamp
+    first = calendar.quarter_of(start)
+    if start > first.start:
+        first = calendar.shift(first, 1)
+    earliest = calendar.shift(first, min_history_quarters).start
+    origins: list[dt.datetime] = []
+    q = calendar.quarter_of(data.as_of)
+    while len(origins) < n_origins:
+        q = calendar.shift(q, -1)
+        if q.start < earliest:
+            break
+        if q.end <= data.as_of:
+            origins.append(q.start)
+    origins.reverse()
+
+    def fallback(note: str) -> HalfLifeChoice:
+        return HalfLifeChoice(None, "auto", candidates, (), (), (), None, n_paths, seed, note)
+
+    if not origins:
+        return fallback(
+            f"no weighting: fewer than {min_history_quarters} full quarters of history "
+            "before the last complete quarter, nothing to backtest"
+        )
+    scores: list[list[float]] = [[] for _ in candidates]
+    used: list[dt.datetime] = []
+    booked: list[float] = []
+    no_draws = {"n_draws": 0, "seed": seed}
+    # exponential tails: the candidates differ in the body of the curves, and a fitted
+    # family beyond the longest stay barely moves one quarter's forecast (4× cheaper)
+    scoring = dataclasses.replace(options, tail_families=SCORING_TAIL_FAMILIES)
+    for i, o in enumerate(origins):
+        quarter = calendar.quarter_of(o)
+        realised = cut.booked_amount(quarter.start, quarter.end)
+        try:
+            data_o = FitData.from_log(
+                cut,
+                as_of=o,
+                segment_by=data.segment_by,
+                calendar=calendar,
+                recorded_from=recorded_from,
+            )
+            row = []
+            for h in candidates:
+                d = data_o.with_half_life(h)
+                model = assemble_model(d, fit_components(d, scoring), None, options=no_draws)
+                total = simulate_quarter_totals(model, cut, n_paths, seed + i)
+                row.append(float(crps_samples(total, realised)))
+        except ModelError:
+            continue  # e.g. a stage not yet visited at this origin
+        for j, v in enumerate(row):
+            scores[j].append(v)
+        used.append(o)
+        booked.append(realised)
+    if not used:
+        return fallback("no weighting: the history could not be fitted at any backtest origin")
+    crps = np.asarray(scores)
+    index, _, _ = select_half_life(candidates, crps)
+    return HalfLifeChoice(
+        candidates[index],
+        "auto",
+        candidates,
+        tuple(used),
+        tuple(tuple(r) for r in crps.tolist()),
+        tuple(booked),
+        index,
+        n_paths,
+        seed,
     )
 
 
@@ -199,7 +393,7 @@ def parameter_draws(
     Parameters
     ----------
     data : FitData
-        The point fit's data (unit weights).
+        The point fit's data (unit deal weights; its half-life is kept by every draw).
     point : PointFit
         The point fit on ``data``.
     options : FitOptions
@@ -224,15 +418,15 @@ def parameter_draws(
 
     point_medians: dict[int, float] = {}
 
-    def ratios(c_point: ExitCurves, cs: CensoredSpells) -> tuple[np.ndarray, float]:
-        # Both medians come from the same step-function estimator, so that an
-        # unperturbed draw gives exactly 1.
+    def ratios(
+        c_point: ExitCurves, cs: CensoredSpells, cs_point: CensoredSpells
+    ) -> tuple[np.ndarray, float]:
+        # Both medians come from the same step-function estimator (on the point fit's
+        # own weights: recency, unit deal weights), so an unperturbed draw gives 1.
         shares_pt = c_point.eventual_shares()
         shares_b, med_b = weighted_fit_summary(cs, c_point.tail_shares)
         if id(c_point) not in point_medians:
-            point_medians[id(c_point)] = weighted_fit_summary(
-                cs.with_weights(np.ones(cs.n)), c_point.tail_shares
-            )[1]
+            point_medians[id(c_point)] = weighted_fit_summary(cs_point, c_point.tail_shares)[1]
         med_pt = point_medians[id(c_point)]
         with np.errstate(divide="ignore", invalid="ignore"):
             m = np.where(shares_pt > 0, shares_b / shares_pt, 1.0)
@@ -245,12 +439,14 @@ def parameter_draws(
     for b in range(n_draws):
         data_b = data.with_weights(bootstrap_weights(data, seed, b))
         for k in range(n_open):
-            m_pool, tf_pool = ratios(exits.pooled[k], data_b.stratum_spells(k))
+            m_pool, tf_pool = ratios(
+                exits.pooled[k], data_b.stratum_spells(k), data.stratum_spells(k)
+            )
             for gi, g in enumerate(segments):
                 z = exits.credibility[(g, k)]
                 sg = data_b.stratum_spells(k, gi)
                 if sg.n and z > 0:
-                    m_g, tf_g = ratios(exits.raw[(g, k)], sg)
+                    m_g, tf_g = ratios(exits.raw[(g, k)], sg, data.stratum_spells(k, gi))
                 else:
                     m_g, tf_g = m_pool, tf_pool
                 dest_mult[b, gi, k] = z * m_g + (1 - z) * m_pool

@@ -23,6 +23,7 @@ from forecast.fit.calendar_effects import QuarterEndEffect
 from forecast.fit.competing_risks import ExitCurves, win_probability
 from forecast.fit.diagnostics import Diagnostic
 from forecast.fit.exits import empty_shrinkage
+from forecast.fit.recency import HalfLifeChoice
 from forecast.fit.shocks import ShockModel
 from forecast.io import atomic_write_text
 from forecast.results import Forecast
@@ -129,6 +130,10 @@ class PipelineModel:
         What the fit could not do cleanly (e.g. a tail optimiser that stopped short),
         recorded instead of warned; empty for a clean fit. Saved in the JSON and
         counted per segment and stage by :meth:`summary`.
+    recency : HalfLifeChoice or None
+        The recency half-life every estimator was fitted with and, for
+        ``half_life="auto"``, the backtest scores behind the choice (None: a model
+        saved before recency weighting existed, fitted without it).
     """
 
     stages: StageMap
@@ -149,6 +154,7 @@ class PipelineModel:
     options: dict[str, Any] = field(default_factory=dict)
     adjustments: dict[str, float] = field(default_factory=dict)
     diagnostics: tuple[Diagnostic, ...] = ()
+    recency: HalfLifeChoice | None = None
 
     # -- lookups -----------------------------------------------------------------------
     def _segment(self, segment: str | None) -> str:
@@ -270,7 +276,10 @@ class PipelineModel:
         With several segments the pooled fit follows, as segment
         :data:`~forecast.segments.POOLED_SEGMENT`. The ``diagnostics`` column lists the
         codes of :attr:`diagnostics` entries of that segment and stage (``""`` if none);
-        the entries say more.
+        the entries say more. ``half_life_days`` is the recency half-life of the fit
+        (null: none) and ``half_life_scores`` the scores behind an automatic choice
+        (mean CRPS of the next quarter per candidate over the backtest origins, the
+        chosen one starred; :meth:`HalfLifeChoice.table` has them as a table).
         """
         rows = []
         segs = list(self.segments) if len(self.segments) > 1 else []
@@ -299,7 +308,13 @@ class PipelineModel:
                         "diagnostics": self._diagnostic_codes(g, name),
                     }
                 )
-        out = pl.DataFrame(rows)
+        half_life = None if self.recency is None else self.recency.half_life
+        out = pl.DataFrame(rows).with_columns(
+            pl.lit(half_life, dtype=pl.Float64).alias("half_life_days"),
+            pl.lit("" if self.recency is None else self.recency.scores_text()).alias(
+                "half_life_scores"
+            ),
+        )
         if self.shrinkage.height:
             out = out.join(
                 self.shrinkage.select("segment", "stage", "credibility"),
@@ -389,6 +404,7 @@ class PipelineModel:
             "options": self.options,
             "adjustments": self.adjustments,
             "diagnostics": [x.to_dict() for x in self.diagnostics],
+            "recency": None if self.recency is None else self.recency.to_dict(),
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -438,6 +454,7 @@ class PipelineModel:
             options=dict(d.get("options", {})),
             adjustments=dict(d.get("adjustments", {})),
             diagnostics=tuple(Diagnostic.from_dict(x) for x in d.get("diagnostics", [])),
+            recency=None if d.get("recency") is None else HalfLifeChoice.from_dict(d["recency"]),
         )
 
     @classmethod

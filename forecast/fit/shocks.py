@@ -104,19 +104,25 @@ def _quarter_shift(won: np.ndarray, w: np.ndarray, offset: np.ndarray) -> tuple[
     return z, 1.0 / (float((w * p * (1.0 - p)).sum()) + p_bar * (1.0 - p_bar))
 
 
-def _reml_loglik(tau2: float, y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
-    w = 1.0 / (v + tau2)
+def _reml_loglik(
+    tau2: float, y: np.ndarray, v: np.ndarray, X: np.ndarray, om: np.ndarray | None = None
+) -> float:
+    om = np.ones_like(y) if om is None else om
+    w = om / (v + tau2)
     xtwx = X.T @ (w[:, None] * X)
     b = np.linalg.solve(xtwx, X.T @ (w * y))
     r = y - X @ b
     _, logdet = np.linalg.slogdet(xtwx)
-    return -0.5 * float(np.sum(np.log(v + tau2)) + logdet + np.sum(w * r * r))
+    return -0.5 * float(np.sum(om * np.log(v + tau2)) + logdet + np.sum(w * r * r))
 
 
 def reml_shock_variance(
-    y: np.ndarray, v: np.ndarray, X: np.ndarray
+    y: np.ndarray, v: np.ndarray, X: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[float, float, float, float]:
     """REML estimate of the between-period variance ``sigma²`` of ``y = X b + u + e``.
+
+    With prior ``weights`` ``ω`` (recency of the periods) each period's term of the
+    restricted log-likelihood counts ``ω`` times (a weighted likelihood).
 
     Parameters
     ----------
@@ -126,6 +132,8 @@ def reml_shock_variance(
         Their known sampling variances (> 0).
     X : ndarray, shape (n, p)
         Fixed-effect design (``n > p``).
+    weights : ndarray, shape (n,), optional
+        Prior weights ``ω > 0`` of the periods (default 1).
 
     Returns
     -------
@@ -138,8 +146,10 @@ def reml_shock_variance(
     spread = float(np.var(y)) if y.size > 1 else 0.0
     s_max = math.sqrt(max(4.0 * spread, 1e-6)) + 1.0
 
+    om = None if weights is None else np.asarray(weights, dtype=np.float64)
+
     def nll(s: float) -> float:
-        return -_reml_loglik(s * s, y, v, X)
+        return -_reml_loglik(s * s, y, v, X, om)
 
     grid = np.linspace(0.0, s_max, 201)
     vals = np.array([nll(s) for s in grid])
@@ -396,14 +406,18 @@ def fit_shocks(
     if detrend and not use_trend:
         note = f"trend not removed ({n} quarters < {min_q_trend})"
     X = np.column_stack([np.ones(n), t_years]) if use_trend else np.ones((n, 1))
+    # recency: each quarter weighs the recency of its midpoint, scaled to sum to the
+    # effective number of quarters (all 1 without a half-life)
+    om = data.recency(mids)
+    om = om * (om.sum() / (om * om).sum())
 
-    sigma, ci_low, ci_high, _ = reml_shock_variance(y, v, X)
+    sigma, ci_low, ci_high, _ = reml_shock_variance(y, v, X, om)
     # method of moments on OLS residuals (unbiased residual variance)
     b_ols, *_ = np.linalg.lstsq(X, y, rcond=None)
     resid_ols = y - X @ b_ols
     s2_mom = float(resid_ols @ resid_ols) / (n - X.shape[1]) - float(v.mean())
     # fixed effects at the REML estimate, for the per-quarter residuals
-    wts = 1.0 / (v + sigma * sigma)
+    wts = om / (v + sigma * sigma)
     b = np.linalg.solve(X.T @ (wts[:, None] * X), X.T @ (wts * y))
     resid = y - X @ b
     labels = [calendar.quarter_of(s.astype(dt.datetime)).label for s in starts]
