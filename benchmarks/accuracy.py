@@ -20,11 +20,13 @@ Variants (``--ablation``), each switching one model component off:
 - ``no_age``        open deals simulated as if they had just entered their stage
   (every ``days_in_stage`` taken as 0);
 - ``half_life_none``, ``half_life_auto``, ``half_life_<days>``: the recency
-  half-life of the fit (``full`` uses the default, ``"auto"``).
+  half-life of the fit (``full`` uses the default, ``"auto"``);
+- ``shock_<sigma>``: the shock sigma set to a value in the point fit and every draw
+  (e.g. ``shock_0.3``, the generator's; a diagnosis of what the fit misses).
 
 Generators (``--generator``): ``default`` (a stationary market); ``smooth`` (win
 odds and pace drifting steadily, :meth:`MarketDrift.smooth` defaults: log-odds
-−0.3 and sojourns +25 % per year); ``step`` (a step change on 2024-01-01,
+−0.3 and sojourns +25 % per year); ``step`` (a step change on 2023-10-01, two quarters before the first origin,
 :meth:`MarketDrift.step` defaults: log-odds −0.7 and sojourns +50 %); ``midstream``
 (the log recorded from 2023-01-01, with the deals then open already in progress).
 ``young6`` and ``young9`` forecast the next quarter from the first 6 and 9 months of
@@ -73,6 +75,8 @@ VARIANTS = ("full", "no_shocks", "no_draws", "no_pull_in", "no_shrinkage", "no_a
 GENERATORS = ("default", "smooth", "step", "midstream", "young6", "young9")
 #: Start of the recorded log of the mid-stream worlds (the process starts 2022-01-01).
 RECORDED_FROM = "2023-01-01"
+#: Date of the step change of the ``step`` worlds (two quarters before the first origin).
+STEP_AT = "2023-10-01"
 
 
 def _worlds(generator: str, world: int) -> list[tuple[Any, tuple[str, ...]]]:
@@ -81,7 +85,7 @@ def _worlds(generator: str, world: int) -> list[tuple[Any, tuple[str, ...]]]:
     if generator == "smooth":
         return [(generate_crm(seed=seed, end=END, drift=MarketDrift.smooth()), ORIGINS)]
     if generator == "step":
-        return [(generate_crm(seed=seed, end=END, drift=MarketDrift.step("2024-01-01")), ORIGINS)]
+        return [(generate_crm(seed=seed, end=END, drift=MarketDrift.step(STEP_AT)), ORIGINS)]
     if generator == "midstream":
         return [(generate_crm(seed=seed, end=END, recorded_from=RECORDED_FROM), ORIGINS)]
     if generator in ("young6", "young9"):
@@ -101,6 +105,16 @@ def _no_shocks(model: Any) -> Any:
     return model.replace(shocks=dataclasses.replace(model.shocks, sigma=0.0), draws=draws)
 
 
+def _shock_sigma(sigma: float) -> Any:
+    def transform(model: Any) -> Any:
+        draws = model.draws
+        if draws is not None:
+            draws = dataclasses.replace(draws, shock_sigma=np.full_like(draws.shock_sigma, sigma))
+        return model.replace(shocks=dataclasses.replace(model.shocks, sigma=sigma), draws=draws)
+
+    return transform
+
+
 def _no_pull_in(model: Any) -> Any:
     draws = model.draws
     if draws is not None:
@@ -114,6 +128,8 @@ def _variant(name: str, n_draws: int) -> tuple[dict[str, Any], Any, int]:
         value = name.removeprefix("half_life_")
         half_life = None if value == "none" else value if value == "auto" else float(value)
         return {"half_life": half_life}, None, n_draws
+    if name.startswith("shock_"):  # diagnosis: the shock sigma set to a value (e.g. the truth)
+        return {}, _shock_sigma(float(name.removeprefix("shock_"))), n_draws
     if name == "no_shocks":
         return {}, _no_shocks, n_draws
     if name == "no_draws":

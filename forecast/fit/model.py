@@ -21,7 +21,9 @@ from forecast.fit.amounts import AmountModel
 from forecast.fit.arrivals import ArrivalModel
 from forecast.fit.calendar_effects import QuarterEndEffect
 from forecast.fit.competing_risks import ExitCurves, win_probability
+from forecast.fit.data import FitData
 from forecast.fit.diagnostics import Diagnostic
+from forecast.fit.drift import drift_table
 from forecast.fit.exits import empty_shrinkage
 from forecast.fit.recency import HalfLifeChoice
 from forecast.fit.shocks import ShockModel
@@ -333,6 +335,40 @@ class PipelineModel:
             for d in self.diagnostics
             if d.stage == stage and d.segment in labels
         )
+
+    def drift(
+        self, log: DealLog, *, recent_quarters: int = 2, n_draws: int = 100, seed: int = 0
+    ) -> pl.DataFrame:
+        """Is the market turning? Per segment and stage, the recent quarters against the rest.
+
+        Win probability of a deal entering each stage and median days in it, estimated
+        separately from the last ``recent_quarters`` fiscal quarters (up to the model's
+        as-of date) and from the earlier history, with 95 % intervals and a test of no
+        change (:func:`forecast.fit.drift.drift_table`).
+
+        Parameters
+        ----------
+        log : DealLog
+            The history the model was fitted on (only what the as-of date knows is read).
+        recent_quarters : int, default 2
+        n_draws : int, default 100
+            Bootstrap draws behind the intervals and tests.
+        seed : int, default 0
+
+        Returns
+        -------
+        polars.DataFrame
+            :data:`forecast.fit.drift.DRIFT_COLUMNS`, one row per segment and stage.
+        """
+        data = FitData.from_log(
+            log,
+            as_of=self.as_of,
+            segment_by=self.segment_by,
+            calendar=self.calendar,
+            caller="drift",
+            recorded_from=self.options.get("recorded_from"),
+        )
+        return drift_table(data, recent_quarters=recent_quarters, n_draws=n_draws, seed=seed)
 
     # -- simulation ---------------------------------------------------------------------------
     def simulate(
