@@ -10,7 +10,8 @@ Generators
 - :func:`next_u64`: xoshiro256** (Blackman & Vigna 2018, reference ``xoshiro256starstar.c``).
 - :func:`uniform`: float64 on ``[0, 1)`` from the top 53 bits.
 - :func:`uniform_pair`: two float64 on ``[0, 1)`` from the two 32-bit halves of one output.
-- :func:`split_u64`: the same two halves of an output already drawn (high one as bits).
+- :func:`split_u64`: the same two halves of an output already drawn (high one as bits);
+  :func:`halves_u64`: both as bits.
 - :func:`normal`: standard normal by Box–Muller (two uniforms per normal, cosine branch).
 - :func:`gamma`: Gamma(shape, scale 1) by Marsaglia & Tsang (2000), with the
   ``U**(1/shape)`` boost for ``shape < 1``.
@@ -32,6 +33,7 @@ from forecast._kernels._options import jit
 __all__ = [
     "fill_uniform",
     "gamma",
+    "halves_u64",
     "next_u64",
     "normal",
     "path_state",
@@ -134,6 +136,12 @@ def uniform(state):
 
 
 @jit
+def halves_u64(x):
+    """The high and low 32 bits of one output ``x`` (uint64 each); the uniforms are ``half * 2**-32``."""
+    return x >> _U32, x & _LOW32
+
+
+@jit
 def split_u64(x):
     """The two 32-bit halves of one output ``x``: the high one as bits, the low one as a uniform.
 
@@ -147,7 +155,8 @@ def split_u64(x):
     u2 : float64
         The second uniform on ``[0, 1)``, from the low 32 bits.
     """
-    return x >> _U32, float(np.int64(x & _LOW32)) * _TWO_POW_M32
+    hi, lo = halves_u64(x)
+    return hi, float(np.int64(lo)) * _TWO_POW_M32
 
 
 @jit

@@ -11,7 +11,7 @@ Per path ``p`` (parameter draw ``b = p % B``), with its own stream
 3. then, for each winning deal in increasing ``n``: a uniform decides the QE window
    (``< p_qe[b, n, q]``) and a uniform picks the won/pipeline amount ratio among the
    segment's (normal or quarter-end) samples, both from the two 32-bit halves of one
-   64-bit output (two passes keep the first one free of unpredictable branches);
+   64-bit output;
 4. new deals, segments ``g = 0 .. G-1``, creation quarters ``c = 0 .. H-1``: if
    ``new_shape[g]`` is finite and > 0, a Gamma(shape)/shape multiplier ``x`` of the
    mean ``lam = new_counts[b, g, c]``; then, for ``q = 0 .. H-1``, the number of those
@@ -23,13 +23,14 @@ Per path ``p`` (parameter draw ``b = p % B``), with its own stream
 
 A CSR sample is ``values[lo + floor(u * count)]`` of its row.
 
-How it runs (none of it changes a draw or an operation per deal): step 2 goes by
-blocks of deals, first the block's uniforms (the generator is a serial chain), then the
-categorical for all of them in one loop over the deals that runs in SIMD lanes
-(:func:`_tilted_words`, on ``p_win`` transposed to (B, H, N)), which stores each
-deal's quarter and one bit per deal "wins". Step 3 visits the set bits in order, with
-unsigned indices and the QE decision as integer arithmetic (:func:`_below`), so its
-loop has no unpredictable branch.
+How it runs (none of it changes a draw or an operation per path): paths of the same
+parameter draw go in groups of :data:`~forecast._kernels.lanes.LANES`, one per SIMD
+lane, through step 2 (:func:`forecast._kernels.lanes.pipeline_outcomes`: the
+generators and the categoricals of the group run side by side, and each deal's
+probabilities are read once for the group); steps 3 and 4 then run path by path. Step
+3 visits the set bits of the winners' words in order, with the QE decision and the
+sample index as branch-free integer or float arithmetic that gives the bits of the
+plain reading (:func:`_below`, :func:`_sample_index`).
 
 A won amount is rounded to cents (int64) before any sum, so every sum is exact and
 order-independent: per-path totals, and per-deal sums accumulated per block of paths
@@ -42,32 +43,30 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import literally, prange, types
+from numba import prange, types
 from numba.extending import intrinsic
 
 from forecast._kernels._options import jit, jit_parallel
+from forecast._kernels.lanes import LANES, pipeline_outcomes
 from forecast._kernels.rng import (
     gamma,
+    halves_u64,
     next_u64,
     normal,
     path_state,
     poisson,
-    split_u64,
     uniform,
 )
 
 __all__ = ["sample_chunk"]
 
-#: Deals per block of phase 1: uniforms drawn, then tilted together (a multiple of 64;
-#: any value gives the same samples).
-_DEAL_BLOCK = 256
-#: Horizons up to this many quarters take a phase-1 loop unrolled over a fixed number of
-#: terms (4, 6 or 8); longer ones the same loop with a run-time count.
-_MAX_TERMS = 8
 _U1 = np.uint64(1)
 _U6 = np.uint64(6)
-_U63 = np.uint64(63)
-_TWO_POW_32 = 4294967296.0
+_U32 = np.uint64(32)
+_TWO_POW_M32 = 1.0 / 4294967296.0
+#: Largest sample count for which ``floor(u * count)`` with a 32-bit uniform ``u`` is
+#: computed in integers: ``lo * count < 2**53``, so the float product is exact.
+_EXACT_COUNT = np.uint64(2**21)
 
 
 @intrinsic
@@ -81,14 +80,26 @@ def _trailing_zeros(typingctx, x):
 
 
 @jit
-def _below(hi, p):
-    """``hi * 2**-32 < p`` as uint64 0 or 1, without a branch (``hi < 2**32``, ``0 <= p <= 1``).
+def _below(bits, p):
+    """``bits * 2**-32 < p`` as uint64 0 or 1 (``bits < 2**32``, ``0 <= p <= 1``).
 
-    Exact: scaling by 2**32 is exact, an integer is below ``x`` iff it is below
-    ``ceil(x)``, and the unsigned difference has its top bit set iff it is negative.
-    (A float comparison here compiles to an unpredictable branch.)
+    ``bits * 2**-32`` is exact, so this is the comparison of the uniform itself; as an
+    integer result it compiles to a flag, not a branch.
     """
-    return (hi - np.uint64(math.ceil(p * _TWO_POW_32))) >> _U63
+    return np.uint64(float(np.int64(bits)) * _TWO_POW_M32 < p)
+
+
+@jit
+def _sample_index(bits, count):
+    """``min(floor(u * count), count - 1)`` in float64 for ``u = bits * 2**-32``, as uint64.
+
+    For ``count <= 2**21`` the float product ``bits * count * 2**-32`` is exact (below
+    2**53), so its floor is the integer ``(bits * count) >> 32``, always ``< count``.
+    """
+    if count <= _EXACT_COUNT:
+        return (bits * count) >> _U32
+    u = float(np.int64(bits)) * _TWO_POW_M32
+    return np.uint64(min(np.int64(u * float(np.int64(count))), np.int64(count) - 1))
 
 
 @jit
@@ -106,76 +117,140 @@ def _to_cents(x):
 
 
 @jit
-def _tilted_words(n_terms, pwt, pn, m, n0, nb, u_blk, q_all, words):
-    """Phase 1 for deals ``n0 .. n0 + nb - 1``: each deal's outcome from its uniform.
+def _csr_rows(offsets):
+    """First index and size of every CSR row of ``offsets`` (R, G + 1), flat ``[r * (G + 1) + g]``."""
+    flat = offsets.reshape(-1)
+    first = np.zeros(flat.shape[0], dtype=np.uint64)
+    size = np.zeros(flat.shape[0], dtype=np.uint64)
+    for i in range(flat.shape[0] - 1):
+        first[i] = np.uint64(flat[i])
+        size[i] = np.uint64(flat[i + 1] - flat[i])
+    return first, size
 
-    Per deal, as a scalar loop would: ``acc += pwt[r, n] * m[r]`` for ``r = 0 ..``,
-    ``target = u * (acc + pn[n])``, ``q`` = number of cumulative weights ``<= target``.
-    The cumulative weights are computed twice (same operations, same values) so that
-    they stay in registers, and the loop over deals runs in SIMD lanes. Terms
-    ``r >= H`` use the last row with ``m[r] = 0``: they add a zero (the weight keeps
-    its bits) and can only raise a ``q`` that is already ``H`` (no win).
+
+@jit
+def _pipeline_wins(
+    n_lanes,
+    wins,
+    outcome,
+    p_qe,
+    deal_amount,
+    deal_segment,
+    ratio_first,
+    ratio_size,
+    ratio_values,
+    states,
+    cents,
+    wins_acc,
+    cents_acc,
+):
+    """Step 3 for the paths on lanes ``0 .. n_lanes - 1``: amounts of their winning deals.
+
+    Each path visits its winners in increasing ``n``; the paths take turns per word of
+    64 deals, so that the deals' data is read once for the group.
 
     Parameters
     ----------
-    n_terms : int64
-        Number of terms, ``>= H``; a constant at the call site makes a specialised
-        compilation with the loops over terms unrolled.
-    pwt : ndarray of float64, shape (H, N)
-        ``p_win`` of the path's draw, deal-minor.
-    pn : ndarray of float64, shape (N,)
-        ``p_none`` of the path's draw.
-    m : ndarray of float64, shape (>= n_terms,)
-        The path's shock multipliers, 0 beyond ``H``.
-    n0, nb : int64
-        First deal (a multiple of 64) and number of deals.
-    u_blk : ndarray of float64, shape (>= nb,)
-        The deals' uniforms.
-    q_all : ndarray of int64, shape (N,)
-        Output: the winning quarter of each winning deal (``>= H`` for the others).
-    words : ndarray of uint64, shape (ceil(N / 64),)
-        Output: bit ``k`` of word ``w`` is set iff deal ``64 w + k`` wins.
+    n_lanes : int64
+        Number of paths in the group.
+    wins : ndarray of uint64, shape (ceil(N / 64), LANES)
+        Winner bits (from :func:`~forecast._kernels.lanes.pipeline_outcomes`).
+    outcome : ndarray of int32, shape (N, LANES)
+        Winning quarter of each winner.
+    p_qe : ndarray of float64, shape (N * H,)
+        The draw's P(QE window | win in q), flat ``[n * H + q]``.
+    deal_amount, deal_segment : ndarray, shape (N,)
+    ratio_first, ratio_size : ndarray of uint64, shape (2 * (G + 1),)
+        First index and size of the ratio samples of row ``in_qe * (G + 1) + g``.
+    ratio_values : ndarray of float64
+    states : ndarray of uint64, shape (4, LANES)
+        The paths' generator states after step 2; advanced.
+    cents : ndarray of int64, shape (LANES, H, G, 2)
+        The paths' won cents; ``[lane, q, g, 0]`` is added to.
+    wins_acc, cents_acc : ndarray of int64, shape (N * H,)
+        The block's per-deal sums, added to.
     """
-    n_q = pwt.shape[0]
-    last = n_q - 1
-    for wd in range((nb + 63) // 64):
-        k0 = wd * 64
-        n_first = np.uint64(n0 + k0)  # unsigned indices: contiguous SIMD loads
-        bits = np.uint64(0)
-        for k in range(min(64, nb - k0)):
-            n = n_first + np.uint64(k)
-            acc = 0.0
-            for r in range(n_terms):
-                acc += pwt[min(r, last), n] * m[r]
-            target = u_blk[k0 + k] * (acc + pn[n])
-            acc = 0.0
-            q = 0
-            for r in range(n_terms):
-                acc += pwt[min(r, last), n] * m[r]
-                q += target >= acc
-            q_all[n] = q
-            bits |= np.uint64(q < n_q) << np.uint64(k)
-        words[(n0 + k0) >> 6] = bits
+    n_q = np.uint64(cents.shape[1])
+    stride = np.uint64(cents.shape[2] + 1)
+    for wd in range(wins.shape[0]):
+        base = np.uint64(wd) << _U6
+        for lane in range(n_lanes):
+            w = wins[wd, lane]
+            if w == 0:
+                continue
+            state = (states[0, lane], states[1, lane], states[2, lane], states[3, lane])
+            while w != 0:
+                n = base + _trailing_zeros(w)
+                w &= w - _U1
+                q = np.uint64(outcome[n, lane])
+                nq = n * n_q + q
+                g = np.uint64(deal_segment[n])
+                x, state = next_u64(state)
+                hi_bits, lo_bits = halves_u64(x)
+                row = _below(hi_bits, p_qe[nq]) * stride + g
+                ratio = ratio_values[ratio_first[row] + _sample_index(lo_bits, ratio_size[row])]
+                c = _to_cents(deal_amount[n] * ratio)
+                cents[lane, q, g, 0] += c
+                wins_acc[nq] += 1
+                cents_acc[nq] += c
+            for word in range(4):
+                states[word, lane] = state[word]
 
 
 @jit
-def _tilted_fixed(n_terms, pwt, pn, m, n0, nb, u_blk, q_all, words):
-    """:func:`_tilted_words` compiled for the literal ``n_terms``."""
-    _tilted_words(literally(n_terms), pwt, pn, m, n0, nb, u_blk, q_all, words)
-
-
-@jit
-def _tilted_block(pwt, pn, m, n0, nb, u_blk, q_all, words):
-    """:func:`_tilted_words` with ``n_terms`` H rounded up to 4, 6 or 8, or H beyond 8."""
-    n_q = pwt.shape[0]
-    if n_q <= 4:
-        _tilted_fixed(4, pwt, pn, m, n0, nb, u_blk, q_all, words)
-    elif n_q <= 6:
-        _tilted_fixed(6, pwt, pn, m, n0, nb, u_blk, q_all, words)
-    elif n_q <= _MAX_TERMS:
-        _tilted_fixed(8, pwt, pn, m, n0, nb, u_blk, q_all, words)
-    else:
-        _tilted_words(n_q, pwt, pn, m, n0, nb, u_blk, q_all, words)
+def _new_deal_wins(
+    b,
+    m,
+    new_counts,
+    new_shape,
+    new_pmf,
+    new_none,
+    new_qe,
+    amount_first,
+    amount_size,
+    new_amount_values,
+    ratio_offsets,
+    ratio_values,
+    state,
+    cum,
+    cents,
+):
+    """Step 4 for one path: won cents of new deals into ``cents[q, g, 1]``; returns the state."""
+    n_q = cents.shape[0]
+    for g in range(cents.shape[1]):
+        shape = new_shape[g]
+        for cq in range(n_q):
+            lam = new_counts[b, g, cq]
+            if not lam > 0.0:
+                continue
+            if shape > 0.0 and shape < np.inf:
+                x, state = gamma(state, shape)
+                lam = lam * x / shape
+            # Poisson splitting: given the multiplier, the new deals of (g, cq) winning in
+            # quarter q are Poisson(lam * P'(q)), independently.
+            acc = 0.0
+            for q in range(n_q):
+                cum[q] = new_pmf[b, g, cq, q] * m[q]
+                acc += cum[q]
+            z_norm = acc + new_none[b, g, cq]
+            if not z_norm > 0.0:
+                continue
+            first = amount_first[g]
+            size = amount_size[g]
+            for q in range(n_q):
+                k, state = poisson(state, lam * cum[q] / z_norm)
+                p_qe_new = new_qe[b, g, cq, q]
+                won = 0  # exact integer sum: kept in a register
+                for _ in range(k):
+                    x, state = next_u64(state)
+                    hi_bits, lo_bits = halves_u64(x)
+                    u3, state = uniform(state)
+                    in_qe = _below(hi_bits, p_qe_new)
+                    amount = new_amount_values[first + _sample_index(lo_bits, size)]
+                    ratio = _pick(ratio_offsets, ratio_values, in_qe, g, u3)
+                    won += _to_cents(amount * ratio)
+                cents[q, g, 1] += won
+    return state
 
 
 @jit_parallel
@@ -260,99 +335,75 @@ def sample_chunk(
     n_deals = p_win_t.shape[2]
     n_seg = new_counts.shape[1]
     n_paths = path_stop - path_start
+    ratio_first, ratio_size = _csr_rows(ratio_offsets)
+    amount_first, amount_size = _csr_rows(new_amount_offsets)
     for blk in prange(n_blocks):
         lo = path_start + (blk * n_paths) // n_blocks
         hi = path_start + ((blk + 1) * n_paths) // n_blocks
-        m = np.zeros(max(n_q, _MAX_TERMS))  # 0 beyond H: see _tilted_words
+        states = np.empty((4, LANES), dtype=np.uint64)
+        shocks = np.empty((n_q, LANES))
+        outcome = np.empty((n_deals, LANES), dtype=np.int32)
+        wins = np.empty(((n_deals + 63) // 64, LANES), dtype=np.uint64)
+        m = np.empty(n_q)
         cum = np.empty(n_q)
-        u_blk = np.empty(_DEAL_BLOCK)
-        q_all = np.empty(n_deals, dtype=np.int64)
-        words = np.empty((n_deals + 63) // 64, dtype=np.uint64)
-        cents = np.zeros((n_q, n_seg, 2), dtype=np.int64)
+        cents = np.zeros((LANES, n_q, n_seg, 2), dtype=np.int64)
         wins_acc = block_wins[blk].reshape(-1)  # [n * H + q]
         cents_acc = block_cents[blk].reshape(-1)
-        ratio_flat = ratio_offsets.reshape(-1)  # [row * (G + 1) + g]
-        nqu = np.uint64(n_q)
-        rstride = np.uint64(n_seg + 1)
-        for p in range(lo, hi):
-            state = path_state(seed, p)
-            b = p % n_draws
+        # Paths of draw b in [lo, hi): first, first + B, ...; LANES of them at a time.
+        for b in range(n_draws):
             s = shock_sigma[b]
-            for q in range(n_q):
-                z, state = normal(state)
-                m[q] = math.exp(-0.5 * s * s + s * z)
-            cents[:] = 0
-            pwt = p_win_t[b]
-            pn = p_none[b]
-            pq = p_qe[b].reshape(-1)  # [n * H + q]
-            # Phase 1, per block of deals: the block's uniforms (a serial chain), then
-            # the tilted categorical with a loop over the deals (SIMD): q = number of
-            # cumulative tilted weights <= u * Z, i.e. the first q whose cumulative
-            # weight exceeds u * Z; q >= H means no win.
-            for n0 in range(0, n_deals, _DEAL_BLOCK):
-                nb = min(_DEAL_BLOCK, n_deals - n0)
-                for k in range(nb):
-                    u, state = uniform(state)
-                    u_blk[k] = u
-                _tilted_block(pwt, pn, m, n0, nb, u_blk, q_all, words)
-            # Phase 2: per winner (increasing n: the set bits of the words), a QE uniform
-            # and a ratio uniform; unsigned indices (no wraparound code), the QE row
-            # without a branch, and _pick written out on the flat CSR offsets.
-            for wd in range(words.shape[0]):
-                w = words[wd]
-                base = np.uint64(wd) << _U6
-                while w != 0:
-                    n = base + _trailing_zeros(w)
-                    w &= w - _U1
-                    q = np.uint64(q_all[n])
-                    nq = n * nqu + q
-                    g = np.uint64(deal_segment[n])
-                    x, state = next_u64(state)
-                    hi_bits, u2 = split_u64(x)
-                    row = _below(hi_bits, pq[nq]) * rstride + g
-                    lo_r = ratio_flat[row]
-                    count = ratio_flat[row + _U1] - lo_r
-                    i = np.int64(u2 * count)
-                    ratio = ratio_values[np.uint64(lo_r + min(i, count - 1))]
-                    c = _to_cents(deal_amount[n] * ratio)
-                    cents[q, g, 0] += c
-                    wins_acc[nq] += 1
-                    cents_acc[nq] += c
-            # New deals.
-            for g in range(n_seg):
-                shape = new_shape[g]
-                for cq in range(n_q):
-                    lam = new_counts[b, g, cq]
-                    if not lam > 0.0:
-                        continue
-                    if shape > 0.0 and shape < np.inf:
-                        x, state = gamma(state, shape)
-                        lam = lam * x / shape
-                    # Poisson splitting: given the multiplier, the new deals of (g, cq)
-                    # winning in quarter q are Poisson(lam * P'(q)), independently.
-                    acc = 0.0
+            first = lo + (b - lo) % n_draws
+            for p0 in range(first, hi, LANES * n_draws):
+                n_lanes = min(LANES, (hi - 1 - p0) // n_draws + 1)
+                for lane in range(LANES):  # spare lanes repeat the group's last path
+                    state = path_state(seed, p0 + min(lane, n_lanes - 1) * n_draws)
                     for q in range(n_q):
-                        cum[q] = new_pmf[b, g, cq, q] * m[q]
-                        acc += cum[q]
-                    z_norm = acc + new_none[b, g, cq]
-                    if not z_norm > 0.0:
-                        continue
+                        z, state = normal(state)
+                        shocks[q, lane] = math.exp(-0.5 * s * s + s * z)
+                    for word in range(4):
+                        states[word, lane] = state[word]
+                pipeline_outcomes(states, p_win_t[b], p_none[b], shocks, outcome, wins)
+                cents[:] = 0
+                _pipeline_wins(
+                    n_lanes,
+                    wins,
+                    outcome,
+                    p_qe[b].reshape(-1),
+                    deal_amount,
+                    deal_segment,
+                    ratio_first,
+                    ratio_size,
+                    ratio_values,
+                    states,
+                    cents,
+                    wins_acc,
+                    cents_acc,
+                )
+                for lane in range(n_lanes):
+                    state = (states[0, lane], states[1, lane], states[2, lane], states[3, lane])
                     for q in range(n_q):
-                        k, state = poisson(state, lam * cum[q] / z_norm)
-                        p_qe_new = new_qe[b, g, cq, q]
-                        won = 0  # exact integer sum: kept in a register
-                        for _ in range(k):
-                            x, state = next_u64(state)
-                            hi_bits, u2 = split_u64(x)
-                            u3, state = uniform(state)
-                            in_qe = _below(hi_bits, p_qe_new)
-                            amount = _pick(new_amount_offsets, new_amount_values, 0, g, u2)
-                            ratio = _pick(ratio_offsets, ratio_values, in_qe, g, u3)
-                            won += _to_cents(amount * ratio)
-                        cents[q, g, 1] += won
-            row = p - path_start
-            for q in range(n_q):
-                for g in range(n_seg):
-                    totals[row, q, g, 0] = cents[q, g, 0] / 100.0
-                    totals[row, q, g, 1] = cents[q, g, 1] / 100.0
+                        m[q] = shocks[q, lane]
+                    path_cents = cents[lane]
+                    _new_deal_wins(
+                        b,
+                        m,
+                        new_counts,
+                        new_shape,
+                        new_pmf,
+                        new_none,
+                        new_qe,
+                        amount_first,
+                        amount_size,
+                        new_amount_values,
+                        ratio_offsets,
+                        ratio_values,
+                        state,
+                        cum,
+                        path_cents,
+                    )
+                    row = p0 + lane * n_draws - path_start
+                    for q in range(n_q):
+                        for g in range(n_seg):
+                            totals[row, q, g, 0] = path_cents[q, g, 0] / 100.0
+                            totals[row, q, g, 1] = path_cents[q, g, 1] / 100.0
     return 0
