@@ -63,6 +63,7 @@ __all__ = ["sample_chunk"]
 _U1 = np.uint64(1)
 _U6 = np.uint64(6)
 _U32 = np.uint64(32)
+_U63 = np.uint64(63)
 _TWO_POW_M32 = 1.0 / 4294967296.0
 #: Largest sample count for which ``floor(u * count)`` with a 32-bit uniform ``u`` is
 #: computed in integers: ``lo * count < 2**53``, so the float product is exact.
@@ -79,14 +80,26 @@ def _trailing_zeros(typingctx, x):
     return types.uint64(types.uint64), codegen
 
 
+@intrinsic
+def _float_bits(typingctx, x):
+    """The bits of a float64 as a uint64 (a bit cast)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.uint64(types.float64), codegen
+
+
 @jit
 def _below(bits, p):
     """``bits * 2**-32 < p`` as uint64 0 or 1 (``bits < 2**32``, ``0 <= p <= 1``).
 
-    ``bits * 2**-32`` is exact, so this is the comparison of the uniform itself; as an
-    integer result it compiles to a flag, not a branch.
+    ``bits * 2**-32`` is exact, so this is the comparison of the uniform itself, taken
+    as the sign bit of the difference: a difference of two floats is zero only if they
+    are equal, and never changes sign in rounding. (A float comparison here compiles to
+    an unpredictable branch.)
     """
-    return np.uint64(float(np.int64(bits)) * _TWO_POW_M32 < p)
+    return _float_bits(float(np.int64(bits)) * _TWO_POW_M32 - p) >> _U63
 
 
 @jit
