@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import numba
 
-__all__ = ["jit", "jit_parallel"]
+__all__ = ["jit"]
 
 #: Options of every serial kernel.
 JIT_OPTIONS: dict[str, bool | str] = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 #: ``numba.njit`` with the package options (serial kernels and inlined helpers).
 jit = numba.njit(**JIT_OPTIONS)
-
-#: ``numba.njit`` with the package options and ``parallel=True`` (kernels using ``prange``).
-jit_parallel = numba.njit(parallel=True, **JIT_OPTIONS)

@@ -39,14 +39,17 @@ and reduced in block order.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import threading
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import types
 from numba.extending import intrinsic
 
-from forecast._kernels._options import jit, jit_parallel
+from forecast._kernels._options import jit
 from forecast._kernels.lanes import LANES, pipeline_outcomes
 from forecast._kernels.rng import (
     gamma,
@@ -266,7 +269,6 @@ def _new_deal_wins(
     return state
 
 
-@jit_parallel
 def sample_chunk(
     p_win_t,
     p_none,
@@ -331,8 +333,8 @@ def sample_chunk(
     path_start, path_stop : int64
         Global path range.
     n_blocks : int64
-        Number of blocks the range is split into (one prange iteration each); any
-        value gives the same samples.
+        Number of blocks the range is split into, run on as many threads (one block
+        runs in the calling thread); any value gives the same samples.
     totals : ndarray of float64, shape (path_stop - path_start, H, G, 2)
         Output: won amount per path, quarter, segment, source (0 pipeline, 1 new).
     block_wins, block_cents : ndarray of int64, shape (>= n_blocks, N, H)
@@ -343,6 +345,83 @@ def sample_chunk(
     status : int64
         0.
     """
+    blocks = (
+        p_win_t,
+        p_none,
+        p_qe,
+        deal_amount,
+        deal_segment,
+        ratio_offsets,
+        ratio_values,
+        new_counts,
+        new_shape,
+        new_pmf,
+        new_none,
+        new_qe,
+        new_amount_offsets,
+        new_amount_values,
+        shock_sigma,
+        seed,
+        path_start,
+        path_stop,
+        n_blocks,
+    )
+    outputs = (totals, block_wins, block_cents)
+    if n_blocks <= 1:
+        _sample_block(*blocks, 0, *outputs)
+        return 0
+    futures = [_pool().submit(_sample_block, *blocks, blk, *outputs) for blk in range(n_blocks)]
+    try:
+        for future in futures:
+            future.result()
+    except BaseException:  # Ctrl-C while waiting: let the running blocks finish first
+        concurrent.futures.wait(futures)
+        raise
+    return 0
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that run blocks (as many as Numba may use; the kernel releases the GIL)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                max_workers=numba.config.NUMBA_NUM_THREADS, thread_name_prefix="forecast-sample"
+            )
+    return _POOL
+
+
+@jit
+def _sample_block(
+    p_win_t,
+    p_none,
+    p_qe,
+    deal_amount,
+    deal_segment,
+    ratio_offsets,
+    ratio_values,
+    new_counts,
+    new_shape,
+    new_pmf,
+    new_none,
+    new_qe,
+    new_amount_offsets,
+    new_amount_values,
+    shock_sigma,
+    seed,
+    path_start,
+    path_stop,
+    n_blocks,
+    blk,
+    totals,
+    block_wins,
+    block_cents,
+):
+    """Block ``blk`` of :func:`sample_chunk`: its share of the paths, and its row of the deal sums."""
     n_draws = p_win_t.shape[0]
     n_q = p_win_t.shape[1]
     n_deals = p_win_t.shape[2]
@@ -350,73 +429,72 @@ def sample_chunk(
     n_paths = path_stop - path_start
     ratio_first, ratio_size = _csr_rows(ratio_offsets)
     amount_first, amount_size = _csr_rows(new_amount_offsets)
-    for blk in prange(n_blocks):
-        lo = path_start + (blk * n_paths) // n_blocks
-        hi = path_start + ((blk + 1) * n_paths) // n_blocks
-        states = np.empty((4, LANES), dtype=np.uint64)
-        shocks = np.empty((n_q, LANES))
-        outcome = np.empty((n_deals, LANES), dtype=np.int32)
-        wins = np.empty(((n_deals + 63) // 64, LANES), dtype=np.uint64)
-        m = np.empty(n_q)
-        cum = np.empty(n_q)
-        cents = np.zeros((LANES, n_q, n_seg, 2), dtype=np.int64)
-        wins_acc = block_wins[blk].reshape(-1)  # [n * H + q]
-        cents_acc = block_cents[blk].reshape(-1)
-        # Paths of draw b in [lo, hi): first, first + B, ...; LANES of them at a time.
-        for b in range(n_draws):
-            s = shock_sigma[b]
-            first = lo + (b - lo) % n_draws
-            for p0 in range(first, hi, LANES * n_draws):
-                n_lanes = min(LANES, (hi - 1 - p0) // n_draws + 1)
-                for lane in range(LANES):  # spare lanes repeat the group's last path
-                    state = path_state(seed, p0 + min(lane, n_lanes - 1) * n_draws)
-                    for q in range(n_q):
-                        z, state = normal(state)
-                        shocks[q, lane] = math.exp(-0.5 * s * s + s * z)
-                    for word in range(4):
-                        states[word, lane] = state[word]
-                pipeline_outcomes(states, p_win_t[b], p_none[b], shocks, outcome, wins)
-                cents[:] = 0
-                _pipeline_wins(
-                    n_lanes,
-                    wins,
-                    outcome,
-                    p_qe[b].reshape(-1),
-                    deal_amount,
-                    deal_segment,
-                    ratio_first,
-                    ratio_size,
+    lo = path_start + (blk * n_paths) // n_blocks
+    hi = path_start + ((blk + 1) * n_paths) // n_blocks
+    states = np.empty((4, LANES), dtype=np.uint64)
+    shocks = np.empty((n_q, LANES))
+    outcome = np.empty((n_deals, LANES), dtype=np.int32)
+    wins = np.empty(((n_deals + 63) // 64, LANES), dtype=np.uint64)
+    m = np.empty(n_q)
+    cum = np.empty(n_q)
+    cents = np.zeros((LANES, n_q, n_seg, 2), dtype=np.int64)
+    wins_acc = block_wins[blk].reshape(-1)  # [n * H + q]
+    cents_acc = block_cents[blk].reshape(-1)
+    # Paths of draw b in [lo, hi): first, first + B, ...; LANES of them at a time.
+    for b in range(n_draws):
+        s = shock_sigma[b]
+        first = lo + (b - lo) % n_draws
+        for p0 in range(first, hi, LANES * n_draws):
+            n_lanes = min(LANES, (hi - 1 - p0) // n_draws + 1)
+            for lane in range(LANES):  # spare lanes repeat the group's last path
+                state = path_state(seed, p0 + min(lane, n_lanes - 1) * n_draws)
+                for q in range(n_q):
+                    z, state = normal(state)
+                    shocks[q, lane] = math.exp(-0.5 * s * s + s * z)
+                for word in range(4):
+                    states[word, lane] = state[word]
+            pipeline_outcomes(states, p_win_t[b], p_none[b], shocks, outcome, wins)
+            cents[:] = 0
+            _pipeline_wins(
+                n_lanes,
+                wins,
+                outcome,
+                p_qe[b].reshape(-1),
+                deal_amount,
+                deal_segment,
+                ratio_first,
+                ratio_size,
+                ratio_values,
+                states,
+                cents,
+                wins_acc,
+                cents_acc,
+            )
+            for lane in range(n_lanes):
+                state = (states[0, lane], states[1, lane], states[2, lane], states[3, lane])
+                for q in range(n_q):
+                    m[q] = shocks[q, lane]
+                path_cents = cents[lane]
+                _new_deal_wins(
+                    b,
+                    m,
+                    new_counts,
+                    new_shape,
+                    new_pmf,
+                    new_none,
+                    new_qe,
+                    amount_first,
+                    amount_size,
+                    new_amount_values,
+                    ratio_offsets,
                     ratio_values,
-                    states,
-                    cents,
-                    wins_acc,
-                    cents_acc,
+                    state,
+                    cum,
+                    path_cents,
                 )
-                for lane in range(n_lanes):
-                    state = (states[0, lane], states[1, lane], states[2, lane], states[3, lane])
-                    for q in range(n_q):
-                        m[q] = shocks[q, lane]
-                    path_cents = cents[lane]
-                    _new_deal_wins(
-                        b,
-                        m,
-                        new_counts,
-                        new_shape,
-                        new_pmf,
-                        new_none,
-                        new_qe,
-                        amount_first,
-                        amount_size,
-                        new_amount_values,
-                        ratio_offsets,
-                        ratio_values,
-                        state,
-                        cum,
-                        path_cents,
-                    )
-                    row = p0 + lane * n_draws - path_start
-                    for q in range(n_q):
-                        for g in range(n_seg):
-                            totals[row, q, g, 0] = path_cents[q, g, 0] / 100.0
-                            totals[row, q, g, 1] = path_cents[q, g, 1] / 100.0
+                row = p0 + lane * n_draws - path_start
+                for q in range(n_q):
+                    for g in range(n_seg):
+                        totals[row, q, g, 0] = path_cents[q, g, 0] / 100.0
+                        totals[row, q, g, 1] = path_cents[q, g, 1] / 100.0
     return 0
