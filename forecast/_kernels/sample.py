@@ -133,18 +133,6 @@ def _to_cents(x):
 
 
 @jit
-def _csr_rows(offsets):
-    """First index and size of every CSR row of ``offsets`` (R, G + 1), flat ``[r * (G + 1) + g]``."""
-    flat = offsets.reshape(-1)
-    first = np.zeros(flat.shape[0], dtype=np.uint64)
-    size = np.zeros(flat.shape[0], dtype=np.uint64)
-    for i in range(flat.shape[0] - 1):
-        first[i] = np.uint64(flat[i])
-        size[i] = np.uint64(flat[i + 1] - flat[i])
-    return first, size
-
-
-@jit
 def _pipeline_wins(
     n_lanes,
     wins,
@@ -152,8 +140,7 @@ def _pipeline_wins(
     p_qe,
     deal_amount,
     deal_segment,
-    ratio_first,
-    ratio_size,
+    ratio_offsets,
     ratio_values,
     states,
     cents,
@@ -176,8 +163,8 @@ def _pipeline_wins(
     p_qe : ndarray of float64, shape (N * H,)
         The draw's P(QE window | win in q), flat ``[n * H + q]``.
     deal_amount, deal_segment : ndarray, shape (N,)
-    ratio_first, ratio_size : ndarray of uint64, shape (2 * (G + 1),)
-        First index and size of the ratio samples of row ``in_qe * (G + 1) + g``.
+    ratio_offsets : ndarray of int64, shape (2 * (G + 1),)
+        CSR offsets of the ratio samples, flat: row ``in_qe * (G + 1) + g``.
     ratio_values : ndarray of float64
     states : ndarray of uint64, shape (4, LANES)
         The paths' generator states after step 2; advanced.
@@ -204,7 +191,9 @@ def _pipeline_wins(
                 x, state = next_u64(state)
                 hi_bits, lo_bits = halves_u64(x)
                 row = _below(hi_bits, p_qe[nq]) * stride + g
-                ratio = ratio_values[ratio_first[row] + _sample_index(lo_bits, ratio_size[row])]
+                first = ratio_offsets[row]
+                size = np.uint64(ratio_offsets[row + _U1] - first)
+                ratio = ratio_values[np.uint64(first) + _sample_index(lo_bits, size)]
                 c = _to_cents(deal_amount[n] * ratio)
                 cents[lane, q, g, 0] += c
                 wins_acc[nq] += 1
@@ -222,8 +211,7 @@ def _new_deal_wins(
     new_pmf,
     new_none,
     new_qe,
-    amount_first,
-    amount_size,
+    new_amount_offsets,
     new_amount_values,
     ratio_offsets,
     ratio_values,
@@ -251,8 +239,8 @@ def _new_deal_wins(
             z_norm = acc + new_none[b, g, cq]
             if not z_norm > 0.0:
                 continue
-            first = amount_first[g]
-            size = amount_size[g]
+            first = np.uint64(new_amount_offsets[0, g])
+            size = np.uint64(new_amount_offsets[0, g + 1]) - first
             for q in range(n_q):
                 k, state = poisson(state, lam * cum[q] / z_norm)
                 p_qe_new = new_qe[b, g, cq, q]
@@ -427,16 +415,16 @@ def _sample_block(
     n_deals = p_win_t.shape[2]
     n_seg = new_counts.shape[1]
     n_paths = path_stop - path_start
-    ratio_first, ratio_size = _csr_rows(ratio_offsets)
-    amount_first, amount_size = _csr_rows(new_amount_offsets)
+    ratio_flat = ratio_offsets.reshape(-1)  # [in_qe * (G + 1) + g]
     lo = path_start + (blk * n_paths) // n_blocks
     hi = path_start + ((blk + 1) * n_paths) // n_blocks
     states = np.empty((4, LANES), dtype=np.uint64)
     shocks = np.empty((n_q, LANES))
     outcome = np.empty((n_deals, LANES), dtype=np.int32)
     wins = np.empty(((n_deals + 63) // 64, LANES), dtype=np.uint64)
-    m = np.empty(n_q)
-    cum = np.empty(n_q)
+    scratch = np.empty((2, n_q))
+    m = scratch[0]  # the path's shock multipliers
+    cum = scratch[1]
     cents = np.zeros((LANES, n_q, n_seg, 2), dtype=np.int64)
     wins_acc = block_wins[blk].reshape(-1)  # [n * H + q]
     cents_acc = block_cents[blk].reshape(-1)
@@ -462,8 +450,7 @@ def _sample_block(
                 p_qe[b].reshape(-1),
                 deal_amount,
                 deal_segment,
-                ratio_first,
-                ratio_size,
+                ratio_flat,
                 ratio_values,
                 states,
                 cents,
@@ -483,8 +470,7 @@ def _sample_block(
                     new_pmf,
                     new_none,
                     new_qe,
-                    amount_first,
-                    amount_size,
+                    new_amount_offsets,
                     new_amount_values,
                     ratio_offsets,
                     ratio_values,

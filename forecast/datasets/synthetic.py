@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import optimize, special, stats
+from scipy import optimize, special
 
 from forecast.calendar import FiscalCalendar, _as_datetime
 from forecast.data.stages import StageMap
@@ -458,6 +458,8 @@ def _tables() -> _Tables:
 
 
 def _sojourn_dist(t: _Tables, g: int, k: int, j: int) -> SojournDistribution:
+    from scipy import stats  # imported when used: it takes half a second
+
     main = stats.gamma(t.shape[g, k, j], scale=t.scale[g, k, j])
     w = float(t.zombie_w[g, k, j])
     if w == 0.0:
@@ -584,6 +586,8 @@ def generate_crm(
     >>> 0 < crm.truth.win_probability("SMB", "Prospecting") < 1
     True
     """
+    from scipy import stats  # imported when used: it takes half a second
+
     cal = FiscalCalendar() if calendar is None else calendar
     if not isinstance(cal, FiscalCalendar):
         raise ParameterError(
