@@ -8,6 +8,11 @@ documented per-path draw order.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+import warnings
+
 import numba
 import numpy as np
 import pytest
@@ -517,6 +522,27 @@ def test_samples_identical_for_threads_and_chunks(model):
     assert np.array_equal(a.deal_won_cents + b.deal_won_cents, base.deal_won_cents)
     other = simulate_arrays(arrays, n_paths=301, seed=43, outcomes=outcomes)
     assert not np.array_equal(other.totals, base.totals)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_samples_with_threads(model):
+    """The sampler's thread pool does not survive a fork; the child starts its own."""
+    arrays, outcomes = model
+    base = simulate_arrays(arrays, n_paths=120, seed=8, outcomes=outcomes, threads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        child = simulate_arrays(arrays, n_paths=120, seed=8, outcomes=outcomes, threads=2)
+        os._exit(0 if np.array_equal(child.totals, base.totals) else 3)
+    deadline = time.monotonic() + 120.0  # a child waiting on a dead pool would hang
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not finish sampling")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_pipeline_totals_conserve_deal_cents(model):
