@@ -5,8 +5,8 @@
 the outcome kernels) and SHA-256 digests of the outputs ``totals``, ``deal_wins`` and
 ``deal_won_cents`` (plus the two per-deal arrays in full, for a readable failure).
 The file was written by ``python tests/test_saved_samples.py --write`` from the
-float64 sampling kernel of commit 546fdd1 (before the 32-bit categorical), and must
-never be rewritten: a change of any digest is a change of the samples a user gets
+sampling kernel of commit 546fdd1 (one path at a time, before the rework into SIMD
+lanes and threads), and must never be rewritten: a change of any digest is a change of the samples a user gets
 for a seed. Each case is run with 1 and 2 threads, several chunk sizes and as two
 shards.
 

@@ -23,14 +23,18 @@ Per path ``p`` (parameter draw ``b = p % B``), with its own stream
 
 A CSR sample is ``values[lo + floor(u * count)]`` of its row.
 
-How it runs (none of it changes a draw or an operation per path): paths of the same
-parameter draw go in groups of :data:`~forecast._kernels.lanes.LANES`, one per SIMD
-lane, through step 2 (:func:`forecast._kernels.lanes.pipeline_outcomes`: the
+How it runs (none of it changes a draw or an operation per path): a chunk's path
+range is split into blocks that run on a pool of threads (the kernel releases the GIL;
+no Numba ``parallel=True``, which costs seconds of compilation). In a block, paths of
+the same parameter draw go in groups of :data:`~forecast._kernels.lanes.LANES`, one per
+SIMD lane, through step 2 (:func:`forecast._kernels.lanes.pipeline_outcomes`: the
 generators and the categoricals of the group run side by side, and each deal's
-probabilities are read once for the group); steps 3 and 4 then run path by path. Step
-3 visits the set bits of the winners' words in order, with the QE decision and the
-sample index as branch-free integer or float arithmetic that gives the bits of the
-plain reading (:func:`_below`, :func:`_sample_index`).
+probabilities are read once for the group); then step 3 for the group, the paths taking
+turns per word of 64 deals (the deals' data is read once for the group), and step 4
+path by path. Step 3 visits the set bits of the winners' words in order, with the QE
+decision and the sample index as branch-free integer or float arithmetic that gives
+the bits of the plain reading (:func:`_below`, :func:`_sample_index`). One compiled
+kernel serves every horizon (nothing is specialised per number of quarters).
 
 A won amount is rounded to cents (int64) before any sum, so every sum is exact and
 order-independent: per-path totals, and per-deal sums accumulated per block of paths
