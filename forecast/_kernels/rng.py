@@ -48,6 +48,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _U5 = np.uint64(5)
+_U7 = np.uint64(7)
 _U9 = np.uint64(9)
 _U11 = np.uint64(11)
 _U17 = np.uint64(17)
@@ -55,6 +56,8 @@ _U27 = np.uint64(27)
 _U30 = np.uint64(30)
 _U31 = np.uint64(31)
 _U32 = np.uint64(32)
+_U45 = np.uint64(45)
+_U64 = np.uint64(64)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _TWO_POW_M53 = 1.0 / 9007199254740992.0  # 2**-53
 _TWO_POW_M32 = 1.0 / 4294967296.0  # 2**-32
@@ -62,7 +65,8 @@ _TWO_POW_M32 = 1.0 / 4294967296.0  # 2**-32
 
 @jit
 def _rotl(x, k):
-    return (x << np.uint64(k)) | (x >> np.uint64(64 - k))
+    """``x`` rotated left by ``k`` bits (uint64 both, ``0 < k < 64``)."""
+    return (x << k) | (x >> (_U64 - k))
 
 
 @jit
@@ -117,14 +121,14 @@ def path_state(seed, path):
 def next_u64(state):
     """One xoshiro256** output: ``(value, new_state)`` with ``value`` a uint64."""
     s0, s1, s2, s3 = state
-    result = _rotl(s1 * _U5, 7) * _U9
+    result = _rotl(s1 * _U5, _U7) * _U9
     t = s1 << _U17
     s2 = s2 ^ s0
     s3 = s3 ^ s1
     s1 = s1 ^ s2
     s0 = s0 ^ s3
     s2 = s2 ^ t
-    s3 = _rotl(s3, 45)
+    s3 = _rotl(s3, _U45)
     return result, (s0, s1, s2, s3)
 
 

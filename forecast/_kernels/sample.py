@@ -433,14 +433,16 @@ def _sample_block(
     ratio_flat = ratio_offsets.reshape(-1)  # [in_qe * (G + 1) + g]
     lo = path_start + (blk * n_paths) // n_blocks
     hi = path_start + ((blk + 1) * n_paths) // n_blocks
-    states = np.empty((4, LANES), dtype=np.uint64)
-    shocks = np.empty((n_q, LANES))
-    outcome = np.empty((n_deals, LANES), dtype=np.int32)
-    wins = np.empty(((n_deals + 63) // 64, LANES), dtype=np.uint64)
-    scratch = np.empty((2, n_q))
+    # Shapes as plain int64 (no literals): fewer variants of np.empty to compile.
+    lanes = np.int64(LANES)
+    states = np.empty((np.int64(4), lanes), dtype=np.uint64)
+    shocks = np.empty((n_q, lanes))
+    outcome = np.empty((n_deals, lanes), dtype=np.int32)
+    wins = np.empty(((n_deals + 63) // 64, lanes), dtype=np.uint64)
+    scratch = np.empty((np.int64(2), n_q))
     m = scratch[0]  # the path's shock multipliers
     cum = scratch[1]
-    cents = np.zeros((LANES, n_q, n_seg, 2), dtype=np.int64)
+    cents = np.empty((lanes, n_q, n_seg, np.int64(2)), dtype=np.int64)  # zeroed per group
     wins_acc = block_wins[blk].reshape(-1)  # [n * H + q]
     cents_acc = block_cents[blk].reshape(-1)
     # Paths of draw b in [lo, hi): first, first + B, ...; LANES of them at a time.
