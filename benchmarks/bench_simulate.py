@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     kw = sampling_inputs(arrays, outcomes)
     sample_paths(**kw, seed=0, n_paths=50)
     print(f"mean P(win within horizon) per deal: {outcomes.p_win.sum(-1).mean():.3f}")
-    t_outcomes = min(_timed(lambda: outcome_probabilities(arrays))[0] for _ in range(2))
+    t_outcomes = min(_timed(lambda: outcome_probabilities(arrays))[1] for _ in range(2))  # CPU
 
     deal_paths = args.deals * args.paths
     n_uniform = 100_000_000 if not args.quick else 20_000_000
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = {th: [] for th in thread_counts}  # M deal-paths / CPU second
     ratios = {th: [] for th in thread_counts}  # per pair: engine rate / generator rate
     walls = {th: [] for th in thread_counts}
+    cpus = {th: [] for th in thread_counts}
     rng_rates = []
     for _ in range(args.repeat):
         for threads in thread_counts:
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             rates[threads].append(deal_paths / cpu / 1e6)
             ratios[threads].append((deal_paths / cpu) / (n_uniform / c_rng))
             walls[threads].append(wall)
+            cpus[threads].append(cpu)
     rng_rate = float(np.median(rng_rates))
 
     _, c_oracle = _timed(lambda: simulate_oracle(arrays, n_paths=args.oracle_paths, seed=1))
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(
-        f"{'measure (medians)':<42}{'wall s':>10}{'M deal-paths/s/core':>22}{'/ raw uniforms':>16}"
+        f"{'measure (medians)':<42}{'seconds':>10}{'M deal-paths/s/core':>22}{'/ raw uniforms':>16}"
     )
     for threads in thread_counts:
         wall = float(np.median(walls[threads]))
@@ -168,14 +170,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{f'engine sampling, {threads} thread(s)':<42}{wall:>10.3f}"
             f"{np.median(rates[threads]):>22.1f}{np.median(ratios[threads]):>16.3f}"
         )
-        t_all = wall + t_outcomes
+        cpu_all = float(np.median(cpus[threads])) + t_outcomes
         print(
-            f"{f'engine incl. outcomes, {threads} thread(s)':<42}{t_all:>10.3f}"
-            f"{deal_paths / t_all / threads / 1e6:>22.1f}"
+            f"{f'engine incl. outcomes, {threads} thread(s)':<42}{'':>10}"
+            f"{deal_paths / cpu_all / 1e6:>22.1f}"
         )
-    print(f"{f'NumPy oracle ({args.oracle_paths} paths)':<42}{c_oracle:>10.3f}{oracle_rate:>22.2f}")
+    print(
+        f"{f'NumPy oracle ({args.oracle_paths} paths), CPU':<42}{c_oracle:>10.3f}{oracle_rate:>22.2f}"
+    )
     print(f"{'raw generator (M uniforms/s/core)':<42}{'':>10}{rng_rate:>22.1f}")
-    print(f"{'outcome probabilities (one-off)':<42}{t_outcomes:>10.3f}")
+    print(f"{'outcome probabilities (one-off), CPU s':<42}{t_outcomes:>10.3f}")
     if compile_times is not None:
         (cold_wall, cold_cpu), (warm_wall, warm_cpu) = compile_times
         print(f"{'first call, cold cache: wall / CPU s':<42}{cold_wall:>10.2f}{cold_cpu:>22.2f}")
@@ -191,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"2 threads: per-core rate / 1 thread:     {two / one:8.2f}; wall speedup {speedup:.2f}"
         )
-    print(
-        f"at this run's generator speed, >= {TARGET:.0f} M deal-paths/s/core needs a ratio of "
-        f"{TARGET / rng_rate:.3f}: {'met' if ratio_rng >= TARGET / rng_rate else 'NOT met'}"
-    )
+    if not args.quick:  # the bar is set for the full-size pipeline
+        print(
+            f"at this run's generator speed, >= {TARGET:.0f} M deal-paths/s/core needs a ratio "
+            f"of {TARGET / rng_rate:.3f}: {'met' if ratio_rng >= TARGET / rng_rate else 'NOT met'}"
+        )
 
     rows = [
         result(
