@@ -239,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             result(
                 "simulate",
-                "first call, cold Numba cache",
-                compile_times[0][0],
+                "first call, cold Numba cache (CPU)",
+                compile_times[0][1],
                 "s",
-                "first call, warm cache",
-                compile_times[1][0],
+                "first call, warm cache (CPU)",
+                compile_times[1][1],
                 "s",
             )
         )

@@ -14,9 +14,9 @@ nor categorical vectorise by themselves across paths:
   its high and low 32 bits, each placed in the mantissa of a power of two, and
   ``(2**84 + hi 2**32 - (2**84 + 2**52)) + (2**52 + lo)`` is ``k`` exactly (the first
   difference is exact, and the sum rounds to itself because ``k < 2**53``);
-- the categorical is :func:`forecast._kernels.sample`'s scalar reading with the same
-  operations in the same order per lane (a product, then a sum, never fused), so each
-  lane gives the bits a scalar loop would.
+- the categorical is the plain reading of step 2 in :mod:`forecast._kernels.sample`,
+  with the same operations in the same order per lane (a product, then a sum, never
+  fused), so each lane gives the bits a scalar loop would.
 
 The lane count is 4 (float64 lanes of AVX2's 256-bit vectors; LLVM splits or
 widens the vectors for other targets without changing a bit).
