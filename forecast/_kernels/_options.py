@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import numba
 
-__all__ = ["jit"]
+__all__ = ["jit", "jit_inline"]
 
 #: Options of every serial kernel.
 JIT_OPTIONS: dict[str, bool | str] = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 #: ``numba.njit`` with the package options (serial kernels and inlined helpers).
 jit = numba.njit(**JIT_OPTIONS)
+
+#: ``numba.njit`` with the package options for helpers that are inlined into their
+#: callers at Numba IR level (``inline="always"``): compiled as part of the caller, not
+#: as functions of their own, which shortens the first call (same operations, same bits).
+jit_inline = numba.njit(inline="always", **JIT_OPTIONS)
