@@ -226,8 +226,9 @@ def test_tail_fit_with_delayed_entries_maximises_the_truncated_likelihood(family
 
 def test_select_half_life_is_the_one_standard_error_rule():
     cands = (None, 365.0, 182.0)
-    # 182 days is best; 365 within one SE of it; none clearly worse
-    crps = np.array([[10.0, 12.0, 11.0, 13.0], [9.0, 9.5, 9.2, 9.6], [9.0, 9.4, 9.1, 9.5]])
+    # 182 days is best (mean 9.275); 365 (mean 9.3) within one SE of the paired
+    # differences (mean 0.025, SE 0.075); none (mean 11.5) clearly worse
+    crps = np.array([[10.0, 12.0, 11.0, 13.0], [9.0, 9.3, 9.3, 9.6], [9.1, 9.4, 9.1, 9.5]])
     i, mean, se = select_half_life(cands, crps)
     assert cands[i] == 365.0
     assert mean[2] == mean.min() and se[2] == 0.0
