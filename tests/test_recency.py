@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from scipy import optimize, stats
 
+import forecast
 from forecast.errors import ParameterError
 from forecast.fit.arrivals import poisson_glm
 from forecast.fit.competing_risks import CensoredSpells, aalen_johansen
@@ -285,3 +286,35 @@ def test_fit_data_recency_multiplies_the_deal_weights(sample_log):
     np.testing.assert_allclose(weighted.recency(times), [1.0, 2.0 ** (-185 / 180.0), 1.0])
     assert data.recency(times).tolist() == [1.0, 1.0, 1.0]
     assert weighted.with_half_life(None).stratum_spells(1).weights.tolist() == [1.0] * cs.n
+
+
+# -- the automatic choice in a fit ------------------------------------------------------------
+
+
+def test_auto_half_life_is_deterministic_and_saved(sample_log, sample_model, sample_fit_arguments):
+    choice = sample_model.recency
+    assert choice.requested == "auto" and choice.scored
+    assert len(choice.origins) == 4 and len(choice.crps) == len(choice.candidates)
+    assert choice.half_life == choice.candidates[choice.chosen_index]
+    i, _, _ = select_half_life(choice.candidates, np.asarray(choice.crps))
+    assert i == choice.chosen_index
+    # the same seed gives the same scores (parameter draws do not enter the choice)
+    again = forecast.fit(sample_log, **{**sample_fit_arguments, "n_draws": 0}).recency
+    assert again.to_dict() == choice.to_dict()
+    other = forecast.fit(sample_log, **{**sample_fit_arguments, "n_draws": 0, "seed": 9})
+    assert other.recency.crps != choice.crps
+    back = forecast.PipelineModel.from_json(sample_model.to_json())
+    assert back.recency.to_dict() == choice.to_dict()
+    s = sample_model.summary()
+    h = s["half_life_days"].unique().to_list()
+    assert h == [choice.half_life]
+    assert s["half_life_scores"][0] == choice.scores_text()
+
+
+def test_given_half_life_is_used_by_every_draw(sample_log):
+    m = forecast.fit(sample_log, as_of="2024-07-01", segment_by=["segment"], n_draws=2,
+                     half_life=120)  # fmt: skip
+    assert m.recency.half_life == 120.0 and m.recency.requested == 120.0
+    assert "given" in m.recency.describe()
+    with pytest.raises(ParameterError, match="half_life"):
+        forecast.fit(sample_log, as_of="2024-07-01", half_life="weekly")
