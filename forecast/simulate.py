@@ -402,9 +402,9 @@ def mid_stream_ages(
     """Ages in stage of open deals that were already in progress when the log started.
 
     Such a deal still in its first recorded stage (its stage entry is its first event)
-    entered it at an unknown time ``e`` between its creation ``c`` (unknown: 3 years
-    before) and its first event ``o``: its age at the as-of instant ``t₀`` lies in
-    ``[t₀ − o, t₀ − c]``. In the first open stage with ``c`` known it has been there
+    entered it at an unknown time ``e`` between its creation ``c`` (when unknown, the
+    age cap :data:`MAX_AGE_DAYS` before ``t₀``) and its first event ``o``: its age at
+    the as-of instant ``t₀`` lies in ``[t₀ − o, t₀ − c]``. In the first open stage with ``c`` known it has been there
     since creation (age ``t₀ − c``, as in the fit). Otherwise, with ``e`` uniform a
     priori over ``[c, o]`` and the deal still in the stage at ``t₀``, the age ``a``
     has density ``∝ S(a)`` on that range (``S`` the stage's fitted survival), and the
