@@ -165,7 +165,7 @@ def _score_origin(
     quarters = calendar.quarters(origin, horizon)
     samples = fc.samples.T  # (H, P)
     booked = fc.booked_to_date.sum(axis=1)  # (H,)
-    pipe = log.pipeline(origin)
+    pipe = model.view(log).pipeline(origin)
     stage_p = np.array([model.win_probability(k, segment=None) for k in range(model.stages.n_open)])
     stage_sum = float(
         (pipe["amount"].fill_null(0.0).to_numpy() * stage_p[pipe["stage_code"].to_numpy()]).sum()

@@ -278,7 +278,7 @@ def _deal_table(
 ) -> pl.DataFrame:
     """One row per deal at ``t``: segment, period, status, amount, outcome probabilities, days."""
     outcomes = segment_labels(log.outcomes(t), model.segment_by)
-    pipe = segment_labels(log.pipeline(t), model.segment_by)
+    pipe = segment_labels(model.view(log).pipeline(t), model.segment_by)
     p = open_deal_outcome_probabilities(model, pipe)
     probs = pipe.select("deal_id").with_columns(
         pl.Series("_p_won", p[:, 0]),

@@ -18,6 +18,7 @@ import numpy as np
 from forecast._validation import check_bool, check_int, check_seed
 from forecast._version import __version__
 from forecast.calendar import FiscalCalendar
+from forecast.data.deal_level import deal_level_view
 from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
@@ -27,6 +28,7 @@ from forecast.fit.calendar_effects import QuarterEndEffect, fit_quarter_end_effe
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves
 from forecast.fit.data import FitData
 from forecast.fit.exits import ExitFit, fit_exits, weighted_fit_summary
+from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import ParameterDraws, PipelineModel
 from forecast.fit.shocks import ShockModel, fit_shocks
 
@@ -90,10 +92,13 @@ def fit(
     quarter_end_window_days: int = 14,
     arrivals_lookback_quarters: int = 12,
     shrink: bool = True,
+    model_kind: str = "auto",
 ) -> PipelineModel:
-    """Fit the semi-Markov pipeline model to the history known at ``as_of``.
+    """Fit the pipeline model to the history known at ``as_of``.
 
-    The model and its estimators are described in ``docs/model.md``.
+    The model and its estimators are described in ``docs/model.md``: the
+    semi-Markov stage model, or for a one-row-per-deal table the deal-level
+    model (competing risks on the deal's age since creation; ``model_kind``).
 
     Parameters
     ----------
@@ -119,6 +124,12 @@ def fit(
         Quarters of history used for the new-deal arrival model.
     shrink : bool, default True
         Shrink segment fits toward the pooled fit (credibility weighting).
+    model_kind : {"auto", "stages", "deal_level"}, default "auto"
+        ``"stages"``: the stage model (needs a stage history); ``"deal_level"``:
+        one open state on the age-since-creation clock
+        (:mod:`forecast.fit.kinds`); ``"auto"``: deal-level for a one-row-per-deal
+        table (``log.source.shape == "deals"``), stages otherwise. The model says
+        which it is and why (``model_kind``, ``model_description``).
 
     Returns
     -------
@@ -142,7 +153,9 @@ def fit(
         ),
         shrink=check_bool(shrink, "shrink", caller),
     )
-    data = FitData.from_log(log, as_of=as_of, segment_by=segment_by, calendar=calendar)
+    kind, description = choose_model_kind(log, model_kind, caller)
+    fitted_log = deal_level_view(log) if kind == "deal_level" else log
+    data = FitData.from_log(fitted_log, as_of=as_of, segment_by=segment_by, calendar=calendar)
     point = fit_components(data, options)
     draws = parameter_draws(data, point, options, n_draws, seed) if n_draws > 0 else None
     assert data.stages is not None and data.cut is not None  # built from a log
@@ -160,7 +173,7 @@ def fit(
         quarter_end=point.quarter_end,
         shocks=point.shocks,
         draws=draws,
-        data_fingerprint=data.cut.fingerprint,
+        data_fingerprint=log.as_of(data.as_of).fingerprint,
         version=__version__,
         options={
             "segment_by": list(data.segment_by),
@@ -170,7 +183,10 @@ def fit(
             "quarter_end_window_days": options.quarter_end_window_days,
             "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
             "shrink": options.shrink,
+            "model_kind": model_kind,
         },
+        model_kind=kind,
+        model_description=description,
     )
 
 

@@ -14,6 +14,7 @@ import polars as pl
 
 from forecast._validation import as_datetime, check_float, is_int
 from forecast.calendar import FiscalCalendar
+from forecast.data.deal_level import deal_level_view
 from forecast.data.deal_log import DealLog
 from forecast.data.stages import StageMap
 from forecast.errors import ModelError, ParameterError
@@ -122,6 +123,17 @@ class PipelineModel:
         Package version that fitted the model.
     options : dict
         The fitting options as given.
+    adjustments : dict
+        What-if levers applied (:meth:`with_changes`).
+    model_kind : {"stages", "deal_level"}
+        ``"stages"``: the semi-Markov stage model; ``"deal_level"``: one open state
+        on the age-since-creation clock, read through the deal-level view of a log
+        (:mod:`forecast.fit.kinds`, :mod:`forecast.data.deal_level`).
+    model_description : str
+        Which model was fitted and why, in a sentence.
+    diagnostics : tuple of str
+        What the fit had to work around (e.g. a stage whose curves were borrowed),
+        one sentence each naming the stage or segment.
     """
 
     stages: StageMap
@@ -141,6 +153,17 @@ class PipelineModel:
     version: str
     options: dict[str, Any] = field(default_factory=dict)
     adjustments: dict[str, float] = field(default_factory=dict)
+    model_kind: str = "stages"
+    model_description: str = ""
+    diagnostics: tuple[str, ...] = ()
+
+    # -- the log as the model reads it ----------------------------------------------------
+    def view(self, log: DealLog) -> DealLog:
+        """``log`` as this model reads it: itself for the stage model, its deal-level view
+        (every open stage one open state, :func:`~forecast.data.deal_level.deal_level_view`)
+        for the deal-level model. Every reader of a log with this model's stage codes
+        (simulation, backtests, metrics) goes through it."""
+        return deal_level_view(log) if self.model_kind == "deal_level" else log
 
     # -- lookups -----------------------------------------------------------------------
     def _segment(self, segment: str | None) -> str:
@@ -260,7 +283,9 @@ class PipelineModel:
         conversion to the next stage and shrinkage credibility.
 
         With several segments the pooled fit follows, as segment
-        :data:`~forecast.segments.POOLED_SEGMENT`.
+        :data:`~forecast.segments.POOLED_SEGMENT`. The first column, ``model_kind``,
+        says which model this is (:attr:`model_description` says why); a
+        deal-level model has one row per segment, its open state.
         """
         rows = []
         segs = list(self.segments) if len(self.segments) > 1 else []
@@ -273,6 +298,7 @@ class PipelineModel:
                 nxt = shares[k + 1] if k + 1 < self.stages.n_open else np.nan
                 rows.append(
                     {
+                        "model_kind": self.model_kind,
                         "segment": label,
                         "stage": name,
                         "n_spells": int(c.n_spells),
@@ -366,6 +392,9 @@ class PipelineModel:
             "draws": None if self.draws is None else self.draws.to_dict(),
             "options": self.options,
             "adjustments": self.adjustments,
+            "model_kind": self.model_kind,
+            "model_description": self.model_description,
+            "diagnostics": list(self.diagnostics),
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -384,6 +413,12 @@ class PipelineModel:
             raise ModelError(
                 f"This model was written by a newer forecast (format {d['format_version']}); "
                 f"this version reads format ≤ {FORMAT_VERSION}."
+            )
+        kind = str(d.get("model_kind", "stages"))
+        if kind not in ("stages", "deal_level"):
+            raise ModelError(
+                f"This model's `model_kind` is {kind!r}; this version reads 'stages' and "
+                "'deal_level' models."
             )
         return cls(
             stages=StageMap.from_dict(d["stages"]),
@@ -414,6 +449,9 @@ class PipelineModel:
             version=d["version"],
             options=dict(d.get("options", {})),
             adjustments=dict(d.get("adjustments", {})),
+            model_kind=kind,
+            model_description=str(d.get("model_description", "")),
+            diagnostics=tuple(str(x) for x in d.get("diagnostics", ())),
         )
 
     @classmethod
