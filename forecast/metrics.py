@@ -600,7 +600,7 @@ def _slippage(
             )
         )
     )
-    visits = log.as_of(t).spells(t).select("deal_id", "stage").unique()
+    visits = model.view(log).as_of(t).spells(t).select("deal_id", "stage").unique()
     stage_names = list(model.stages.open)
     rows = []
     segs = sorted(per_deal["segment"].unique().to_list())
@@ -686,7 +686,7 @@ def _coverage(
     seed: int,
     max_copies: int,
 ) -> pl.DataFrame:
-    cut = log.as_of(t)
+    cut = model.view(log).as_of(t)
     pipe = cut.pipeline(t)
     quarters = model.calendar.quarters(t, quarter + 1)
     qlabel = quarters[quarter].label

@@ -24,6 +24,7 @@ from forecast.errors import ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
 from forecast.fit.arrivals import ArrivalModel, fit_arrivals
 from forecast.fit.bootstrap import bootstrap_weights
+from forecast.fit.borrowing import borrowed_draw
 from forecast.fit.calendar_effects import QuarterEndEffect, fit_quarter_end_effect
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves
 from forecast.fit.data import FitData
@@ -187,6 +188,14 @@ def fit(
         },
         model_kind=kind,
         model_description=description,
+        diagnostics=tuple(
+            point.exits.borrowed[k].describe(data.stages.open, data.as_of)
+            for k in sorted(point.exits.borrowed)
+        ),
+        borrowed={
+            data.stages.open[k]: info.to_dict(data.stages.open)
+            for k, info in sorted(point.exits.borrowed.items())
+        },
     )
 
 
@@ -198,7 +207,9 @@ def parameter_draws(
     Draw ``b`` is ``data.with_weights(bootstrap_weights(data, seed, b))``. Per
     (segment, stage) it keeps the ratio of the draw's eventual destination shares
     and median sojourn to the point fit's (mixed like the curves, by the
-    credibility of the segment), per segment the ratio of the expected arrivals
+    credibility of the segment; a stage whose curves were borrowed takes its
+    source's ratios times a deliberately wide random factor,
+    :func:`forecast.fit.borrowing.borrowed_draw`), per segment the ratio of the expected arrivals
     over the next four quarters, and the refitted pull-in and shock sigma
     (``docs/model.md``, "Parameter uncertainty").
 
@@ -250,8 +261,15 @@ def parameter_draws(
     base_counts = point.arrivals.expected_counts([window], t)
     for b in range(n_draws):
         data_b = data.with_weights(bootstrap_weights(data, seed, b))
+        pool = {
+            k: ratios(exits.pooled[k], data_b.stratum_spells(k))
+            for k in range(n_open)
+            if k not in exits.borrowed
+        }
+        for k, info in exits.borrowed.items():
+            pool[k] = borrowed_draw(pool[info.source], info, n_open, n_codes, seed, b)
         for k in range(n_open):
-            m_pool, tf_pool = ratios(exits.pooled[k], data_b.stratum_spells(k))
+            m_pool, tf_pool = pool[k]
             for gi, g in enumerate(segments):
                 z = exits.credibility[(g, k)]
                 sg = data_b.stratum_spells(k, gi)

@@ -134,6 +134,10 @@ class PipelineModel:
     diagnostics : tuple of str
         What the fit had to work around (e.g. a stage whose curves were borrowed),
         one sentence each naming the stage or segment.
+    borrowed : dict str -> dict
+        Open stages without any exit, by name: ``source`` (the stage whose curves
+        they borrowed), ``n_spells`` (visits; 0: skipped, no deal was ever there)
+        and ``n_open`` (open deals at ``as_of``); :mod:`forecast.fit.borrowing`.
     """
 
     stages: StageMap
@@ -156,6 +160,7 @@ class PipelineModel:
     model_kind: str = "stages"
     model_description: str = ""
     diagnostics: tuple[str, ...] = ()
+    borrowed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # -- the log as the model reads it ----------------------------------------------------
     def view(self, log: DealLog) -> DealLog:
@@ -312,6 +317,7 @@ class PipelineModel:
                         "share_lost": float(shares[self.stages.LOST]),
                         "share_no_decision": float(shares[self.stages.NO_DECISION]),
                         "tail_family": c.tail.family,
+                        "exit_curves": self._curves_origin(name),
                     }
                 )
         out = pl.DataFrame(rows)
@@ -322,6 +328,15 @@ class PipelineModel:
                 how="left",
             )
         return out
+
+    def _curves_origin(self, stage: str) -> str:
+        """``"fitted"``, or where a stage without exits got its curves."""
+        info = self.borrowed.get(stage)
+        if info is None:
+            return "fitted"
+        if not info["n_spells"]:
+            return f"skipped (no deal); curves of {info['source']!r}"
+        return f"borrowed from {info['source']!r}"
 
     # -- simulation ---------------------------------------------------------------------------
     def simulate(
@@ -395,6 +410,7 @@ class PipelineModel:
             "model_kind": self.model_kind,
             "model_description": self.model_description,
             "diagnostics": list(self.diagnostics),
+            "borrowed": self.borrowed,
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -452,6 +468,7 @@ class PipelineModel:
             model_kind=kind,
             model_description=str(d.get("model_description", "")),
             diagnostics=tuple(str(x) for x in d.get("diagnostics", ())),
+            borrowed={str(k): dict(v) for k, v in d.get("borrowed", {}).items()},
         )
 
     @classmethod
