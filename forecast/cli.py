@@ -691,8 +691,6 @@ def _print_model_summary(model: Any) -> None:
     summary = model.summary()
     shown = [c for c in _SUMMARY_COLUMNS if c[0] in summary.columns]
     print(f"Model fitted as of {model.as_of:%Y-%m-%d}. {model.model_description}")
-    for note in model.diagnostics:
-        print(f"  - {note}")
     print("\nPer segment and open stage:\n")
     heads = ["segment", "stage", *(h for _, h, _ in shown)]
     rows = [
@@ -717,6 +715,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     model.to_json(args.output)
     _print_model_summary(model)
+    for d in model.diagnostics:
+        print(f"Diagnostic: {d}")
     print(f"\nWrote {args.output}")
     return EXIT_OK
 

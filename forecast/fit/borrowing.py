@@ -19,7 +19,8 @@ seen" as "never leaves" (its open deals would never be won):
   the odds of a direct win multiplied by ``exp(N(0, BORROWED_LOG_WIN_ODDS_SD²))``
   per draw, so forecasts that lean on the stage show that nothing is known of it.
 
-Each such stage gets a sentence in the model's diagnostics naming it. When no open
+Each such stage gets a :class:`~forecast.fit.diagnostics.Diagnostic` in the model's
+diagnostics (component ``"exits"``, code ``"skipped"`` or ``"borrowed"``) naming it. When no open
 stage has any exit, nothing can be borrowed and :func:`borrow_missing_stages`
 raises a :class:`~forecast.errors.ModelError` naming each stage with its open
 deals and saying what to do instead. See ``docs/model.md`` ("Stages without
@@ -37,6 +38,7 @@ import numpy as np
 
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves, TailPiece
+from forecast.fit.diagnostics import Diagnostic
 
 __all__ = [
     "BORROWED_LOG_TIME_SD",
@@ -88,9 +90,14 @@ class BorrowedStage:
         """No deal has been in the stage."""
         return self.n_spells == 0
 
-    def describe(self, names: Sequence[str], as_of: dt.datetime) -> str:
-        """One sentence for the model's diagnostics, naming the stage and the source."""
+    def diagnostic(self, names: Sequence[str], as_of: dt.datetime) -> Diagnostic:
+        """The model diagnostic of the stage (component ``"exits"``, code ``"skipped"`` or
+        ``"borrowed"``), its message naming the stage and the source."""
         stage, source = names[self.stage], names[self.source]
+        code = "skipped" if self.skipped else "borrowed"
+        return Diagnostic("exits", None, stage, code, self._message(stage, source, as_of))
+
+    def _message(self, stage: str, source: str, as_of: dt.datetime) -> str:
         if self.skipped:
             return (
                 f"Stage {stage!r}: no deal had been in it by {as_of:%Y-%m-%d}, so it was "

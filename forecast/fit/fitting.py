@@ -28,6 +28,7 @@ from forecast.fit.borrowing import borrowed_draw
 from forecast.fit.calendar_effects import QuarterEndEffect, fit_quarter_end_effect
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves
 from forecast.fit.data import FitData
+from forecast.fit.diagnostics import tail_diagnostics
 from forecast.fit.exits import ExitFit, fit_exits, weighted_fit_summary
 from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import ParameterDraws, PipelineModel
@@ -160,6 +161,18 @@ def fit(
     point = fit_components(data, options)
     draws = parameter_draws(data, point, options, n_draws, seed) if n_draws > 0 else None
     assert data.stages is not None and data.cut is not None  # built from a log
+    exits = point.exits
+    diagnostics = tail_diagnostics(
+        [
+            *(
+                (None, k, c)
+                for k, c in exits.pooled.items()
+                if len(data.segments) > 1 and k not in exits.borrowed  # a source's tail
+            ),
+            *((g, k, c) for (g, k), c in exits.raw.items() if c is not exits.pooled[k]),
+        ],
+        data.stages.open,
+    )
     return PipelineModel(
         stages=data.stages,
         segment_by=data.segment_by,
@@ -188,13 +201,16 @@ def fit(
         },
         model_kind=kind,
         model_description=description,
-        diagnostics=tuple(
-            point.exits.borrowed[k].describe(data.stages.open, data.as_of)
-            for k in sorted(point.exits.borrowed)
+        diagnostics=(
+            *(
+                exits.borrowed[k].diagnostic(data.stages.open, data.as_of)
+                for k in sorted(exits.borrowed)
+            ),
+            *diagnostics,
         ),
         borrowed={
             data.stages.open[k]: info.to_dict(data.stages.open)
-            for k, info in sorted(point.exits.borrowed.items())
+            for k, info in sorted(exits.borrowed.items())
         },
     )
 
@@ -209,8 +225,8 @@ def parameter_draws(
     and median sojourn to the point fit's (mixed like the curves, by the
     credibility of the segment; a stage whose curves were borrowed takes its
     source's ratios times a deliberately wide random factor,
-    :func:`forecast.fit.borrowing.borrowed_draw`), per segment the ratio of the expected arrivals
-    over the next four quarters, and the refitted pull-in and shock sigma
+    :func:`forecast.fit.borrowing.borrowed_draw`), per segment the ratio of the
+    expected arrivals over the next four quarters, and the refitted pull-in and shock sigma
     (``docs/model.md``, "Parameter uncertainty").
 
     Parameters

@@ -22,6 +22,7 @@ from forecast.fit.amounts import AmountModel
 from forecast.fit.arrivals import ArrivalModel
 from forecast.fit.calendar_effects import QuarterEndEffect
 from forecast.fit.competing_risks import ExitCurves, win_probability
+from forecast.fit.diagnostics import Diagnostic
 from forecast.fit.exits import empty_shrinkage
 from forecast.fit.shocks import ShockModel
 from forecast.io import atomic_write_text
@@ -124,16 +125,17 @@ class PipelineModel:
     options : dict
         The fitting options as given.
     adjustments : dict
-        What-if levers applied (:meth:`with_changes`).
+        Scenario levers applied to the fitted model (:meth:`with_changes`).
+    diagnostics : tuple of Diagnostic
+        What the fit could not do cleanly (e.g. a tail optimiser that stopped short),
+        recorded instead of warned; empty for a clean fit. Saved in the JSON and
+        counted per segment and stage by :meth:`summary`.
     model_kind : {"stages", "deal_level"}
         ``"stages"``: the semi-Markov stage model; ``"deal_level"``: one open state
         on the age-since-creation clock, read through the deal-level view of a log
         (:mod:`forecast.fit.kinds`, :mod:`forecast.data.deal_level`).
     model_description : str
         Which model was fitted and why, in a sentence.
-    diagnostics : tuple of str
-        What the fit had to work around (e.g. a stage whose curves were borrowed),
-        one sentence each naming the stage or segment.
     borrowed : dict str -> dict
         Open stages without any exit, by name: ``source`` (the stage whose curves
         they borrowed), ``n_spells`` (visits; 0: skipped, no deal was ever there)
@@ -159,7 +161,7 @@ class PipelineModel:
     adjustments: dict[str, float] = field(default_factory=dict)
     model_kind: str = "stages"
     model_description: str = ""
-    diagnostics: tuple[str, ...] = ()
+    diagnostics: tuple[Diagnostic, ...] = ()
     borrowed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # -- the log as the model reads it ----------------------------------------------------
@@ -285,12 +287,15 @@ class PipelineModel:
 
     def summary(self) -> pl.DataFrame:
         """Per segment and stage: sample sizes, win probability, median time to exit,
-        conversion to the next stage and shrinkage credibility.
+        conversion to the next stage, tail family, diagnostics and shrinkage credibility.
 
         With several segments the pooled fit follows, as segment
-        :data:`~forecast.segments.POOLED_SEGMENT`. The first column, ``model_kind``,
-        says which model this is (:attr:`model_description` says why); a
-        deal-level model has one row per segment, its open state.
+        :data:`~forecast.segments.POOLED_SEGMENT`. The ``diagnostics`` column lists the
+        codes of :attr:`diagnostics` entries of that segment and stage (``""`` if none);
+        the entries say more. The first column, ``model_kind``, says which model this
+        is (:attr:`model_description` says why); a deal-level model has one row per
+        segment, its open state. ``exit_curves`` says whether a stage's curves were
+        fitted or borrowed (:attr:`borrowed`).
         """
         rows = []
         segs = list(self.segments) if len(self.segments) > 1 else []
@@ -317,6 +322,7 @@ class PipelineModel:
                         "share_lost": float(shares[self.stages.LOST]),
                         "share_no_decision": float(shares[self.stages.NO_DECISION]),
                         "tail_family": c.tail.family,
+                        "diagnostics": self._diagnostic_codes(g, name),
                         "exit_curves": self._curves_origin(name),
                     }
                 )
@@ -337,6 +343,17 @@ class PipelineModel:
         if not info["n_spells"]:
             return f"skipped (no deal); curves of {info['source']!r}"
         return f"borrowed from {info['source']!r}"
+
+    def _diagnostic_codes(self, segment: str | None, stage: str) -> str:
+        """Codes of the diagnostics of one summary row (pooled row: ``segment=None``)."""
+        labels = {segment}
+        if segment is None and len(self.segments) == 1:
+            labels.add(self.segments[0])  # a one-segment model's curves are its pooled ones
+        return ", ".join(
+            f"{d.component} {d.code}"
+            for d in self.diagnostics
+            if d.stage == stage and d.segment in labels
+        )
 
     # -- simulation ---------------------------------------------------------------------------
     def simulate(
@@ -409,7 +426,7 @@ class PipelineModel:
             "adjustments": self.adjustments,
             "model_kind": self.model_kind,
             "model_description": self.model_description,
-            "diagnostics": list(self.diagnostics),
+            "diagnostics": [x.to_dict() for x in self.diagnostics],
             "borrowed": self.borrowed,
         }
 
@@ -467,7 +484,7 @@ class PipelineModel:
             adjustments=dict(d.get("adjustments", {})),
             model_kind=kind,
             model_description=str(d.get("model_description", "")),
-            diagnostics=tuple(str(x) for x in d.get("diagnostics", ())),
+            diagnostics=tuple(Diagnostic.from_dict(x) for x in d.get("diagnostics", [])),
             borrowed={str(k): dict(v) for k, v in d.get("borrowed", {}).items()},
         )
 
