@@ -94,8 +94,9 @@ def test_a_stage_no_deal_was_in_is_skipped_and_changes_no_forecast(sample_log) -
     log = forecast.read_deal_log(sample_events(), stages=wide, segment_columns=["segment"])
     model = forecast.fit(log, as_of=AS_OF, segment_by=["segment"], n_draws=4, seed=2)
     assert model.borrowed == {"Needs Analysis": {"source": "Proposal", "n_spells": 0, "n_open": 0}}
-    (note,) = model.diagnostics
-    assert note.startswith("Stage 'Needs Analysis': no deal had been in it by 2025-01-01")
+    (note,) = [d for d in model.diagnostics if d.component == "exits"]
+    assert (note.stage, note.code) == ("Needs Analysis", "skipped")
+    assert note.message.startswith("Stage 'Needs Analysis': no deal had been in it by 2025-01")
     row = model.summary().filter(pl.col("stage") == "Needs Analysis").row(0, named=True)
     assert row["n_spells"] == 0 and row["exit_curves"].startswith("skipped (no deal)")
     # no deal enters it, so the forecast is that of the stage map without it
@@ -111,8 +112,9 @@ def test_a_stage_with_open_deals_and_no_exit_borrows_with_wide_uncertainty(legal
     log, model = legal_model
     assert model.borrowed["Legal"] == {"source": "Negotiation", "n_spells": 5, "n_open": 5}
     assert model.borrowed["Needs Analysis"]["n_spells"] == 0
-    legal = [d for d in model.diagnostics if d.startswith("Stage 'Legal'")]
-    assert len(legal) == 1 and "5 open deal(s)" in legal[0] and "'Negotiation'" in legal[0]
+    (legal,) = [d for d in model.diagnostics if d.stage == "Legal"]
+    assert (legal.component, legal.segment, legal.code) == ("exits", None, "borrowed")
+    assert "5 open deal(s)" in legal.message and "'Negotiation'" in legal.message
     summary = model.summary().filter(pl.col("stage") == "Legal")
     assert summary["exit_curves"].unique().to_list() == ["borrowed from 'Negotiation'"]
     assert summary["n_exits"].unique().to_list() == [0]
@@ -223,7 +225,8 @@ def test_a_salesforce_export_with_the_standard_stage_list_fits_at_every_quarter(
                                              (2024, 4), (2024, 7), (2024, 10)]]  # fmt: skip
     for t in as_of:
         deal_level = forecast.fit(log, as_of=t, segment_by=["Type"], n_draws=2)
-        assert deal_level.model_kind == "deal_level" and not deal_level.diagnostics
+        assert deal_level.model_kind == "deal_level"
+        assert not [d for d in deal_level.diagnostics if d.component == "exits"]
         staged = forecast.fit(log, as_of=t, segment_by=["Type"], n_draws=2, model_kind="stages")
         skipped = {s for s, b in staged.borrowed.items() if b["n_spells"] == 0}
         assert unused <= skipped
