@@ -22,11 +22,13 @@ from forecast.data.deal_level import (
     deal_level_view,
     is_deal_level_view,
 )
+from forecast.data.inspection import inspect_log
 from forecast.data.stages import StageMap
 from forecast.datasets import (
     SAMPLE_STAGES,
     SYNTHETIC_STAGES,
     deal_table_at,
+    export_snapshots,
     generate_crm,
     sample_events,
 )
@@ -158,6 +160,24 @@ def test_the_deal_level_model_simulates_the_table_it_was_fitted_on(
     # stale deals win less: an open deal's win probability falls with its age
     p = [table_model.win_probability(OPEN_STATE, age=a) for a in (30.0, 90.0, 250.0)]
     assert p[0] > p[1] > p[2] > 0.0
+
+
+def test_a_report_that_leaves_out_early_closed_deals_is_flagged(table_model) -> None:
+    # "open deals and deals closed in the last 92 days": the long lives of old deals only
+    recent = export_snapshots(
+        sample_events(), ["2025-01-01"], stages=SAMPLE_STAGES, keep_closed_days=92
+    ).drop("export_date")
+    log = forecast.read_deal_log(
+        recent, shape="deals", stages=SAMPLE_STAGES, segment_columns=["segment"]
+    )
+    model = forecast.fit(log, as_of="2025-01-01", segment_by=["segment"], n_draws=0)
+    (flag,) = [d for d in model.diagnostics if d.code == "closed_deals_left_out"]
+    assert flag.component == "data"
+    assert "closed on or after 2024-10-0" in flag.message
+    assert "export every deal, closed ones included" in flag.message
+    assert flag.message in inspect_log(log, "2025-01-01").warnings
+    # the complete table is not flagged
+    assert not [d for d in table_model.diagnostics if d.code == "closed_deals_left_out"]
 
 
 def test_model_kinds_can_be_asked_for(sample_log, sample_table) -> None:

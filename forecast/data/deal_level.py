@@ -24,6 +24,8 @@ model applies it to every log it reads (:meth:`PipelineModel.view
 
 from __future__ import annotations
 
+import datetime as dt
+
 import polars as pl
 
 from forecast.data.deal_log import DealLog
@@ -32,6 +34,7 @@ from forecast.data.stages import StageMap
 __all__ = [
     "OPEN_STATE",
     "REPORTED_STAGE_COLUMN",
+    "closed_deals_left_out",
     "deal_level_stages",
     "deal_level_view",
     "is_deal_level_view",
@@ -94,3 +97,52 @@ def deal_level_view(log: DealLog) -> DealLog:
     view = DealLog(events, stages, log.segment_columns, log.report, cut=log.cut, source=log.source)
     log._cache[_CACHE_KEY] = view
     return view
+
+
+#: :func:`closed_deals_left_out` flags a table when at least this many deals were created
+#: more than :data:`LEFT_OUT_LIFETIMES` median lifetimes before its earliest close.
+LEFT_OUT_MIN_DEALS = 10
+LEFT_OUT_LIFETIMES = 3.0
+
+
+def closed_deals_left_out(log: DealLog, as_of: dt.datetime) -> str | None:
+    """A warning when a one-row-per-deal table seems to leave out deals that closed early.
+
+    A report of "open deals and deals closed recently" keeps only the long lives of the
+    deals created long ago: the ones still open. Read as a complete table, lifetimes
+    look too long and arrivals grow too fast (older quarters lose their short-lived
+    deals). The sign: many deals created long before the table's earliest close. In a
+    complete table the first deals close soon after the first creations, so no deal is
+    created :data:`LEFT_OUT_LIFETIMES` median lifetimes (of the closed deals) before the
+    earliest close; at least :data:`LEFT_OUT_MIN_DEALS` such deals flag the table.
+
+    Parameters
+    ----------
+    log : DealLog
+        Any log (the check reads its ``outcomes`` at ``as_of``).
+    as_of : datetime
+
+    Returns
+    -------
+    str or None
+        The warning, naming the earliest close and the deals created long before it.
+    """
+    oc = log.outcomes(as_of)
+    closed = oc.filter(pl.col("status") != "open")
+    if closed.height == 0:
+        return None
+    life = (closed["closed_at"] - closed["created_at"]).dt.total_microseconds() / 86_400e6
+    median = float(life.median())  # type: ignore[arg-type]
+    first_close: dt.datetime = closed["closed_at"].min()  # type: ignore[assignment]
+    before = first_close - dt.timedelta(days=LEFT_OUT_LIFETIMES * median)
+    n_early = oc.filter(pl.col("created_at") < before).height
+    if n_early < LEFT_OUT_MIN_DEALS:
+        return None
+    return (
+        f"Every closed deal in the table closed on or after {first_close:%Y-%m-%d}, but "
+        f"{n_early} deals created before {before:%Y-%m-%d} ({LEFT_OUT_LIFETIMES:g} median "
+        f"lifetimes of the closed deals, {median:.0f} days, earlier) are in it, all still "
+        "open: the export seems to leave out the deals that closed earlier (a report of "
+        "open and recently closed deals). Read as complete, deal lifetimes look too long "
+        "and new deals grow too fast; export every deal, closed ones included."
+    )

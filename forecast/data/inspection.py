@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from forecast._text import text_table
+from forecast.data.deal_level import closed_deals_left_out
 from forecast.data.deal_log import DealLog
 
 __all__ = ["LogInspection", "inspect_log"]
@@ -299,6 +300,10 @@ def _warnings(log: DealLog, cut: DealLog, stages: pl.DataFrame, t: dt.datetime) 
     if cut.events.height == 0:
         out.append(f"No event on or before {t:%Y-%m-%d}: nothing to fit.")
         return out
+    if log.source is not None and log.source.shape == "deals":
+        left_out = closed_deals_left_out(cut, t)
+        if left_out:
+            out.append(left_out)
     unused = stages.filter(pl.col("deals") == 0)["stage"].to_list()
     if unused:
         out.append(

@@ -18,7 +18,7 @@ import numpy as np
 from forecast._validation import check_bool, check_int, check_seed
 from forecast._version import __version__
 from forecast.calendar import FiscalCalendar
-from forecast.data.deal_level import deal_level_view
+from forecast.data.deal_level import closed_deals_left_out, deal_level_view
 from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
@@ -28,7 +28,7 @@ from forecast.fit.borrowing import borrowed_draw
 from forecast.fit.calendar_effects import QuarterEndEffect, fit_quarter_end_effect
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves
 from forecast.fit.data import FitData
-from forecast.fit.diagnostics import tail_diagnostics
+from forecast.fit.diagnostics import Diagnostic, tail_diagnostics
 from forecast.fit.exits import ExitFit, fit_exits, weighted_fit_summary
 from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import ParameterDraws, PipelineModel
@@ -173,6 +173,11 @@ def fit(
         ],
         data.stages.open,
     )
+    if kind == "deal_level" and (left_out := closed_deals_left_out(data.cut, data.as_of)):
+        diagnostics = (
+            Diagnostic("data", None, None, "closed_deals_left_out", left_out),
+            *diagnostics,
+        )
     return PipelineModel(
         stages=data.stages,
         segment_by=data.segment_by,
