@@ -29,6 +29,7 @@ Usage::
     python benchmarks/deal_table_accuracy.py                     # 30 worlds, every variant
     python benchmarks/deal_table_accuracy.py --worlds 4 --paths 500 --draws 4
     python benchmarks/deal_table_accuracy.py --variants deal_level
+    python benchmarks/deal_table_accuracy.py --quick    # 1 world, deal_level and event_log
 
 Targets (next quarter): 80 % coverage in [0.72, 0.88], |bias| ≤ 10 %.
 """
@@ -43,6 +44,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import polars as pl
+from _common import describe, machine, result, write_results
 
 import forecast
 from forecast._validation import as_datetime
@@ -163,11 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), help=f"subset of {VARIANTS}")
     ap.add_argument("--save", default=None, help="write the per-case rows to this Parquet file")
+    ap.add_argument(
+        "--quick", action="store_true", help="1 world, 300 paths, 2 draws, deal_level and event_log"
+    )
+    ap.add_argument("--json", help="write the headline results to this JSON file")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.worlds, args.paths, args.draws, args.workers = 1, 300, 2, 1
+        args.variants = ["deal_level", "event_log"]
     variants = tuple(args.variants)
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variants {unknown}; expected a subset of {list(VARIANTS)}")
+    info = machine()
+    print(describe(info))
     t0 = time.perf_counter()
     jobs = [(w, variants, args.paths, args.draws, args.seed) for w in range(args.worlds)]
     if args.workers > 1:
@@ -186,7 +197,41 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(table(frame))
     print(f"elapsed {time.perf_counter() - t0:.0f} s")
+    write_results(args.json, headline(frame), machine=info)
     return 0
+
+
+def headline(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """Next-quarter mean CRPS of each report variant against the full event log's, on
+    the same (world, origin) cases (rows for ``run_all.py``; none without ``event_log``)."""
+    done = frame.filter(pl.col("realised").is_not_null() & (pl.col("step") == 1))
+    reference = done.filter(pl.col("variant") == "event_log")
+    if reference.is_empty():
+        return []
+    keys = ["world", "origin"]
+    rows = []
+    for variant, label in (
+        ("deal_level", "deal-level model"),
+        ("stages", "stage model"),
+        ("recent_only", "deal-level model, recent-only report"),
+    ):
+        d = done.filter(pl.col("variant") == variant).join(
+            reference.select(*keys, pl.col("crps").alias("crps_full")), on=keys
+        )
+        if d.is_empty():
+            continue
+        rows.append(
+            result(
+                "deal_table_accuracy",
+                f"next-quarter mean CRPS, {label} from the report alone ({d.height} cases)",
+                float(d["crps"].mean()),
+                "currency",
+                "the same cases from the full event log",
+                float(d["crps_full"].mean()),
+                "currency",
+            )
+        )
+    return rows
 
 
 if __name__ == "__main__":
