@@ -39,6 +39,7 @@ import polars as pl
 from forecast._text import text_table
 from forecast.backtest import BASELINES, backtest
 from forecast.calendar import FiscalCalendar
+from forecast.data.deal_level import deal_level_view
 from forecast.data.inspection import inspect_log
 from forecast.data.presets import PRESETS
 from forecast.data.readers import CANONICAL_NAMES, read_deal_log
@@ -55,6 +56,7 @@ from forecast.errors import (
 from forecast.fit.data import FitData
 from forecast.fit.drift import drift_table
 from forecast.fit.fitting import fit
+from forecast.fit.kinds import MODEL_KINDS, choose_model_kind
 from forecast.io import atomic_write_bytes, write_forecast
 from forecast.metrics import fit_and_compute_metrics
 from forecast.plots import save_figures
@@ -290,6 +292,18 @@ def _fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        default="auto",
+        dest="model_kind",
+        help="model to fit: stages (semi-Markov over the open stages), deal_level (one open "
+        "state on the age since creation, for a one-row-per-deal table) or auto (deal_level "
+        "for a one-row-per-deal table, else stages; default)",
+    )
+
+
 def _add_sim_args(
     p: argparse.ArgumentParser, *, paths: int = 10_000, horizon: int = 4, threads: bool = True
 ) -> None:
@@ -370,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_draws_arg(p, 32)
     _add_fit_args(p)
+    _add_model_arg(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="model JSON path")
 
     p = sub.add_parser(
@@ -383,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_draws_arg(p, 32)
     _add_fit_args(p)
+    _add_model_arg(p)
     _add_sim_args(p)
     _add_report_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="output root directory")
@@ -400,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_draws_arg(p, 32)
     _add_fit_args(p)
+    _add_model_arg(p)
     _add_sim_args(p)
     _add_report_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
@@ -426,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--origins", nargs="+", metavar="DATE", help="as-of dates (default: automatic)")
     _add_draws_arg(p, 16)
+    _add_model_arg(p)
     _add_sim_args(p, paths=2000, horizon=2, threads=False)
     p.add_argument(
         "-o", "--output", type=Path, help="also write the per-origin scores (Parquet file)"
@@ -468,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         "handled as censored.",
     )
     _add_draws_arg(p, 16)
+    _add_model_arg(p)
     p.add_argument(
         "-o", "--output", type=Path, help="also write the metric tables (Parquet, directory)"
     )
@@ -675,6 +694,7 @@ def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by
         n_draws=args.draws,
         seed=args.seed,
         **_fit_kwargs(args),
+        model_kind=getattr(args, "model_kind", "auto"),
     )
     with _executor(args) as executor:
         fc = model.simulate(
@@ -729,6 +749,7 @@ _SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("share_no_decision", "no decision", "pct"),
     ("tail_family", "tail", "text"),
     ("credibility", "credibility", "ratio"),
+    ("exit_curves", "curves", "text"),
 )
 
 
@@ -754,7 +775,8 @@ def _print_model_summary(model: Any) -> None:
     """The fitted model per segment and stage, for people (all of it is in the JSON)."""
     summary = model.summary()
     shown = [c for c in _SUMMARY_COLUMNS if c[0] in summary.columns]
-    print(f"Model fitted as of {model.as_of:%Y-%m-%d}, per segment and open stage:\n")
+    print(f"Model fitted as of {model.as_of:%Y-%m-%d}. {model.model_description}")
+    print("\nPer segment and open stage:\n")
     heads = ["segment", "stage", *(h for _, h, _ in shown)]
     rows = [
         [str(r["segment"]), str(r["stage"]), *(_cell(r[c], k) for c, _, k in shown)]
@@ -769,8 +791,9 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     _status(f"Reading {args.history} ...")
     log = _read(args)
     _status("Comparing the recent quarters with the earlier history ...")
+    kind, _ = choose_model_kind(log, "auto", "drift")  # a deal table: its one open state
     data = FitData.from_log(
-        log,
+        deal_level_view(log) if kind == "deal_level" else log,
         as_of=args.as_of,
         segment_by=tuple(args.segment),
         calendar=_calendar(args),
@@ -847,6 +870,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         n_draws=args.draws,
         seed=args.seed,
         **_fit_kwargs(args),
+        model_kind=args.model_kind,
     )
     model.to_json(args.output)
     _print_model_summary(model)
@@ -976,6 +1000,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             n_draws=args.draws,
             seed=args.seed,
             executor=executor,
+            model_kind=args.model_kind,
         )
     _print_backtest(result)
     if args.output:
@@ -1002,6 +1027,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         calendar=_calendar(args),
         n_draws=args.draws,
         seed=args.seed,
+        model_kind=args.model_kind,
     )
     print(result)
     if args.output:

@@ -532,6 +532,7 @@ def model_arrays(
         known only within a range (:func:`mid_stream_ages`).
     """
     t = model.as_of
+    log = model.view(log)  # the deal-level model reads every open stage as one
     stages = model.stages
     K, C = stages.n_open, stages.n_codes
     segs = list(model.segments)

@@ -20,16 +20,19 @@ import numpy as np
 from forecast._validation import check_bool, check_int, check_seed
 from forecast._version import __version__
 from forecast.calendar import FiscalCalendar
+from forecast.data.deal_level import closed_deals_left_out, deal_level_view
 from forecast.data.deal_log import DealLog
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
 from forecast.fit.arrivals import ArrivalModel, fit_arrivals
 from forecast.fit.bootstrap import bootstrap_weights
+from forecast.fit.borrowing import borrowed_draw
 from forecast.fit.calendar_effects import QuarterEndEffect, fit_quarter_end_effect
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves
 from forecast.fit.data import FitData
-from forecast.fit.diagnostics import tail_diagnostics
+from forecast.fit.diagnostics import Diagnostic, tail_diagnostics
 from forecast.fit.exits import ExitFit, fit_exits, weighted_fit_summary
+from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import ParameterDraws, PipelineModel
 from forecast.fit.recency import (
     DEFAULT_HALF_LIFE_GRID,
@@ -109,12 +112,15 @@ def fit(
     quarter_end_window_days: int = 14,
     arrivals_lookback_quarters: int = 12,
     shrink: bool = True,
+    model_kind: str = "auto",
     half_life: float | str | None = "auto",
     recorded_from: object | None = None,
 ) -> PipelineModel:
-    """Fit the semi-Markov pipeline model to the history known at ``as_of``.
+    """Fit the pipeline model to the history known at ``as_of``.
 
-    The model and its estimators are described in ``docs/model.md``.
+    The model and its estimators are described in ``docs/model.md``: the
+    semi-Markov stage model, or for a one-row-per-deal table the deal-level
+    model (competing risks on the deal's age since creation; ``model_kind``).
 
     Parameters
     ----------
@@ -140,6 +146,12 @@ def fit(
         Quarters of history used for the new-deal arrival model.
     shrink : bool, default True
         Shrink segment fits toward the pooled fit (credibility weighting).
+    model_kind : {"auto", "stages", "deal_level"}, default "auto"
+        ``"stages"``: the stage model (needs a stage history); ``"deal_level"``:
+        one open state on the age-since-creation clock
+        (:mod:`forecast.fit.kinds`); ``"auto"``: deal-level for a one-row-per-deal
+        table (``log.source.shape == "deals"``), stages otherwise. The model says
+        which it is and why (``model_kind``, ``model_description``).
     half_life : "auto", float or None, default "auto"
         Recency weighting of every estimator: an observation made ``a`` days before
         ``as_of`` counts ``2^(−a / half_life)`` (``docs/model.md``, "Recency
@@ -155,14 +167,15 @@ def fit(
         record is unknown (``docs/model.md``, "Logs that start mid-stream"). Default:
         the first event of the log (the first export of a snapshot history).
 
+
     Returns
     -------
     PipelineModel
     """
     caller = "fit"
-    half_life = check_half_life(half_life, caller)
     n_draws = check_int(n_draws, "n_draws", caller, minimum=0)
     seed = check_seed(seed, caller)
+    half_life = check_half_life(half_life, caller)
     if isinstance(tail_families, str):
         raise ParameterError(
             f"The `tail_families` parameter of `{caller}` must be a list of family names "
@@ -178,12 +191,18 @@ def fit(
         ),
         shrink=check_bool(shrink, "shrink", caller),
     )
+    kind, description = choose_model_kind(log, model_kind, caller)
+    fitted_log = deal_level_view(log) if kind == "deal_level" else log
     data = FitData.from_log(
-        log, as_of=as_of, segment_by=segment_by, calendar=calendar, recorded_from=recorded_from
+        fitted_log,
+        as_of=as_of,
+        segment_by=segment_by,
+        calendar=calendar,
+        recorded_from=recorded_from,
     )
     if half_life == "auto":
         choice = choose_half_life(
-            log, data=data, options=options, seed=seed, recorded_from=recorded_from
+            fitted_log, data=data, options=options, seed=seed, recorded_from=recorded_from
         )
     else:
         choice = HalfLifeChoice(half_life, requested=half_life)  # type: ignore[arg-type]
@@ -202,10 +221,14 @@ def fit(
             "quarter_end_window_days": options.quarter_end_window_days,
             "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
             "shrink": options.shrink,
+            "model_kind": model_kind,
             "half_life": half_life,
             "recorded_from": None if recorded_from is None else data.recorded_from.isoformat(),  # type: ignore[union-attr]
         },
         recency=choice,
+        model_kind=kind,
+        model_description=description,
+        fingerprint=log.as_of(data.as_of).fingerprint if kind == "deal_level" else None,
     )
 
 
@@ -216,17 +239,34 @@ def assemble_model(
     *,
     options: dict[str, Any],
     recency: HalfLifeChoice | None = None,
+    model_kind: str = "stages",
+    model_description: str = "",
+    fingerprint: str | None = None,
 ) -> PipelineModel:
-    """The :class:`PipelineModel` of a point fit (and its draws) on ``data`` (built from a log)."""
+    """The :class:`PipelineModel` of a point fit (and its draws) on ``data`` (built from a log).
+
+    ``fingerprint`` is the data fingerprint of the log the user gave (default: that of
+    ``data.cut``, which is it for the stage model; the deal-level model is fitted on
+    a view of it).
+    """
     assert data.stages is not None and data.cut is not None  # built from a log
     exits = point.exits
     diagnostics = tail_diagnostics(
         [
-            *((None, k, c) for k, c in exits.pooled.items() if len(data.segments) > 1),
+            *(
+                (None, k, c)
+                for k, c in exits.pooled.items()
+                if len(data.segments) > 1 and k not in exits.borrowed  # a source's tail
+            ),
             *((g, k, c) for (g, k), c in exits.raw.items() if c is not exits.pooled[k]),
         ],
         data.stages.open,
     )
+    if model_kind == "deal_level" and (left_out := closed_deals_left_out(data.cut, data.as_of)):
+        diagnostics = (
+            Diagnostic("data", None, None, "closed_deals_left_out", left_out),
+            *diagnostics,
+        )
     return PipelineModel(
         stages=data.stages,
         segment_by=data.segment_by,
@@ -241,10 +281,22 @@ def assemble_model(
         quarter_end=point.quarter_end,
         shocks=point.shocks,
         draws=draws,
-        data_fingerprint=data.cut.fingerprint,
+        data_fingerprint=data.cut.fingerprint if fingerprint is None else fingerprint,
         version=__version__,
         options=options,
-        diagnostics=diagnostics,
+        model_kind=model_kind,
+        model_description=model_description,
+        diagnostics=(
+            *(
+                exits.borrowed[k].diagnostic(data.stages.open, data.as_of)
+                for k in sorted(exits.borrowed)
+            ),
+            *diagnostics,
+        ),
+        borrowed={
+            data.stages.open[k]: info.to_dict(data.stages.open)
+            for k, info in sorted(exits.borrowed.items())
+        },
         recency=recency,
     )
 
@@ -386,8 +438,10 @@ def parameter_draws(
     Draw ``b`` is ``data.with_weights(bootstrap_weights(data, seed, b))``. Per
     (segment, stage) it keeps the ratio of the draw's eventual destination shares
     and median sojourn to the point fit's (mixed like the curves, by the
-    credibility of the segment), per segment the ratio of the expected arrivals
-    over the next four quarters, and the refitted pull-in and shock sigma
+    credibility of the segment; a stage whose curves were borrowed takes its
+    source's ratios times a deliberately wide random factor,
+    :func:`forecast.fit.borrowing.borrowed_draw`), per segment the ratio of the
+    expected arrivals over the next four quarters, and the refitted pull-in and shock sigma
     (``docs/model.md``, "Parameter uncertainty").
 
     Parameters
@@ -438,10 +492,15 @@ def parameter_draws(
     base_counts = point.arrivals.expected_counts([window], t)
     for b in range(n_draws):
         data_b = data.with_weights(bootstrap_weights(data, seed, b))
+        pool = {
+            k: ratios(exits.pooled[k], data_b.stratum_spells(k), data.stratum_spells(k))
+            for k in range(n_open)
+            if k not in exits.borrowed
+        }
+        for k, info in exits.borrowed.items():
+            pool[k] = borrowed_draw(pool[info.source], info, n_open, n_codes, seed, b)
         for k in range(n_open):
-            m_pool, tf_pool = ratios(
-                exits.pooled[k], data_b.stratum_spells(k), data.stratum_spells(k)
-            )
+            m_pool, tf_pool = pool[k]
             for gi, g in enumerate(segments):
                 z = exits.credibility[(g, k)]
                 sg = data_b.stratum_spells(k, gi)
