@@ -26,7 +26,7 @@ Variants (``--ablation``), each switching one model component off:
 
 Generators (``--generator``): ``default`` (a stationary market); ``smooth`` (win
 odds and pace drifting steadily, :meth:`MarketDrift.smooth` defaults: log-odds
-−0.3 and sojourns +25 % per year); ``step`` (a step change on 2023-10-01, two quarters before the first origin,
+−0.3 and sojourns +20 % per year); ``step`` (a step change on 2023-10-01, two quarters before the first origin,
 :meth:`MarketDrift.step` defaults: log-odds −0.7 and sojourns +50 %); ``midstream``
 (the log recorded from 2023-01-01, with the deals then open already in progress).
 ``young6`` and ``young9`` forecast the next quarter from the first 6 and 9 months of
