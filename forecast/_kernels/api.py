@@ -18,12 +18,15 @@ Randomness and reproducibility: ``docs/model.md`` ("Sampling") and
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
 from forecast._kernels.arrays import ModelArrays, OutcomeArrays, PathSamples, SamplingInputs
+from forecast._kernels.estimators import aalen_johansen_summaries, logistic_shifts
 from forecast._kernels.outcomes import (
     STATUS_OK,
     deal_quarter_probs,
@@ -34,7 +37,15 @@ from forecast._kernels.sample import sample_chunk
 from forecast._validation import check_int, check_seed
 from forecast.errors import ModelError, ParameterError
 
-__all__ = ["outcome_probabilities", "sample_paths", "sampling_inputs", "simulate_arrays"]
+__all__ = [
+    "aj_summaries",
+    "outcome_probabilities",
+    "over_threads",
+    "quarter_logistic_shifts",
+    "sample_paths",
+    "sampling_inputs",
+    "simulate_arrays",
+]
 
 
 # ----------------------------------------------------------------------------- outcomes
@@ -325,3 +336,83 @@ def simulate_arrays(
         progress=progress,
         partial_on_interrupt=partial_on_interrupt,
     )
+
+
+# ----------------------------------------------------------------------------- fit draws
+def over_threads(run: Callable[[int, int], object], n: int, threads: int | None = None) -> None:
+    """Call ``run(lo, hi)`` on contiguous parts of ``range(n)``, one per thread.
+
+    For kernels that release the GIL and write disjoint parts of their outputs (the
+    parts are fixed by ``n`` and the thread count, and each item is computed alone,
+    so the results do not depend on the thread count). ``threads`` defaults to
+    Numba's thread count.
+    """
+    n_threads = max(1, min(int(threads or numba.get_num_threads()), n))
+    if n_threads == 1:
+        run(0, n)
+        return
+    edges = np.linspace(0, n, n_threads + 1).astype(np.int64)
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        for f in [pool.submit(run, int(a), int(b)) for a, b in itertools.pairwise(edges)]:
+            f.result()
+
+
+def aj_summaries(
+    weights: np.ndarray,
+    deal: np.ndarray,
+    duration: np.ndarray,
+    destination: np.ndarray,
+    offsets: np.ndarray,
+    tail_shares: np.ndarray,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eventual destination shares ``(B, S, C)`` and median sojourns ``(B, S)`` (days) of
+    the weighted Aalen–Johansen fits of ``S`` strata for ``B`` weight vectors ``(B, n_deals)``.
+
+    See :func:`forecast._kernels.estimators.aalen_johansen_summaries` for the layout;
+    the strata are dealt to the threads largest first, so each thread gets about the
+    same number of spells.
+    """
+    weights_t = np.ascontiguousarray(np.asarray(weights, dtype=np.float64).T)
+    n_draws = weights_t.shape[1]
+    n_strata, n_codes = tail_shares.shape
+    shares = np.empty((n_draws, n_strata, n_codes))
+    median = np.empty((n_draws, n_strata))
+    tail = np.ascontiguousarray(tail_shares, dtype=np.float64)
+    n_threads = max(1, min(int(threads or numba.get_num_threads()), n_strata))
+    by_size = np.argsort(-np.diff(offsets), kind="stable")
+    parts = [np.sort(by_size[i::n_threads]).astype(np.int64) for i in range(n_threads)]
+
+    def run(lo: int, hi: int) -> None:
+        for part in parts[lo:hi]:
+            aalen_johansen_summaries(
+                weights_t, deal, duration, destination, offsets, tail, part, shares, median
+            )
+
+    over_threads(run, n_threads, n_threads)
+    return shares, median
+
+
+def quarter_logistic_shifts(
+    cell_weight: np.ndarray,
+    cell_won: np.ndarray,
+    cell_offset: np.ndarray,
+    offsets: np.ndarray,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Win log-odds shifts ``(B, Q)`` and their sampling variances ``(B, Q)`` per quarter.
+
+    See :func:`forecast._kernels.estimators.logistic_shifts`; draws are split over threads.
+    """
+    cell_weight = np.ascontiguousarray(cell_weight, dtype=np.float64)
+    cell_won = np.ascontiguousarray(cell_won, dtype=np.float64)
+    cell_offset = np.ascontiguousarray(cell_offset, dtype=np.float64)
+    n_draws, n_q = cell_weight.shape[0], offsets.shape[0] - 1
+    shift = np.empty((n_draws, n_q))
+    variance = np.empty((n_draws, n_q))
+
+    def run(lo: int, hi: int) -> None:
+        logistic_shifts(cell_weight, cell_won, cell_offset, offsets, lo, hi, shift, variance)
+
+    over_threads(run, n_draws, threads)
+    return shift, variance

@@ -373,18 +373,29 @@ def _fit_weibull(t, d, w, u):
     return {"shape": c, "scale": scale}, -float(res.fun), message
 
 
-def _lognormal_nll(theta, t, d, w, u, wsum):
+def _lognormal_nll(theta, ev, log_tc, wc, u, wsum):
+    """Negative log-likelihood and gradient in ``(mu, log sigma)``.
+
+    The exits enter through their weighted sufficient statistics ``ev = (S0, m, C2)``:
+    ``S0 = Σ w``, ``m = Σ w log t / S0`` and ``C2 = Σ w (log t − m)²`` (so that
+    ``Σ w z² = (C2 + S0 (m − mu)²) / sigma²``; the constant ``Σ w log t`` is left
+    out), which makes an evaluation cost O(censored spells) instead of O(all spells).
+    """
     mu, log_sigma = theta
     sigma = math.exp(log_sigma)
-    log_t = np.log(t)
-    z = (log_t - mu) / sigma
-    log_sf = special.log_ndtr(-z)
-    log_pdf_z = -0.5 * z * z - _LOG_SQRT_2PI
-    mills = np.exp(log_pdf_z - log_sf)  # φ(z) / Φ(−z)
-    c = 1.0 - d
-    ll = np.dot(w * d, log_pdf_z - log_sigma - log_t) + np.dot(w * c, log_sf)
-    g_mu = np.dot(w * d, z) / sigma + np.dot(w * c, mills) / sigma
-    g_ls = np.dot(w * d, z * z - 1.0) + np.dot(w * c, mills * z)
+    s0, m, c2 = ev
+    dm = m - mu
+    sq = (c2 + s0 * dm * dm) / (sigma * sigma)  # Σ_exits w z²
+    ll = -0.5 * sq - s0 * (_LOG_SQRT_2PI + log_sigma)
+    g_mu = s0 * dm / (sigma * sigma)
+    g_ls = sq - s0
+    if log_tc.size:
+        z = (log_tc - mu) / sigma
+        log_sf = special.log_ndtr(-z)
+        mills = np.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_sf)  # φ(z) / Φ(−z)
+        ll += float(np.dot(wc, log_sf))
+        g_mu += float(np.dot(wc, mills)) / sigma
+        g_ls += float(np.dot(wc, mills * z))
     if u > 0:
         zu = (math.log(u) - mu) / sigma
         lsu = float(special.log_ndtr(-zu))
@@ -402,10 +413,15 @@ def _fit_lognormal(t, d, w, u):
     mu0 = float(np.average(log_t[ev], weights=w[ev]))
     sd0 = float(np.sqrt(np.average((log_t[ev] - mu0) ** 2, weights=w[ev])))
     sd0 = sd0 if sd0 > 1e-3 else 1.0
+    s0 = float(w[ev].sum())
+    c2 = float(np.dot(w[ev], (log_t[ev] - mu0) ** 2))
+    stats = (s0, mu0, c2)
+    log_tc, wc = log_t[~ev], w[~ev]
+    sum_log_t = float(np.dot(w[ev], log_t[ev]))  # the constant left out of _lognormal_nll
     scale_f = 1.0 / wsum  # optimise the mean log-likelihood for conditioning
 
     def fun(theta):
-        f, g = _lognormal_nll(theta, t, d, w, u, wsum)
+        f, g = _lognormal_nll(theta, stats, log_tc, wc, u, wsum)
         return f * scale_f, g * scale_f
 
     with np.errstate(over="ignore", under="ignore"):
@@ -421,7 +437,8 @@ def _fit_lognormal(t, d, w, u):
     grad_norm = float(np.max(np.abs(res.jac)))
     if not res.success and grad_norm > 1e-6:
         message = f"optimiser stopped: {res.message} (|grad|={grad_norm:.2g})"
-    return {"sigma": math.exp(log_sigma), "scale": math.exp(mu)}, -float(res.fun) / scale_f, message
+    ll = -float(res.fun) / scale_f - sum_log_t
+    return {"sigma": math.exp(log_sigma), "scale": math.exp(mu)}, ll, message
 
 
 _FITTERS = {"exponential": _fit_exponential, "weibull": _fit_weibull, "lognormal": _fit_lognormal}
