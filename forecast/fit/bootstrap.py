@@ -59,17 +59,19 @@ def bootstrap_weight_block(
 ) -> np.ndarray:
     """:func:`bootstrap_weights` of several draws, shape ``(len(draws), n_deals)``.
 
-    The draws' generators run on threads (they release the GIL); each row is exactly
-    ``bootstrap_weights(data, seed, draws[i])``.
+    Row ``i`` is exactly ``bootstrap_weights(data, seed, draws[i])``. The array is
+    the transpose of a deal-major buffer (each deal's weights for all the draws are
+    adjacent, as the compiled estimators read them); the draws' generators run on
+    threads (they release the GIL).
     """
-    out = np.empty((len(draws), data.n_deals))
+    out = np.empty((data.n_deals, len(draws)))
 
     def run(lo: int, hi: int) -> None:
         for i in range(lo, hi):
-            out[i] = bootstrap_weights(data, seed, int(draws[i]))
+            out[:, i] = bootstrap_weights(data, seed, int(draws[i]))
 
     over_threads(run, len(draws), threads)
-    return out
+    return out.T
 
 
 def dirichlet_deal_weights(
