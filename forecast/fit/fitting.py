@@ -28,6 +28,7 @@ from forecast.fit.calendar_effects import (
     fit_quarter_end_effect,
 )
 from forecast.fit.data import FitData
+from forecast.fit.diagnostics import tail_diagnostics
 from forecast.fit.exits import ExitDrawLayout, ExitFit, fit_exits
 from forecast.fit.model import ParameterDraws, PipelineModel
 from forecast.fit.shocks import ShockLayout, ShockModel, fit_shocks
@@ -148,6 +149,14 @@ def fit(
     point = fit_components(data, options)
     draws = parameter_draws(data, point, options, n_draws, seed) if n_draws > 0 else None
     assert data.stages is not None and data.cut is not None  # built from a log
+    exits = point.exits
+    diagnostics = tail_diagnostics(
+        [
+            *((None, k, c) for k, c in exits.pooled.items() if len(data.segments) > 1),
+            *((g, k, c) for (g, k), c in exits.raw.items() if c is not exits.pooled[k]),
+        ],
+        data.stages.open,
+    )
     return PipelineModel(
         stages=data.stages,
         segment_by=data.segment_by,
@@ -173,6 +182,7 @@ def fit(
             "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
             "shrink": options.shrink,
         },
+        diagnostics=diagnostics,
     )
 
 
