@@ -159,15 +159,23 @@ def fresh_win_density(dens, n_days, out):
     status = _invert(a, a_inv)
     if status != STATUS_OK:
         return status
+    # h with the stage of origin innermost: each day's K sums advance together (the
+    # additions of each sum keep their order: over j, then over the lag)
+    h_t = np.empty((n_open, n_bins + 1, n_open))
+    for k in range(n_open):
+        for j in range(n_open):
+            for lag in range(n_bins + 1):
+                h_t[j, lag, k] = h[k, j, lag]
     rhs = np.empty(n_open)
     for d in range(n_days):
         for k in range(n_open):
-            acc = dens[k, won, d] if d < n_bins else 0.0
-            l_max = min(d, n_bins)
-            for j in range(n_open):
-                for lag in range(1, l_max + 1):
-                    acc += h[k, j, lag] * out[j, d - lag]
-            rhs[k] = acc
+            rhs[k] = dens[k, won, d] if d < n_bins else 0.0
+        l_max = min(d, n_bins)
+        for j in range(n_open):
+            for lag in range(1, l_max + 1):
+                w = out[j, d - lag]
+                for k in range(n_open):
+                    rhs[k] += h_t[j, lag, k] * w
         for k in range(n_open):
             acc = 0.0
             for j in range(n_open):
@@ -296,6 +304,19 @@ def deal_quarter_probs(first, fresh, curve, age, qb, window, pull_in, p_win, p_q
             beyond = 0.0
         for lag in range(n_bins + 1):
             surv[k, lag] += beyond
+    # the breakpoints in increasing order: at sojourn bin e the sums of the breakpoints
+    # beyond e advance together (each sum keeps the order of its additions)
+    order = np.argsort(xs)
+    xs_sorted = np.empty(n_x, dtype=np.int64)
+    for ix in range(n_x):
+        xs_sorted[ix] = xs[order[ix]]
+    x_max = xs_sorted[n_x - 1]
+    # s[j, m] = CW[j, m] + CW[j, m - 1]: where a move in bin e lands, before the factor 1/2
+    s_cw = np.zeros((n_open, x_max + 1))
+    for j in range(n_open):
+        for m in range(1, min(x_max, cw.shape[1] - 1) + 1):
+            s_cw[j, m] = cw[j, m] + cw[j, m - 1]
+    acc = np.empty(n_x)
     cdf = np.empty(n_x)
     for i in range(curve.shape[0]):
         k = curve[i]
@@ -306,15 +327,24 @@ def deal_quarter_probs(first, fresh, curve, age, qb, window, pull_in, p_win, p_q
                 p_win[i, q] = 0.0
                 p_qe[i, q] = 0.0
             continue
+        acc[:] = 0.0
+        first_active = 0
+        for e in range(x_max):
+            while xs_sorted[first_active] <= e:
+                first_active += 1
+            v = first[k, won, a + e]
+            for ix in range(first_active, n_x):
+                acc[ix] += v
+        for j in range(n_open):
+            first_active = 0
+            for e in range(x_max):
+                while xs_sorted[first_active] <= e:
+                    first_active += 1
+                f = first[k, j, a + e] * 0.5
+                for ix in range(first_active, n_x):
+                    acc[ix] += f * s_cw[j, xs_sorted[ix] - e]
         for ix in range(n_x):
-            x = xs[ix]
-            acc = 0.0
-            for e in range(x):
-                acc += first[k, won, a + e]
-            for j in range(n_open):
-                for e in range(x):
-                    acc += first[k, j, a + e] * 0.5 * (cw[j, x - e] + cw[j, x - e - 1])
-            cdf[ix] = acc / s_a
+            cdf[order[ix]] = acc[ix] / s_a
         _quarters_from_cdf(cdf, n_q, pull_in, p_win[i], p_qe[i])
     return STATUS_OK
 
