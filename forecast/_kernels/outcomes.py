@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forecast._kernels._options import jit
+from forecast._kernels._options import jit, jit_inline
 
 __all__ = [
     "STATUS_OK",
@@ -57,7 +57,7 @@ STATUS_OK = 0
 STATUS_SINGULAR = 1
 
 
-@jit
+@jit_inline
 def _invert(a, out):
     """Gauss–Jordan inverse with partial pivoting of a small (K, K) matrix; status code."""
     n = a.shape[0]
@@ -96,7 +96,7 @@ def _invert(a, out):
     return STATUS_OK
 
 
-@jit
+@jit_inline
 def _move_kernel(dens):
     """Day-bin lag of the next entry after a move: ``h[k, j, m]``, shape (K, K, L + 1).
 
@@ -184,7 +184,7 @@ def fresh_win_density(dens, n_days, out):
     return STATUS_OK
 
 
-@jit
+@jit_inline
 def _breakpoints(qb, window):
     """Day bins at which the raw win-time CDF is needed, shape (3H + 1,).
 
@@ -202,7 +202,7 @@ def _breakpoints(qb, window):
     return x
 
 
-@jit
+@jit_inline
 def _quarters_from_cdf(cdf, n_q, pull_in, p_win_row, p_qe_row):
     """Apply the pull-in to raw-CDF values at :func:`_breakpoints`; write (H,) rows."""
     for q in range(n_q):
@@ -222,7 +222,7 @@ def _quarters_from_cdf(cdf, n_q, pull_in, p_win_row, p_qe_row):
             p_qe_row[q] = 0.0
 
 
-@jit
+@jit_inline
 def _fresh_cumsum(fresh):
     """``CW[k, m] = sum_{t < m} W[k, t]``, shape (K, n_days + 1)."""
     n_open, n_days = fresh.shape
