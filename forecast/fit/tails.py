@@ -388,24 +388,18 @@ class TailFit:
 # --------------------------------------------------------------------------------------------
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> np.floating:
-    """``Σ a b`` without BLAS: a threaded BLAS dot product of a few thousand values can
-    cost a thousand times a plain sum on a busy machine (its threads wait for cores)."""
-    return np.multiply(a, b).sum()
-
-
 def _fit_exponential(t, d, w, u):
-    events = float(_dot(w, d))
-    exposure = float(_dot(w, t - u))
+    events = float(np.dot(w, d))
+    exposure = float(np.dot(w, t - u))
     scale = exposure / events
     ll = -events * math.log(scale) - exposure / scale
     return {"scale": scale}, ll, "ok", "ok"
 
 
 def _fit_weibull(t, d, w, u):
-    events = float(_dot(w, d))
+    events = float(np.dot(w, d))
     log_t = np.log(t)
-    sum_dlogt = float(_dot(w * d, log_t))
+    sum_dlogt = float(np.dot(w * d, log_t))
     log_tmax = float(log_t.max())
     rel = log_t - log_tmax  # ≤ 0, so exp(c * rel) never overflows
     rel_u = (math.log(u) - log_tmax) if u > 0 else -math.inf
@@ -415,9 +409,9 @@ def _fit_weibull(t, d, w, u):
         # expm1, so that spells just beyond u keep their (small, positive) share.
         with np.errstate(under="ignore"):  # short spells at a large shape weigh 0
             if u > 0:
-                inner = float(_dot(w, np.exp(c * rel) * -np.expm1(c * (rel_u - rel))))
+                inner = float(np.dot(w, np.exp(c * rel) * -np.expm1(c * (rel_u - rel))))
             else:
-                inner = float(_dot(w, np.exp(c * rel)))
+                inner = float(np.dot(w, np.exp(c * rel)))
         return c * log_tmax + math.log(inner)
 
     def neg_profile(log_c: float) -> float:
@@ -447,8 +441,8 @@ def _lognormal_data(
     ``(S0, m, C2)``, and the censored spells' ``log t`` and weights."""
     ev = d > 0
     s0 = float(w[ev].sum())
-    m = float(_dot(w[ev], log_t[ev])) / s0 if s0 > 0 else 0.0
-    exits = (s0, m, float(_dot(w[ev], (log_t[ev] - m) ** 2)))
+    m = float(np.dot(w[ev], log_t[ev])) / s0 if s0 > 0 else 0.0
+    exits = (s0, m, float(np.dot(w[ev], (log_t[ev] - m) ** 2)))
     return exits, log_t[~ev], w[~ev]
 
 
@@ -491,12 +485,12 @@ def _lognormal_mean_nll(
         with np.errstate(under="ignore"):  # far below the scale φ(z) / Φ(−z) is 0
             lam = np.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_sf)  # φ(z) / Φ(−z), ≥ 0
         dl = lam * (lam - z)  # λ'(z)
-        ll += float(_dot(w, log_sf))
-        g_mu += float(_dot(w, lam)) / sigma
-        g_s += float(_dot(w, lam * z))
+        ll += float(np.dot(w, log_sf))
+        g_mu += float(np.dot(w, lam)) / sigma
+        g_s += float(np.dot(w, lam * z))
         h_mm -= float(np.sum(w * dl)) / sigma**2
-        h_ms -= float(_dot(w, z * dl + lam)) / sigma
-        h_ss -= float(_dot(w, z * z * dl + z * lam))
+        h_ms -= float(np.dot(w, z * dl + lam)) / sigma
+        h_ss -= float(np.dot(w, z * z * dl + z * lam))
     if log_u is not None:
         zu = (log_u - mu) / sigma
         lsu = float(special.log_ndtr(-zu))
@@ -596,7 +590,7 @@ def _fit_lognormal(t, d, w, u):
     wsum = float(w.sum())
     log_t = np.log(t)
     log_u = math.log(u) if u > 0 else None
-    const = float(_dot(w * d, log_t))  # Σ w d log t, left out of the optimised value
+    const = float(np.dot(w * d, log_t))  # Σ w d log t, left out of the optimised value
     lower = np.array([float(log_t.min()) - _MU_MARGIN, _LOG_SIGMA_BOUNDS[0]])
     upper = np.array([float(log_t.max()) + _MU_MARGIN, _LOG_SIGMA_BOUNDS[1]])
 
