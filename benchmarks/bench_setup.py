@@ -34,17 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from _common import describe, machine, result, write_results
 
 import forecast
 from forecast._kernels.rng import path_state, uniform
 from forecast.datasets import generate_crm
 from forecast.simulate import model_arrays
-
-try:  # the shared benchmark helpers (benchmarks/_common.py), when present
-    from _common import describe, machine, result, write_results
-except ImportError:  # pragma: no cover - older checkouts
-    describe = machine = result = write_results = None  # type: ignore[assignment]
-
 
 #: Cells of the guide table of each inverse-CDF search.
 GUIDE = 256
@@ -183,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.scale, args.paths, args.repeats = 1.0, 2_000, 2
-    info = machine() if machine is not None else {}
-    if describe is not None:
-        print(describe(info))
+    info = machine()
+    print(describe(info))
     threads = numba.get_num_threads()
 
     world = generate_crm(seed=1, scale=args.scale)
@@ -233,41 +227,40 @@ def main(argv: list[str] | None = None) -> int:
     print("mean booked from today's pipeline per quarter (engine / walking kernel):")
     for q, (e, w) in enumerate(zip(engine_mean, walk_mean, strict=True)):
         print(f"  {fc.quarters[q]}: {e:,.0f} / {w:,.0f}")
-    if write_results is not None:
-        label = f"{n_deals} deals × {args.paths:,} paths"
-        write_results(
-            args.json,
-            [
-                result(
-                    "setup",
-                    f"walking kernel / simulate (first), {label}",
-                    t_walk,
-                    "s",
-                    "simulate, end to end",
-                    t_cold,
-                    "s",
-                ),
-                result(
-                    "setup",
-                    f"walking kernel / simulate (again), {label}",
-                    t_walk,
-                    "s",
-                    "simulate, end to end",
-                    t_warm,
-                    "s",
-                ),
-                result(
-                    "setup",
-                    f"walking kernel / simulate (first), CPU time, {label}",
-                    c_walk,
-                    "s",
-                    "simulate, end to end",
-                    c_cold,
-                    "s",
-                ),
-            ],
-            machine=info,
-        )
+    label = f"{n_deals} deals × {args.paths:,} paths"
+    write_results(
+        args.json,
+        [
+            result(
+                "setup",
+                f"walking kernel / simulate (first), {label}",
+                t_walk,
+                "s",
+                "simulate, end to end",
+                t_cold,
+                "s",
+            ),
+            result(
+                "setup",
+                f"walking kernel / simulate (again), {label}",
+                t_walk,
+                "s",
+                "simulate, end to end",
+                t_warm,
+                "s",
+            ),
+            result(
+                "setup",
+                f"walking kernel / simulate (first), CPU time, {label}",
+                c_walk,
+                "s",
+                "simulate, end to end",
+                c_cold,
+                "s",
+            ),
+        ],
+        machine=info,
+    )
     return 0
 
 
