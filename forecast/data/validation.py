@@ -924,13 +924,20 @@ def deduplicate_and_sort(frame: pl.DataFrame, tally: RepairCounts) -> pl.DataFra
     frame = frame.sort("source_row")
     deduped = frame.unique(subset=subset, keep="first", maintain_order=True)
     tally.exact_duplicates_removed += frame.height - deduped.height
-    late = deduped.select(
-        (pl.col("timestamp") < pl.col("timestamp").cum_max().shift(1).over("deal_id"))
-        .fill_null(False)
-        .sum()
-    ).item()
+    events = deduped.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
+    # A row is late when an earlier row of its deal has a later timestamp: in the order
+    # of the rows as given (per deal), its rank in the sorted events is below the
+    # largest rank before it. Ranks grow with the deal, so a running maximum over the
+    # whole frame never carries one deal's ranks into the next.
+    late = (
+        events.select("deal_id", "source_row")
+        .with_row_index("_rank")
+        .sort(["deal_id", "source_row"])
+        .select((pl.col("_rank") < pl.col("_rank").cum_max().shift(1)).fill_null(False).sum())
+        .item()
+    )
     tally.rows_reordered += int(late)
-    return deduped.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
+    return events
 
 
 def check_terminal_transitions(
