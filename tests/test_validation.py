@@ -303,3 +303,29 @@ def test_reordered_rows_counted_as_defined_on_a_shuffled_history() -> None:
     assert want > 0 and tally.rows_reordered == want
     assert tally.exact_duplicates_removed == 0 and out.height == frame.height
     assert out.sort(["deal_id", "timestamp", "source_row"]).equals(out)
+
+
+def test_exact_duplicates_removed_as_defined() -> None:
+    """Rows equal in every column but ``source_row`` are removed, the earliest kept: checked
+    against polars' ``unique`` over all those columns (the definition) on a history with
+    duplicates, near-duplicates (one value apart) and missing values."""
+    from forecast.data.validation import RepairCounts, deduplicate_and_sort
+
+    rng = np.random.default_rng(9)
+    n = 300
+    base = pl.DataFrame(
+        {
+            "deal_id": rng.choice([f"D{i}" for i in range(20)], n),
+            "timestamp": dt.datetime(2024, 1, 1)
+            + pl.Series(rng.integers(0, 10, n)).cast(pl.Duration("us")) * 86_400_000_000,
+            "stage": rng.choice(["A", "B"], n),
+            "amount": pl.Series(rng.choice([1.0, 2.0, np.nan], n)).fill_nan(None),
+        }
+    )
+    frame = base.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"))
+    subset = [c for c in frame.columns if c != "source_row"]
+    want = frame.unique(subset=subset, keep="first", maintain_order=True)
+    tally = RepairCounts()
+    got = deduplicate_and_sort(frame, tally)
+    assert 0 < tally.exact_duplicates_removed == frame.height - want.height
+    assert got.equals(want.sort(["deal_id", "timestamp", "source_row"]))

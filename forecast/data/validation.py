@@ -922,7 +922,18 @@ def deduplicate_and_sort(frame: pl.DataFrame, tally: RepairCounts) -> pl.DataFra
     """
     subset = [c for c in frame.columns if c != "source_row"]
     frame = frame.sort("source_row")
-    deduped = frame.unique(subset=subset, keep="first", maintain_order=True)
+    # Only rows whose hash is shared can be duplicates: compare those in full (a table of
+    # every row's values would take several times the frame's memory).
+    shared = frame.select(pl.struct(subset).hash(seed=0).is_duplicated()).to_series()
+    if shared.any():
+        candidates = frame.filter(shared)
+        kept = candidates.unique(subset=subset, keep="first", maintain_order=True)
+        dropped = candidates["source_row"].filter(
+            ~candidates["source_row"].is_in(kept["source_row"])
+        )
+        deduped = frame.filter(~pl.col("source_row").is_in(dropped))
+    else:
+        deduped = frame
     tally.exact_duplicates_removed += frame.height - deduped.height
     events = deduped.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
     # A row is late when an earlier row of its deal has a later timestamp: in the order
