@@ -399,6 +399,7 @@ def model_arrays(
         Won before the as-of instant in each horizon quarter, currency.
     """
     t = model.as_of
+    log = model.view(log)  # the deal-level model reads every open stage as one
     stages = model.stages
     K = stages.n_open
     segs = list(model.segments)

@@ -91,6 +91,7 @@ def test_draws_in_one_pass_equal_refitting_each_draw(
     fitted: tuple[FitData, Any, FitOptions],
 ) -> None:
     data, point, options = fitted
+    assert not point.exits.borrowed  # every stage fitted (borrowed stages: test_borrowing.py)
     got = parameter_draws(data, point, options, N_DRAWS, SEED, threads=2)
     want = refit_draws(data, point, options)
     for name in ("time_factor", "destination_multiplier", "arrival_multiplier", "pull_in"):

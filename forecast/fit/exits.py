@@ -12,8 +12,8 @@ segment's own speed and destination level (:func:`shrink_toward`). See
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import polars as pl
 
 from forecast._kernels import aj_summaries
 from forecast.errors import ParameterError
+from forecast.fit.borrowing import BorrowedStage, borrow_missing_stages
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves, aalen_johansen, fit_exit_curves
 from forecast.fit.data import FitData
 from forecast.fit.shrinkage import credibility_weights
@@ -65,6 +66,10 @@ class ExitFit:
         Weight of the segment's own curves in ``curves`` (0 without spells).
     shrinkage : polars.DataFrame
         ``segment, stage, n_spells, credibility, k`` per segment and stage.
+    borrowed : dict open stage code -> BorrowedStage
+        Stages without any exit, whose pooled curves were borrowed from a
+        neighbouring stage (:mod:`forecast.fit.borrowing`); skipped stages (never
+        visited) included.
     """
 
     curves: dict[tuple[str, int], ExitCurves]
@@ -72,6 +77,7 @@ class ExitFit:
     raw: dict[tuple[str, int], ExitCurves]
     credibility: dict[tuple[str, int], float]
     shrinkage: pl.DataFrame
+    borrowed: dict[int, BorrowedStage] = field(default_factory=dict)
 
 
 def weighted_fit_summary(cs: CensoredSpells, tail_shares: np.ndarray) -> tuple[np.ndarray, float]:
@@ -194,7 +200,10 @@ def fit_exits(
     Raises
     ------
     ModelError
-        An open stage without any spell (its pooled curves cannot be fitted).
+        No open stage has an exit (nothing to fit or borrow). A stage without any
+        exit borrows the curves of its nearest stage with exits
+        (:mod:`forecast.fit.borrowing`); a segment without exits in a stage takes
+        the pooled curves moved to the segment (credibility 0).
     """
     segments = data.segments
     n_open = int(data.n_open or 0)
@@ -203,15 +212,21 @@ def fit_exits(
     raw: dict[tuple[str, int], ExitCurves] = {}
     exits: dict[tuple[str, int], float] = {}
     stage_spells: dict[int, dict[str, CensoredSpells]] = {}
+    pooled_spells = [data.stratum_spells(k) for k in range(n_open)]
+    for k, cs in enumerate(pooled_spells):
+        if np.any(cs.observed & (cs.weights > 0)):
+            pooled[k] = fit_exit_curves(cs, tail_families=tail_families)
+    borrowed = borrow_missing_stages(pooled, pooled_spells, names, data.as_of)
     for k in range(n_open):
-        pooled[k] = fit_exit_curves(data.stratum_spells(k), tail_families=tail_families)
         stage_spells[k] = {g: data.stratum_spells(k, gi) for gi, g in enumerate(segments)}
         for g in segments:
             seg = stage_spells[k][g]
-            raw[(g, k)] = (
-                fit_exit_curves(seg, tail_families=tail_families) if seg.n > 0 else pooled[k]
-            )
             exits[(g, k)] = float(np.sum(seg.weights[seg.destinations >= 0]))
+            raw[(g, k)] = (
+                fit_exit_curves(seg, tail_families=tail_families)
+                if exits[(g, k)] > 0
+                else pooled[k]
+            )
     effects = segment_destination_effects(raw, pooled, exits, segments, n_open)
     curves: dict[tuple[str, int], ExitCurves] = {}
     credibility: dict[tuple[str, int], float] = {}
@@ -224,7 +239,7 @@ def fit_exits(
         else:
             weights, kval = np.ones(len(segments)), 0.0
         for i, g in enumerate(segments):
-            z = float(weights[i]) if seg_spells[g].n > 0 else 0.0
+            z = float(weights[i]) if exits[(g, k)] > 0 else 0.0
             credibility[(g, k)] = z
             curves[(g, k)] = shrink_toward(raw[(g, k)], pooled[k], z, effects[g])
             rows.append(
@@ -237,7 +252,7 @@ def fit_exits(
                 }
             )
     shrinkage = pl.DataFrame(rows) if rows else empty_shrinkage()
-    return ExitFit(curves, pooled, raw, credibility, shrinkage)
+    return ExitFit(curves, pooled, raw, credibility, shrinkage, borrowed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -347,7 +362,10 @@ class ExitDrawLayout:
         )
 
     def ratios(
-        self, weights: np.ndarray, threads: int | None = None
+        self,
+        weights: np.ndarray,
+        threads: int | None = None,
+        adjust_pooled: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """What a parameter draw keeps of the exit curves, for a block of draws.
 
@@ -363,6 +381,11 @@ class ExitDrawLayout:
         weights : ndarray of float64, shape (B, n_deals)
             Deal weights of each draw.
         threads : int, optional
+        adjust_pooled : callable, optional
+            Called as ``adjust_pooled(m, f)`` with the pooled ratios of every stage,
+            destination multipliers ``m`` ``(B, K, C)`` and time factors ``f`` ``(B, K)``,
+            before they are mixed; may change them in place (a stage whose curves were
+            borrowed takes its source's ratios, :func:`forecast.fit.borrowing.borrowed_draw`).
 
         Returns
         -------
@@ -379,6 +402,10 @@ class ExitDrawLayout:
         n_draws, split = weights.shape[0], n_open * n_seg
         m_seg = m[:, :split].reshape(n_draws, n_open, n_seg, -1).transpose(0, 2, 1, 3)
         tf_seg = tf[:, :split].reshape(n_draws, n_open, n_seg).transpose(0, 2, 1)
+        if adjust_pooled is not None:
+            m_flat, tf_flat = np.array(m[:, split:]), np.array(tf[:, split:])
+            adjust_pooled(m_flat, tf_flat)
+            m[:, split:], tf[:, split:] = m_flat, tf_flat
         m_pool = m[:, split:][:, None, :, :]  # (B, 1, K, C)
         tf_pool = tf[:, split:][:, None, :]
         z, own = self.credibility, self.own

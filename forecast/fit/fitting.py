@@ -17,19 +17,22 @@ import numpy as np
 from forecast._validation import check_bool, check_int, check_seed
 from forecast._version import __version__
 from forecast.calendar import FiscalCalendar
+from forecast.data.deal_level import closed_deals_left_out, deal_level_view
 from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
 from forecast.fit.arrivals import ArrivalLayout, ArrivalModel, fit_arrivals
 from forecast.fit.bootstrap import bootstrap_weight_block
+from forecast.fit.borrowing import borrowed_draw
 from forecast.fit.calendar_effects import (
     QuarterEndEffect,
     QuarterEndLayout,
     fit_quarter_end_effect,
 )
 from forecast.fit.data import FitData
-from forecast.fit.diagnostics import tail_diagnostics
+from forecast.fit.diagnostics import Diagnostic, tail_diagnostics
 from forecast.fit.exits import ExitDrawLayout, ExitFit, fit_exits
+from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import ParameterDraws, PipelineModel
 from forecast.fit.shocks import ShockLayout, ShockModel, fit_shocks
 
@@ -93,10 +96,13 @@ def fit(
     quarter_end_window_days: int = 14,
     arrivals_lookback_quarters: int = 12,
     shrink: bool = True,
+    model_kind: str = "auto",
 ) -> PipelineModel:
-    """Fit the semi-Markov pipeline model to the history known at ``as_of``.
+    """Fit the pipeline model to the history known at ``as_of``.
 
-    The model and its estimators are described in ``docs/model.md``.
+    The model and its estimators are described in ``docs/model.md``: the
+    semi-Markov stage model, or for a one-row-per-deal table the deal-level
+    model (competing risks on the deal's age since creation; ``model_kind``).
 
     Parameters
     ----------
@@ -122,6 +128,12 @@ def fit(
         Quarters of history used for the new-deal arrival model.
     shrink : bool, default True
         Shrink segment fits toward the pooled fit (credibility weighting).
+    model_kind : {"auto", "stages", "deal_level"}, default "auto"
+        ``"stages"``: the stage model (needs a stage history); ``"deal_level"``:
+        one open state on the age-since-creation clock
+        (:mod:`forecast.fit.kinds`); ``"auto"``: deal-level for a one-row-per-deal
+        table (``log.source.shape == "deals"``), stages otherwise. The model says
+        which it is and why (``model_kind``, ``model_description``).
 
     Returns
     -------
@@ -145,18 +157,29 @@ def fit(
         ),
         shrink=check_bool(shrink, "shrink", caller),
     )
-    data = FitData.from_log(log, as_of=as_of, segment_by=segment_by, calendar=calendar)
+    kind, description = choose_model_kind(log, model_kind, caller)
+    fitted_log = deal_level_view(log) if kind == "deal_level" else log
+    data = FitData.from_log(fitted_log, as_of=as_of, segment_by=segment_by, calendar=calendar)
     point = fit_components(data, options)
     draws = parameter_draws(data, point, options, n_draws, seed) if n_draws > 0 else None
     assert data.stages is not None and data.cut is not None  # built from a log
     exits = point.exits
     diagnostics = tail_diagnostics(
         [
-            *((None, k, c) for k, c in exits.pooled.items() if len(data.segments) > 1),
+            *(
+                (None, k, c)
+                for k, c in exits.pooled.items()
+                if len(data.segments) > 1 and k not in exits.borrowed  # a source's tail
+            ),
             *((g, k, c) for (g, k), c in exits.raw.items() if c is not exits.pooled[k]),
         ],
         data.stages.open,
     )
+    if kind == "deal_level" and (left_out := closed_deals_left_out(data.cut, data.as_of)):
+        diagnostics = (
+            Diagnostic("data", None, None, "closed_deals_left_out", left_out),
+            *diagnostics,
+        )
     return PipelineModel(
         stages=data.stages,
         segment_by=data.segment_by,
@@ -171,7 +194,7 @@ def fit(
         quarter_end=point.quarter_end,
         shocks=point.shocks,
         draws=draws,
-        data_fingerprint=data.cut.fingerprint,
+        data_fingerprint=log.as_of(data.as_of).fingerprint,
         version=__version__,
         options={
             "segment_by": list(data.segment_by),
@@ -181,8 +204,21 @@ def fit(
             "quarter_end_window_days": options.quarter_end_window_days,
             "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
             "shrink": options.shrink,
+            "model_kind": model_kind,
         },
-        diagnostics=diagnostics,
+        model_kind=kind,
+        model_description=description,
+        diagnostics=(
+            *(
+                exits.borrowed[k].diagnostic(data.stages.open, data.as_of)
+                for k in sorted(exits.borrowed)
+            ),
+            *diagnostics,
+        ),
+        borrowed={
+            data.stages.open[k]: info.to_dict(data.stages.open)
+            for k, info in sorted(exits.borrowed.items())
+        },
     )
 
 
@@ -205,8 +241,10 @@ def parameter_draws(
     Draw ``b`` weights the deals by ``bootstrap_weights(data, seed, b)``. Per
     (segment, stage) it keeps the ratio of the draw's eventual destination shares
     and median sojourn to the point fit's (mixed like the curves, by the
-    credibility of the segment), per segment the ratio of the expected arrivals
-    over the next four quarters, and the refitted pull-in and shock sigma
+    credibility of the segment; a stage whose curves were borrowed takes its
+    source's ratios times a deliberately wide random factor,
+    :func:`forecast.fit.borrowing.borrowed_draw`), per segment the ratio of the
+    expected arrivals over the next four quarters, and the refitted pull-in and shock sigma
     (``docs/model.md``, "Parameter uncertainty").
 
     Nothing is validated, cut, labelled or sorted per draw: each estimator lays its
@@ -256,7 +294,18 @@ def parameter_draws(
     for lo in range(0, n_draws, DRAW_BLOCK):
         hi = min(n_draws, lo + DRAW_BLOCK)
         weights = bootstrap_weight_block(data, seed, range(lo, hi), threads=threads)
-        dest_mult[lo:hi], time_factor[lo:hi] = exits.ratios(weights, threads=threads)
+
+        def borrow(m_pool: np.ndarray, tf_pool: np.ndarray, lo: int = lo) -> None:
+            # a stage whose curves were borrowed: its source's ratios, widened
+            for i in range(m_pool.shape[0]):
+                for k, info in point.exits.borrowed.items():
+                    source = (m_pool[i, info.source], tf_pool[i, info.source])
+                    draw = borrowed_draw(source, info, n_open, n_codes, seed, lo + i)
+                    m_pool[i, k], tf_pool[i, k] = draw
+
+        dest_mult[lo:hi], time_factor[lo:hi] = exits.ratios(
+            weights, threads=threads, adjust_pooled=borrow
+        )
         counts = arrivals.expected_in_window(weights, window)  # (block, G_arr)
         for i, g in enumerate(arrivals.segments):
             if g in segments and base.get(g, 0.0) > 0:
