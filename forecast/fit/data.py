@@ -626,6 +626,12 @@ class FitData:
                 rec = _readonly(recency_weights(days, half_life))
         return dataclasses.replace(self, half_life=half_life, _spell_recency=rec)
 
+    @property
+    def spell_recency(self) -> np.ndarray | None:
+        """float64 (n_spells,), read-only: the recency weight of each spell row by its
+        stage entry (None without a half-life); see :meth:`with_half_life`."""
+        return self._spell_recency
+
     def recency(self, times: Any) -> np.ndarray:
         """Recency weights of observations made at ``times`` (1 without a half-life).
 
@@ -658,6 +664,14 @@ class FitData:
         if self.in_progress is None:
             return np.zeros(idx.size, dtype=bool)
         return self.in_progress[idx]
+
+    def deal_index(self, name: str) -> np.ndarray:
+        """int64 (rows,), read-only: the index in :attr:`deal_ids` of each row of frame ``name``.
+
+        ``weights[deal_index(name)]`` are the row weights; a block of draws' weights
+        ``(B, n_deals)`` gathers the same way, ``W[:, deal_index(name)]``.
+        """
+        return self._deal_index[name]
 
     def row_weights(self, name: str) -> np.ndarray:
         """float64 (rows,): the weight of each row of frame ``name`` (its deal's weight)."""
