@@ -364,6 +364,12 @@ def choose_half_life(
         candidates = (None, *candidates)
     calendar = data.calendar
     cut = data.cut if data.cut is not None else log.as_of(data.as_of)
+    # the origins' cuts and views are cached on a private copy of the log, not on the
+    # user's log: it would keep a copy of the events per origin for its lifetime and
+    # carry them wherever it is pickled (e.g. sent to a Dask worker)
+    cut = DealLog(
+        cut.events, cut.stages, cut.segment_columns, cut.report, cut=cut.cut, source=cut.source
+    )
     start = data.history_start if data.history_start is not None else cut.first_timestamp
     first = calendar.quarter_of(start)
     if start > first.start:
