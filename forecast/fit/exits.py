@@ -12,7 +12,7 @@ segment's own speed and destination level (:func:`shrink_toward`). See
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,8 @@ class ExitFit:
         Weight of the segment's own curves in ``curves`` (0 without spells).
     shrinkage : polars.DataFrame
         ``segment, stage, n_spells, credibility, k`` per segment and stage.
+    destination_effects : dict segment label -> ndarray (C,) or None
+        :func:`segment_destination_effects` (what the pooled curves are moved by).
     """
 
     curves: dict[tuple[str, int], ExitCurves]
@@ -68,6 +70,7 @@ class ExitFit:
     raw: dict[tuple[str, int], ExitCurves]
     credibility: dict[tuple[str, int], float]
     shrinkage: pl.DataFrame
+    destination_effects: dict[str, np.ndarray | None] = field(default_factory=dict)
 
 
 def weighted_fit_summary(cs: CensoredSpells, tail_shares: np.ndarray) -> tuple[np.ndarray, float]:
@@ -233,4 +236,4 @@ def fit_exits(
                 }
             )
     shrinkage = pl.DataFrame(rows) if rows else empty_shrinkage()
-    return ExitFit(curves, pooled, raw, credibility, shrinkage)
+    return ExitFit(curves, pooled, raw, credibility, shrinkage, effects)

@@ -21,6 +21,7 @@ from forecast.fit.amounts import AmountModel
 from forecast.fit.arrivals import ArrivalModel
 from forecast.fit.calendar_effects import QuarterEndEffect
 from forecast.fit.competing_risks import ExitCurves, win_probability
+from forecast.fit.covariates import CovariateModel
 from forecast.fit.exits import empty_shrinkage
 from forecast.fit.shocks import ShockModel
 from forecast.io import atomic_write_text
@@ -122,6 +123,11 @@ class PipelineModel:
         Package version that fitted the model.
     options : dict
         The fitting options as given.
+    adjustments : dict
+        What-if multipliers applied at simulation (:mod:`forecast.scenarios`).
+    covariates : CovariateModel or None
+        The deal covariates' selection, coefficients and baseline curves
+        (``docs/model.md``, "Deal covariates"); None when fitted without covariates.
     """
 
     stages: StageMap
@@ -141,6 +147,7 @@ class PipelineModel:
     version: str
     options: dict[str, Any] = field(default_factory=dict)
     adjustments: dict[str, float] = field(default_factory=dict)
+    covariates: CovariateModel | None = None
 
     # -- lookups -----------------------------------------------------------------------
     def _segment(self, segment: str | None) -> str:
@@ -335,7 +342,7 @@ class PipelineModel:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe description (never pickle)."""
-        return {
+        out = {
             "format": "forecast.PipelineModel",
             "format_version": FORMAT_VERSION,
             "version": self.version,
@@ -367,6 +374,9 @@ class PipelineModel:
             "options": self.options,
             "adjustments": self.adjustments,
         }
+        if self.covariates is not None:
+            out["covariates"] = self.covariates.to_dict()
+        return out
 
     def to_json(self, path: str | Path | None = None) -> str:
         """Serialise to JSON; write to ``path`` atomically if given."""
@@ -414,6 +424,11 @@ class PipelineModel:
             version=d["version"],
             options=dict(d.get("options", {})),
             adjustments=dict(d.get("adjustments", {})),
+            covariates=(
+                CovariateModel.from_dict(d["covariates"], len(d["stages"]["open"]))
+                if d.get("covariates") is not None
+                else None
+            ),
         )
 
     @classmethod
