@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from forecast._kernels.tilt import baseline_hazards, tilted_totals
+from forecast._kernels.tilt import tilt_density as kernel_tilt
 from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
 from forecast.fit.competing_risks import AalenJohansen, CensoredSpells, ExitCurves, fit_exit_curves
@@ -1071,3 +1073,241 @@ def entry_and_new_deal_values(
         new_x[label] = np.ascontiguousarray(x[sel])
         new_a[label] = np.nan_to_num(amounts[sel], nan=0.0)
     return entry, new_x, new_a
+
+
+# ============================================================================================
+# Per-deal curves and effects
+# ============================================================================================
+def tilt_density(dens: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
+    """Day-bin exit sub-densities of a deal whose hazards are ``multipliers`` × the baseline's.
+
+    Per day bin ``l`` the baseline's discrete cause-specific hazards are
+    ``q_j(l) = f_j(l) / S(l)`` (``S(l)`` the mass not yet exited at the start of the
+    bin); the deal's are ``r_j q_j(l)``, scaled down to a total of 1 where they would
+    exceed it, and its sub-densities follow by the product-limit recursion
+    (:mod:`forecast._kernels.tilt`). With every ``r_j = 1`` this returns ``dens``.
+
+    Parameters
+    ----------
+    dens : ndarray of float64, shape (C, L)
+        Baseline ``f[j, l] = P(l < T <= l + 1, J = j)``; the mass beyond ``L`` is
+        ``1 − Σ f``.
+    multipliers : ndarray of float64, shape (C,)
+        Hazard ratios ``r_j > 0``.
+
+    Returns
+    -------
+    ndarray of float64, shape (C, L)
+    """
+    f = np.ascontiguousarray(dens, dtype=np.float64)
+    q = np.empty_like(f)
+    baseline_hazards(f, q)
+    out = np.empty_like(f)
+    kernel_tilt(q, np.ascontiguousarray(multipliers, dtype=np.float64), np.int64(0), out)
+    return out
+
+
+def _chain_win_probabilities(
+    curves: Sequence[ExitCurves], r_sets: np.ndarray, n_open: int
+) -> np.ndarray:
+    """Eventual win probability from the first open stage for many hazard-ratio sets.
+
+    ``r_sets`` (n, K, C): per set, the hazard ratios of each stage; each stage's
+    tilted eventual shares (the mass left at the grid end split by the tail shares)
+    enter ``B = (I − Q)⁻¹ R``. Returns shape (n,).
+    """
+    n_days = max(c.max_day for c in curves) * 3 + 30
+    n = r_sets.shape[0]
+    shares = np.empty((n, n_open, r_sets.shape[2]))
+    for k in range(n_open):
+        f = np.ascontiguousarray(curves[k].exit_density(n_days))
+        q = np.empty_like(f)
+        baseline_hazards(f, q)
+        tot = np.empty((n, f.shape[0]))
+        tilted_totals(q, np.ascontiguousarray(r_sets[:, k, :]), tot)
+        left = np.clip(1.0 - tot.sum(axis=1), 0.0, None)
+        shares[:, k] = tot + left[:, None] * curves[k].tail_shares[None, :]
+    q_blk, r_blk = shares[:, :, :n_open], shares[:, :, n_open:]
+    eye = np.eye(n_open)[None, :, :]
+    b = np.linalg.solve(eye - q_blk, r_blk)  # (n, K, 3)
+    return b[:, 0, 0]
+
+
+def win_probability_from_entry(
+    model: CovariateModel,
+    curves: Sequence[ExitCurves],
+    x: np.ndarray,
+    beta: np.ndarray | None = None,
+) -> float:
+    """Eventual win probability of a deal entering the first open stage with covariates ``x``.
+
+    ``x`` is held fixed through every stage; the chain is ``B = (I − Q)⁻¹ R`` on the
+    tilted eventual shares of each stage's baseline ``curves``.
+    """
+    b = model.beta if beta is None else beta
+    n_open = b.shape[0]
+    r = np.exp(np.einsum("kgd,d->kg", b, x))[:, destination_groups(n_open)]
+    return float(_chain_win_probabilities(curves, r[None], n_open)[0])
+
+
+def coefficient_table(model: CovariateModel, stage_names: Sequence[str]) -> pl.DataFrame:
+    """Log hazard ratios per open stage, destination group and design column.
+
+    Columns ``stage, destination, covariate, beta, se, hazard_ratio, hazard_ratio_low,
+    hazard_ratio_high`` (95 % Wald interval), ``n_exits`` (weighted exits of the group).
+    """
+    rows = []
+    for k, stage in enumerate(stage_names):
+        for grp, gname in enumerate(DESTINATION_GROUPS):
+            for c, col in enumerate(model.columns):
+                b = float(model.beta[k, grp, c])
+                se = float(math.sqrt(max(model.covariance[k, grp, c, c], 0.0)))
+                rows.append(
+                    {
+                        "stage": stage,
+                        "destination": gname,
+                        "covariate": col,
+                        "beta": b,
+                        "se": se,
+                        "hazard_ratio": math.exp(b),
+                        "hazard_ratio_low": math.exp(b - 1.96 * se),
+                        "hazard_ratio_high": math.exp(b + 1.96 * se),
+                        "n_exits": float(model.n_events[k, grp]),
+                    }
+                )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "stage": pl.Utf8,
+            "destination": pl.Utf8,
+            "covariate": pl.Utf8,
+            "beta": pl.Float64,
+            "se": pl.Float64,
+            "hazard_ratio": pl.Float64,
+            "hazard_ratio_low": pl.Float64,
+            "hazard_ratio_high": pl.Float64,
+            "n_exits": pl.Float64,
+        },
+    )
+
+
+def _contrast_label(spec: CovariateSpec, column: int) -> str:
+    if spec.kind == "amount":
+        return "deals twice as large"
+    if spec.kind == "days_to_close":
+        return "close date a month later"
+    if spec.kind == "pushes":
+        return "one more close-date push"
+    if spec.kind == "categorical":
+        return f"{spec.name} {spec.levels[column]!r} instead of {spec.reference!r}"
+    return f"{spec.name} one standard deviation ({spec.scale:.4g}) higher"
+
+
+def effects_table(
+    model: CovariateModel, curves: Sequence[ExitCurves], *, n_sim: int = 200, seed: int = 0
+) -> pl.DataFrame:
+    """What each covariate does to a deal's chance of winning, in words a sales leader reads.
+
+    For every kept covariate and contrast (``"deals twice as large"``, ``"one more
+    close-date push"``, a level against the reference level, ...) the odds ratio
+    of eventually winning for a deal entering the first stage with the contrast,
+    against the same deal at the reference (``x = 0``, the covariate held fixed
+    through the stages), from the pooled baseline ``curves``; 95 % interval from
+    ``n_sim`` coefficient draws ``β ~ N(β̂, Σ̂)``. Dropped covariates get a row
+    with ``kept = False`` and their criterion value.
+
+    Columns: ``covariate, contrast, kept, delta_aic, win_probability_reference,
+    win_probability, win_odds_ratio, win_odds_ratio_low, win_odds_ratio_high,
+    text``.
+    """
+    rows: list[dict[str, Any]] = []
+    sel = {r["covariate"]: r for r in model.selection.iter_rows(named=True)}
+    d = len(model.columns)
+    rng = np.random.default_rng(seed)
+    sims: list[np.ndarray] = []
+    if d:
+        n_open = model.beta.shape[0]
+        draws = np.empty((n_sim, *model.beta.shape))
+        for k in range(n_open):
+            for grp in range(4):
+                cov = model.covariance[k, grp]
+                try:
+                    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(d))
+                except np.linalg.LinAlgError:
+                    chol = np.diag(np.sqrt(np.maximum(np.diag(cov), 0.0)))
+                draws[:, k, grp] = model.beta[k, grp] + rng.standard_normal((n_sim, d)) @ chol.T
+        sims = list(draws)
+
+    def odds(p: Any) -> Any:
+        p = np.asarray(p, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where((p > 0) & (p < 1), p / (1.0 - p), np.nan)
+
+    if d:
+        n_open = model.beta.shape[0]
+        group_of = destination_groups(n_open)
+        xs = np.vstack([np.zeros(d), np.eye(d)])  # reference, then each column
+        betas = np.concatenate([model.beta[None], np.asarray(sims).reshape(-1, *model.beta.shape)])
+        eta = np.einsum("bkgd,xd->bxkg", betas, xs)  # (1 + n_sim, 1 + d, K, 4)
+        r_sets = np.exp(eta)[..., group_of].reshape(-1, n_open, group_of.size)
+        p_all = _chain_win_probabilities(curves, r_sets, n_open).reshape(betas.shape[0], d + 1)
+        ratio_all = odds(p_all[:, 1:]) / odds(p_all[:, :1])  # (1 + n_sim, d)
+    pos = 0
+    for spec in model.specs:
+        for c in range(len(spec.columns)):
+            col = pos + c
+            ratio = float(ratio_all[0, col])
+            sim = ratio_all[1:, col]
+            lo, hi = np.nanquantile(sim, [0.025, 0.975]) if sim.size else (np.nan, np.nan)
+            label = _contrast_label(spec, c)
+            r = sel.get(spec.name, {})
+            rows.append(
+                {
+                    "covariate": spec.name,
+                    "contrast": label,
+                    "kept": True,
+                    "delta_aic": r.get("delta_aic"),
+                    "win_probability_reference": float(p_all[0, 0]),
+                    "win_probability": float(p_all[0, col + 1]),
+                    "win_odds_ratio": ratio,
+                    "win_odds_ratio_low": float(lo),
+                    "win_odds_ratio_high": float(hi),
+                    "text": f"{label}: win odds ×{ratio:.2f} ({lo:.2f}–{hi:.2f})",
+                }
+            )
+        pos += len(spec.columns)
+    for name, r in sel.items():
+        if r["kept"]:
+            continue
+        why = r["note"] or (
+            f"ΔAIC {r['delta_aic']:+.1f}" if r["delta_aic"] is not None else "not tried"
+        )
+        rows.append(
+            {
+                "covariate": name,
+                "contrast": "",
+                "kept": False,
+                "delta_aic": r["delta_aic"],
+                "win_probability_reference": None,
+                "win_probability": None,
+                "win_odds_ratio": None,
+                "win_odds_ratio_low": None,
+                "win_odds_ratio_high": None,
+                "text": f"{name}: not kept ({why})",
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "covariate": pl.Utf8,
+            "contrast": pl.Utf8,
+            "kept": pl.Boolean,
+            "delta_aic": pl.Float64,
+            "win_probability_reference": pl.Float64,
+            "win_probability": pl.Float64,
+            "win_odds_ratio": pl.Float64,
+            "win_odds_ratio_low": pl.Float64,
+            "win_odds_ratio_high": pl.Float64,
+            "text": pl.Utf8,
+        },
+    )

@@ -21,7 +21,7 @@ from forecast.fit.amounts import AmountModel
 from forecast.fit.arrivals import ArrivalModel
 from forecast.fit.calendar_effects import QuarterEndEffect
 from forecast.fit.competing_risks import ExitCurves, win_probability
-from forecast.fit.covariates import CovariateModel
+from forecast.fit.covariates import CovariateModel, coefficient_table, effects_table
 from forecast.fit.exits import empty_shrinkage
 from forecast.fit.shocks import ShockModel
 from forecast.io import atomic_write_text
@@ -34,6 +34,31 @@ __all__ = ["FORMAT_VERSION", "ParameterDraws", "PipelineModel"]
 
 #: Version of the JSON layout written by :meth:`PipelineModel.to_json`.
 FORMAT_VERSION = 1
+
+#: The covariate part of a model fitted without covariates (for empty tables).
+_EMPTY_COVARIATES = CovariateModel(
+    candidates=(),
+    selection=pl.DataFrame(
+        schema={
+            "covariate": pl.Utf8,
+            "kind": pl.Utf8,
+            "n_columns": pl.Int64,
+            "kept": pl.Boolean,
+            "delta_aic": pl.Float64,
+            "note": pl.Utf8,
+        }
+    ),
+    specs=(),
+    columns=(),
+    beta=np.zeros((0, 4, 0)),
+    covariance=np.zeros((0, 4, 0, 0)),
+    n_events=np.zeros((0, 4)),
+    baseline={},
+    pooled_baseline={},
+    entry_values=np.zeros((0, 0, 0)),
+    new_deal_x={},
+    new_deal_amount={},
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -303,6 +328,42 @@ class PipelineModel:
                 how="left",
             )
         return out
+
+    def effects(self) -> pl.DataFrame:
+        """What each deal covariate does to the chance of winning, for a sales leader.
+
+        One row per kept covariate and contrast (``"deals twice as large: win odds
+        ×0.70 (0.61–0.80)"``): the odds ratio of eventually winning for a deal
+        entering the first stage, against the same deal at the reference, from the
+        pooled baseline curves, with a 95 % interval from the coefficients'
+        uncertainty; then one row per covariate considered but not kept, with the
+        selection criterion (``docs/model.md``, "Deal covariates"). Empty for a
+        model fitted without covariates. The hazard ratios per stage and
+        destination are in :meth:`coefficients`.
+
+        Returns
+        -------
+        polars.DataFrame
+            ``covariate, contrast, kept, delta_aic, win_probability_reference,
+            win_probability, win_odds_ratio, win_odds_ratio_low,
+            win_odds_ratio_high, text``.
+        """
+        cov = self.covariates
+        if cov is None:
+            return effects_table(_EMPTY_COVARIATES, [])
+        curves = [cov.pooled_baseline.get(k) for k in range(self.stages.n_open)]
+        if any(c is None for c in curves):
+            curves = [self.pooled_curves[k] for k in range(self.stages.n_open)]
+        return effects_table(cov, curves)
+
+    def coefficients(self) -> pl.DataFrame:
+        """Hazard ratios of the kept covariates per stage and destination group.
+
+        ``stage, destination, covariate, beta, se, hazard_ratio, hazard_ratio_low,
+        hazard_ratio_high, n_exits`` (``docs/model.md``, "Deal covariates").
+        """
+        cov = self.covariates if self.covariates is not None else _EMPTY_COVARIATES
+        return coefficient_table(cov, self.stages.open)
 
     # -- simulation ---------------------------------------------------------------------------
     def simulate(
