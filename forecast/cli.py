@@ -693,6 +693,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     model.to_json(args.output)
     _print_model_summary(model)
+    for d in model.diagnostics:
+        print(f"Diagnostic: {d}")
     print(f"\nWrote {args.output}")
     return EXIT_OK
 

@@ -186,7 +186,7 @@ class SalesMetrics:
             )
         if self.coverage.height:
             parts = [
-                f"{r['stage']} {r['pipeline_value_factor']:.2f}x"
+                f"{r['stage']} {_multiple(r['pipeline_value_factor'])}"
                 for r in self.coverage.iter_rows(named=True)
                 if r["stage"] in self.info.get("open_stages", ())
             ]
@@ -204,6 +204,10 @@ def _pct(x: float | None) -> str:
 
 def _days(x: float | None) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.0f} days"
+
+
+def _multiple(x: float | None) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.2f}x"
 
 
 # =============================================================================================

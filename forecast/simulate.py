@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+from scipy import special
 from tqdm import tqdm
 
 from forecast._kernels import (
@@ -30,7 +31,8 @@ from forecast._kernels import (
     simulate_arrays,
 )
 from forecast._validation import check_int, check_seed
-from forecast.errors import ParameterError
+from forecast.data.validation import INT64_MAX_CENTS
+from forecast.errors import AmountError, ParameterError
 from forecast.results import Forecast
 from forecast.segments import SEGMENT_COLUMN, segment_labels
 
@@ -39,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from forecast.fit.model import PipelineModel
 
 __all__ = [
+    "check_won_cents_fit",
     "condition_on_not_pulled_in",
     "early_window_days",
     "model_arrays",
@@ -61,6 +64,104 @@ def _csr(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         np.concatenate([np.asarray(g, dtype=np.float64) for g in groups]) if groups else np.zeros(0)
     )
     return offsets, np.ascontiguousarray(values, dtype=np.float64)
+
+
+#: Upper tail probability at which the count of new deals in one path is bounded by
+#: :func:`check_won_cents_fit` (the Gamma multiplier's quantile, then Poisson + 12 sd).
+_NEW_DEAL_TAIL = 1e-15
+
+
+def _segment_max(offsets: np.ndarray, values: np.ndarray, empty: float) -> np.ndarray:
+    """Largest value of each CSR row, ``empty`` for empty rows."""
+    off = np.asarray(offsets).ravel()
+    return np.array(
+        [values[lo:hi].max() if hi > lo else empty for lo, hi in itertools.pairwise(off)],
+        dtype=np.float64,
+    )
+
+
+def check_won_cents_fit(arrays: Any, n_paths: int, deal_ids: Any, segments: Any) -> None:
+    """Raise :class:`AmountError` unless every integer sum of won cents the sampler makes fits.
+
+    The sampler rounds each won amount (pipeline amount × win ratio) to whole cents and
+    adds them as int64: per path, quarter and segment over the open and the new deals,
+    and per deal over all paths. This bounds each sum from the largest win ratio of
+    the segment (amounts can grow when won), the largest new-deal amount, and a count
+    of new deals per path exceeded with probability below ``1e-15`` (the
+    Gamma-Poisson count's multiplier at that upper quantile, then the Poisson mean
+    plus 12 standard deviations).
+
+    Parameters
+    ----------
+    arrays : forecast._kernels.ModelArrays
+        Amounts after any scenario lever.
+    n_paths : int
+        Paths of the whole run (all shards).
+    deal_ids : array_like, shape (N,)
+        Open deals' ids, in the order of ``arrays.deal_amount``.
+    segments : sequence of str, length G
+        Segment labels by code.
+
+    Raises
+    ------
+    AmountError
+        Naming the deal (and segment) whose amounts would overflow, the bound and the
+        limit, and what to change (a larger currency unit, fewer paths).
+    """
+
+    amount = np.asarray(arrays.deal_amount, dtype=np.float64)
+    seg = np.asarray(arrays.deal_segment, dtype=np.int64)
+    n_seg = len(segments)
+    ratio_max = np.maximum(
+        _segment_max(arrays.ratio_offsets, arrays.ratio_values, 1.0),
+        _segment_max(arrays.ratio_qe_offsets, arrays.ratio_qe_values, 1.0),
+    )
+    new_max = _segment_max(arrays.new_amount_offsets, arrays.new_amount_values, 1.0)
+    limit = float(INT64_MAX_CENTS)
+    advice = "Give the amounts in a larger currency unit (e.g. thousands)"
+    # One deal, one win: its cents (rounded half up).
+    deal_cents = amount * ratio_max[seg] * 100.0 + 1.0
+    if deal_cents.size and float(deal_cents.max()) * n_paths > limit:
+        i = int(np.argmax(deal_cents))
+        raise AmountError(
+            f"Deal `{deal_ids[i]}` (amount {amount[i]:,.2f}, segment {segments[seg[i]]}, "
+            f"largest won/pipeline ratio {ratio_max[seg[i]]:.4g}) won in all {n_paths:,} paths "
+            f"would sum to {float(deal_cents[i]) * n_paths:.3g} cents, above the int64 limit "
+            f"{limit:.3g} of the per-deal sums. {advice}, or simulate fewer paths.",
+            column="amount",
+            deal_id=deal_ids[i],
+            expected=f"amount x ratio x 100 x n_paths <= {limit:.3g}",
+            found=float(deal_cents[i]) * n_paths,
+        )
+    pipeline = np.bincount(seg, weights=deal_cents, minlength=n_seg)
+    counts = np.asarray(arrays.new_counts, dtype=np.float64)  # (B, G, H)
+    shape = np.asarray(arrays.new_shape, dtype=np.float64)  # (G,)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        mult = np.where(
+            np.isfinite(shape) & (shape > 0),
+            special.gammainccinv(np.where(shape > 0, shape, 1.0), _NEW_DEAL_TAIL) / shape,
+            1.0,
+        )
+        lam = counts.max(axis=0).sum(axis=-1) * mult if counts.size else np.zeros(n_seg)
+        n_new = lam + 12.0 * np.sqrt(lam) + 50.0
+        total = pipeline + n_new * (new_max * ratio_max * 100.0 + 1.0)
+    bad = np.flatnonzero(~(total <= limit))
+    if bad.size:
+        g = int(bad[0])
+        in_g = np.flatnonzero(seg == g)
+        top = in_g[np.argmax(amount[in_g])] if in_g.size else None
+        raise AmountError(
+            f"The won amounts of segment {segments[g]} in one path and quarter could reach "
+            f"{float(total[g]):.3g} cents ({float(pipeline[g]):.3g} from today's "
+            f"{in_g.size:,} open deals, the rest from up to {float(n_new[g]):.3g} new deals of "
+            f"up to {float(new_max[g]):,.2f} each; largest won/pipeline ratio "
+            f"{float(ratio_max[g]):.4g}), above the int64 limit {limit:.3g}. {advice}."
+            + ("" if top is None else f" Largest open deal: `{deal_ids[top]}`."),
+            column="amount",
+            deal_id=None if top is None else deal_ids[top],
+            expected=f"sum of won cents <= {limit:.3g}",
+            found=float(total[g]),
+        )
 
 
 def quarter_bins(model: PipelineModel, horizon: int) -> tuple[list[Any], np.ndarray]:
@@ -419,6 +520,7 @@ def simulate(
     arrays = dataclasses.replace(
         arrays, shock_sigma=arrays.shock_sigma * shock_scale(model, arrays, outcomes)
     )
+    check_won_cents_fit(arrays, n_paths, pipe["deal_id"].to_numpy(), model.segments)
     if executor is not None:
         samples = _simulate_sharded(executor, arrays, outcomes, n_paths, seed, chunk_size)
     else:
@@ -443,6 +545,15 @@ def simulate(
         finally:
             if bar is not None:
                 bar.close()
+    if np.any(samples.totals < 0) or np.any(samples.deal_won_cents < 0):
+        # Beyond the bound of check_won_cents_fit (probability < 1e-15 per path).
+        raise AmountError(
+            "The won amounts of a simulated path overflowed the int64 cents they are "
+            f"added in (limit {INT64_MAX_CENTS:.3g} cents): more new deals were drawn than "
+            "the bound allows. Give the amounts in a larger currency unit (e.g. thousands).",
+            column="amount",
+            expected=f"sum of won cents <= {INT64_MAX_CENTS:.3g}",
+        )
     return Forecast(
         totals=samples.totals,
         booked_to_date=booked,

@@ -88,7 +88,7 @@ def test_bad_weights_and_arguments_are_named(data, sample_log):
         FitData.from_log(sample_log, as_of="soon")
     with pytest.raises(ParameterError, match="`log`"):
         FitData.from_log(sample_log.events)
-    with pytest.raises(ModelError, match="no stage visits"):
+    with pytest.raises(ModelError, match="before the first event of the history"):
         FitData.from_log(sample_log, as_of="2000-01-01")
 
 

@@ -9,6 +9,7 @@ import pytest
 import forecast
 from forecast import ModelError, ParameterError, PipelineModel
 from forecast.datasets import generate_crm
+from forecast.fit import tails
 from forecast.fit.competing_risks import CensoredSpells, fit_exit_curves, win_probability
 
 N_WORLDS = 16
@@ -202,3 +203,30 @@ def test_pooled_segment_is_one_name(sample_model):
         m.amounts.ratio_samples(None, False),
     )
     assert forecast.POOLED_SEGMENT in m.amounts.summary()["segment"].to_list()
+
+
+def test_tail_convergence_failures_become_model_diagnostics(monkeypatch, sample_log):
+    # One Newton step cannot reach the log-normal optimum: every log-normal tail
+    # candidate stops short, and each must show up as a diagnostic (not a warning),
+    # survive the JSON round trip and be counted in the summary.
+    log = sample_log
+    clean = forecast.fit(log, as_of="2024-10-01", segment_by=["segment"], n_draws=0)
+    assert clean.diagnostics == ()
+    assert set(clean.summary()["diagnostics"].to_list()) == {""}
+    monkeypatch.setattr(tails, "_NEWTON_MAX_ITER", 1)
+    m = forecast.fit(log, as_of="2024-10-01", segment_by=["segment"], n_draws=0)
+    n_stages = m.stages.n_open
+    # pooled fits (segment None) and one per segment and stage
+    assert len(m.diagnostics) == n_stages * (len(m.segments) + 1)
+    assert {(d.component, d.code) for d in m.diagnostics} == {("tail", "not_converged")}
+    assert {d.segment for d in m.diagnostics} == {None, *m.segments}
+    assert {d.stage for d in m.diagnostics} == set(m.stages.open)
+    assert all(d.message.startswith("lognormal fit: ") for d in m.diagnostics)
+    summary = m.summary()
+    assert set(summary["diagnostics"].to_list()) == {"tail not_converged"}
+    back = PipelineModel.from_json(m.to_json())
+    assert back.diagnostics == m.diagnostics
+    d = json.loads(m.to_json())
+    assert d["diagnostics"][0].keys() == {"component", "segment", "stage", "code", "message"}
+    del d["diagnostics"]  # models saved before diagnostics existed still load
+    assert PipelineModel.from_dict(d).diagnostics == ()

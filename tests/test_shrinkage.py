@@ -104,6 +104,18 @@ def test_no_detectable_differences_means_full_pooling():
     assert cred.to_dict()["k"] is None
 
 
+def test_segments_without_within_information():
+    # One exit per segment: the within-segment variance is unmeasurable (no segment has
+    # two exits), so the spread between them cannot be told from noise: full pooling.
+    # Before, k came out 0 and a segment without exits divided 0 by 0 (a warning).
+    cred = credibility_from_counts([[1, 0], [0, 1], [0, 0]])
+    assert cred.k == np.inf and np.array_equal(cred.weights, [0.0, 0.0, 0.0])
+    # Exits that agree within every segment but differ between them: k = 0, full
+    # credibility for segments with exits, none for the one without.
+    cred = credibility_from_counts([[5, 0], [0, 5], [0, 0]])
+    assert cred.k == 0.0 and np.array_equal(cred.weights, [1.0, 1.0, 0.0])
+
+
 def test_credibility_weights_from_spells_uses_exits_only():
     rng = np.random.default_rng(8)
     spells, counts = [], []

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import warnings
 
 import numpy as np
 import pytest
 from scipy import optimize, stats
 
 from forecast.errors import ParameterError
-from forecast.fit.tails import TailFit, fit_tail
+from forecast.fit import tails
+from forecast.fit.tails import TailCandidate, TailFit, fit_tail
 
 SCIPY = {
     "exponential": (stats.expon, lambda p: (0.0, p["scale"])),
@@ -147,6 +150,7 @@ def test_no_exits_gives_none_tail():
     assert fit.family == "none"
     np.testing.assert_array_equal(fit.survival([0.0, 1e6]), [1.0, 1.0])
     assert all(c.message == "no exits to fit" for c in fit.candidates)
+    assert all(c.code == "no_exits" for c in fit.candidates)
 
 
 def test_too_few_distinct_exits_for_two_parameter_families():
@@ -154,6 +158,10 @@ def test_too_few_distinct_exits_for_two_parameter_families():
     assert fit.family == "exponential"
     msgs = {c.family: c.message for c in fit.candidates}
     assert "distinct" in msgs["weibull"] and "distinct" in msgs["lognormal"]
+    codes = {c.family: c.code for c in fit.candidates}
+    assert codes == {"exponential": "ok", "weibull": "too_few_exits", "lognormal": "too_few_exits"}
+    only_two = fit_tail([1.0, 2.0, 9.0], [True, True, False], families=["weibull", "lognormal"])
+    assert only_two.family == "exponential" and only_two.candidates[-1].code == "fallback"
 
 
 def test_survival_rescaled_and_json():
@@ -166,6 +174,11 @@ def test_survival_rescaled_and_json():
     back = TailFit.from_dict(json.loads(json.dumps(fit.to_dict(), allow_nan=False)))
     assert back.family == fit.family and back.params == fit.params
     assert [c.aic for c in back.candidates] == [c.aic for c in fit.candidates]
+    assert [c.code for c in back.candidates] == [c.code for c in fit.candidates]
+    # models saved before the codes existed still load
+    old = fit.candidates[0].to_dict()
+    del old["code"]
+    assert TailCandidate.from_dict(old).code == "ok"
     assert fit.family in str(fit)
 
 
@@ -178,3 +191,132 @@ def test_argument_errors():
         fit_tail([1.0, 2.0], [True])
     with pytest.raises(ParameterError, match="`threshold`"):
         fit_tail([1.0], [True], threshold=-1.0)
+
+
+def lognormal_sample(seed: int, n: int = 800):
+    """Censored log-normal sojourns (median 25 days, sigma 0.9) with uniform censoring."""
+    rng = np.random.default_rng(seed)
+    t = np.exp(math.log(25.0) + 0.9 * rng.standard_normal(n))
+    c = rng.uniform(0.0, 120.0, n)
+    return np.minimum(t, c), t <= c
+
+
+@pytest.mark.parametrize("u", [0.0, 20.0])
+def test_lognormal_gradient_and_hessian_match_finite_differences(u):
+    x, obs = lognormal_sample(11)
+    keep = x > u
+    log_t, d, w = np.log(x[keep]), obs[keep].astype(float), np.ones(keep.sum())
+    log_u = math.log(u) if u > 0 else None
+
+    def f(theta):
+        return tails._lognormal_mean_nll(np.asarray(theta), log_t, d, w, log_u, w.sum())
+
+    for theta in ([3.0, -0.1], [2.0, 0.5], [4.5, -1.0]):
+        _, g, h = f(theta)
+        eps = 1e-6  # central differences: error ~ eps² × third derivative ≪ 1e-7
+        e = np.eye(2) * eps
+        g_fd = [(f(theta + e[i])[0] - f(theta - e[i])[0]) / (2 * eps) for i in range(2)]
+        h_fd = [(f(theta + e[i])[1] - f(theta - e[i])[1]) / (2 * eps) for i in range(2)]
+        np.testing.assert_allclose(g, g_fd, atol=1e-7)
+        np.testing.assert_allclose(h, np.array(h_fd), atol=1e-7)
+
+
+def test_lognormal_fit_converges_to_a_stationary_point():
+    # The point fit's projected gradient is below the stopping rule and the Hessian
+    # there is positive definite: a strict local minimum of the negative log-likelihood.
+    for seed, u in [(12, 0.0), (13, 20.0), (14, 40.0)]:
+        x, obs = lognormal_sample(seed)
+        fit = fit_tail(x, obs, ["lognormal"], threshold=u, min_events=1, duration_floor=1e-9)
+        cand = fit.candidates[0]
+        assert cand.code == "ok", cand.message
+        keep = x > fit.threshold
+        theta = np.array([math.log(fit.params["scale"]), math.log(fit.params["sigma"])])
+        log_u = math.log(u) if u > 0 else None
+        w = np.ones(keep.sum())
+        _, g, h = tails._lognormal_mean_nll(
+            theta, np.log(x[keep]), obs[keep].astype(float), w, log_u, w.sum()
+        )
+        assert np.max(np.abs(g)) <= tails._NEWTON_GTOL
+        assert np.all(np.linalg.eigvalsh(h) > 0)
+
+
+def test_runaway_truncated_fit_is_reported_at_the_bound():
+    # Beyond u, Pareto sojourns have a power-law tail: the conditional log-normal
+    # likelihood keeps rising as scale -> 0 and sigma -> inf (no maximum), and the
+    # Weibull one as shape -> 0. Both must end on their search bound and say so.
+    rng = np.random.default_rng(5)
+    t = 10.0 * (1.0 - rng.uniform(size=400)) ** (-1.0 / 0.7)
+    fit = fit_tail(t, np.ones(t.size, bool), ["lognormal", "weibull"], threshold=10.0)
+    codes = {c.family: c.code for c in fit.candidates}
+    assert codes == {"lognormal": "at_bound", "weibull": "at_bound"}
+    assert "search bound" in fit.candidates[0].message
+
+
+def test_lognormal_not_converged_is_reported(monkeypatch):
+    x, obs = lognormal_sample(15)
+    monkeypatch.setattr(tails, "_NEWTON_MAX_ITER", 1)
+    fit = fit_tail(x, obs, ["lognormal"])
+    cand = fit.candidates[0]
+    assert cand.code == "not_converged" and "did not converge" in cand.message
+    assert cand.params is not None and math.isfinite(cand.log_likelihood)
+
+
+def test_tail_fit_leaves_the_process_warning_state_alone(monkeypatch):
+    # The root cause of thread-dependent tail fits was an optimiser that swapped the
+    # process-global warning filters (warnings.catch_warnings) around a fallback line
+    # search: another thread restoring its own copy meanwhile let the warning through.
+    # A fit must neither touch that state nor warn, on easy and hard samples.
+    entered = []
+    real = warnings.catch_warnings
+
+    class Spy(real):
+        def __enter__(self):
+            entered.append(1)
+            return super().__enter__()
+
+    rng = np.random.default_rng(5)
+    pareto = 10.0 * (1.0 - rng.uniform(size=400)) ** (-1.0 / 0.7)
+    samples = [lognormal_sample(16), censored_weibull(17), (pareto, np.ones(400, bool))]
+    before = list(warnings.filters)
+    with monkeypatch.context() as m, np.errstate(all="raise"):
+        # also under a caller's strictest floating-point settings: every underflow or
+        # overflow inside is handled where it happens
+        m.setattr(warnings, "catch_warnings", Spy)
+        for x, obs in samples:
+            for u in (0.0, 20.0):
+                fit_tail(x, obs, threshold=u, min_events=5)
+    assert entered == [] and warnings.filters == before
+
+
+def test_tail_fits_on_threads_equal_serial_fits():
+    # Two threads fitting at once, with warnings as errors and a neighbour thread
+    # entering and leaving catch_warnings (as library code does) all the while.
+    samples = [lognormal_sample(s, 300) for s in range(18, 26)]
+    jobs = [(x, obs, u) for x, obs in samples for u in (0.0, 20.0)]
+
+    def run(job):
+        x, obs, u = job
+        fit = fit_tail(x, obs, threshold=u, min_events=5)
+        return [(c.family, c.code, c.params, c.log_likelihood) for c in fit.candidates]
+
+    serial = [run(j) for j in jobs]
+    stop = threading.Event()
+
+    def neighbour():
+        while not stop.is_set():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    side = threading.Thread(target=neighbour)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        side.start()
+        try:
+            with ThreadPoolExecutor(2) as ex:
+                threaded = list(ex.map(run, jobs * 5))
+        finally:
+            stop.set()
+            side.join()
+    assert threaded == serial * 5

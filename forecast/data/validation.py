@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -45,7 +46,10 @@ from forecast.errors import (
 __all__ = [
     "DEFAULT_TIMESTAMP_FORMATS",
     "EARLIEST_EVENT",
+    "INT64_MAX_CENTS",
     "LATEST_EVENT",
+    "MAX_AMOUNT",
+    "MAX_SUMMED_AMOUNTS",
     "EpochUnit",
     "RepairCounts",
     "ValidationReport",
@@ -60,6 +64,17 @@ __all__ = [
     "resolve_columns",
     "resolve_stage_map",
 ]
+
+#: Largest sum the simulation can hold: won amounts are added in whole cents (1/100 of
+#: the currency unit) as int64, so that every sum is exact and order-independent.
+INT64_MAX_CENTS = 2**63 - 1
+#: Most amounts the simulation adds into one integer: the won deals of a segment in one
+#: path and quarter (open deals plus new deals), or one deal's wins over all paths.
+MAX_SUMMED_AMOUNTS = 9_000_000
+#: Largest amount the loader accepts, in the log's currency: the power of ten at most
+#: ``INT64_MAX_CENTS / 100 / MAX_SUMMED_AMOUNTS`` (1.02e10), so that a sum of
+#: ``MAX_SUMMED_AMOUNTS`` amounts of this size, in cents, fits int64.
+MAX_AMOUNT = float(10 ** math.floor(math.log10(INT64_MAX_CENTS / 100 / MAX_SUMMED_AMOUNTS)))
 
 #: Unit of numeric (epoch) timestamps: seconds, milliseconds or microseconds since
 #: 1970-01-01T00:00:00Z.
@@ -600,7 +615,12 @@ def _parse_text(
 # amounts
 # ---------------------------------------------------------------------------------------
 def parse_amount_column(frame: pl.DataFrame, source: str | None = None) -> pl.Series:
-    """Amounts as finite, non-negative Float64 (null = unknown).
+    """Amounts as finite, non-negative Float64 up to :data:`MAX_AMOUNT` (null = unknown).
+
+    The simulation adds won amounts in whole cents as 64-bit integers (exact, and the
+    same in any order); the limit keeps every such sum of up to
+    :data:`MAX_SUMMED_AMOUNTS` amounts below ``2**63`` cents. Larger amounts are to be
+    given in a larger unit (thousands, millions of the currency).
 
     Parameters
     ----------
@@ -617,7 +637,8 @@ def parse_amount_column(frame: pl.DataFrame, source: str | None = None) -> pl.Se
     Raises
     ------
     AmountError
-        A cell is not a number, is NaN or infinite, or is negative.
+        A cell is not a number, is NaN or infinite, is negative, or is above
+        :data:`MAX_AMOUNT` (the message suggests a currency unit that fits).
     """
     raw = frame["amount"]
     if raw.dtype == pl.Null:
@@ -636,7 +657,41 @@ def parse_amount_column(frame: pl.DataFrame, source: str | None = None) -> pl.Se
     _raise_amount(frame, values.is_nan().fill_null(False), raw, source, "is not a number (NaN)")
     _raise_amount(frame, values.is_infinite().fill_null(False), raw, source, "is infinite")
     _raise_amount(frame, (values < 0).fill_null(False), raw, source, "is negative")
+    too_big = (values > MAX_AMOUNT).fill_null(False)
+    if too_big.any():
+        deal, row, value = (
+            frame.select("deal_id", "source_row").with_columns(raw.alias("_raw")).filter(too_big)
+        ).row(0)
+        raise AmountError(
+            f"Column {_label('amount', source)}, deal `{deal}`, row {row}: the amount "
+            f"{value!r} is above the largest amount forecast accepts, {MAX_AMOUNT:,.0f} "
+            f"({MAX_AMOUNT:.0e}) currency units: won amounts are added up in whole cents as "
+            f"64-bit integers, and {MAX_SUMMED_AMOUNTS:,} amounts of that size must fit. "
+            + _unit_advice(float(values.max())),  # type: ignore[arg-type]
+            column="amount",
+            deal_id=deal,
+            row=row,
+            expected=f"an amount <= {MAX_AMOUNT:.0e}",
+            found=value,
+        )
     return values.alias("amount")
+
+
+_UNITS = ((1e3, "thousands"), (1e6, "millions"), (1e9, "billions"), (1e12, "trillions"))
+
+
+def _unit_advice(largest: float) -> str:
+    """How to rescale an amount column whose largest value is ``largest`` (> MAX_AMOUNT)."""
+    for factor, name in _UNITS:
+        if largest / factor <= MAX_AMOUNT:
+            return (
+                f"Give the amounts in a larger currency unit, e.g. {name} "
+                f"(divide the column by {factor:,.0f})."
+            )
+    return (
+        f"No currency unit up to trillions brings the largest amount, {largest:.3g}, under "
+        "the limit: check that the column holds money amounts."
+    )
 
 
 def _raise_amount(

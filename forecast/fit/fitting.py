@@ -38,6 +38,7 @@ from forecast.fit.covariates import (
     select_covariates,
 )
 from forecast.fit.data import FitData
+from forecast.fit.diagnostics import tail_diagnostics
 from forecast.fit.exits import ExitFit, fit_exits, shrink_toward, weighted_fit_summary
 from forecast.fit.model import ParameterDraws, PipelineModel
 from forecast.fit.shocks import ShockModel, fit_shocks
@@ -271,6 +272,14 @@ def fit(
             cov_model = dataclasses.replace(cov_model, draw_beta=draw_beta)
     assert data.stages is not None and data.cut is not None  # built from a log
     extra_options: dict[str, Any] = {"covariates": list(names)} if names else {}
+    exits = point.exits
+    diagnostics = tail_diagnostics(
+        [
+            *((None, k, c) for k, c in exits.pooled.items() if len(data.segments) > 1),
+            *((g, k, c) for (g, k), c in exits.raw.items() if c is not exits.pooled[k]),
+        ],
+        data.stages.open,
+    )
     return PipelineModel(
         stages=data.stages,
         segment_by=data.segment_by,
@@ -297,6 +306,7 @@ def fit(
             "shrink": options.shrink,
             **extra_options,
         },
+        diagnostics=diagnostics,
         covariates=cov_model,
     )
 

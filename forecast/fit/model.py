@@ -22,6 +22,7 @@ from forecast.fit.arrivals import ArrivalModel
 from forecast.fit.calendar_effects import QuarterEndEffect
 from forecast.fit.competing_risks import ExitCurves, win_probability
 from forecast.fit.covariates import CovariateModel, coefficient_table, effects_table
+from forecast.fit.diagnostics import Diagnostic
 from forecast.fit.exits import empty_shrinkage
 from forecast.fit.shocks import ShockModel
 from forecast.io import atomic_write_text
@@ -149,7 +150,11 @@ class PipelineModel:
     options : dict
         The fitting options as given.
     adjustments : dict
-        What-if multipliers applied at simulation (:mod:`forecast.scenarios`).
+        Scenario levers applied to the fitted model (:meth:`with_changes`).
+    diagnostics : tuple of Diagnostic
+        What the fit could not do cleanly (e.g. a tail optimiser that stopped short),
+        recorded instead of warned; empty for a clean fit. Saved in the JSON and
+        counted per segment and stage by :meth:`summary`.
     covariates : CovariateModel or None
         The deal covariates' selection, coefficients and baseline curves
         (``docs/model.md``, "Deal covariates"); None when fitted without covariates.
@@ -172,6 +177,7 @@ class PipelineModel:
     version: str
     options: dict[str, Any] = field(default_factory=dict)
     adjustments: dict[str, float] = field(default_factory=dict)
+    diagnostics: tuple[Diagnostic, ...] = ()
     covariates: CovariateModel | None = None
 
     # -- lookups -----------------------------------------------------------------------
@@ -289,10 +295,12 @@ class PipelineModel:
 
     def summary(self) -> pl.DataFrame:
         """Per segment and stage: sample sizes, win probability, median time to exit,
-        conversion to the next stage and shrinkage credibility.
+        conversion to the next stage, tail family, diagnostics and shrinkage credibility.
 
         With several segments the pooled fit follows, as segment
-        :data:`~forecast.segments.POOLED_SEGMENT`.
+        :data:`~forecast.segments.POOLED_SEGMENT`. The ``diagnostics`` column lists the
+        codes of :attr:`diagnostics` entries of that segment and stage (``""`` if none);
+        the entries say more.
         """
         rows = []
         segs = list(self.segments) if len(self.segments) > 1 else []
@@ -318,6 +326,7 @@ class PipelineModel:
                         "share_lost": float(shares[self.stages.LOST]),
                         "share_no_decision": float(shares[self.stages.NO_DECISION]),
                         "tail_family": c.tail.family,
+                        "diagnostics": self._diagnostic_codes(g, name),
                     }
                 )
         out = pl.DataFrame(rows)
@@ -364,6 +373,17 @@ class PipelineModel:
         """
         cov = self.covariates if self.covariates is not None else _EMPTY_COVARIATES
         return coefficient_table(cov, self.stages.open)
+
+    def _diagnostic_codes(self, segment: str | None, stage: str) -> str:
+        """Codes of the diagnostics of one summary row (pooled row: ``segment=None``)."""
+        labels = {segment}
+        if segment is None and len(self.segments) == 1:
+            labels.add(self.segments[0])  # a one-segment model's curves are its pooled ones
+        return ", ".join(
+            f"{d.component} {d.code}"
+            for d in self.diagnostics
+            if d.stage == stage and d.segment in labels
+        )
 
     # -- simulation ---------------------------------------------------------------------------
     def simulate(
@@ -434,6 +454,7 @@ class PipelineModel:
             "draws": None if self.draws is None else self.draws.to_dict(),
             "options": self.options,
             "adjustments": self.adjustments,
+            "diagnostics": [x.to_dict() for x in self.diagnostics],
         }
         if self.covariates is not None:
             out["covariates"] = self.covariates.to_dict()
@@ -490,6 +511,7 @@ class PipelineModel:
                 if d.get("covariates") is not None
                 else None
             ),
+            diagnostics=tuple(Diagnostic.from_dict(x) for x in d.get("diagnostics", [])),
         )
 
     @classmethod

@@ -15,7 +15,9 @@ with, summed over destinations (trace of the covariance matrices),
   unbiased between-segment variance, ``p̄`` the exit-weighted overall mix.
 
 If ``VHM <= 0`` the segments are indistinguishable from noise: ``k = ∞`` and
-every ``Z_g = 0`` (use the pooled fit). Only observed exits count, since a
+every ``Z_g = 0`` (use the pooled fit). The same holds when no segment has two
+exits (``Σ_g (n_g − 1) = 0``): the within-segment variance cannot be measured, so
+neither can the spread beyond it. A segment without exits gets ``Z_g = 0``. Only observed exits count, since a
 censored spell's destination is unknown; ``n_g`` is their (weighted) number.
 The shrunk curves are the mixture ``Z_g · segment + (1 − Z_g) · pooled``
 (:meth:`forecast.fit.competing_risks.ExitCurves.mixed`), which keeps them proper
@@ -45,7 +47,7 @@ class Credibility:
     Attributes
     ----------
     weights : float64 (G,)
-        ``Z_g`` in [0, 1): weight of the segment's own fit (1 − Z_g goes to the pooled fit).
+        ``Z_g`` in [0, 1] (1 only when ``k = 0``): weight of the segment's own fit (1 − Z_g goes to the pooled fit).
     k : float
         ``EPV / VHM`` in exits; ``inf`` when there is no detectable between-segment variance.
     n : float64 (G,)
@@ -129,11 +131,12 @@ def credibility_from_counts(destination_counts: Any) -> Credibility:
         vhm = (spread - (g_used - 1) * epv) / denom
     else:
         vhm = 0.0
-    if vhm > 0:
-        k = epv / vhm
-        # k = 0 (no within-segment spread): full credibility where a segment has data
-        z = np.divide(n_g, n_g + k, out=np.zeros_like(n_g), where=(n_g + k) > 0)
+    if vhm > 0 and dof > 0:
+        k = epv / vhm  # 0 when every segment's exits agree within it: full credibility
+        z = np.divide(n_g, n_g + k, out=np.zeros_like(n_g), where=n_g > 0)
     else:
+        # No spread between segments beyond chance, or no segment with two exits to
+        # measure the spread within against (EPV unknown): everything to the pool.
         k = math.inf
         z = np.zeros_like(n_g)
     return Credibility(z, float(k), n_g, float(epv), float(vhm), means, overall)

@@ -29,6 +29,16 @@ body and extrapolate its hazard; the truncated fit describes the late hazard
 only. When fewer than ``min_events`` exits lie beyond ``u`` the fit falls back
 to all data (``u = 0``, :attr:`TailFit.truncated` is ``False``), trading bias
 for a fit that exists. Both the requested and the used threshold are recorded.
+
+**How each family is fitted.** The exponential in closed form; the Weibull by a
+bounded scalar search of its profile likelihood over the shape; the log-normal by
+damped Newton steps inside a box (:func:`_newton_box`, analytic gradient and Hessian),
+started from the moments of the exits' log durations and, if that does not converge,
+from those of all spells. Nothing in a fit depends on process-wide state (warning
+filters, optimiser caches), so fits running side by side on threads give the same
+numbers and never warn. How each family's fit ended is its
+:attr:`TailCandidate.code`; a bound reached or a failed convergence is reported there
+(and in the model's diagnostics), never as a warning.
 """
 
 from __future__ import annotations
@@ -43,7 +53,14 @@ from scipy import optimize, special
 
 from forecast.errors import ParameterError
 
-__all__ = ["TAIL_FAMILIES", "TailCandidate", "TailFamily", "TailFit", "fit_tail"]
+__all__ = [
+    "CANDIDATE_CODES",
+    "TAIL_FAMILIES",
+    "TailCandidate",
+    "TailFamily",
+    "TailFit",
+    "fit_tail",
+]
 
 TailFamily = Literal["exponential", "weibull", "lognormal"]
 
@@ -54,10 +71,33 @@ TAIL_FAMILIES: dict[str, tuple[str, ...]] = {
     "lognormal": ("sigma", "scale"),
 }
 
+#: Outcome codes of one family's fit (:attr:`TailCandidate.code`).
+CANDIDATE_CODES: tuple[str, ...] = (
+    "ok",
+    "no_exits",
+    "too_few_exits",
+    "at_bound",
+    "not_converged",
+    "fit_failed",
+    "fallback",
+)
+
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 # Bounds of the Weibull shape search (log scale). Shapes outside are not credible
 # for sojourn times and make the profile likelihood numerically flat.
 _LOG_SHAPE_BOUNDS = (math.log(0.02), math.log(50.0))
+# Bounds of the log-normal search: sigma in [0.02, 50] (about as wide as the Weibull
+# shape range, since sigma ~ 1.28 / shape); log scale within 30 of the log durations.
+_LOG_SIGMA_BOUNDS = (math.log(0.02), math.log(50.0))
+_MU_MARGIN = 30.0
+# Newton iterations of the log-normal fit and its stopping rule: the largest projected
+# gradient component of the mean negative log-likelihood (unitless).
+_NEWTON_MAX_ITER = 200
+_NEWTON_GTOL = 1e-9
+# Relative rounding error of the mean negative log-likelihood (a few ulps).
+_F_ROUNDING = 16 * np.finfo(np.float64).eps
+# A fit whose optimiser stalled counts as converged if its gradient is this small.
+_STALL_GTOL = 1e-6
 
 
 def _check_families(families: Sequence[str]) -> tuple[str, ...]:
@@ -113,6 +153,13 @@ class TailCandidate:
     n_params : int
     message : str
         ``"ok"``, or why the family was not fitted or did not converge.
+    code : str
+        The outcome as one word of :data:`CANDIDATE_CODES`: ``"ok"``; ``"no_exits"``
+        or ``"too_few_exits"`` (not fitted); ``"at_bound"`` (a parameter ended on
+        the edge of its search range); ``"not_converged"`` (the optimiser stopped
+        short of an optimum; the parameters are its last point); ``"fit_failed"``
+        (no finite fit); ``"fallback"`` (the exponential fitted because no
+        requested family could be).
     """
 
     family: str
@@ -121,6 +168,14 @@ class TailCandidate:
     aic: float | None
     n_params: int
     message: str = "ok"
+    code: str = "ok"
+
+    def __post_init__(self) -> None:
+        if self.code not in CANDIDATE_CODES:
+            raise ParameterError(
+                f"The `code` of a TailCandidate must be one of {list(CANDIDATE_CODES)}. "
+                f"Got {self.code!r}."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (no NaN or infinity)."""
@@ -131,6 +186,7 @@ class TailCandidate:
             "aic": self.aic,
             "n_params": self.n_params,
             "message": self.message,
+            "code": self.code,
         }
 
     @classmethod
@@ -144,6 +200,7 @@ class TailCandidate:
             aic=None if d["aic"] is None else float(d["aic"]),
             n_params=int(d["n_params"]),
             message=str(d["message"]),
+            code=str(d.get("code", "ok" if params is not None else "fit_failed")),
         )
 
 
@@ -336,7 +393,7 @@ def _fit_exponential(t, d, w, u):
     exposure = float(np.dot(w, t - u))
     scale = exposure / events
     ll = -events * math.log(scale) - exposure / scale
-    return {"scale": scale}, ll, "ok"
+    return {"scale": scale}, ll, "ok", "ok"
 
 
 def _fit_weibull(t, d, w, u):
@@ -346,11 +403,15 @@ def _fit_weibull(t, d, w, u):
     log_tmax = float(log_t.max())
     rel = log_t - log_tmax  # ≤ 0, so exp(c * rel) never overflows
     rel_u = (math.log(u) - log_tmax) if u > 0 else -math.inf
-    wsum = float(w.sum())
 
     def log_a(c: float) -> float:
-        # log Σ w (t^c - u^c), computed relative to t_max^c
-        inner = float(np.dot(w, np.exp(c * rel))) - (wsum * math.exp(c * rel_u) if u > 0 else 0.0)
+        # log Σ w (t^c - u^c), relative to t_max^c; t^c - u^c = t^c (1 - (u/t)^c) with
+        # expm1, so that spells just beyond u keep their (small, positive) share.
+        with np.errstate(under="ignore"):  # short spells at a large shape weigh 0
+            if u > 0:
+                inner = float(np.dot(w, np.exp(c * rel) * -np.expm1(c * (rel_u - rel))))
+            else:
+                inner = float(np.dot(w, np.exp(c * rel)))
         return c * log_tmax + math.log(inner)
 
     def neg_profile(log_c: float) -> float:
@@ -366,62 +427,179 @@ def _fit_weibull(t, d, w, u):
     )
     log_c = float(res.x)
     c = math.exp(log_c)
-    message = "ok"
+    code, message = "ok", "ok"
     if min(abs(log_c - b) for b in _LOG_SHAPE_BOUNDS) < 1e-6:
-        message = f"shape at the search bound {c:.3g}"
+        code, message = "at_bound", f"shape at the search bound {c:.3g}"
     scale = math.exp((log_a(c) - math.log(events)) / c)
-    return {"shape": c, "scale": scale}, -float(res.fun), message
+    return {"shape": c, "scale": scale}, -float(res.fun), code, message
 
 
-def _lognormal_nll(theta, t, d, w, u, wsum):
-    mu, log_sigma = theta
+def _lognormal_mean_nll(
+    theta: np.ndarray,
+    log_t: np.ndarray,
+    d: np.ndarray,
+    w: np.ndarray,
+    log_u: float | None,
+    wsum: float,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean (per unit weight) negative log-likelihood, gradient and Hessian in (mu, log sigma).
+
+    ``log L = Σ w d (log φ(z) − log σ − log t) + Σ w (1 − d) log Φ(−z) − W log Φ(−z_u)``
+    with ``z = (log t − mu) / sigma``; every term is analytic. With the hazard of the
+    standard normal ``λ(z) = φ(z) / Φ(−z)`` (``λ' = λ (λ − z)``), per exit
+    ``∂/∂mu = z / σ``, ``∂/∂s = z² − 1`` (``s = log σ``), and per censored spell
+    ``∂/∂mu = λ / σ``, ``∂/∂s = λ z``; second derivatives follow by the chain rule.
+    The constant ``Σ w d log t`` is left out of the value.
+    """
+    mu, log_sigma = float(theta[0]), float(theta[1])
     sigma = math.exp(log_sigma)
-    log_t = np.log(t)
     z = (log_t - mu) / sigma
     log_sf = special.log_ndtr(-z)
-    log_pdf_z = -0.5 * z * z - _LOG_SQRT_2PI
-    mills = np.exp(log_pdf_z - log_sf)  # φ(z) / Φ(−z)
-    c = 1.0 - d
-    ll = np.dot(w * d, log_pdf_z - log_sigma - log_t) + np.dot(w * c, log_sf)
-    g_mu = np.dot(w * d, z) / sigma + np.dot(w * c, mills) / sigma
-    g_ls = np.dot(w * d, z * z - 1.0) + np.dot(w * c, mills * z)
-    if u > 0:
-        zu = (math.log(u) - mu) / sigma
+    with np.errstate(under="ignore"):  # far below the scale φ(z) / Φ(−z) is 0
+        lam = np.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_sf)  # φ(z) / Φ(−z), ≥ 0
+    we = w * d
+    wc = w - we
+    ll = float(np.dot(we, -0.5 * z * z - _LOG_SQRT_2PI - log_sigma) + np.dot(wc, log_sf))
+    g_mu = float(np.dot(we, z) + np.dot(wc, lam)) / sigma
+    g_s = float(np.dot(we, z * z - 1.0) + np.dot(wc, lam * z))
+    dl = lam * (lam - z)  # λ'(z)
+    h_mm = -float(np.sum(we) + np.dot(wc, dl)) / sigma**2
+    h_ms = -float(np.dot(we, 2.0 * z) + np.dot(wc, z * dl + lam)) / sigma
+    h_ss = -float(np.dot(we, 2.0 * z * z) + np.dot(wc, z * z * dl + z * lam))
+    if log_u is not None:
+        zu = (log_u - mu) / sigma
         lsu = float(special.log_ndtr(-zu))
-        mu_u = math.exp(-0.5 * zu * zu - _LOG_SQRT_2PI - lsu)
+        lu = math.exp(-0.5 * zu * zu - _LOG_SQRT_2PI - lsu)
+        dlu = lu * (lu - zu)
         ll -= wsum * lsu
-        g_mu -= wsum * mu_u / sigma
-        g_ls -= wsum * mu_u * zu
-    return -float(ll), -np.array([g_mu, g_ls], dtype=np.float64)
+        g_mu -= wsum * lu / sigma
+        g_s -= wsum * lu * zu
+        h_mm += wsum * dlu / sigma**2
+        h_ms += wsum * (zu * dlu + lu) / sigma
+        h_ss += wsum * (zu * zu * dlu + zu * lu)
+    grad = np.array([g_mu, g_s])
+    hess = np.array([[h_mm, h_ms], [h_ms, h_ss]])
+    return -ll / wsum, -grad / wsum, -hess / wsum
+
+
+def _newton_box(
+    fun: Any, x0: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> tuple[np.ndarray, float, float, str]:
+    """Minimise a smooth function of a few variables inside a box by damped Newton steps.
+
+    Each step solves ``(H + λ D) p = −g`` on the free variables (those not held at a
+    bound by their gradient; ``D`` the diagonal of ``|H|``, floored), projects it into
+    the box and is kept only if it lowers the function (Armijo); ``λ`` shrinks after a
+    kept step and grows after a rejected one (Levenberg–Marquardt), so far from the
+    optimum the step turns toward steepest descent and close to it toward Newton's
+    (quadratic convergence). Plain NumPy: the result depends on the inputs only.
+
+    Returns
+    -------
+    x : ndarray
+        The last accepted point.
+    f : float
+        The function there.
+    grad_norm : float
+        Largest projected gradient component there.
+    status : str
+        ``"ok"`` (converged), ``"stalled"`` (no step lowers the function any more) or
+        ``"max_iter"``.
+    """
+    x = np.clip(np.asarray(x0, dtype=np.float64), lower, upper)
+    f, g, h = fun(x)
+    damping = 0.0
+    for _ in range(_NEWTON_MAX_ITER):
+        held = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
+        free = ~held
+        pg = np.where(free, g, 0.0)
+        grad_norm = float(np.max(np.abs(pg)))
+        if grad_norm <= _NEWTON_GTOL:
+            return x, f, grad_norm, "ok"
+        while True:
+            step = np.zeros_like(x)
+            hf = h[np.ix_(free, free)]
+            scale = np.maximum(np.abs(np.diag(hf)), 1e-12)
+            a = hf + damping * np.diag(scale)
+            if _positive_definite(a):
+                step[free] = np.linalg.solve(a, -g[free])
+                x_new = np.clip(x + step, lower, upper)
+                moved = x_new - x
+                if np.any(moved != 0):
+                    f_new, g_new, h_new = fun(x_new)
+                    # Armijo, or (within rounding of f) a smaller gradient: close to the
+                    # optimum the decrease of f falls below its rounding error.
+                    if math.isfinite(f_new) and (
+                        f_new <= f + 1e-4 * float(np.dot(g, moved))
+                        or (
+                            f_new <= f + _F_ROUNDING * (1.0 + abs(f))
+                            and np.max(np.abs(g_new)) < np.max(np.abs(g))
+                        )
+                    ):
+                        x, f, g, h = x_new, f_new, g_new, h_new
+                        damping = 0.0 if damping <= 1e-6 else damping / 10.0
+                        break
+            damping = max(damping * 10.0, 1e-6)
+            if damping > 1e12:
+                return x, f, grad_norm, "stalled"
+    held = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
+    grad_norm = float(np.max(np.abs(np.where(held, 0.0, g))))
+    return x, f, grad_norm, "ok" if grad_norm <= _NEWTON_GTOL else "max_iter"
+
+
+def _positive_definite(a: np.ndarray) -> bool:
+    """Whether a small symmetric matrix is (numerically) positive definite."""
+    if not np.all(np.isfinite(a)):
+        return False
+    return bool(np.all(np.linalg.eigvalsh(a) > 0))
+
+
+def _log_moments(log_t: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Start of the log-normal search: weighted mean and log sd of log durations."""
+    mu = float(np.average(log_t, weights=w))
+    sd = float(np.sqrt(np.average((log_t - mu) ** 2, weights=w)))
+    return np.array([mu, math.log(sd if sd > 1e-3 else 1.0)])
 
 
 def _fit_lognormal(t, d, w, u):
     wsum = float(w.sum())
     log_t = np.log(t)
-    ev = d > 0
-    mu0 = float(np.average(log_t[ev], weights=w[ev]))
-    sd0 = float(np.sqrt(np.average((log_t[ev] - mu0) ** 2, weights=w[ev])))
-    sd0 = sd0 if sd0 > 1e-3 else 1.0
-    scale_f = 1.0 / wsum  # optimise the mean log-likelihood for conditioning
+    log_u = math.log(u) if u > 0 else None
+    const = float(np.dot(w * d, log_t))  # Σ w d log t, left out of the optimised value
+    lower = np.array([float(log_t.min()) - _MU_MARGIN, _LOG_SIGMA_BOUNDS[0]])
+    upper = np.array([float(log_t.max()) + _MU_MARGIN, _LOG_SIGMA_BOUNDS[1]])
 
     def fun(theta):
-        f, g = _lognormal_nll(theta, t, d, w, u, wsum)
-        return f * scale_f, g * scale_f
+        return _lognormal_mean_nll(theta, log_t, d, w, log_u, wsum)
 
-    with np.errstate(over="ignore", under="ignore"):
-        res = optimize.minimize(
-            fun,
-            np.array([mu0, math.log(sd0)]),
-            jac=True,
-            method="BFGS",
-            options={"gtol": 1e-10, "maxiter": 500},
+    ev = d > 0
+    # Start from the moments of the exits' log durations (censoring ignored); if that
+    # does not converge, from the moments of all spells; keep the better end point.
+    best = None
+    for x0 in (_log_moments(log_t[ev], w[ev]), _log_moments(log_t, w)):
+        x, f, grad_norm, status = _newton_box(fun, x0, lower, upper)
+        if best is None or f < best[1]:
+            best = (x, f, grad_norm, status)
+        if grad_norm <= _STALL_GTOL:
+            break
+    x, f, grad_norm, status = best
+    mu, log_sigma = float(x[0]), float(x[1])
+    params = {"sigma": math.exp(log_sigma), "scale": math.exp(mu)}
+    ll = -f * wsum - const
+    if grad_norm > _STALL_GTOL:
+        return (
+            params,
+            ll,
+            "not_converged",
+            (f"optimiser did not converge ({status}, largest gradient {grad_norm:.2g})"),
         )
-    mu, log_sigma = (float(v) for v in res.x)
-    message = "ok"
-    grad_norm = float(np.max(np.abs(res.jac)))
-    if not res.success and grad_norm > 1e-6:
-        message = f"optimiser stopped: {res.message} (|grad|={grad_norm:.2g})"
-    return {"sigma": math.exp(log_sigma), "scale": math.exp(mu)}, -float(res.fun) / scale_f, message
+    for name, v, lo, hi in (
+        ("scale", mu, lower[0], upper[0]),
+        ("sigma", log_sigma, *_LOG_SIGMA_BOUNDS),
+    ):
+        if min(abs(v - lo), abs(v - hi)) < 1e-6:
+            return params, ll, "at_bound", f"{name} at the search bound {math.exp(v):.3g}"
+    return params, ll, "ok", "ok"
 
 
 _FITTERS = {"exponential": _fit_exponential, "weibull": _fit_weibull, "lognormal": _fit_lognormal}
@@ -525,7 +703,7 @@ def fit_tail(
     }
     if info["events_used"] == 0:
         cands = tuple(
-            TailCandidate(f, None, None, None, len(TAIL_FAMILIES[f]), "no exits to fit")
+            TailCandidate(f, None, None, None, len(TAIL_FAMILIES[f]), "no exits to fit", "no_exits")
             for f in fams
         )
         return TailFit.none(candidates=cands, **info)
@@ -537,21 +715,35 @@ def fit_tail(
         if k > 1 and n_distinct < 3:
             candidates.append(
                 TailCandidate(
-                    fam, None, None, None, k, f"needs ≥ 3 distinct exit times, got {n_distinct}"
+                    fam,
+                    None,
+                    None,
+                    None,
+                    k,
+                    f"needs ≥ 3 distinct exit times, got {n_distinct}",
+                    "too_few_exits",
                 )
             )
             continue
-        params, ll, message = _FITTERS[fam](tu, du, wu, u)
+        params, ll, code, message = _FITTERS[fam](tu, du, wu, u)
         if not all(math.isfinite(v) and v > 0 for v in params.values()) or not math.isfinite(ll):
-            candidates.append(TailCandidate(fam, None, None, None, k, f"fit failed: {params}"))
+            candidates.append(
+                TailCandidate(fam, None, None, None, k, f"fit failed: {params}", "fit_failed")
+            )
             continue
-        candidates.append(TailCandidate(fam, params, ll, 2 * k - 2 * ll, k, message))
+        candidates.append(TailCandidate(fam, params, ll, 2 * k - 2 * ll, k, message, code))
     fitted = [c for c in candidates if c.aic is not None]
     if not fitted:  # too few distinct exits for the requested two-parameter families
-        params, ll, _ = _fit_exponential(tu, du, wu, u)
+        params, ll, _, _ = _fit_exponential(tu, du, wu, u)
         fitted = [
             TailCandidate(
-                "exponential", params, ll, 2 - 2 * ll, 1, "fallback: no requested family fitted"
+                "exponential",
+                params,
+                ll,
+                2 - 2 * ll,
+                1,
+                "fallback: no requested family fitted",
+                "fallback",
             )
         ]
         candidates.extend(fitted)
