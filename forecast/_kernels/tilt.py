@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from forecast._kernels._options import jit
 
-__all__ = ["baseline_hazards", "tilt_density", "tilted_totals"]
+__all__ = ["baseline_hazards", "tilt_density", "tilt_pieces", "tilted_totals"]
 
 
 @jit
@@ -108,3 +108,51 @@ def tilted_totals(hazards, r_sets, out):
             if s <= 0.0:
                 break
     return 0
+
+
+@jit
+def tilt_pieces(hazards, ratios, starts, first_bin, out):
+    """Sub-densities of a deal whose hazard ratios change over time (piecewise constant).
+
+    Like :func:`tilt_density`, with the ratios of piece ``p`` (``ratios[p]``, shape (C,))
+    in force from ``starts[p]`` days after ``first_bin`` on (``starts[0] = 0``,
+    increasing; a bin takes the piece in force at its midpoint). Writes
+    ``out[j, e]`` for the bins ``first_bin + e``, ``e = 0 .. out.shape[1] - 1`` (0 past
+    the grid) and returns the mass still in the stage after them.
+
+    Parameters
+    ----------
+    hazards : ndarray of float64, shape (C, L)
+        :func:`baseline_hazards` of the baseline.
+    ratios : ndarray of float64, shape (P, C)
+    starts : ndarray of float64, shape (P,)
+        Days (from ``first_bin``) at which each piece starts; unused pieces ``inf``.
+    first_bin : int64
+        The deal's age in whole days (the result is conditional on it).
+    out : ndarray of float64, shape (C, E)
+    """
+    n_codes, n_bins = hazards.shape
+    n_pieces = ratios.shape[0]
+    n_out = out.shape[1]
+    piece = 0
+    s = 1.0
+    for e in range(n_out):
+        ell = first_bin + e
+        if ell >= n_bins:
+            for rest in range(e, n_out):
+                for j in range(n_codes):
+                    out[j, rest] = 0.0
+            break
+        while piece + 1 < n_pieces and starts[piece + 1] <= e + 0.5:
+            piece += 1
+        tot = 0.0
+        for j in range(n_codes):
+            tot += ratios[piece, j] * hazards[j, ell]
+        scale = 1.0
+        if tot > 1.0:
+            scale = 1.0 / tot
+            tot = 1.0
+        for j in range(n_codes):
+            out[j, e] = s * ratios[piece, j] * hazards[j, ell] * scale
+        s *= 1.0 - tot
+    return s

@@ -69,6 +69,7 @@ __all__ = [
     "CovariateSpec",
     "baseline_steps",
     "build_design",
+    "chain_win_probabilities",
     "covariate_states",
     "destination_groups",
     "fit_covariate_coefficients",
@@ -456,6 +457,8 @@ class CovariateDesign:
     stage, segment, deal, spell : ndarray of int64, shape (n,)
         Open stage, segment index, index into :attr:`FitData.deal_ids` and row of the
         spells frame of each row.
+    close_offset : ndarray of float64, shape (n,)
+        The row's close date minus the stage entry, days (NaN when unknown).
     """
 
     candidates: tuple[str, ...]
@@ -472,6 +475,7 @@ class CovariateDesign:
     segment: np.ndarray
     deal: np.ndarray
     spell: np.ndarray
+    close_offset: np.ndarray = field(default_factory=lambda: np.zeros(0))
     _rows: dict[tuple[int, bool], tuple[np.ndarray, CoxRows]] = field(
         default_factory=dict, repr=False
     )
@@ -589,6 +593,7 @@ def build_design(
         segment=arrays.segment[spell],
         deal=arrays.deal[spell],
         spell=spell,
+        close_offset=states["_close_offset"].fill_null(float("nan")).to_numpy().astype(np.float64),
     )
 
 
@@ -893,8 +898,9 @@ class CovariateModel:
         Curves of a deal with ``x = 0`` (empty when nothing is kept).
     pooled_baseline : dict stage -> ExitCurves
     entry_values : ndarray, shape (G, K, d)
-        Median ``x`` at stage entry per segment and stage (the value used for
-        close-date covariates at a future stage entry).
+        Typical ``x`` at stage entry per segment and stage (mean; median for the
+        close date): the close date's value at a future stage entry, and how many
+        pushes a deal collects between stage entries.
     new_deal_x : dict segment -> ndarray (m, d)
         Covariates at creation of the segment's recent new deals (the mix new deals
         draw from).
@@ -904,6 +910,13 @@ class CovariateModel:
         Ridge penalty.
     draw_beta : ndarray, shape (B, K, 4, d) or None
         Coefficients of each bootstrap draw.
+    push_interval : dict segment -> float
+        Mean days from a push of the close date to the new close date (``"*"``:
+        all segments); how the close date is expected to move once it passes
+        (:mod:`forecast.deal_covariates`).
+    entry_close_days : ndarray, shape (G, K)
+        Median days from a stage entry to the close date then (when a deal enters a
+        stage in the future, when its close date is expected to pass).
     """
 
     candidates: tuple[str, ...]
@@ -920,6 +933,8 @@ class CovariateModel:
     new_deal_amount: dict[str, np.ndarray]
     penalty: float = RIDGE_PENALTY
     draw_beta: np.ndarray | None = None
+    push_interval: dict[str, float] = field(default_factory=dict)
+    entry_close_days: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def active(self) -> bool:
@@ -977,6 +992,8 @@ class CovariateModel:
             "new_deal_amount": {g: v.tolist() for g, v in sorted(self.new_deal_amount.items())},
             "penalty": float(self.penalty),
             "draw_beta": None if self.draw_beta is None else self.draw_beta.tolist(),
+            "push_interval": {g: float(v) for g, v in sorted(self.push_interval.items())},
+            "entry_close_days": self.entry_close_days.tolist(),
         }
 
     @classmethod
@@ -1028,13 +1045,69 @@ class CovariateModel:
             draw_beta=None
             if d.get("draw_beta") is None
             else np.asarray(d["draw_beta"], dtype=np.float64).reshape(-1, n_open, 4, dd),
+            push_interval={str(g): float(v) for g, v in d.get("push_interval", {}).items()},
+            entry_close_days=np.asarray(d.get("entry_close_days", []), dtype=np.float64).reshape(
+                -1, n_open
+            ),
         )
+
+
+#: Push interval (days) assumed when the history has no push to measure it from.
+DEFAULT_PUSH_INTERVAL_DAYS = 30.0
+
+
+def push_intervals(data: FitData) -> dict[str, float]:
+    """Mean days from each push of the close date to the new close date, per segment.
+
+    A push is a close date moved later (as in ``DealLog.pipeline``). Segments with
+    fewer than 10 pushes use all segments' mean (key ``"*"``);
+    :data:`DEFAULT_PUSH_INTERVAL_DAYS` without any push.
+    """
+    assert data.cut is not None and data.outcomes is not None
+    ev = data.cut.events.select(
+        "deal_id",
+        "timestamp",
+        "close_date",
+        pl.col("close_date").forward_fill().shift(1).over("deal_id").alias("_prev"),
+    ).filter(pl.col("close_date") > pl.col("_prev"))
+    ev = ev.with_columns(
+        _days(pl.col("close_date") - pl.col("timestamp")).clip(lower_bound=0.0).alias("_d")
+    ).join(data.outcomes.select("deal_id", SEGMENT_COLUMN), on="deal_id", how="left")
+    pooled = float(ev["_d"].mean()) if ev.height else DEFAULT_PUSH_INTERVAL_DAYS
+    out = {"*": pooled}
+    for g in data.segments:
+        v = ev.filter(pl.col(SEGMENT_COLUMN) == g)["_d"]
+        out[g] = float(v.mean()) if v.len() >= 10 else pooled
+    return out
+
+
+def entry_close_days(data: FitData, design: CovariateDesign) -> np.ndarray:
+    """Median days from a stage entry to the close date known then, per (segment, stage).
+
+    Shape (G, K); a stratum without close dates takes its stage's median over all
+    segments, and a stage without any :data:`DEFAULT_PUSH_INTERVAL_DAYS`.
+    """
+    n_open = int(data.n_open or 0)
+    out = np.full((len(data.segments), n_open), DEFAULT_PUSH_INTERVAL_DAYS)
+    ok = design.first & np.isfinite(design.close_offset)
+    for k in range(n_open):
+        stage_rows = ok & (design.stage == k)
+        pooled = float(np.median(design.close_offset[stage_rows])) if stage_rows.any() else None
+        for g in range(len(data.segments)):
+            sel = stage_rows & (design.segment == g)
+            if sel.any():
+                out[g, k] = float(np.median(design.close_offset[sel]))
+            elif pooled is not None:
+                out[g, k] = pooled
+    return out
 
 
 def entry_and_new_deal_values(
     data: FitData, design: CovariateDesign, names: Sequence[str], new_deal_quarters: int = 4
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Median ``x`` at stage entry per (segment, stage), and the recent new deals' ``x`` and amounts.
+    """Typical ``x`` at stage entry per (segment, stage), and the recent new deals' ``x`` and amounts.
+
+    Typical: the mean over the stage entries (the median for the close date).
 
     New deals: the deals created in the last ``new_deal_quarters`` full fiscal
     quarters before the as-of date (all deals if fewer than 20), their covariates
@@ -1047,13 +1120,22 @@ def entry_and_new_deal_values(
     x = design.x[:, cols]
     entry = np.zeros((G, n_open, cols.size))
     first = design.first
+    close_cols = np.zeros(cols.size, dtype=bool)
+    pos = 0
+    for n in names:
+        size = design.blocks[n].size
+        close_cols[pos : pos + size] = design.spec(n).kind == "days_to_close"
+        pos += size
     for g in range(G):
         for k in range(n_open):
             sel = first & (design.segment == g) & (design.stage == k)
             if not sel.any():
                 sel = first & (design.stage == k)
             if sel.any():
-                entry[g, k] = np.median(x[sel], axis=0)
+                # mean values (e.g. pushes so far) but the median close date (heavy tails)
+                entry[g, k] = np.where(
+                    close_cols, np.median(x[sel], axis=0), np.mean(x[sel], axis=0)
+                )
     sp = data.spells
     assert sp is not None
     visit0 = sp["visit"].to_numpy()[design.spell] == 0
@@ -1107,7 +1189,7 @@ def tilt_density(dens: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
     return out
 
 
-def _chain_win_probabilities(
+def chain_win_probabilities(
     curves: Sequence[ExitCurves], r_sets: np.ndarray, n_open: int
 ) -> np.ndarray:
     """Eventual win probability from the first open stage for many hazard-ratio sets.
@@ -1147,7 +1229,7 @@ def win_probability_from_entry(
     b = model.beta if beta is None else beta
     n_open = b.shape[0]
     r = np.exp(np.einsum("kgd,d->kg", b, x))[:, destination_groups(n_open)]
-    return float(_chain_win_probabilities(curves, r[None], n_open)[0])
+    return float(chain_win_probabilities(curves, r[None], n_open)[0])
 
 
 def coefficient_table(model: CovariateModel, stage_names: Sequence[str]) -> pl.DataFrame:
@@ -1250,7 +1332,7 @@ def effects_table(
         betas = np.concatenate([model.beta[None], np.asarray(sims).reshape(-1, *model.beta.shape)])
         eta = np.einsum("bkgd,xd->bxkg", betas, xs)  # (1 + n_sim, 1 + d, K, 4)
         r_sets = np.exp(eta)[..., group_of].reshape(-1, n_open, group_of.size)
-        p_all = _chain_win_probabilities(curves, r_sets, n_open).reshape(betas.shape[0], d + 1)
+        p_all = chain_win_probabilities(curves, r_sets, n_open).reshape(betas.shape[0], d + 1)
         ratio_all = odds(p_all[:, 1:]) / odds(p_all[:, :1])  # (1 + n_sim, d)
     pos = 0
     for spec in model.specs:

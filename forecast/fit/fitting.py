@@ -34,7 +34,9 @@ from forecast.fit.covariates import (
     build_design,
     check_covariates,
     entry_and_new_deal_values,
+    entry_close_days,
     fit_covariate_coefficients,
+    push_intervals,
     select_covariates,
 )
 from forecast.fit.data import FitData
@@ -147,6 +149,8 @@ def fit_covariates(
         entry_values=entry,
         new_deal_x=new_x,
         new_deal_amount=new_a,
+        push_interval=push_intervals(data),
+        entry_close_days=entry_close_days(data, design),
     )
     return model, coef
 
