@@ -574,7 +574,7 @@ def _check_pieces(
         first = st[..., 0]
         if np.any(first != 0.0):
             raise ParameterError(f"The `{name}_starts` paths must start at 0 days.")
-        if np.any(np.isnan(st)) or np.any(np.diff(st, axis=-1) < 0):
+        if np.any(np.isnan(st)) or np.any(st[..., 1:] < st[..., :-1]):
             raise ParameterError(f"The `{name}_starts` must be non-decreasing days (inf: unused).")
     return xv, st
 
