@@ -33,6 +33,7 @@ Usage::
     python benchmarks/accuracy.py --ablation         # all variants
     python benchmarks/accuracy.py --worlds 4 --paths 500 --draws 4   # quick look
     python benchmarks/accuracy.py --world size --variants full no_covariates
+    python benchmarks/accuracy.py --quick            # smoke run: 1 world, 300 paths, 2 draws
 
 Targets (next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
 50 % coverage in [0.42, 0.58], mean CRPS <= 0.6 × the weighted pipeline's MAE.
@@ -49,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from _common import describe, machine, result, write_results
 
 import forecast
 import forecast.simulate as simulate_module
@@ -189,7 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="*", default=None, help=f"subset of {VARIANTS}")
     ap.add_argument("--save", default=None, help="write the per-case rows to this Parquet file")
     ap.add_argument("--world", choices=sorted(WORLDS), default="default", help="generator traps")
+    ap.add_argument("--quick", action="store_true", help="1 world, 300 paths, 2 draws, 1 worker")
+    ap.add_argument("--json", help="write the headline results to this JSON file")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.worlds, args.paths, args.draws, args.workers = 1, 300, 2, 1
+    info = machine()
+    print(describe(info))
     variants = args.variants or (list(VARIANTS) if args.ablation else ["full"])
     t0 = time.perf_counter()
     jobs = [
@@ -210,8 +218,28 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.worlds} {args.world} worlds × {len(ORIGINS)} origins, horizon {HORIZON}, "
             f"{args.paths} paths, {args.draws} draws, seed {args.seed}"
         )
-        print(table(frame))
+        summary = table(frame)
+        print(summary)
     print(f"elapsed {time.perf_counter() - t0:.0f} s")
+    rows = []
+    for r in summary.iter_rows(named=True):
+        step = "next quarter" if r["step"] == 1 else f"step {r['step']}"
+        cases = f"{r['variant']}, {step}, {r['n']} cases"
+        rows.append(
+            result(
+                "accuracy",
+                f"mean CRPS ({cases})",
+                r["crps"],
+                "currency",
+                "weighted pipeline MAE",
+                r["mae_wp"],
+                "currency",
+            )
+        )
+        rows.append(
+            result("accuracy", f"80% coverage ({cases})", r["cov80"], "", "nominal", 0.8, "")
+        )
+    write_results(args.json, rows, machine=info)
     return 0
 
 

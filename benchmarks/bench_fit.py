@@ -2,7 +2,8 @@
 
 Prints wall times of each step and, as a machine-independent yardstick, the
 ratio of the fit time to the time polars takes to sort the same event frame
-(measured in the same run). Run: ``.venv/bin/python benchmarks/bench_fit.py``.
+(measured in the same run), and the fit with parameter draws against the fit without.
+Run: ``.venv/bin/python benchmarks/bench_fit.py`` (``--quick``: 100,000 events, 4 draws).
 """
 
 from __future__ import annotations
@@ -11,16 +12,23 @@ import argparse
 import time
 
 import polars as pl
+from _common import describe, machine, result, write_results
 
 import forecast
 from forecast.datasets import generate_crm
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000, help="target number of events")
     parser.add_argument("--draws", type=int, nargs="*", default=[0, 32], help="n_draws to time")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="100,000 events, 0 and 4 draws")
+    parser.add_argument("--json", help="write the headline results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.draws = 100_000, [0, 4]
+    info = machine()
+    print(describe(info))
 
     t0 = time.perf_counter()
     probe = generate_crm(seed=1, scale=1.0)
@@ -36,18 +44,41 @@ def main() -> None:
     log = forecast.read_deal_log(ev, stages=world.stage_map, segment_columns=("segment",))
     t_read = time.perf_counter() - t0
     rows = [("generate", t_gen), ("read_deal_log", t_read)]
+    fit_seconds = {}
     for n_draws in args.draws:
         t0 = time.perf_counter()
         forecast.fit(log, segment_by=["segment"], n_draws=n_draws)
-        rows.append((f"fit (n_draws={n_draws})", time.perf_counter() - t0))
+        fit_seconds[n_draws] = time.perf_counter() - t0
+        rows.append((f"fit (n_draws={n_draws})", fit_seconds[n_draws]))
 
     print(f"history: {ev.height:,} events, {log.n_deals:,} deals")
     print(f"{'step':<22}{'seconds':>10}{'× polars sort':>16}")
     for name, sec in rows:
         print(f"{name:<22}{sec:>10.2f}{sec / t_sort:>16.1f}")
     print(f"{'(polars sort)':<22}{t_sort:>10.3f}{1.0:>16.1f}")
+    label = f"{ev.height:,} events"
+    results = [
+        result("fit", f"fit (n_draws={d}), {label}", sec, "s", "polars sort", t_sort, "s")
+        for d, sec in fit_seconds.items()
+    ]
+    if 0 in fit_seconds:
+        results += [
+            result(
+                "fit",
+                f"fit (n_draws={d}), {label}",
+                sec,
+                "s",
+                "fit (n_draws=0)",
+                fit_seconds[0],
+                "s",
+            )
+            for d, sec in fit_seconds.items()
+            if d
+        ]
+    write_results(args.json, results, machine=info)
+    return 0
 
 
 if __name__ == "__main__":
     pl.Config.set_tbl_rows(20)
-    main()
+    raise SystemExit(main())

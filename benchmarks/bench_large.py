@@ -7,7 +7,8 @@ columns are materialised) and fits. Prints wall times, peak resident memory
 (``ru_maxrss``) and, as the in-run reference, the in-memory size of the event
 frame and the time polars takes to sort it.
 
-Run: ``.venv/bin/python benchmarks/bench_large.py [--events 10000000] [--draws 0]``.
+Run: ``.venv/bin/python benchmarks/bench_large.py [--events 10000000] [--draws 0]``
+(``--quick``: 300,000 events).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import describe, machine, result, write_results
 
 _CHILD = r"""
 import json, resource, sys, time
@@ -46,11 +49,17 @@ print(json.dumps({
 """
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--draws", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="300,000 events")
+    parser.add_argument("--json", help="write the headline results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events = 300_000
+    info = machine()
+    print(describe(info))
 
     import polars as pl
 
@@ -98,7 +107,33 @@ def main() -> None:
         f"({r['peak_rss_mb'] / r['frame_mb']:.1f}× the event frame; machine has 24 GiB)"
     )
     print(json.dumps(r))
+    label = f"{r['events']:,} events"
+    write_results(
+        args.json,
+        [
+            result(
+                "large",
+                f"read + fit, {label}",
+                r["read_s"] + r["fit_s"],
+                "s",
+                "polars sort",
+                r["sort_s"],
+                "s",
+            ),
+            result(
+                "large",
+                f"peak RSS, {label}",
+                r["peak_rss_mb"],
+                "MB",
+                "event frame",
+                r["frame_mb"],
+                "MB",
+            ),
+        ],
+        machine=info,
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

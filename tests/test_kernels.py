@@ -9,6 +9,10 @@ documented per-path draw order.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import time
+import warnings
 
 import numba
 import numpy as np
@@ -23,7 +27,9 @@ from forecast._kernels import (
     simulate_arrays,
 )
 from forecast._kernels import rng as krng
+from forecast._kernels.lanes import LANES, pipeline_outcomes
 from forecast._kernels.outcomes import fresh_win_density
+from forecast._kernels.sample import _below, _sample_index
 from forecast._oracle import random_model_arrays
 from forecast.errors import ParameterError
 
@@ -210,6 +216,115 @@ def test_invalid_generator_parameters_do_not_raise():
     assert np.isnan(_gammas(1, 0.0, 1)[0])
     assert _poissons(1, -1.0, 1)[0] == 0
     assert _poissons(1, np.nan, 1)[0] == 0
+
+
+# --------------------------------------------------------------------------- lanes
+@numba.njit
+def _outcomes_lanes(states, p_win_t, p_none, shocks, outcome, wins):
+    pipeline_outcomes(states, p_win_t, p_none, shocks, outcome, wins)
+
+
+@numba.njit
+def _outcomes_scalar(state, p_win_t, p_none, m, outcome):
+    """The plain reading of step 2 for one path: a uniform, then the tilted categorical."""
+    n_q, n_deals = p_win_t.shape
+    for n in range(n_deals):
+        u, state = krng.uniform(state)
+        acc = 0.0
+        for r in range(n_q):
+            acc += p_win_t[r, n] * m[r]
+        target = u * (acc + p_none[n])
+        acc = 0.0
+        q = 0
+        for r in range(n_q):
+            acc += p_win_t[r, n] * m[r]
+            if target >= acc:
+                q += 1
+        outcome[n] = q
+    return state
+
+
+def _lane_inputs(rng, n_deals, n_q):
+    p = rng.dirichlet(np.ones(n_q + 1), n_deals) * rng.uniform(0.0, 1.0, (n_deals, 1))
+    p_win = p[:, :n_q]
+    if n_deals >= 8:  # edge rows: p_none = 0, certain win, never, tiny, one quarter only
+        p_win[:8] = 0.0
+        p_win[0, :] = 1.0 / n_q
+        p_win[1, -1] = 1.0
+        p_win[3, 0] = 1e-310
+        p_win[4, n_q // 2] = 0.5
+        p_win[5] = np.nextafter(1.0 / n_q, 0.0)
+    p_none = np.clip(1.0 - p_win.sum(axis=1), 0.0, None)
+    shocks = np.exp(rng.normal(-0.5, 1.5, (n_q, LANES)))
+    shocks[:, 1] = 1.0
+    return np.ascontiguousarray(p_win.T), p_none, shocks
+
+
+@pytest.mark.parametrize(("n_deals", "n_q"), [(1, 1), (63, 2), (64, 5), (300, 4), (129, 12)])
+def test_pipeline_outcomes_lanes_equal_the_scalar_reading(n_deals, n_q):
+    rng = np.random.default_rng(n_deals + n_q)
+    p_win_t, p_none, shocks = _lane_inputs(rng, n_deals, n_q)
+    states = np.empty((4, LANES), dtype=np.uint64)
+    for lane in range(LANES):
+        states[:, lane] = krng.path_state(17, lane)
+    start = states.copy()
+    outcome = np.empty((n_deals, LANES), dtype=np.int32)
+    wins = np.empty(((n_deals + 63) // 64, LANES), dtype=np.uint64)
+    _outcomes_lanes(states, p_win_t, p_none, shocks, outcome, wins)
+    for lane in range(LANES):
+        expected = np.empty(n_deals, dtype=np.int64)
+        end = _outcomes_scalar(tuple(start[:, lane]), p_win_t, p_none, shocks[:, lane], expected)
+        assert np.array_equal(outcome[:, lane], expected)
+        assert tuple(states[:, lane]) == end  # advanced by exactly one output per deal
+        won = np.zeros(wins.shape[0] * 64, dtype=bool)
+        won[:n_deals] = expected < n_q
+        bits = (won.reshape(-1, 64) * (2 ** np.arange(64, dtype=np.uint64))).sum(axis=1)
+        assert np.array_equal(wins[:, lane], bits.astype(np.uint64))
+    if n_deals > 1:
+        assert np.any(outcome < n_q) and np.any(outcome == n_q)
+
+
+@numba.njit
+def _below_many(bits, p):
+    out = np.empty(bits.shape[0], dtype=np.uint64)
+    for i in range(bits.shape[0]):
+        out[i] = _below(bits[i], p[i])
+    return out
+
+
+def test_below_is_the_exact_comparison_of_the_uniform():
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, 5000, dtype=np.uint64)
+    at = bits.astype(np.float64) * 2.0**-32  # p exactly at, just above and just below u
+    p = np.concatenate([rng.random(5000), at, np.nextafter(at, 2.0), np.nextafter(at, -1.0)])
+    bits = np.tile(bits, 4)
+    edges = np.array([0, 0, 1, 2**32 - 1, 2**32 - 1, 2**32 - 1], dtype=np.uint64)
+    p_edges = np.array([0.0, 1.0, 0.0, 1.0, 1.0 - 2.0**-32, 5e-324])
+    bits, p = np.concatenate([bits, edges]), np.concatenate([p, p_edges])
+    expected = (bits.astype(np.float64) * 2.0**-32 < p).astype(np.uint64)
+    assert np.array_equal(_below_many(bits, p), expected)
+    assert 0 < expected.sum() < expected.size
+
+
+@numba.njit
+def _index_many(bits, count):
+    out = np.empty(bits.shape[0], dtype=np.int64)
+    for i in range(bits.shape[0]):
+        out[i] = np.int64(_sample_index(bits[i], count[i]))
+    return out
+
+
+def test_sample_index_equals_the_float_formula():
+    rng = np.random.default_rng(5)
+    bits = np.concatenate(
+        [rng.integers(0, 2**32, 20_000, dtype=np.uint64), np.array([0, 1, 2**31, 2**32 - 1])]
+    ).astype(np.uint64)
+    counts = [1, 2, 3, 7, 50, 999, 2**21 - 1, 2**21, 2**21 + 1, 2**30 + 3, 2**32 - 1]
+    for count in counts:
+        c = np.full(bits.shape, count, dtype=np.uint64)
+        u = bits.astype(np.float64) * 2.0**-32  # the kernel's reading: floor(u * count)
+        expected = np.minimum((u * float(count)).astype(np.int64), count - 1)
+        assert np.array_equal(_index_many(bits, c), expected), count
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -410,6 +525,27 @@ def test_samples_identical_for_threads_and_chunks(model):
     assert np.array_equal(a.deal_won_cents + b.deal_won_cents, base.deal_won_cents)
     other = simulate_arrays(arrays, n_paths=301, seed=43, outcomes=outcomes)
     assert not np.array_equal(other.totals, base.totals)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_samples_with_threads(model):
+    """The sampler's thread pool does not survive a fork; the child starts its own."""
+    arrays, outcomes = model
+    base = simulate_arrays(arrays, n_paths=120, seed=8, outcomes=outcomes, threads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        child = simulate_arrays(arrays, n_paths=120, seed=8, outcomes=outcomes, threads=2)
+        os._exit(0 if np.array_equal(child.totals, base.totals) else 3)
+    deadline = time.monotonic() + 120.0  # a child waiting on a dead pool would hang
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not finish sampling")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_pipeline_totals_conserve_deal_cents(model):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numba
 
-__all__ = ["jit", "jit_parallel"]
+__all__ = ["jit", "jit_inline"]
 
 #: Options of every serial kernel.
 JIT_OPTIONS: dict[str, bool | str] = {"cache": True, "nogil": True, "error_model": "numpy"}
@@ -24,5 +24,7 @@ JIT_OPTIONS: dict[str, bool | str] = {"cache": True, "nogil": True, "error_model
 #: ``numba.njit`` with the package options (serial kernels and inlined helpers).
 jit = numba.njit(**JIT_OPTIONS)
 
-#: ``numba.njit`` with the package options and ``parallel=True`` (kernels using ``prange``).
-jit_parallel = numba.njit(parallel=True, **JIT_OPTIONS)
+#: ``numba.njit`` with the package options for helpers that are inlined into their
+#: callers at Numba IR level (``inline="always"``): compiled as part of the caller, not
+#: as functions of their own, which shortens the first call (same operations, same bits).
+jit_inline = numba.njit(inline="always", **JIT_OPTIONS)

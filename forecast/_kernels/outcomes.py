@@ -39,9 +39,8 @@ All kernels write into preallocated outputs and return a status code (0 = succes
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from forecast._kernels._options import jit, jit_parallel
+from forecast._kernels._options import jit, jit_inline
 from forecast._kernels.tilt import tilt_pieces
 
 __all__ = [
@@ -59,7 +58,7 @@ STATUS_OK = 0
 STATUS_SINGULAR = 1
 
 
-@jit
+@jit_inline
 def _invert(a, out):
     """Gauss–Jordan inverse with partial pivoting of a small (K, K) matrix; status code."""
     n = a.shape[0]
@@ -98,7 +97,7 @@ def _invert(a, out):
     return STATUS_OK
 
 
-@jit
+@jit_inline
 def _move_kernel(dens):
     """Day-bin lag of the next entry after a move: ``h[k, j, m]``, shape (K, K, L + 1).
 
@@ -178,7 +177,7 @@ def fresh_win_density(dens, n_days, out):
     return STATUS_OK
 
 
-@jit
+@jit_inline
 def _breakpoints(qb, window):
     """Day bins at which the raw win-time CDF is needed, shape (3H + 1,).
 
@@ -196,7 +195,7 @@ def _breakpoints(qb, window):
     return x
 
 
-@jit
+@jit_inline
 def _quarters_from_cdf(cdf, n_q, pull_in, p_win_row, p_qe_row):
     """Apply the pull-in to raw-CDF values at :func:`_breakpoints`; write (H,) rows."""
     for q in range(n_q):
@@ -216,7 +215,7 @@ def _quarters_from_cdf(cdf, n_q, pull_in, p_win_row, p_qe_row):
             p_qe_row[q] = 0.0
 
 
-@jit
+@jit_inline
 def _fresh_cumsum(fresh):
     """``CW[k, m] = sum_{t < m} W[k, t]``, shape (K, n_days + 1)."""
     n_open, n_days = fresh.shape
@@ -379,7 +378,7 @@ def new_deal_quarter_probs(fresh, entry_mix, qb, window, pull_in, pmf, p_qe):
     return STATUS_OK
 
 
-@jit_parallel
+@jit
 def deal_quarter_probs_tilted(
     hazards, cw_profiles, stage, age, ratios, starts, profile, qb, window, pull_in, p_win, p_qe
 ):
@@ -398,8 +397,7 @@ def deal_quarter_probs_tilted(
         F(x) = sum_{e < x} f[K, e] + sum_{j < K} sum_{e < x} f[j, e] (CW[j, x - e] + CW[j, x - e - 1]) / 2
 
     with ``f`` the deal's tilted first-exit sub-densities; then the pull-in as in
-    :func:`deal_quarter_probs`. Deals run in parallel (each deal's result depends on
-    its own inputs only).
+    :func:`deal_quarter_probs`.
 
     Parameters
     ----------
@@ -431,7 +429,7 @@ def deal_quarter_probs_tilted(
     n_days = cw_profiles.shape[2] - 1
     xs = _breakpoints(qb, window)
     n_x = xs.shape[0]
-    for i in prange(stage.shape[0]):
+    for i in range(stage.shape[0]):
         k = stage[i]
         p = profile[i]
         f = np.empty((n_codes, n_days))

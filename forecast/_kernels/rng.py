@@ -10,7 +10,8 @@ Generators
 - :func:`next_u64`: xoshiro256** (Blackman & Vigna 2018, reference ``xoshiro256starstar.c``).
 - :func:`uniform`: float64 on ``[0, 1)`` from the top 53 bits.
 - :func:`uniform_pair`: two float64 on ``[0, 1)`` from the two 32-bit halves of one output.
-- :func:`split_u64`: the same two halves of an output already drawn (high one as bits).
+- :func:`split_u64`: the same two halves of an output already drawn (high one as bits);
+  :func:`halves_u64`: both as bits.
 - :func:`normal`: standard normal by Box–Muller (two uniforms per normal, cosine branch).
 - :func:`gamma`: Gamma(shape, scale 1) by Marsaglia & Tsang (2000), with the
   ``U**(1/shape)`` boost for ``shape < 1``.
@@ -32,6 +33,7 @@ from forecast._kernels._options import jit
 __all__ = [
     "fill_uniform",
     "gamma",
+    "halves_u64",
     "next_u64",
     "normal",
     "path_state",
@@ -46,6 +48,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _U5 = np.uint64(5)
+_U7 = np.uint64(7)
 _U9 = np.uint64(9)
 _U11 = np.uint64(11)
 _U17 = np.uint64(17)
@@ -53,6 +56,8 @@ _U27 = np.uint64(27)
 _U30 = np.uint64(30)
 _U31 = np.uint64(31)
 _U32 = np.uint64(32)
+_U45 = np.uint64(45)
+_U64 = np.uint64(64)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _TWO_POW_M53 = 1.0 / 9007199254740992.0  # 2**-53
 _TWO_POW_M32 = 1.0 / 4294967296.0  # 2**-32
@@ -60,7 +65,8 @@ _TWO_POW_M32 = 1.0 / 4294967296.0  # 2**-32
 
 @jit
 def _rotl(x, k):
-    return (x << np.uint64(k)) | (x >> np.uint64(64 - k))
+    """``x`` rotated left by ``k`` bits (uint64 both, ``0 < k < 64``)."""
+    return (x << k) | (x >> (_U64 - k))
 
 
 @jit
@@ -115,14 +121,14 @@ def path_state(seed, path):
 def next_u64(state):
     """One xoshiro256** output: ``(value, new_state)`` with ``value`` a uint64."""
     s0, s1, s2, s3 = state
-    result = _rotl(s1 * _U5, 7) * _U9
+    result = _rotl(s1 * _U5, _U7) * _U9
     t = s1 << _U17
     s2 = s2 ^ s0
     s3 = s3 ^ s1
     s1 = s1 ^ s2
     s0 = s0 ^ s3
     s2 = s2 ^ t
-    s3 = _rotl(s3, 45)
+    s3 = _rotl(s3, _U45)
     return result, (s0, s1, s2, s3)
 
 
@@ -131,6 +137,12 @@ def uniform(state):
     """Uniform float64 on ``[0, 1)`` (53 random bits): ``(u, new_state)``."""
     x, state = next_u64(state)
     return float(np.int64(x >> _U11)) * _TWO_POW_M53, state
+
+
+@jit
+def halves_u64(x):
+    """The high and low 32 bits of one output ``x`` (uint64 each); the uniforms are ``half * 2**-32``."""
+    return x >> _U32, x & _LOW32
 
 
 @jit
@@ -147,7 +159,8 @@ def split_u64(x):
     u2 : float64
         The second uniform on ``[0, 1)``, from the low 32 bits.
     """
-    return x >> _U32, float(np.int64(x & _LOW32)) * _TWO_POW_M32
+    hi, lo = halves_u64(x)
+    return hi, float(np.int64(lo)) * _TWO_POW_M32
 
 
 @jit

@@ -11,7 +11,7 @@ Per path ``p`` (parameter draw ``b = p % B``), with its own stream
 3. then, for each winning deal in increasing ``n``: a uniform decides the QE window
    (``< p_qe[b, n, q]``) and a uniform picks the won/pipeline amount ratio among the
    segment's (normal or quarter-end) samples, both from the two 32-bit halves of one
-   64-bit output (two passes keep the first one free of unpredictable branches);
+   64-bit output;
 4. new deals, segments ``g = 0 .. G-1``, creation quarters ``c = 0 .. H-1``: if
    ``new_shape[g]`` is finite and > 0, a Gamma(shape)/shape multiplier ``x`` of the
    mean ``lam = new_counts[b, g, c]``; then, for ``q = 0 .. H-1``, the number of those
@@ -23,13 +23,18 @@ Per path ``p`` (parameter draw ``b = p % B``), with its own stream
 
 A CSR sample is ``values[lo + floor(u * count)]`` of its row.
 
-How it runs (none of it changes a draw or an operation per deal): step 2 goes by
-blocks of deals, first the block's uniforms (the generator is a serial chain), then the
-categorical for all of them in one loop over the deals that runs in SIMD lanes
-(:func:`_tilted_words`, on ``p_win`` transposed to (B, H, N)), which stores each
-deal's quarter and one bit per deal "wins". Step 3 visits the set bits in order, with
-unsigned indices and the QE decision as integer arithmetic (:func:`_below`), so its
-loop has no unpredictable branch.
+How it runs (none of it changes a draw or an operation per path): a chunk's path
+range is split into blocks that run on a pool of threads (the kernel releases the GIL;
+no Numba ``parallel=True``, which costs seconds of compilation). In a block, paths of
+the same parameter draw go in groups of :data:`~forecast._kernels.lanes.LANES`, one per
+SIMD lane, through step 2 (:func:`forecast._kernels.lanes.pipeline_outcomes`: the
+generators and the categoricals of the group run side by side, and each deal's
+probabilities are read once for the group); then step 3 for the group, the paths taking
+turns per word of 64 deals (the deals' data is read once for the group), and step 4
+path by path. Step 3 visits the set bits of the winners' words in order, with the QE
+decision and the sample index as branch-free integer or float arithmetic that gives
+the bits of the plain reading (:func:`_below`, :func:`_sample_index`). One compiled
+kernel serves every horizon (nothing is specialised per number of quarters).
 
 A won amount is rounded to cents (int64) before any sum, so every sum is exact and
 order-independent: per-path totals, and per-deal sums accumulated per block of paths
@@ -38,36 +43,39 @@ and reduced in block order.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
+import threading
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import literally, prange, types
+from numba import types
 from numba.extending import intrinsic
 
-from forecast._kernels._options import jit, jit_parallel
+from forecast._kernels._options import jit
+from forecast._kernels.lanes import LANES, pipeline_outcomes
 from forecast._kernels.rng import (
     gamma,
+    halves_u64,
     next_u64,
     normal,
     path_state,
     poisson,
-    split_u64,
     uniform,
 )
 
 __all__ = ["sample_chunk"]
 
-#: Deals per block of phase 1: uniforms drawn, then tilted together (a multiple of 64;
-#: any value gives the same samples).
-_DEAL_BLOCK = 256
-#: Horizons up to this many quarters take a phase-1 loop unrolled over a fixed number of
-#: terms (4, 6 or 8); longer ones the same loop with a run-time count.
-_MAX_TERMS = 8
 _U1 = np.uint64(1)
 _U6 = np.uint64(6)
+_U32 = np.uint64(32)
 _U63 = np.uint64(63)
-_TWO_POW_32 = 4294967296.0
+_TWO_POW_M32 = 1.0 / 4294967296.0
+#: Largest sample count for which ``floor(u * count)`` with a 32-bit uniform ``u`` is
+#: computed in integers: ``lo * count < 2**53``, so the float product is exact.
+_EXACT_COUNT = np.uint64(2**21)
 
 
 @intrinsic
@@ -80,15 +88,39 @@ def _trailing_zeros(typingctx, x):
     return types.uint64(types.uint64), codegen
 
 
-@jit
-def _below(hi, p):
-    """``hi * 2**-32 < p`` as uint64 0 or 1, without a branch (``hi < 2**32``, ``0 <= p <= 1``).
+@intrinsic
+def _float_bits(typingctx, x):
+    """The bits of a float64 as a uint64 (a bit cast)."""
 
-    Exact: scaling by 2**32 is exact, an integer is below ``x`` iff it is below
-    ``ceil(x)``, and the unsigned difference has its top bit set iff it is negative.
-    (A float comparison here compiles to an unpredictable branch.)
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.uint64(types.float64), codegen
+
+
+@jit
+def _below(bits, p):
+    """``bits * 2**-32 < p`` as uint64 0 or 1 (``bits < 2**32``, ``0 <= p <= 1``).
+
+    ``bits * 2**-32`` is exact, so this is the comparison of the uniform itself, taken
+    as the sign bit of the difference: a difference of two floats is zero only if they
+    are equal, and never changes sign in rounding. (A float comparison here compiles to
+    an unpredictable branch.)
     """
-    return (hi - np.uint64(math.ceil(p * _TWO_POW_32))) >> _U63
+    return _float_bits(float(np.int64(bits)) * _TWO_POW_M32 - p) >> _U63
+
+
+@jit
+def _sample_index(bits, count):
+    """``min(floor(u * count), count - 1)`` in float64 for ``u = bits * 2**-32``, as uint64.
+
+    For ``count <= 2**21`` the float product ``bits * count * 2**-32`` is exact (below
+    2**53), so its floor is the integer ``(bits * count) >> 32``, always ``< count``.
+    """
+    if count <= _EXACT_COUNT:
+        return (bits * count) >> _U32
+    u = float(np.int64(bits)) * _TWO_POW_M32
+    return np.uint64(min(np.int64(u * float(np.int64(count))), np.int64(count) - 1))
 
 
 @jit
@@ -106,79 +138,130 @@ def _to_cents(x):
 
 
 @jit
-def _tilted_words(n_terms, pwt, pn, m, n0, nb, u_blk, q_all, words):
-    """Phase 1 for deals ``n0 .. n0 + nb - 1``: each deal's outcome from its uniform.
+def _pipeline_wins(
+    n_lanes,
+    wins,
+    outcome,
+    p_qe,
+    deal_amount,
+    deal_segment,
+    ratio_offsets,
+    ratio_values,
+    states,
+    cents,
+    wins_acc,
+    cents_acc,
+):
+    """Step 3 for the paths on lanes ``0 .. n_lanes - 1``: amounts of their winning deals.
 
-    Per deal, as a scalar loop would: ``acc += pwt[r, n] * m[r]`` for ``r = 0 ..``,
-    ``target = u * (acc + pn[n])``, ``q`` = number of cumulative weights ``<= target``.
-    The cumulative weights are computed twice (same operations, same values) so that
-    they stay in registers, and the loop over deals runs in SIMD lanes. Terms
-    ``r >= H`` use the last row with ``m[r] = 0``: they add a zero (the weight keeps
-    its bits) and can only raise a ``q`` that is already ``H`` (no win).
+    Each path visits its winners in increasing ``n``; the paths take turns per word of
+    64 deals, so that the deals' data is read once for the group.
 
     Parameters
     ----------
-    n_terms : int64
-        Number of terms, ``>= H``; a constant at the call site makes a specialised
-        compilation with the loops over terms unrolled.
-    pwt : ndarray of float64, shape (H, N)
-        ``p_win`` of the path's draw, deal-minor.
-    pn : ndarray of float64, shape (N,)
-        ``p_none`` of the path's draw.
-    m : ndarray of float64, shape (>= n_terms,)
-        The path's shock multipliers, 0 beyond ``H``.
-    n0, nb : int64
-        First deal (a multiple of 64) and number of deals.
-    u_blk : ndarray of float64, shape (>= nb,)
-        The deals' uniforms.
-    q_all : ndarray of int64, shape (N,)
-        Output: the winning quarter of each winning deal (``>= H`` for the others).
-    words : ndarray of uint64, shape (ceil(N / 64),)
-        Output: bit ``k`` of word ``w`` is set iff deal ``64 w + k`` wins.
+    n_lanes : int64
+        Number of paths in the group.
+    wins : ndarray of uint64, shape (ceil(N / 64), LANES)
+        Winner bits (from :func:`~forecast._kernels.lanes.pipeline_outcomes`).
+    outcome : ndarray of int32, shape (N, LANES)
+        Winning quarter of each winner.
+    p_qe : ndarray of float64, shape (N * H,)
+        The draw's P(QE window | win in q), flat ``[n * H + q]``.
+    deal_amount, deal_segment : ndarray, shape (N,)
+    ratio_offsets : ndarray of int64, shape (2 * (G + 1),)
+        CSR offsets of the ratio samples, flat: row ``in_qe * (G + 1) + g``.
+    ratio_values : ndarray of float64
+    states : ndarray of uint64, shape (4, LANES)
+        The paths' generator states after step 2; advanced.
+    cents : ndarray of int64, shape (LANES, H, G, 2)
+        The paths' won cents; ``[lane, q, g, 0]`` is added to.
+    wins_acc, cents_acc : ndarray of int64, shape (N * H,)
+        The block's per-deal sums, added to.
     """
-    n_q = pwt.shape[0]
-    last = n_q - 1
-    for wd in range((nb + 63) // 64):
-        k0 = wd * 64
-        n_first = np.uint64(n0 + k0)  # unsigned indices: contiguous SIMD loads
-        bits = np.uint64(0)
-        for k in range(min(64, nb - k0)):
-            n = n_first + np.uint64(k)
-            acc = 0.0
-            for r in range(n_terms):
-                acc += pwt[min(r, last), n] * m[r]
-            target = u_blk[k0 + k] * (acc + pn[n])
-            acc = 0.0
-            q = 0
-            for r in range(n_terms):
-                acc += pwt[min(r, last), n] * m[r]
-                q += target >= acc
-            q_all[n] = q
-            bits |= np.uint64(q < n_q) << np.uint64(k)
-        words[(n0 + k0) >> 6] = bits
+    n_q = np.uint64(cents.shape[1])
+    stride = np.uint64(cents.shape[2] + 1)
+    for wd in range(wins.shape[0]):
+        base = np.uint64(wd) << _U6
+        for lane in range(n_lanes):
+            w = wins[wd, lane]
+            if w == 0:
+                continue
+            state = (states[0, lane], states[1, lane], states[2, lane], states[3, lane])
+            while w != 0:
+                n = base + _trailing_zeros(w)
+                w &= w - _U1
+                q = np.uint64(outcome[n, lane])
+                nq = n * n_q + q
+                g = np.uint64(deal_segment[n])
+                x, state = next_u64(state)
+                hi_bits, lo_bits = halves_u64(x)
+                row = _below(hi_bits, p_qe[nq]) * stride + g
+                first = ratio_offsets[row]
+                size = np.uint64(ratio_offsets[row + _U1] - first)
+                ratio = ratio_values[np.uint64(first) + _sample_index(lo_bits, size)]
+                c = _to_cents(deal_amount[n] * ratio)
+                cents[lane, q, g, 0] += c
+                wins_acc[nq] += 1
+                cents_acc[nq] += c
+            for word in range(4):
+                states[word, lane] = state[word]
 
 
 @jit
-def _tilted_fixed(n_terms, pwt, pn, m, n0, nb, u_blk, q_all, words):
-    """:func:`_tilted_words` compiled for the literal ``n_terms``."""
-    _tilted_words(literally(n_terms), pwt, pn, m, n0, nb, u_blk, q_all, words)
+def _new_deal_wins(
+    b,
+    m,
+    new_counts,
+    new_shape,
+    new_pmf,
+    new_none,
+    new_qe,
+    new_amount_offsets,
+    new_amount_values,
+    ratio_offsets,
+    ratio_values,
+    state,
+    cum,
+    cents,
+):
+    """Step 4 for one path: won cents of new deals into ``cents[q, g, 1]``; returns the state."""
+    n_q = cents.shape[0]
+    for g in range(cents.shape[1]):
+        shape = new_shape[g]
+        for cq in range(n_q):
+            lam = new_counts[b, g, cq]
+            if not lam > 0.0:
+                continue
+            if shape > 0.0 and shape < np.inf:
+                x, state = gamma(state, shape)
+                lam = lam * x / shape
+            # Poisson splitting: given the multiplier, the new deals of (g, cq) winning in
+            # quarter q are Poisson(lam * P'(q)), independently.
+            acc = 0.0
+            for q in range(n_q):
+                cum[q] = new_pmf[b, g, cq, q] * m[q]
+                acc += cum[q]
+            z_norm = acc + new_none[b, g, cq]
+            if not z_norm > 0.0:
+                continue
+            first = np.uint64(new_amount_offsets[0, g])
+            size = np.uint64(new_amount_offsets[0, g + 1]) - first
+            for q in range(n_q):
+                k, state = poisson(state, lam * cum[q] / z_norm)
+                p_qe_new = new_qe[b, g, cq, q]
+                won = 0  # exact integer sum: kept in a register
+                for _ in range(k):
+                    x, state = next_u64(state)
+                    hi_bits, lo_bits = halves_u64(x)
+                    u3, state = uniform(state)
+                    in_qe = _below(hi_bits, p_qe_new)
+                    amount = new_amount_values[first + _sample_index(lo_bits, size)]
+                    ratio = _pick(ratio_offsets, ratio_values, in_qe, g, u3)
+                    won += _to_cents(amount * ratio)
+                cents[q, g, 1] += won
+    return state
 
 
-@jit
-def _tilted_block(pwt, pn, m, n0, nb, u_blk, q_all, words):
-    """:func:`_tilted_words` with ``n_terms`` H rounded up to 4, 6 or 8, or H beyond 8."""
-    n_q = pwt.shape[0]
-    if n_q <= 4:
-        _tilted_fixed(4, pwt, pn, m, n0, nb, u_blk, q_all, words)
-    elif n_q <= 6:
-        _tilted_fixed(6, pwt, pn, m, n0, nb, u_blk, q_all, words)
-    elif n_q <= _MAX_TERMS:
-        _tilted_fixed(8, pwt, pn, m, n0, nb, u_blk, q_all, words)
-    else:
-        _tilted_words(n_q, pwt, pn, m, n0, nb, u_blk, q_all, words)
-
-
-@jit_parallel
 def sample_chunk(
     p_win_t,
     p_none,
@@ -243,8 +326,8 @@ def sample_chunk(
     path_start, path_stop : int64
         Global path range.
     n_blocks : int64
-        Number of blocks the range is split into (one prange iteration each); any
-        value gives the same samples.
+        Number of blocks the range is split into, run on as many threads (one block
+        runs in the calling thread); any value gives the same samples.
     totals : ndarray of float64, shape (path_stop - path_start, H, G, 2)
         Output: won amount per path, quarter, segment, source (0 pipeline, 1 new).
     block_wins, block_cents : ndarray of int64, shape (>= n_blocks, N, H)
@@ -255,104 +338,166 @@ def sample_chunk(
     status : int64
         0.
     """
+    blocks = (
+        p_win_t,
+        p_none,
+        p_qe,
+        deal_amount,
+        deal_segment,
+        ratio_offsets,
+        ratio_values,
+        new_counts,
+        new_shape,
+        new_pmf,
+        new_none,
+        new_qe,
+        new_amount_offsets,
+        new_amount_values,
+        shock_sigma,
+        seed,
+        path_start,
+        path_stop,
+        n_blocks,
+    )
+    outputs = (totals, block_wins, block_cents)
+    if n_blocks <= 1:
+        _sample_block(*blocks, 0, *outputs)
+        return 0
+    futures = [_pool().submit(_sample_block, *blocks, blk, *outputs) for blk in range(n_blocks)]
+    try:
+        for future in futures:
+            future.result()
+    except BaseException:  # Ctrl-C while waiting: let the running blocks finish first
+        concurrent.futures.wait(futures)
+        raise
+    return 0
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool when needed."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that run blocks (as many as Numba may use; the kernel releases the GIL)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                max_workers=numba.config.NUMBA_NUM_THREADS, thread_name_prefix="forecast-sample"
+            )
+    return _POOL
+
+
+@jit
+def _sample_block(
+    p_win_t,
+    p_none,
+    p_qe,
+    deal_amount,
+    deal_segment,
+    ratio_offsets,
+    ratio_values,
+    new_counts,
+    new_shape,
+    new_pmf,
+    new_none,
+    new_qe,
+    new_amount_offsets,
+    new_amount_values,
+    shock_sigma,
+    seed,
+    path_start,
+    path_stop,
+    n_blocks,
+    blk,
+    totals,
+    block_wins,
+    block_cents,
+):
+    """Block ``blk`` of :func:`sample_chunk`: its share of the paths, and its row of the deal sums."""
     n_draws = p_win_t.shape[0]
     n_q = p_win_t.shape[1]
     n_deals = p_win_t.shape[2]
     n_seg = new_counts.shape[1]
     n_paths = path_stop - path_start
-    for blk in prange(n_blocks):
-        lo = path_start + (blk * n_paths) // n_blocks
-        hi = path_start + ((blk + 1) * n_paths) // n_blocks
-        m = np.zeros(max(n_q, _MAX_TERMS))  # 0 beyond H: see _tilted_words
-        cum = np.empty(n_q)
-        u_blk = np.empty(_DEAL_BLOCK)
-        q_all = np.empty(n_deals, dtype=np.int64)
-        words = np.empty((n_deals + 63) // 64, dtype=np.uint64)
-        cents = np.zeros((n_q, n_seg, 2), dtype=np.int64)
-        wins_acc = block_wins[blk].reshape(-1)  # [n * H + q]
-        cents_acc = block_cents[blk].reshape(-1)
-        ratio_flat = ratio_offsets.reshape(-1)  # [row * (G + 1) + g]
-        nqu = np.uint64(n_q)
-        rstride = np.uint64(n_seg + 1)
-        for p in range(lo, hi):
-            state = path_state(seed, p)
-            b = p % n_draws
-            s = shock_sigma[b]
-            for q in range(n_q):
-                z, state = normal(state)
-                m[q] = math.exp(-0.5 * s * s + s * z)
+    ratio_flat = ratio_offsets.reshape(-1)  # [in_qe * (G + 1) + g]
+    lo = path_start + (blk * n_paths) // n_blocks
+    hi = path_start + ((blk + 1) * n_paths) // n_blocks
+    # Shapes as plain int64 (no literals): fewer variants of np.empty to compile.
+    lanes = np.int64(LANES)
+    states = np.empty((np.int64(4), lanes), dtype=np.uint64)
+    shocks = np.empty((n_q, lanes))
+    outcome = np.empty((n_deals, lanes), dtype=np.int32)
+    wins = np.empty(((n_deals + 63) // 64, lanes), dtype=np.uint64)
+    scratch = np.empty((np.int64(2), n_q))
+    m = scratch[0]  # the path's shock multipliers
+    cum = scratch[1]
+    cents = np.empty((lanes, n_q, n_seg, np.int64(2)), dtype=np.int64)  # zeroed per group
+    wins_acc = block_wins[blk].reshape(-1)  # [n * H + q]
+    cents_acc = block_cents[blk].reshape(-1)
+    # Paths of draw b in [lo, hi): first, first + B, ...; LANES of them at a time.
+    for b in range(n_draws):
+        s = shock_sigma[b]
+        first = lo + (b - lo) % n_draws
+        for p0 in range(first, hi, LANES * n_draws):
+            n_lanes = min(LANES, (hi - 1 - p0) // n_draws + 1)
+            for lane in range(LANES):  # spare lanes repeat the group's last path
+                state = path_state(seed, p0 + min(lane, n_lanes - 1) * n_draws)
+                for q in range(n_q):
+                    z, state = normal(state)
+                    shocks[q, lane] = math.exp(-0.5 * s * s + s * z)
+                for word in range(4):
+                    states[word, lane] = state[word]
+            pipeline_outcomes(states, p_win_t[b], p_none[b], shocks, outcome, wins)
             cents[:] = 0
-            pwt = p_win_t[b]
-            pn = p_none[b]
-            pq = p_qe[b].reshape(-1)  # [n * H + q]
-            # Phase 1, per block of deals: the block's uniforms (a serial chain), then
-            # the tilted categorical with a loop over the deals (SIMD): q = number of
-            # cumulative tilted weights <= u * Z, i.e. the first q whose cumulative
-            # weight exceeds u * Z; q >= H means no win.
-            for n0 in range(0, n_deals, _DEAL_BLOCK):
-                nb = min(_DEAL_BLOCK, n_deals - n0)
-                for k in range(nb):
-                    u, state = uniform(state)
-                    u_blk[k] = u
-                _tilted_block(pwt, pn, m, n0, nb, u_blk, q_all, words)
-            # Phase 2: per winner (increasing n: the set bits of the words), a QE uniform
-            # and a ratio uniform; unsigned indices (no wraparound code), the QE row
-            # without a branch, and _pick written out on the flat CSR offsets.
-            for wd in range(words.shape[0]):
-                w = words[wd]
-                base = np.uint64(wd) << _U6
-                while w != 0:
-                    n = base + _trailing_zeros(w)
-                    w &= w - _U1
-                    q = np.uint64(q_all[n])
-                    nq = n * nqu + q
-                    g = np.uint64(deal_segment[n])
-                    x, state = next_u64(state)
-                    hi_bits, u2 = split_u64(x)
-                    row = _below(hi_bits, pq[nq]) * rstride + g
-                    lo_r = ratio_flat[row]
-                    count = ratio_flat[row + _U1] - lo_r
-                    i = np.int64(u2 * count)
-                    ratio = ratio_values[np.uint64(lo_r + min(i, count - 1))]
-                    c = _to_cents(deal_amount[n] * ratio)
-                    cents[q, g, 0] += c
-                    wins_acc[nq] += 1
-                    cents_acc[nq] += c
-            # New deals.
-            for g in range(n_seg):
-                shape = new_shape[g]
-                for cq in range(n_q):
-                    lam = new_counts[b, g, cq]
-                    if not lam > 0.0:
-                        continue
-                    if shape > 0.0 and shape < np.inf:
-                        x, state = gamma(state, shape)
-                        lam = lam * x / shape
-                    # Poisson splitting: given the multiplier, the new deals of (g, cq)
-                    # winning in quarter q are Poisson(lam * P'(q)), independently.
-                    acc = 0.0
-                    for q in range(n_q):
-                        cum[q] = new_pmf[b, g, cq, q] * m[q]
-                        acc += cum[q]
-                    z_norm = acc + new_none[b, g, cq]
-                    if not z_norm > 0.0:
-                        continue
-                    for q in range(n_q):
-                        k, state = poisson(state, lam * cum[q] / z_norm)
-                        p_qe_new = new_qe[b, g, cq, q]
-                        won = 0  # exact integer sum: kept in a register
-                        for _ in range(k):
-                            x, state = next_u64(state)
-                            hi_bits, u2 = split_u64(x)
-                            u3, state = uniform(state)
-                            in_qe = _below(hi_bits, p_qe_new)
-                            amount = _pick(new_amount_offsets, new_amount_values, 0, g, u2)
-                            ratio = _pick(ratio_offsets, ratio_values, in_qe, g, u3)
-                            won += _to_cents(amount * ratio)
-                        cents[q, g, 1] += won
-            row = p - path_start
-            for q in range(n_q):
-                for g in range(n_seg):
-                    totals[row, q, g, 0] = cents[q, g, 0] / 100.0
-                    totals[row, q, g, 1] = cents[q, g, 1] / 100.0
+            _pipeline_wins(
+                n_lanes,
+                wins,
+                outcome,
+                p_qe[b].reshape(-1),
+                deal_amount,
+                deal_segment,
+                ratio_flat,
+                ratio_values,
+                states,
+                cents,
+                wins_acc,
+                cents_acc,
+            )
+            for lane in range(n_lanes):
+                state = (states[0, lane], states[1, lane], states[2, lane], states[3, lane])
+                for q in range(n_q):
+                    m[q] = shocks[q, lane]
+                path_cents = cents[lane]
+                _new_deal_wins(
+                    b,
+                    m,
+                    new_counts,
+                    new_shape,
+                    new_pmf,
+                    new_none,
+                    new_qe,
+                    new_amount_offsets,
+                    new_amount_values,
+                    ratio_offsets,
+                    ratio_values,
+                    state,
+                    cum,
+                    path_cents,
+                )
+                row = p0 + lane * n_draws - path_start
+                for q in range(n_q):
+                    for g in range(n_seg):
+                        totals[row, q, g, 0] = path_cents[q, g, 0] / 100.0
+                        totals[row, q, g, 1] = path_cents[q, g, 1] / 100.0
     return 0

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import optimize, special, stats
+from scipy import optimize, special
 
 from forecast._validation import as_datetime, check_bool, check_float, check_seed
 from forecast.calendar import FiscalCalendar, check_calendar
@@ -490,6 +490,8 @@ def _tables() -> _Tables:
 
 
 def _sojourn_dist(t: _Tables, g: int, k: int, j: int) -> SojournDistribution:
+    import scipy.stats as stats  # imported when used: it takes half a second
+
     main = stats.gamma(t.shape[g, k, j], scale=t.scale[g, k, j])
     w = float(t.zombie_w[g, k, j])
     if w == 0.0:
@@ -822,6 +824,8 @@ def generate_crm(
     >>> 0 < crm.truth.win_probability("SMB", "Prospecting") < 1
     True
     """
+    import scipy.stats as stats  # imported when used: it takes half a second
+
     cal = check_calendar(calendar, "generate_crm")
     t_start = as_datetime(start, "start", "generate_crm")
     t_end = as_datetime(end, "end", "generate_crm")
