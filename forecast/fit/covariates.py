@@ -1035,7 +1035,7 @@ class CovariateModel:
             },
             entry_values=entry.reshape(entry.shape[0], n_open, dd) if entry.size else entry,
             new_deal_x={
-                g: np.asarray(v, dtype=np.float64).reshape(-1, dd)
+                g: np.asarray(v, dtype=np.float64).reshape(len(v), dd)
                 for g, v in d["new_deal_x"].items()
             },
             new_deal_amount={
@@ -1044,10 +1044,12 @@ class CovariateModel:
             penalty=float(d.get("penalty", RIDGE_PENALTY)),
             draw_beta=None
             if d.get("draw_beta") is None
-            else np.asarray(d["draw_beta"], dtype=np.float64).reshape(-1, n_open, 4, dd),
+            else np.asarray(d["draw_beta"], dtype=np.float64).reshape(
+                len(d["draw_beta"]), n_open, 4, dd
+            ),
             push_interval={str(g): float(v) for g, v in d.get("push_interval", {}).items()},
             entry_close_days=np.asarray(d.get("entry_close_days", []), dtype=np.float64).reshape(
-                -1, n_open
+                len(d.get("entry_close_days", [])), n_open
             ),
         )
 
