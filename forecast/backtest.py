@@ -42,6 +42,7 @@ from forecast.calendar import FiscalCalendar, check_calendar
 from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
 from forecast.fit.fitting import fit
+from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import PipelineModel
 from forecast.results import QUANTILES
 from forecast.scores import (
@@ -165,7 +166,7 @@ def _score_origin(
     quarters = calendar.quarters(origin, horizon)
     samples = fc.samples.T  # (H, P)
     booked = fc.booked_to_date.sum(axis=1)  # (H,)
-    pipe = log.pipeline(origin)
+    pipe = model.view(log).pipeline(origin)
     stage_p = np.array([model.win_probability(k, segment=None) for k in range(model.stages.n_open)])
     stage_sum = float(
         (pipe["amount"].fill_null(0.0).to_numpy() * stage_p[pipe["stage_code"].to_numpy()]).sum()
@@ -227,6 +228,7 @@ def backtest(
     seed: int = 0,
     min_history_quarters: int = 4,
     executor: Any = None,
+    model_kind: str = "auto",
 ) -> BacktestResult:
     """Rolling-origin backtest of the pipeline model with proper scores and baselines.
 
@@ -257,6 +259,8 @@ def backtest(
         Run the origins as tasks on this executor (e.g. a process pool or
         ``dask.distributed.Client.get_executor()``); results are identical to a
         local run.
+    model_kind : {"auto", "stages", "deal_level"}, default "auto"
+        The model each origin fits (see :func:`forecast.fit`).
 
     Returns
     -------
@@ -277,6 +281,7 @@ def backtest(
     seed = check_seed(seed, caller)
     check_int(min_history_quarters, "min_history_quarters", caller, minimum=0)
     segment_by = tuple(segment_by)
+    choose_model_kind(log, model_kind, caller)  # checked before any work
     if origins is None:
         chosen = default_origins(log, calendar=cal, min_history_quarters=min_history_quarters)
         if not chosen:
@@ -305,7 +310,8 @@ def backtest(
         # quarter ended; the fit itself cuts at the origin).
         known_by = (log.source.first_export_at_or_after(last_end) if exports else None) or last_end
         part = log.as_of(known_by) if known_by < _data_end(log) else log
-        jobs.append((part, o, horizon, n_paths, segment_by, cal, n_draws, seed))
+        options = {"model_kind": model_kind}
+        jobs.append((part, o, horizon, n_paths, segment_by, cal, n_draws, seed, options))
     if executor is None:
         parts = [_score_origin(*j) for j in jobs]
     else:
@@ -321,6 +327,7 @@ def backtest(
             "n_draws": n_draws,
             "seed": seed,
             "segment_by": list(segment_by),
+            "model_kind": model_kind,
             "calendar": cal.to_dict(),
             "data_fingerprint": log.fingerprint,
         },

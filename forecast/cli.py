@@ -49,6 +49,7 @@ from forecast.errors import (
     ParameterError,
 )
 from forecast.fit.fitting import fit
+from forecast.fit.kinds import MODEL_KINDS
 from forecast.io import atomic_write_bytes, write_forecast
 from forecast.metrics import fit_and_compute_metrics
 from forecast.plots import save_figures
@@ -243,6 +244,18 @@ def _add_draws_arg(p: argparse.ArgumentParser, default: int) -> None:
     )
 
 
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        default="auto",
+        dest="model_kind",
+        help="model to fit: stages (semi-Markov over the open stages), deal_level (one open "
+        "state on the age since creation, for a one-row-per-deal table) or auto (deal_level "
+        "for a one-row-per-deal table, else stages; default)",
+    )
+
+
 def _add_sim_args(
     p: argparse.ArgumentParser, *, paths: int = 10_000, horizon: int = 4, threads: bool = True
 ) -> None:
@@ -322,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit the pipeline model to a deal history and write it as JSON.",
     )
     _add_draws_arg(p, 32)
+    _add_model_arg(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="model JSON path")
 
     p = sub.add_parser(
@@ -334,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "previous output intact).",
     )
     _add_draws_arg(p, 32)
+    _add_model_arg(p)
     _add_sim_args(p)
     _add_report_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="output root directory")
@@ -350,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         "open it). With --previous, add what changed since an earlier `forecast run` output.",
     )
     _add_draws_arg(p, 32)
+    _add_model_arg(p)
     _add_sim_args(p)
     _add_report_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
@@ -376,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--origins", nargs="+", metavar="DATE", help="as-of dates (default: automatic)")
     _add_draws_arg(p, 16)
+    _add_model_arg(p)
     _add_sim_args(p, paths=2000, horizon=2, threads=False)
     p.add_argument(
         "-o", "--output", type=Path, help="also write the per-origin scores (Parquet file)"
@@ -389,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         "handled as censored.",
     )
     _add_draws_arg(p, 16)
+    _add_model_arg(p)
     p.add_argument(
         "-o", "--output", type=Path, help="also write the metric tables (Parquet, directory)"
     )
@@ -595,6 +613,7 @@ def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by
         calendar=_calendar(args),
         n_draws=args.draws,
         seed=args.seed,
+        model_kind=getattr(args, "model_kind", "auto"),
     )
     with _executor(args) as executor:
         fc = model.simulate(
@@ -649,6 +668,7 @@ _SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("share_no_decision", "no decision", "pct"),
     ("tail_family", "tail", "text"),
     ("credibility", "credibility", "ratio"),
+    ("exit_curves", "curves", "text"),
 )
 
 
@@ -670,7 +690,8 @@ def _print_model_summary(model: Any) -> None:
     """The fitted model per segment and stage, for people (all of it is in the JSON)."""
     summary = model.summary()
     shown = [c for c in _SUMMARY_COLUMNS if c[0] in summary.columns]
-    print(f"Model fitted as of {model.as_of:%Y-%m-%d}, per segment and open stage:\n")
+    print(f"Model fitted as of {model.as_of:%Y-%m-%d}. {model.model_description}")
+    print("\nPer segment and open stage:\n")
     heads = ["segment", "stage", *(h for _, h, _ in shown)]
     rows = [
         [str(r["segment"]), str(r["stage"]), *(_cell(r[c], k) for c, _, k in shown)]
@@ -690,6 +711,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         calendar=_calendar(args),
         n_draws=args.draws,
         seed=args.seed,
+        model_kind=args.model_kind,
     )
     model.to_json(args.output)
     _print_model_summary(model)
@@ -819,6 +841,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             n_draws=args.draws,
             seed=args.seed,
             executor=executor,
+            model_kind=args.model_kind,
         )
     _print_backtest(result)
     if args.output:
@@ -845,6 +868,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         calendar=_calendar(args),
         n_draws=args.draws,
         seed=args.seed,
+        model_kind=args.model_kind,
     )
     print(result)
     if args.output:

@@ -293,8 +293,9 @@ def _deal_table(
 ) -> pl.DataFrame:
     """One row per deal at ``t``: segment, period, status, amount, outcome probabilities, days."""
     outcomes = segment_labels(log.outcomes(t), model.segment_by)
-    pipe = segment_labels(log.pipeline(t), model.segment_by)
-    p = open_deal_outcome_probabilities(model, pipe, log if t == model.as_of else None)
+    view = model.view(log)
+    pipe = segment_labels(view.pipeline(t), model.segment_by)
+    p = open_deal_outcome_probabilities(model, pipe, view if t == model.as_of else None)
     probs = pipe.select("deal_id").with_columns(
         pl.Series("_p_won", p[:, 0]),
         pl.Series("_p_lost", p[:, 1]),
@@ -615,7 +616,7 @@ def _slippage(
             )
         )
     )
-    visits = log.as_of(t).spells(t).select("deal_id", "stage").unique()
+    visits = model.view(log).as_of(t).spells(t).select("deal_id", "stage").unique()
     stage_names = list(model.stages.open)
     rows = []
     segs = sorted(per_deal["segment"].unique().to_list())
@@ -701,7 +702,7 @@ def _coverage(
     seed: int,
     max_copies: int,
 ) -> pl.DataFrame:
-    cut = log.as_of(t)
+    cut = model.view(log).as_of(t)
     pipe = cut.pipeline(t)
     quarters = model.calendar.quarters(t, quarter + 1)
     qlabel = quarters[quarter].label

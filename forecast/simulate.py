@@ -379,6 +379,7 @@ def model_arrays(
         Won before the as-of instant in each horizon quarter, currency.
     """
     t = model.as_of
+    log = model.view(log)  # the deal-level model reads every open stage as one
     stages = model.stages
     K, C = stages.n_open, stages.n_codes
     segs = list(model.segments)
@@ -528,7 +529,7 @@ def simulate(
     arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
     cov_arrays = None
     if model.covariates is not None and model.covariates.active:
-        cov_arrays, new_amounts = covariate_arrays(model, log, pipe, arrays)
+        cov_arrays, new_amounts = covariate_arrays(model, model.view(log), pipe, arrays)
         if new_amounts:
             size = float(model.adjustments.get("deal_size", 1.0))
             arrays = dataclasses.replace(

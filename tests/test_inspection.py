@@ -71,9 +71,11 @@ def test_inspect_log_counts_what_a_fit_would_see() -> None:
     assert (found.deals, found.events, found.exports) == (4, 7, 0)
     assert (found.first, found.last) == (D(2024, 1, 2), D(2024, 2, 10))
     assert found.warnings == (
-        "No deal has reached stage(s) ['Contract', 'Lost', 'Stalled'] by 2024-03-01.",
-        "Stage 'Proposal' holds 1 open deal(s) but no deal has left it yet: its exit curve "
-        "cannot be estimated from this history.",
+        "No deal has reached stage(s) ['Contract', 'Lost', 'Stalled'] by 2024-03-01: a fit "
+        "skips them (they stay in the stage map; no deal enters them).",
+        "Stage 'Proposal' holds 1 open deal(s) but no deal has left it yet: a stage fit "
+        "borrows its exit curves from the nearest stage with exits, with deliberately wide "
+        "uncertainty, and names it in the model's diagnostics.",
         "1 event(s) have no amount; deals never given one book nothing.",
     )
     text = str(found)
@@ -97,7 +99,8 @@ def test_inspect_log_before_the_history_and_of_a_deal_table() -> None:
         }
     )
     found = inspect_log(read_deal_log(deals, shape="deals", stages=STAGES), "2024-02-15")
-    assert found.warnings[0].startswith("One row per deal: the table has no stage history.")
+    assert found.warnings[0].startswith("One row per deal: the table has no stage history,")
+    assert "deal-level model" in found.warnings[0]
 
 
 def test_export_dates_and_snapshots() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from forecast._text import text_table
+from forecast.data.deal_level import closed_deals_left_out
 from forecast.data.deal_log import DealLog
 
 __all__ = ["LogInspection", "inspect_log"]
@@ -289,25 +290,34 @@ def _warnings(log: DealLog, cut: DealLog, stages: pl.DataFrame, t: dt.datetime) 
     out = []
     if log.source is not None and log.source.shape == "deals":
         out.append(
-            "One row per deal: the table has no stage history. Closed deals are read as "
-            "entering the first stage at creation and closing at their close date, open deals "
-            "as in their current stage since creation, so stage sojourns are not identifiable "
-            "from it. A folder of dated exports of the same report (--shape snapshots) gives "
-            "the history."
+            "One row per deal: the table has no stage history, so the time spent in each "
+            "stage is not identifiable from it. A fit takes the deal-level model (competing "
+            "risks won / lost / no decision on the deal's age since creation, open deals "
+            "conditioned on their age; `--model deal_level`, the default for this shape). A "
+            "folder of dated exports of the same report (--shape snapshots) gives the stage "
+            "history."
         )
     if cut.events.height == 0:
         out.append(f"No event on or before {t:%Y-%m-%d}: nothing to fit.")
         return out
+    if log.source is not None and log.source.shape == "deals":
+        left_out = closed_deals_left_out(cut, t)
+        if left_out:
+            out.append(left_out)
     unused = stages.filter(pl.col("deals") == 0)["stage"].to_list()
     if unused:
-        out.append(f"No deal has reached stage(s) {unused} by {t:%Y-%m-%d}.")
+        out.append(
+            f"No deal has reached stage(s) {unused} by {t:%Y-%m-%d}: a fit skips them (they "
+            "stay in the stage map; no deal enters them)."
+        )
     stuck = stages.filter(
         (pl.col("kind") == "open") & (pl.col("exits") == 0) & (pl.col("open_deals") > 0)
     )
     for name, n in stuck.select("stage", "open_deals").iter_rows():
         out.append(
-            f"Stage {name!r} holds {n} open deal(s) but no deal has left it yet: its exit "
-            "curve cannot be estimated from this history."
+            f"Stage {name!r} holds {n} open deal(s) but no deal has left it yet: a stage fit "
+            "borrows its exit curves from the nearest stage with exits, with deliberately wide "
+            "uncertainty, and names it in the model's diagnostics."
         )
     wins = stages.filter(pl.col("kind") == "won")["deals"].sum()
     if not wins:

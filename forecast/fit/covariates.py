@@ -845,6 +845,7 @@ def baseline_curves(
     destination_effects: Mapping[str, np.ndarray | None],
     tail_families: Sequence[str],
     shrink_toward: Any,
+    borrowed: Mapping[int, tuple[Mapping[tuple[str, int], ExitCurves], ExitCurves]] | None = None,
 ) -> tuple[dict[tuple[str, int], ExitCurves], dict[int, ExitCurves]]:
     """The exit curves of a deal with ``x = 0`` per (segment, stage), and pooled per stage.
 
@@ -852,12 +853,20 @@ def baseline_curves(
     the tail fitted on the stratum's spells (:func:`fit_exit_curves`), then shrunk
     toward the pooled baseline with the exit curves' credibility weights and
     destination effects (``shrink_toward`` is
-    :func:`forecast.fit.exits.shrink_toward`).
+    :func:`forecast.fit.exits.shrink_toward`). A stage without any exit
+    (``borrowed``: stage code -> its exit curves per (segment, stage) and pooled,
+    borrowed by :mod:`forecast.fit.borrowing`) keeps those curves as its baseline
+    (its coefficients are zero: no exit to fit them on).
     """
     n_open = int(data.n_open or 0)
     curves: dict[tuple[str, int], ExitCurves] = {}
     pooled: dict[int, ExitCurves] = {}
     for k in range(n_open):
+        if borrowed is not None and k in borrowed:
+            seg_curves, pooled[k] = borrowed[k]
+            for g in data.segments:
+                curves[(g, k)] = seg_curves[(g, k)]
+            continue
         pooled_steps = _stage_steps(data, design, coef, names, k, pooled=True)
         pooled[k] = fit_exit_curves(
             data.stratum_spells(k), tail_families=tail_families, steps=pooled_steps.get(0)

@@ -212,8 +212,7 @@ class FitData:
         ModelError
             When the history cannot support a fit at ``as_of``: the as-of date is
             before the first event or more than :data:`MAX_DAYS_AFTER_LAST_EVENT` days
-            after the last, there is no open-stage visit or no won deal before it, or
-            an open stage was never visited before it.
+            after the last, or there is no open-stage visit or no won deal before it.
         """
         if not isinstance(log, DealLog):
             raise ParameterError(
@@ -595,7 +594,8 @@ def _check_as_of_within_history(log: DealLog, t: dt.datetime) -> None:
 def _check_fittable(
     spells: pl.DataFrame, outcomes: pl.DataFrame, stages: StageMap, t: dt.datetime
 ) -> None:
-    """Every open stage has been visited and some deal has been won before ``t``."""
+    """Some deal has been won before ``t`` (an open stage without history is borrowed for
+    by :mod:`forecast.fit.borrowing`, not refused)."""
     counts = dict(outcomes.group_by("status").len().iter_rows())
     if not counts.get("won"):
         found = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("open", "lost", "no_decision"))
@@ -604,13 +604,4 @@ def _check_fittable(
             "probabilities and won amounts cannot be estimated. Expected at least one deal "
             f"in a won stage {list(stages.won)}; fit at a later as-of date, or check which "
             "stage names are classified as won (`StageMap(won=[...])`)."
-        )
-    visited = set(spells["stage_code"].unique().to_list())
-    missing = [name for k, name in enumerate(stages.open) if k not in visited]
-    if missing:
-        raise ModelError(
-            f"No deal was in the open stage(s) {missing} before the as-of date "
-            f"{t:%Y-%m-%d}, so their exit curves cannot be fitted. Expected every open stage "
-            f"of the stage map {list(stages.open)} to be visited; fit at a later as-of date, "
-            "or leave unused stages out of the `StageMap`."
         )

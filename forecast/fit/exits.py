@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from forecast.fit.borrowing import BorrowedStage, borrow_missing_stages
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves, aalen_johansen, fit_exit_curves
 from forecast.fit.data import FitData
 from forecast.fit.shrinkage import credibility_weights
@@ -63,6 +64,10 @@ class ExitFit:
         ``segment, stage, n_spells, credibility, k`` per segment and stage.
     destination_effects : dict segment label -> ndarray (C,) or None
         :func:`segment_destination_effects` (what the pooled curves are moved by).
+    borrowed : dict open stage code -> BorrowedStage
+        Stages without any exit, whose pooled curves were borrowed from a
+        neighbouring stage (:mod:`forecast.fit.borrowing`); skipped stages (never
+        visited) included.
     """
 
     curves: dict[tuple[str, int], ExitCurves]
@@ -71,6 +76,7 @@ class ExitFit:
     credibility: dict[tuple[str, int], float]
     shrinkage: pl.DataFrame
     destination_effects: dict[str, np.ndarray | None] = field(default_factory=dict)
+    borrowed: dict[int, BorrowedStage] = field(default_factory=dict)
 
 
 def weighted_fit_summary(cs: CensoredSpells, tail_shares: np.ndarray) -> tuple[np.ndarray, float]:
@@ -193,7 +199,10 @@ def fit_exits(
     Raises
     ------
     ModelError
-        An open stage without any spell (its pooled curves cannot be fitted).
+        No open stage has an exit (nothing to fit or borrow). A stage without any
+        exit borrows the curves of its nearest stage with exits
+        (:mod:`forecast.fit.borrowing`); a segment without exits in a stage takes
+        the pooled curves moved to the segment (credibility 0).
     """
     segments = data.segments
     n_open = int(data.n_open or 0)
@@ -202,15 +211,21 @@ def fit_exits(
     raw: dict[tuple[str, int], ExitCurves] = {}
     exits: dict[tuple[str, int], float] = {}
     stage_spells: dict[int, dict[str, CensoredSpells]] = {}
+    pooled_spells = [data.stratum_spells(k) for k in range(n_open)]
+    for k, cs in enumerate(pooled_spells):
+        if np.any(cs.observed & (cs.weights > 0)):
+            pooled[k] = fit_exit_curves(cs, tail_families=tail_families)
+    borrowed = borrow_missing_stages(pooled, pooled_spells, names, data.as_of)
     for k in range(n_open):
-        pooled[k] = fit_exit_curves(data.stratum_spells(k), tail_families=tail_families)
         stage_spells[k] = {g: data.stratum_spells(k, gi) for gi, g in enumerate(segments)}
         for g in segments:
             seg = stage_spells[k][g]
-            raw[(g, k)] = (
-                fit_exit_curves(seg, tail_families=tail_families) if seg.n > 0 else pooled[k]
-            )
             exits[(g, k)] = float(np.sum(seg.weights[seg.destinations >= 0]))
+            raw[(g, k)] = (
+                fit_exit_curves(seg, tail_families=tail_families)
+                if exits[(g, k)] > 0
+                else pooled[k]
+            )
     effects = segment_destination_effects(raw, pooled, exits, segments, n_open)
     curves: dict[tuple[str, int], ExitCurves] = {}
     credibility: dict[tuple[str, int], float] = {}
@@ -223,7 +238,7 @@ def fit_exits(
         else:
             weights, kval = np.ones(len(segments)), 0.0
         for i, g in enumerate(segments):
-            z = float(weights[i]) if seg_spells[g].n > 0 else 0.0
+            z = float(weights[i]) if exits[(g, k)] > 0 else 0.0
             credibility[(g, k)] = z
             curves[(g, k)] = shrink_toward(raw[(g, k)], pooled[k], z, effects[g])
             rows.append(
@@ -236,4 +251,6 @@ def fit_exits(
                 }
             )
     shrinkage = pl.DataFrame(rows) if rows else empty_shrinkage()
-    return ExitFit(curves, pooled, raw, credibility, shrinkage, effects)
+    return ExitFit(
+        curves, pooled, raw, credibility, shrinkage, destination_effects=effects, borrowed=borrowed
+    )

@@ -19,11 +19,13 @@ import numpy as np
 from forecast._validation import check_bool, check_int, check_seed
 from forecast._version import __version__
 from forecast.calendar import FiscalCalendar
+from forecast.data.deal_level import closed_deals_left_out, deal_level_view
 from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
 from forecast.fit.arrivals import ArrivalModel, fit_arrivals
 from forecast.fit.bootstrap import bootstrap_weights
+from forecast.fit.borrowing import borrowed_draw
 from forecast.fit.calendar_effects import QuarterEndEffect, fit_quarter_end_effect
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves
 from forecast.fit.covariates import (
@@ -40,8 +42,9 @@ from forecast.fit.covariates import (
     select_covariates,
 )
 from forecast.fit.data import FitData
-from forecast.fit.diagnostics import tail_diagnostics
+from forecast.fit.diagnostics import Diagnostic, tail_diagnostics
 from forecast.fit.exits import ExitFit, fit_exits, shrink_toward, weighted_fit_summary
+from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import ParameterDraws, PipelineModel
 from forecast.fit.shocks import ShockModel, fit_shocks
 
@@ -132,6 +135,7 @@ def fit_covariates(
             destination_effects=exits.destination_effects,
             tail_families=options.tail_families,
             shrink_toward=shrink_toward if options.shrink else _no_shrinkage,
+            borrowed={k: (exits.curves, exits.pooled[k]) for k in exits.borrowed},
         )
     else:
         baseline, pooled = {}, {}
@@ -198,11 +202,14 @@ def fit(
     quarter_end_window_days: int = 14,
     arrivals_lookback_quarters: int = 12,
     shrink: bool = True,
+    model_kind: str = "auto",
     covariates: Sequence[str] = DEFAULT_COVARIATES,
 ) -> PipelineModel:
-    """Fit the semi-Markov pipeline model to the history known at ``as_of``.
+    """Fit the pipeline model to the history known at ``as_of``.
 
-    The model and its estimators are described in ``docs/model.md``.
+    The model and its estimators are described in ``docs/model.md``: the
+    semi-Markov stage model, or for a one-row-per-deal table the deal-level
+    model (competing risks on the deal's age since creation; ``model_kind``).
 
     Parameters
     ----------
@@ -228,6 +235,12 @@ def fit(
         Quarters of history used for the new-deal arrival model.
     shrink : bool, default True
         Shrink segment fits toward the pooled fit (credibility weighting).
+    model_kind : {"auto", "stages", "deal_level"}, default "auto"
+        ``"stages"``: the stage model (needs a stage history); ``"deal_level"``:
+        one open state on the age-since-creation clock
+        (:mod:`forecast.fit.kinds`); ``"auto"``: deal-level for a one-row-per-deal
+        table (``log.source.shape == "deals"``), stages otherwise. The model says
+        which it is and why (``model_kind``, ``model_description``).
     covariates : sequence of str, default ("amount", "days_to_close", "pushes")
         Deal covariates the exit model considers (``docs/model.md``, "Deal
         covariates"); each is kept only where it lowers Akaike's criterion, so a
@@ -262,9 +275,11 @@ def fit(
         ),
         shrink=check_bool(shrink, "shrink", caller),
     )
-    names, numeric = check_covariates(covariates, log, caller)
+    kind, description = choose_model_kind(log, model_kind, caller)
+    fitted_log = deal_level_view(log) if kind == "deal_level" else log
+    names, numeric = check_covariates(covariates, fitted_log, caller)
     options = dataclasses.replace(options, covariates=names)
-    data = FitData.from_log(log, as_of=as_of, segment_by=segment_by, calendar=calendar)
+    data = FitData.from_log(fitted_log, as_of=as_of, segment_by=segment_by, calendar=calendar)
     if names:
         data = data.with_covariate_design(build_design(data, names, numeric))
     point = fit_components(data, options)
@@ -279,11 +294,20 @@ def fit(
     exits = point.exits
     diagnostics = tail_diagnostics(
         [
-            *((None, k, c) for k, c in exits.pooled.items() if len(data.segments) > 1),
+            *(
+                (None, k, c)
+                for k, c in exits.pooled.items()
+                if len(data.segments) > 1 and k not in exits.borrowed  # a source's tail
+            ),
             *((g, k, c) for (g, k), c in exits.raw.items() if c is not exits.pooled[k]),
         ],
         data.stages.open,
     )
+    if kind == "deal_level" and (left_out := closed_deals_left_out(data.cut, data.as_of)):
+        diagnostics = (
+            Diagnostic("data", None, None, "closed_deals_left_out", left_out),
+            *diagnostics,
+        )
     return PipelineModel(
         stages=data.stages,
         segment_by=data.segment_by,
@@ -298,7 +322,7 @@ def fit(
         quarter_end=point.quarter_end,
         shocks=point.shocks,
         draws=draws,
-        data_fingerprint=data.cut.fingerprint,
+        data_fingerprint=log.as_of(data.as_of).fingerprint,
         version=__version__,
         options={
             "segment_by": list(data.segment_by),
@@ -308,9 +332,22 @@ def fit(
             "quarter_end_window_days": options.quarter_end_window_days,
             "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
             "shrink": options.shrink,
+            "model_kind": model_kind,
             **extra_options,
         },
-        diagnostics=diagnostics,
+        model_kind=kind,
+        model_description=description,
+        diagnostics=(
+            *(
+                exits.borrowed[k].diagnostic(data.stages.open, data.as_of)
+                for k in sorted(exits.borrowed)
+            ),
+            *diagnostics,
+        ),
+        borrowed={
+            data.stages.open[k]: info.to_dict(data.stages.open)
+            for k, info in sorted(exits.borrowed.items())
+        },
         covariates=cov_model,
     )
 
@@ -323,8 +360,10 @@ def parameter_draws(
     Draw ``b`` is ``data.with_weights(bootstrap_weights(data, seed, b))``. Per
     (segment, stage) it keeps the ratio of the draw's eventual destination shares
     and median sojourn to the point fit's (mixed like the curves, by the
-    credibility of the segment), per segment the ratio of the expected arrivals
-    over the next four quarters, and the refitted pull-in and shock sigma
+    credibility of the segment; a stage whose curves were borrowed takes its
+    source's ratios times a deliberately wide random factor,
+    :func:`forecast.fit.borrowing.borrowed_draw`), per segment the ratio of the
+    expected arrivals over the next four quarters, and the refitted pull-in and shock sigma
     (``docs/model.md``, "Parameter uncertainty").
 
     Parameters
@@ -375,8 +414,15 @@ def parameter_draws(
     base_counts = point.arrivals.expected_counts([window], t)
     for b in range(n_draws):
         data_b = data.with_weights(bootstrap_weights(data, seed, b))
+        pool = {
+            k: ratios(exits.pooled[k], data_b.stratum_spells(k))
+            for k in range(n_open)
+            if k not in exits.borrowed
+        }
+        for k, info in exits.borrowed.items():
+            pool[k] = borrowed_draw(pool[info.source], info, n_open, n_codes, seed, b)
         for k in range(n_open):
-            m_pool, tf_pool = ratios(exits.pooled[k], data_b.stratum_spells(k))
+            m_pool, tf_pool = pool[k]
             for gi, g in enumerate(segments):
                 z = exits.credibility[(g, k)]
                 sg = data_b.stratum_spells(k, gi)

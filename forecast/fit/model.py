@@ -14,6 +14,7 @@ import polars as pl
 
 from forecast._validation import as_datetime, check_float, is_int
 from forecast.calendar import FiscalCalendar
+from forecast.data.deal_level import deal_level_view
 from forecast.data.deal_log import DealLog
 from forecast.data.stages import StageMap
 from forecast.errors import ModelError, ParameterError
@@ -158,6 +159,16 @@ class PipelineModel:
     covariates : CovariateModel or None
         The deal covariates' selection, coefficients and baseline curves
         (``docs/model.md``, "Deal covariates"); None when fitted without covariates.
+    model_kind : {"stages", "deal_level"}
+        ``"stages"``: the semi-Markov stage model; ``"deal_level"``: one open state
+        on the age-since-creation clock, read through the deal-level view of a log
+        (:mod:`forecast.fit.kinds`, :mod:`forecast.data.deal_level`).
+    model_description : str
+        Which model was fitted and why, in a sentence.
+    borrowed : dict str -> dict
+        Open stages without any exit, by name: ``source`` (the stage whose curves
+        they borrowed), ``n_spells`` (visits; 0: skipped, no deal was ever there)
+        and ``n_open`` (open deals at ``as_of``); :mod:`forecast.fit.borrowing`.
     """
 
     stages: StageMap
@@ -177,8 +188,19 @@ class PipelineModel:
     version: str
     options: dict[str, Any] = field(default_factory=dict)
     adjustments: dict[str, float] = field(default_factory=dict)
+    model_kind: str = "stages"
+    model_description: str = ""
     diagnostics: tuple[Diagnostic, ...] = ()
     covariates: CovariateModel | None = None
+    borrowed: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # -- the log as the model reads it ----------------------------------------------------
+    def view(self, log: DealLog) -> DealLog:
+        """``log`` as this model reads it: itself for the stage model, its deal-level view
+        (every open stage one open state, :func:`~forecast.data.deal_level.deal_level_view`)
+        for the deal-level model. Every reader of a log with this model's stage codes
+        (simulation, backtests, metrics) goes through it."""
+        return deal_level_view(log) if self.model_kind == "deal_level" else log
 
     # -- lookups -----------------------------------------------------------------------
     def _segment(self, segment: str | None) -> str:
@@ -300,7 +322,10 @@ class PipelineModel:
         With several segments the pooled fit follows, as segment
         :data:`~forecast.segments.POOLED_SEGMENT`. The ``diagnostics`` column lists the
         codes of :attr:`diagnostics` entries of that segment and stage (``""`` if none);
-        the entries say more.
+        the entries say more. The first column, ``model_kind``, says which model this
+        is (:attr:`model_description` says why); a deal-level model has one row per
+        segment, its open state. ``exit_curves`` says whether a stage's curves were
+        fitted or borrowed (:attr:`borrowed`).
         """
         rows = []
         segs = list(self.segments) if len(self.segments) > 1 else []
@@ -313,6 +338,7 @@ class PipelineModel:
                 nxt = shares[k + 1] if k + 1 < self.stages.n_open else np.nan
                 rows.append(
                     {
+                        "model_kind": self.model_kind,
                         "segment": label,
                         "stage": name,
                         "n_spells": int(c.n_spells),
@@ -327,6 +353,7 @@ class PipelineModel:
                         "share_no_decision": float(shares[self.stages.NO_DECISION]),
                         "tail_family": c.tail.family,
                         "diagnostics": self._diagnostic_codes(g, name),
+                        "exit_curves": self._curves_origin(name),
                     }
                 )
         out = pl.DataFrame(rows)
@@ -373,6 +400,15 @@ class PipelineModel:
         """
         cov = self.covariates if self.covariates is not None else _EMPTY_COVARIATES
         return coefficient_table(cov, self.stages.open)
+
+    def _curves_origin(self, stage: str) -> str:
+        """``"fitted"``, or where a stage without exits got its curves."""
+        info = self.borrowed.get(stage)
+        if info is None:
+            return "fitted"
+        if not info["n_spells"]:
+            return f"skipped (no deal); curves of {info['source']!r}"
+        return f"borrowed from {info['source']!r}"
 
     def _diagnostic_codes(self, segment: str | None, stage: str) -> str:
         """Codes of the diagnostics of one summary row (pooled row: ``segment=None``)."""
@@ -454,7 +490,10 @@ class PipelineModel:
             "draws": None if self.draws is None else self.draws.to_dict(),
             "options": self.options,
             "adjustments": self.adjustments,
+            "model_kind": self.model_kind,
+            "model_description": self.model_description,
             "diagnostics": [x.to_dict() for x in self.diagnostics],
+            "borrowed": self.borrowed,
         }
         if self.covariates is not None:
             out["covariates"] = self.covariates.to_dict()
@@ -476,6 +515,12 @@ class PipelineModel:
             raise ModelError(
                 f"This model was written by a newer forecast (format {d['format_version']}); "
                 f"this version reads format ≤ {FORMAT_VERSION}."
+            )
+        kind = str(d.get("model_kind", "stages"))
+        if kind not in ("stages", "deal_level"):
+            raise ModelError(
+                f"This model's `model_kind` is {kind!r}; this version reads 'stages' and "
+                "'deal_level' models."
             )
         return cls(
             stages=StageMap.from_dict(d["stages"]),
@@ -511,7 +556,10 @@ class PipelineModel:
                 if d.get("covariates") is not None
                 else None
             ),
+            model_kind=kind,
+            model_description=str(d.get("model_description", "")),
             diagnostics=tuple(Diagnostic.from_dict(x) for x in d.get("diagnostics", [])),
+            borrowed={str(k): dict(v) for k, v in d.get("borrowed", {}).items()},
         )
 
     @classmethod

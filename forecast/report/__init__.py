@@ -387,6 +387,7 @@ def _backtest(
         calendar=model.calendar,
         n_draws=min(n_draws, own),
         seed=seed,
+        model_kind=model.model_kind,
     )
     return result, ""
 
