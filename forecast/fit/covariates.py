@@ -335,12 +335,17 @@ def _amount_centers(data: FitData) -> dict[str, float]:
     oc = data.outcomes
     assert oc is not None
     ok = oc.filter(pl.col("amount_at_creation").is_not_null() & (pl.col("amount_at_creation") > 0))
-    lg = ok.with_columns(pl.col("amount_at_creation").log(2).alias("_l"))
-    centers = {
-        str(g): float(v) for g, v in lg.group_by(SEGMENT_COLUMN).agg(pl.col("_l").mean()).rows()
-    }
-    centers["*"] = float(lg["_l"].mean()) if lg.height else 0.0
+    values = np.log2(ok["amount_at_creation"].to_numpy().astype(np.float64))
+    labels = np.array([str(g) for g in ok[SEGMENT_COLUMN].to_list()], dtype=object)
+    centers = {str(g): _stable_mean(values[labels == g]) for g in np.unique(labels)}
+    centers["*"] = _stable_mean(values) if values.size else 0.0
     return centers
+
+
+def _stable_mean(values: np.ndarray) -> float:
+    """The mean of ``values`` whatever their order (sorted first: polars' row order after
+    a join or a group-by may change from run to run, and with it the last bits of a sum)."""
+    return float(np.mean(np.sort(np.asarray(values, dtype=np.float64))))
 
 
 def _spec_for(
@@ -379,9 +384,10 @@ def _spec_for(
         return CovariateSpec(name, "pushes", ("pushes",), "one more push of the close date"), ""
     if name in numeric:
         v = states[name].cast(pl.Float64).drop_nulls()
-        if v.len() < 2 or not float(v.std()) > 0:
+        vs = np.sort(v.to_numpy().astype(np.float64))
+        if vs.size < 2 or not float(np.std(vs, ddof=1)) > 0:
             return None, "no variation"
-        sd = float(v.std())
+        sd = float(np.std(vs, ddof=1))
         return (
             CovariateSpec(
                 name,
@@ -1084,11 +1090,11 @@ def push_intervals(data: FitData) -> dict[str, float]:
     ev = ev.with_columns(
         _days(pl.col("close_date") - pl.col("timestamp")).clip(lower_bound=0.0).alias("_d")
     ).join(data.outcomes.select("deal_id", SEGMENT_COLUMN), on="deal_id", how="left")
-    pooled = float(ev["_d"].mean()) if ev.height else DEFAULT_PUSH_INTERVAL_DAYS
+    pooled = _stable_mean(ev["_d"].to_numpy()) if ev.height else DEFAULT_PUSH_INTERVAL_DAYS
     out = {"*": pooled}
     for g in data.segments:
-        v = ev.filter(pl.col(SEGMENT_COLUMN) == g)["_d"]
-        out[g] = float(v.mean()) if v.len() >= 10 else pooled
+        v = ev.filter(pl.col(SEGMENT_COLUMN) == g)["_d"].to_numpy()
+        out[g] = _stable_mean(v) if v.size >= 10 else pooled
     return out
 
 
