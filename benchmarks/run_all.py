@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 #: the bundled sample and is not a benchmark).
 BENCHMARKS = {
     "simulate": "bench_simulate.py",
+    "setup": "bench_setup.py",
     "fit": "bench_fit.py",
     "large": "bench_large.py",
     "accuracy": "accuracy.py",

@@ -981,6 +981,7 @@ def fit_and_compute_metrics(
     calendar: FiscalCalendar | None = None,
     n_draws: int = 16,
     seed: int = 0,
+    model_kind: str = "auto",
     **options: Any,
 ) -> SalesMetrics:
     """Fit the model (:func:`forecast.fit`) and compute its sales metrics in one call.
@@ -998,6 +999,8 @@ def fit_and_compute_metrics(
         Parameter draws of the fit (the conversion intervals come from them).
     seed : int, default 0
         Seed of the fit and of the coverage simulations.
+    model_kind : {"auto", "stages", "deal_level"}, default "auto"
+        Which model to fit (see :func:`forecast.fit`).
     **options
         Keyword arguments of :func:`compute_metrics` (``within_days``,
         ``interval_level``, ``coverage``, ``target``, ...).
@@ -1007,6 +1010,12 @@ def fit_and_compute_metrics(
     SalesMetrics
     """
     model = fit(
-        log, as_of=as_of, segment_by=segment_by, calendar=calendar, n_draws=n_draws, seed=seed
+        log,
+        as_of=as_of,
+        segment_by=segment_by,
+        calendar=calendar,
+        n_draws=n_draws,
+        seed=seed,
+        model_kind=model_kind,
     )
     return compute_metrics(model, log, seed=seed, **options)

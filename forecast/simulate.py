@@ -364,6 +364,38 @@ def shock_scale(model: PipelineModel, arrays: ModelArrays, outcomes: OutcomeArra
     return float(min(1.0, target / kernel)) if kernel > 0 else 1.0
 
 
+def exit_densities(model: PipelineModel, n_bins: int) -> np.ndarray:
+    """The day-binned exit sub-densities of every draw, segment and stage, (B, G, K, C, L).
+
+    Row ``[b, g, k]`` is ``curves[(g, k)].scaled(time_factor[b, g, k],
+    destination_multiplier[b, g, k]).exit_density(L)`` (``B = 1`` and the curves
+    themselves without parameter draws; ``docs/internals.md`` §4–5), built for all
+    draws of a curve at once (:meth:`ExitCurves.scaled_exit_densities`). Computed once
+    per model and number of bins (the model is immutable): the array is cached on the
+    model, read-only.
+    """
+    key = ("exit_densities", int(n_bins))
+    cached = model._cache.get("exit_densities")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    stages, segs, draws = model.stages, list(model.segments), model.draws
+    K, C, G = stages.n_open, stages.n_codes, len(segs)
+    B = 1 if draws is None else draws.n_draws
+    dens = np.empty((B, G, K, C, n_bins))
+    for g in range(G):
+        for k in range(K):
+            c = model.curves[(segs[g], k)]
+            if draws is None:
+                dens[0, g, k] = c.exit_density(n_bins)
+            else:
+                dens[:, g, k] = c.scaled_exit_densities(
+                    n_bins, draws.time_factor[:, g, k], draws.destination_multiplier[:, g, k]
+                )
+    dens.setflags(write=False)
+    model._cache["exit_densities"] = (key, dens)  # one size kept: the arrays are large
+    return dens
+
+
 def model_arrays(
     model: PipelineModel, log: DealLog, horizon: int
 ) -> tuple[ModelArrays, pl.DataFrame, list[Any], np.ndarray]:
@@ -381,7 +413,7 @@ def model_arrays(
     t = model.as_of
     log = model.view(log)  # the deal-level model reads every open stage as one
     stages = model.stages
-    K, C = stages.n_open, stages.n_codes
+    K = stages.n_open
     segs = list(model.segments)
     gidx = {g: i for i, g in enumerate(segs)}
     G = len(segs)
@@ -408,18 +440,9 @@ def model_arrays(
             amount[i] = float(np.median(model.amounts.new_deal_amount_samples(segs[deal_seg[i]])))
 
     L = int((deal_age.max() if deal_age.size else 0) + qb[-1] + W + 2)
+    dens = exit_densities(model, L)
     draws = model.draws
-    B = 1 if draws is None else draws.n_draws
-    dens = np.empty((B, G, K, C, L))
-    for b in range(B):
-        for g in range(G):
-            for k in range(K):
-                c = model.curves[(segs[g], k)]
-                if draws is not None:
-                    c = c.scaled(
-                        float(draws.time_factor[b, g, k]), draws.destination_multiplier[b, g, k]
-                    )
-                dens[b, g, k] = c.exit_density(L)
+    B = dens.shape[0]
     adj = model.adjustments
     bounds = [(q.start, q.end) for q in quarters]
     base_counts = model.arrivals.expected_counts(bounds, t)  # (G_arr, H)

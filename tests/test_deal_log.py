@@ -105,3 +105,29 @@ def test_fingerprint_changes_with_content():
 def test_missing_canonical_column_rejected():
     with pytest.raises(ParameterError, match="read_deal_log"):
         DealLog(pl.DataFrame({"deal_id": ["a"]}), STAGES)
+
+
+def test_close_date_pushes_count_later_dates_than_the_latest_given_before():
+    """Pushes per open deal, against the definition written plainly: a row's close date is
+    later than the last close date given on an earlier row of the same deal (rows without
+    one are skipped); the first row of a deal never counts."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(40):
+        for j in range(int(rng.integers(1, 7))):
+            close = (
+                None
+                if rng.random() < 0.4
+                else D(2024, 6, 1) + dt.timedelta(int(rng.integers(-20, 20)))
+            )
+            rows.append((f"d{i:02d}", D(2024, 1, 1 + j), "Prospecting", 1.0, close, "X"))
+    want = {}
+    for deal, _, _, _, close, _ in rows:
+        last = want.setdefault(deal, [0, None])
+        if close is not None:
+            last[0] += last[1] is not None and close > last[1]
+            last[1] = close
+    got = dict(make_log(rows).pipeline(D(2024, 2, 1)).select("deal_id", "close_date_pushes").rows())
+    assert got == {d: n for d, (n, _) in want.items()} and sum(got.values()) > 0

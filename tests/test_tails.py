@@ -209,7 +209,8 @@ def test_lognormal_gradient_and_hessian_match_finite_differences(u):
     log_u = math.log(u) if u > 0 else None
 
     def f(theta):
-        return tails._lognormal_mean_nll(np.asarray(theta), log_t, d, w, log_u, w.sum())
+        data = tails._lognormal_data(log_t, d, w)
+        return tails._lognormal_mean_nll(np.asarray(theta), *data, log_u, w.sum())
 
     for theta in ([3.0, -0.1], [2.0, 0.5], [4.5, -1.0]):
         _, g, h = f(theta)
@@ -233,9 +234,8 @@ def test_lognormal_fit_converges_to_a_stationary_point():
         theta = np.array([math.log(fit.params["scale"]), math.log(fit.params["sigma"])])
         log_u = math.log(u) if u > 0 else None
         w = np.ones(keep.sum())
-        _, g, h = tails._lognormal_mean_nll(
-            theta, np.log(x[keep]), obs[keep].astype(float), w, log_u, w.sum()
-        )
+        data = tails._lognormal_data(np.log(x[keep]), obs[keep].astype(float), w)
+        _, g, h = tails._lognormal_mean_nll(theta, *data, log_u, w.sum())
         assert np.max(np.abs(g)) <= tails._NEWTON_GTOL
         assert np.all(np.linalg.eigvalsh(h) > 0)
 

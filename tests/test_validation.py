@@ -6,6 +6,7 @@ Expected counts and messages are worked out by hand from the few rows of each ca
 import datetime as dt
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -273,3 +274,58 @@ def test_both_stage_arguments_rejected():
 
     with pytest.raises(ParameterError, match="not both"):
         read_deal_log(frame(GOOD), stages=StageMap(open=("Prospecting",)), open_stages=["x"])
+
+
+def test_reordered_rows_counted_as_defined_on_a_shuffled_history() -> None:
+    """``rows_reordered`` counts rows whose timestamp is before the latest timestamp of
+    an earlier-given row of their deal; checked against that definition written plainly
+    (a running maximum per deal in the given order)."""
+    from forecast.data.validation import RepairCounts, deduplicate_and_sort
+
+    rng = np.random.default_rng(8)
+    n = 400
+    frame = pl.DataFrame(
+        {
+            "deal_id": rng.choice([f"D{i}" for i in range(30)], n),
+            "timestamp": dt.datetime(2024, 1, 1)
+            + pl.Series(rng.integers(0, 40, n)).cast(pl.Duration("us")) * 86_400_000_000,
+            "stage": rng.choice(["A", "B"], n),
+            "amount": rng.random(n),  # no two rows alike: nothing is removed as a duplicate
+            "source_row": np.arange(n),
+        }
+    )
+    want, latest = 0, {}
+    for deal, ts in zip(frame["deal_id"], frame["timestamp"], strict=True):
+        want += deal in latest and ts < latest[deal]
+        latest[deal] = max(latest.get(deal, ts), ts)
+    tally = RepairCounts()
+    out = deduplicate_and_sort(frame, tally)
+    assert want > 0 and tally.rows_reordered == want
+    assert tally.exact_duplicates_removed == 0 and out.height == frame.height
+    assert out.sort(["deal_id", "timestamp", "source_row"]).equals(out)
+
+
+def test_exact_duplicates_removed_as_defined() -> None:
+    """Rows equal in every column but ``source_row`` are removed, the earliest kept: checked
+    against polars' ``unique`` over all those columns (the definition) on a history with
+    duplicates, near-duplicates (one value apart) and missing values."""
+    from forecast.data.validation import RepairCounts, deduplicate_and_sort
+
+    rng = np.random.default_rng(9)
+    n = 300
+    base = pl.DataFrame(
+        {
+            "deal_id": rng.choice([f"D{i}" for i in range(20)], n),
+            "timestamp": dt.datetime(2024, 1, 1)
+            + pl.Series(rng.integers(0, 10, n)).cast(pl.Duration("us")) * 86_400_000_000,
+            "stage": rng.choice(["A", "B"], n),
+            "amount": pl.Series(rng.choice([1.0, 2.0, np.nan], n)).fill_nan(None),
+        }
+    )
+    frame = base.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"))
+    subset = [c for c in frame.columns if c != "source_row"]
+    want = frame.unique(subset=subset, keep="first", maintain_order=True)
+    tally = RepairCounts()
+    got = deduplicate_and_sort(frame, tally)
+    assert 0 < tally.exact_duplicates_removed == frame.height - want.height
+    assert got.equals(want.sort(["deal_id", "timestamp", "source_row"]))

@@ -9,7 +9,9 @@ Every ``@njit`` of the package lives in this sub-package, split by role:
   :func:`sampling_inputs`, :func:`sample_paths`, :func:`simulate_arrays`;
 - :mod:`forecast._kernels.outcomes`, :mod:`forecast._kernels.sample`,
   :mod:`forecast._kernels.rng` — the kernels (exact outcome probabilities by renewal
-  equations on the day grid; path sampling; the counter-based generator), with
+  equations on the day grid; path sampling; the counter-based generator), and
+  :mod:`forecast._kernels.estimators` (the weighted estimators of the fit's parameter
+  draws, many draws per pass), with
   their Numba options in :mod:`forecast._kernels._options`.
 
 The kernels never raise; the wrappers turn status codes into
@@ -33,7 +35,10 @@ Examples
 from __future__ import annotations
 
 from forecast._kernels.api import (
+    aj_summaries,
     outcome_probabilities,
+    over_threads,
+    quarter_logistic_shifts,
     sample_paths,
     sampling_inputs,
     simulate_arrays,
@@ -53,7 +58,10 @@ __all__ = [
     "OutcomeArrays",
     "PathSamples",
     "SamplingInputs",
+    "aj_summaries",
     "outcome_probabilities",
+    "over_threads",
+    "quarter_logistic_shifts",
     "sample_paths",
     "sampling_inputs",
     "simulate_arrays",

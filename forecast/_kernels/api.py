@@ -18,7 +18,9 @@ Randomness and reproducibility: ``docs/model.md`` ("Sampling") and
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -30,12 +32,13 @@ from forecast._kernels.arrays import (
     PathSamples,
     SamplingInputs,
 )
+from forecast._kernels.estimators import aalen_johansen_summaries, logistic_shifts
 from forecast._kernels.outcomes import (
     STATUS_OK,
-    deal_quarter_probs,
     deal_quarter_probs_tilted,
     fresh_win_density,
     new_deal_quarter_probs,
+    outcome_block,
 )
 from forecast._kernels.sample import sample_chunk
 from forecast._kernels.tilt import baseline_hazards, tilt_pieces
@@ -43,7 +46,10 @@ from forecast._validation import check_int, check_seed
 from forecast.errors import ModelError, ParameterError
 
 __all__ = [
+    "aj_summaries",
     "outcome_probabilities",
+    "over_threads",
+    "quarter_logistic_shifts",
     "sample_paths",
     "sampling_inputs",
     "simulate_arrays",
@@ -52,15 +58,18 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- outcomes
-def outcome_probabilities(arrays: ModelArrays) -> OutcomeArrays:
+def outcome_probabilities(arrays: ModelArrays, threads: int | None = None) -> OutcomeArrays:
     """Exact per-deal and new-deal quarter probabilities for every parameter draw.
 
-    Deals of a segment sharing (stage, age) share their computation. Work is
+    Deals of a segment sharing (stage, age) share their computation; the draws are
+    split over threads (:func:`forecast._kernels.outcomes.outcome_block`). Work is
     O(B × G × (n_days² K² + U × n_days × K × H)) with U unique (stage, age) pairs.
 
     Parameters
     ----------
     arrays : ModelArrays
+    threads : int, optional
+        Default: Numba's thread count.
 
     Returns
     -------
@@ -74,60 +83,59 @@ def outcome_probabilities(arrays: ModelArrays) -> OutcomeArrays:
     sizes = arrays.shape
     n_draws, n_seg, n_open, n_deals, n_q = (sizes[x] for x in ("B", "G", "K", "N", "H"))
     n_days = arrays.n_days
-    p_win = np.zeros((n_draws, n_deals, n_q))
-    p_qe = np.zeros((n_draws, n_deals, n_q))
     new_pmf = np.zeros((n_draws, n_seg, n_q, n_q))
     new_qe = np.zeros((n_draws, n_seg, n_q, n_q))
-    fresh = np.empty((n_open, n_days))
-    groups = []
-    for g in range(n_seg):
-        idx = np.flatnonzero(arrays.deal_segment == g)
-        key = (
-            arrays.deal_stage[idx] * (int(arrays.deal_age.max(initial=0)) + 1)
-            + arrays.deal_age[idx]
+    # distinct (stage, age) per segment, in segment order
+    max_age = int(arrays.deal_age.max(initial=0)) + 1
+    key = (arrays.deal_segment * n_open + arrays.deal_stage) * max_age + arrays.deal_age
+    u_key, inverse = np.unique(key, return_inverse=True)
+    group_age = np.ascontiguousarray(u_key % max_age, dtype=np.int64)
+    group_stage = np.ascontiguousarray((u_key // max_age) % n_open, dtype=np.int64)
+    group_seg = u_key // (max_age * n_open)
+    group_offsets = np.searchsorted(group_seg, np.arange(n_seg + 1)).astype(np.int64)
+    u_win = np.zeros((n_draws, u_key.size, n_q))
+    u_qe = np.zeros((n_draws, u_key.size, n_q))
+    fresh = np.empty((n_draws, n_open, n_days))
+    status = np.zeros(n_draws, dtype=np.int64)
+
+    def run(lo: int, hi: int) -> None:
+        status[lo] = outcome_block(
+            arrays.dens,
+            np.int64(n_days),
+            arrays.qb,
+            arrays.qe_window,
+            arrays.pull_in,
+            arrays.new_entry_mix,
+            group_offsets,
+            group_stage,
+            group_age,
+            np.int64(lo),
+            np.int64(hi),
+            fresh,
+            u_win,
+            u_qe,
+            new_pmf,
+            new_qe,
         )
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        groups.append(
-            (
-                idx,
-                np.ascontiguousarray(arrays.deal_stage[idx[first]]),
-                np.ascontiguousarray(arrays.deal_age[idx[first]]),
-                inverse.reshape(-1),
-            )
+
+    over_threads(run, n_draws, threads)
+    bad = int(status.max(initial=0))
+    if bad:
+        # Unreachable for validated arrays (rows of `dens` sum to at most 1, which
+        # makes I - H0 strictly diagonally dominant); kept so that a broken
+        # invariant fails loudly instead of giving wrong probabilities.
+        b, g = divmod(bad - 1, n_seg)
+        raise ModelError(
+            f"The renewal system of `dens[{b}, {g}]` is singular (I - H0); the exit "
+            "densities are not valid sub-densities."
         )
-    for b in range(n_draws):
-        for g in range(n_seg):
-            dens = arrays.dens[b, g]
-            window = int(arrays.qe_window[g])
-            pull = float(arrays.pull_in[b, g])
-            status = fresh_win_density(dens, n_days, fresh)
-            if status != STATUS_OK:
-                # Unreachable for validated arrays (rows of `dens` sum to at most 1, which
-                # makes I - H0 strictly diagonally dominant); kept so that a broken
-                # invariant fails loudly instead of giving wrong probabilities.
-                raise ModelError(
-                    f"The renewal system of `dens[{b}, {g}]` is singular (I - H0); the exit "
-                    "densities are not valid sub-densities."
-                )
-            idx, u_stage, u_age, inverse = groups[g]
-            if idx.size:
-                u_win = np.empty((u_stage.shape[0], n_q))
-                u_qe = np.empty((u_stage.shape[0], n_q))
-                deal_quarter_probs(
-                    dens, fresh, u_stage, u_age, arrays.qb, window, pull, u_win, u_qe
-                )
-                p_win[b, idx] = u_win[inverse]
-                p_qe[b, idx] = u_qe[inverse]
-            new_deal_quarter_probs(
-                fresh,
-                arrays.new_entry_mix[b, g],
-                arrays.qb,
-                window,
-                pull,
-                new_pmf[b, g],
-                new_qe[b, g],
-            )
-    return OutcomeArrays(p_win=p_win, p_qe=p_qe, new_pmf=new_pmf, new_qe=new_qe)
+    inverse = inverse.reshape(-1)
+    return OutcomeArrays(
+        p_win=u_win[:, inverse] if n_deals else np.zeros((n_draws, 0, n_q)),
+        p_qe=u_qe[:, inverse] if n_deals else np.zeros((n_draws, 0, n_q)),
+        new_pmf=new_pmf,
+        new_qe=new_qe,
+    )
 
 
 def _fresh_or_raise(dens: np.ndarray, n_days: int, out: np.ndarray, where: str) -> None:
@@ -467,3 +475,83 @@ def simulate_arrays(
         progress=progress,
         partial_on_interrupt=partial_on_interrupt,
     )
+
+
+# ----------------------------------------------------------------------------- fit draws
+def over_threads(run: Callable[[int, int], object], n: int, threads: int | None = None) -> None:
+    """Call ``run(lo, hi)`` on contiguous parts of ``range(n)``, one per thread.
+
+    For kernels that release the GIL and write disjoint parts of their outputs (the
+    parts are fixed by ``n`` and the thread count, and each item is computed alone,
+    so the results do not depend on the thread count). ``threads`` defaults to
+    Numba's thread count.
+    """
+    n_threads = max(1, min(int(threads or numba.get_num_threads()), n))
+    if n_threads == 1:
+        run(0, n)
+        return
+    edges = np.linspace(0, n, n_threads + 1).astype(np.int64)
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        for f in [pool.submit(run, int(a), int(b)) for a, b in itertools.pairwise(edges)]:
+            f.result()
+
+
+def aj_summaries(
+    weights: np.ndarray,
+    deal: np.ndarray,
+    duration: np.ndarray,
+    destination: np.ndarray,
+    offsets: np.ndarray,
+    tail_shares: np.ndarray,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eventual destination shares ``(B, S, C)`` and median sojourns ``(B, S)`` (days) of
+    the weighted Aalen–Johansen fits of ``S`` strata for ``B`` weight vectors ``(B, n_deals)``.
+
+    See :func:`forecast._kernels.estimators.aalen_johansen_summaries` for the layout;
+    the strata are dealt to the threads largest first, so each thread gets about the
+    same number of spells.
+    """
+    weights_t = np.ascontiguousarray(np.asarray(weights, dtype=np.float64).T)
+    n_draws = weights_t.shape[1]
+    n_strata, n_codes = tail_shares.shape
+    shares = np.empty((n_draws, n_strata, n_codes))
+    median = np.empty((n_draws, n_strata))
+    tail = np.ascontiguousarray(tail_shares, dtype=np.float64)
+    n_threads = max(1, min(int(threads or numba.get_num_threads()), n_strata))
+    by_size = np.argsort(-np.diff(offsets), kind="stable")
+    parts = [np.sort(by_size[i::n_threads]).astype(np.int64) for i in range(n_threads)]
+
+    def run(lo: int, hi: int) -> None:
+        for part in parts[lo:hi]:
+            aalen_johansen_summaries(
+                weights_t, deal, duration, destination, offsets, tail, part, shares, median
+            )
+
+    over_threads(run, n_threads, n_threads)
+    return shares, median
+
+
+def quarter_logistic_shifts(
+    cell_weight: np.ndarray,
+    cell_won: np.ndarray,
+    cell_offset: np.ndarray,
+    offsets: np.ndarray,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Win log-odds shifts ``(B, Q)`` and their sampling variances ``(B, Q)`` per quarter.
+
+    See :func:`forecast._kernels.estimators.logistic_shifts`; draws are split over threads.
+    """
+    cell_weight = np.ascontiguousarray(cell_weight, dtype=np.float64)
+    cell_won = np.ascontiguousarray(cell_won, dtype=np.float64)
+    cell_offset = np.ascontiguousarray(cell_offset, dtype=np.float64)
+    n_draws, n_q = cell_weight.shape[0], offsets.shape[0] - 1
+    shift = np.empty((n_draws, n_q))
+    variance = np.empty((n_draws, n_q))
+
+    def run(lo: int, hi: int) -> None:
+        logistic_shifts(cell_weight, cell_won, cell_offset, offsets, lo, hi, shift, variance)
+
+    over_threads(run, n_draws, threads)
+    return shift, variance

@@ -17,6 +17,7 @@ array's name, what was expected and what was found. The wrappers in
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +101,19 @@ def csr_from(name: str, value: Any, n_groups: int) -> tuple[np.ndarray, np.ndarr
     return off, val
 
 
+#: Read-only exit-density arrays already checked (by identity): a model's cached densities
+#: are checked once, not at every simulation (they are large).
+_CHECKED_DENS: dict[int, weakref.ref] = {}
+
+
+def _trusted(arr: Any) -> bool:
+    ref = _CHECKED_DENS.get(id(arr))
+    return ref is not None and ref() is arr and not arr.flags.writeable
+
+
 def _check_dens(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray) and _trusted(value):
+        return value
     dens = as_array("dens", value, np.float64, 5)
     n_draws, n_seg, n_open, n_codes, _ = dens.shape
     if n_draws < 1 or n_seg < 1 or n_open < 1:
@@ -118,6 +131,9 @@ def _check_dens(value: Any) -> np.ndarray:
             f"Each (draw, segment, stage) row of `dens` must sum to at most 1. "
             f"Got {row_mass[idx]!r} at (b, g, k) = {idx}."
         )
+    if not dens.flags.writeable and dens.base is None:
+        key = id(dens)
+        _CHECKED_DENS[key] = weakref.ref(dens, lambda _, key=key: _CHECKED_DENS.pop(key, None))
     return dens
 
 

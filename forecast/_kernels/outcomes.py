@@ -50,6 +50,7 @@ __all__ = [
     "deal_quarter_probs_tilted",
     "fresh_win_density",
     "new_deal_quarter_probs",
+    "outcome_block",
 ]
 
 STATUS_OK = 0
@@ -160,15 +161,23 @@ def fresh_win_density(dens, n_days, out):
     status = _invert(a, a_inv)
     if status != STATUS_OK:
         return status
+    # h with the stage of origin innermost: each day's K sums advance together (the
+    # additions of each sum keep their order: over j, then over the lag)
+    h_t = np.empty((n_open, n_bins + 1, n_open))
+    for k in range(n_open):
+        for j in range(n_open):
+            for lag in range(n_bins + 1):
+                h_t[j, lag, k] = h[k, j, lag]
     rhs = np.empty(n_open)
     for d in range(n_days):
         for k in range(n_open):
-            acc = dens[k, won, d] if d < n_bins else 0.0
-            l_max = min(d, n_bins)
-            for j in range(n_open):
-                for lag in range(1, l_max + 1):
-                    acc += h[k, j, lag] * out[j, d - lag]
-            rhs[k] = acc
+            rhs[k] = dens[k, won, d] if d < n_bins else 0.0
+        l_max = min(d, n_bins)
+        for j in range(n_open):
+            for lag in range(1, l_max + 1):
+                w = out[j, d - lag]
+                for k in range(n_open):
+                    rhs[k] += h_t[j, lag, k] * w
         for k in range(n_open):
             acc = 0.0
             for j in range(n_open):
@@ -229,13 +238,14 @@ def _fresh_cumsum(fresh):
 
 
 @jit
-def deal_quarter_probs(dens, fresh, stage, age, qb, window, pull_in, p_win, p_qe):
+def deal_quarter_probs(first, fresh, curve, age, qb, window, pull_in, p_win, p_qe):
     """Per-deal P(win in each horizon quarter) and P(QE window | win in quarter).
 
-    For a deal in open stage ``k`` aged ``a`` days in stage, the raw win-time CDF is::
+    For a deal whose current stage has exit sub-densities ``f = first[curve]``, aged
+    ``a`` days in stage, the raw win-time CDF is::
 
-        F(x) = [ sum_{e < x} dens[k, K, a + e]
-                 + sum_{j < K} sum_{e < x} dens[k, j, a + e]
+        F(x) = [ sum_{e < x} f[K, a + e]
+                 + sum_{j < K} sum_{e < x} f[j, a + e]
                        * (CW[j, x - e] + CW[j, x - e - 1]) / 2 ] / S(a)
 
     with ``S(a) = P(T > a)`` (the mass of bins ``>= a`` plus the mass beyond ``L``) and
@@ -243,14 +253,20 @@ def deal_quarter_probs(dens, fresh, stage, age, qb, window, pull_in, p_win, p_qe
     average is the midpoint rule for where a move lands). It is evaluated only at
     the ``3H + 1`` breakpoints, so the work per deal is O(n_days × K × H).
 
+    The first exit is read from a table of curves rather than from the segment's
+    stages directly, so that a deal's own exit curve for its current stage (e.g. from
+    its covariates) takes part like the segment's: only the later stages, entered
+    fresh, must be the segment's (``fresh``).
+
     Parameters
     ----------
-    dens : ndarray of float64, shape (K, C, L)
-        Exit sub-densities of one (draw, segment).
+    first : ndarray of float64, shape (n_curves, C, L)
+        Exit sub-densities of the deals' current stages; the segment's own stages
+        (``dens`` of one draw and segment, ``(K, C, L)``) with ``curve = stage``.
     fresh : ndarray of float64, shape (K, n_days)
-        :func:`fresh_win_density` of the same ``dens`` with ``n_days = qb[H] + window``.
-    stage : ndarray of int64, shape (M,)
-        Open stage code of each deal, ``0 <= stage < K``.
+        :func:`fresh_win_density` of the segment with ``n_days = qb[H] + window``.
+    curve : ndarray of int64, shape (M,)
+        Row of ``first`` of each deal, ``0 <= curve < n_curves``.
     age : ndarray of int64, shape (M,)
         Days in stage at the as-of instant, rounded to the nearest day;
         ``age + n_days <= L``.
@@ -269,29 +285,43 @@ def deal_quarter_probs(dens, fresh, stage, age, qb, window, pull_in, p_win, p_qe
     status : int64
         :data:`STATUS_OK`.
     """
-    n_open = dens.shape[0]
-    n_bins = dens.shape[2]
+    n_open = fresh.shape[0]
+    n_curves = first.shape[0]
+    n_bins = first.shape[2]
     won = n_open
     n_q = qb.shape[0] - 1
     cw = _fresh_cumsum(fresh)
     xs = _breakpoints(qb, window)
     n_x = xs.shape[0]
     # Survival S(a) as suffix sums plus the mass beyond L (no cancellation for old deals).
-    surv = np.zeros((n_open, n_bins + 1))
-    for k in range(n_open):
+    surv = np.zeros((n_curves, n_bins + 1))
+    for k in range(n_curves):
         acc = 0.0
         for lag in range(n_bins - 1, -1, -1):
-            for j in range(dens.shape[1]):
-                acc += dens[k, j, lag]
+            for j in range(first.shape[1]):
+                acc += first[k, j, lag]
             surv[k, lag] = acc
         beyond = 1.0 - acc
         if beyond < 0.0:
             beyond = 0.0
         for lag in range(n_bins + 1):
             surv[k, lag] += beyond
+    # the breakpoints in increasing order: at sojourn bin e the sums of the breakpoints
+    # beyond e advance together (each sum keeps the order of its additions)
+    order = np.argsort(xs)
+    xs_sorted = np.empty(n_x, dtype=np.int64)
+    for ix in range(n_x):
+        xs_sorted[ix] = xs[order[ix]]
+    x_max = xs_sorted[n_x - 1]
+    # s[j, m] = CW[j, m] + CW[j, m - 1]: where a move in bin e lands, before the factor 1/2
+    s_cw = np.zeros((n_open, x_max + 1))
+    for j in range(n_open):
+        for m in range(1, min(x_max, cw.shape[1] - 1) + 1):
+            s_cw[j, m] = cw[j, m] + cw[j, m - 1]
+    acc = np.empty(n_x)
     cdf = np.empty(n_x)
-    for i in range(stage.shape[0]):
-        k = stage[i]
+    for i in range(curve.shape[0]):
+        k = curve[i]
         a = age[i]
         s_a = surv[k, a]
         if not s_a > 1e-300:
@@ -299,16 +329,101 @@ def deal_quarter_probs(dens, fresh, stage, age, qb, window, pull_in, p_win, p_qe
                 p_win[i, q] = 0.0
                 p_qe[i, q] = 0.0
             continue
+        acc[:] = 0.0
+        first_active = 0
+        for e in range(x_max):
+            while xs_sorted[first_active] <= e:
+                first_active += 1
+            v = first[k, won, a + e]
+            for ix in range(first_active, n_x):
+                acc[ix] += v
+        for j in range(n_open):
+            first_active = 0
+            for e in range(x_max):
+                while xs_sorted[first_active] <= e:
+                    first_active += 1
+                f = first[k, j, a + e] * 0.5
+                for ix in range(first_active, n_x):
+                    acc[ix] += f * s_cw[j, xs_sorted[ix] - e]
         for ix in range(n_x):
-            x = xs[ix]
-            acc = 0.0
-            for e in range(x):
-                acc += dens[k, won, a + e]
-            for j in range(n_open):
-                for e in range(x):
-                    acc += dens[k, j, a + e] * 0.5 * (cw[j, x - e] + cw[j, x - e - 1])
-            cdf[ix] = acc / s_a
+            cdf[order[ix]] = acc[ix] / s_a
         _quarters_from_cdf(cdf, n_q, pull_in, p_win[i], p_qe[i])
+    return STATUS_OK
+
+
+@jit
+def outcome_block(
+    dens,
+    n_days,
+    qb,
+    window,
+    pull_in,
+    entry_mix,
+    group_offsets,
+    group_stage,
+    group_age,
+    b0,
+    b1,
+    fresh,
+    p_win,
+    p_qe,
+    new_pmf,
+    new_qe,
+):
+    """Outcome probabilities of every (draw, segment) with draws ``b0 <= b < b1``.
+
+    Per draw and segment: :func:`fresh_win_density`, then :func:`deal_quarter_probs`
+    for the segment's distinct (stage, age) groups and :func:`new_deal_quarter_probs`.
+
+    Parameters
+    ----------
+    dens : ndarray of float64, shape (B, G, K, C, L)
+    n_days : int64
+    qb : ndarray of int64, shape (H + 1,)
+    window : ndarray of int64, shape (G,)
+    pull_in : ndarray of float64, shape (B, G)
+    entry_mix : ndarray of float64, shape (B, G, K)
+    group_offsets : ndarray of int64, shape (G + 1,)
+        Segment ``g`` has the groups ``group_offsets[g] .. group_offsets[g + 1] - 1``.
+    group_stage, group_age : ndarray of int64, shape (U,)
+        Stage and age of each group.
+    b0, b1 : int64
+    fresh : ndarray of float64, shape (B, K, n_days)
+        Scratch for the win-time densities (each draw its own).
+    p_win, p_qe : ndarray of float64, shape (B, U, H)
+        Outputs per group.
+    new_pmf, new_qe : ndarray of float64, shape (B, G, H, H)
+        Outputs for new deals.
+
+    Returns
+    -------
+    status : int64
+        :data:`STATUS_OK`, or ``1 + b * G + g`` of the first (draw, segment) whose
+        renewal system is singular.
+    """
+    n_seg = dens.shape[1]
+    for b in range(b0, b1):
+        for g in range(n_seg):
+            status = fresh_win_density(dens[b, g], n_days, fresh[b])
+            if status != STATUS_OK:
+                return 1 + b * n_seg + g
+            lo = group_offsets[g]
+            hi = group_offsets[g + 1]
+            if hi > lo:
+                deal_quarter_probs(
+                    dens[b, g],
+                    fresh[b],
+                    group_stage[lo:hi],
+                    group_age[lo:hi],
+                    qb,
+                    window[g],
+                    pull_in[b, g],
+                    p_win[b, lo:hi],
+                    p_qe[b, lo:hi],
+                )
+            new_deal_quarter_probs(
+                fresh[b], entry_mix[b, g], qb, window[g], pull_in[b, g], new_pmf[b, g], new_qe[b, g]
+            )
     return STATUS_OK
 
 

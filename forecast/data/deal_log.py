@@ -379,13 +379,17 @@ class DealLog:
         tlit = pl.lit(t, dtype=pl.Datetime("us"))
         last = log._visits().group_by("deal_id", maintain_order=True).last()
         open_ = last.filter(pl.col("kind") == "open")
+        # the events are sorted by deal: the latest close date given before each row of
+        # the same deal, by deal-boundary masks (no grouping by deal_id)
+        idx = pl.int_range(pl.len(), dtype=pl.Int64)
+        first_row = (pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True)
+        deal_start = pl.when(first_row).then(idx).forward_fill()
+        last_given = pl.when(pl.col("close_date").is_not_null()).then(idx).forward_fill()
+        known = pl.when(last_given >= deal_start).then(pl.col("close_date").forward_fill())
         pushes = (
             log.events.select(
                 "deal_id",
-                (
-                    pl.col("close_date")
-                    > pl.col("close_date").forward_fill().shift(1).over("deal_id")
-                )
+                (pl.col("close_date") > pl.when(~first_row).then(known.shift(1)))
                 .fill_null(False)
                 .alias("_pushed"),
             )

@@ -922,15 +922,33 @@ def deduplicate_and_sort(frame: pl.DataFrame, tally: RepairCounts) -> pl.DataFra
     """
     subset = [c for c in frame.columns if c != "source_row"]
     frame = frame.sort("source_row")
-    deduped = frame.unique(subset=subset, keep="first", maintain_order=True)
+    # Only rows whose hash is shared can be duplicates: compare those in full (a table of
+    # every row's values would take several times the frame's memory).
+    shared = frame.select(pl.struct(subset).hash(seed=0).is_duplicated()).to_series()
+    if shared.any():
+        candidates = frame.filter(shared)
+        kept = candidates.unique(subset=subset, keep="first", maintain_order=True)
+        dropped = candidates["source_row"].filter(
+            ~candidates["source_row"].is_in(kept["source_row"])
+        )
+        deduped = frame.filter(~pl.col("source_row").is_in(dropped))
+    else:
+        deduped = frame
     tally.exact_duplicates_removed += frame.height - deduped.height
-    late = deduped.select(
-        (pl.col("timestamp") < pl.col("timestamp").cum_max().shift(1).over("deal_id"))
-        .fill_null(False)
-        .sum()
-    ).item()
+    events = deduped.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
+    # A row is late when an earlier row of its deal has a later timestamp: in the order
+    # of the rows as given (per deal), its rank in the sorted events is below the
+    # largest rank before it. Ranks grow with the deal, so a running maximum over the
+    # whole frame never carries one deal's ranks into the next.
+    late = (
+        events.select("deal_id", "source_row")
+        .with_row_index("_rank")
+        .sort(["deal_id", "source_row"])
+        .select((pl.col("_rank") < pl.col("_rank").cum_max().shift(1)).fill_null(False).sum())
+        .item()
+    )
     tally.rows_reordered += int(late)
-    return deduped.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
+    return events
 
 
 def check_terminal_transitions(
@@ -949,7 +967,7 @@ def check_terminal_transitions(
     Parameters
     ----------
     events : polars.DataFrame
-        Sorted canonical events.
+        Canonical events sorted by ``deal_id`` then time (a deal's rows adjacent).
     stages : StageMap
     tally : RepairCounts
 
@@ -964,12 +982,18 @@ def check_terminal_transitions(
         Naming the deal, both rows and both stages.
     """
     kinds = {s: stages.kind(s) for s in stages.names()}
+    # the rows of a deal are adjacent: the previous row of the same deal is the previous
+    # row when its deal_id is the same (no grouping by deal needed)
+    same_deal = pl.col("deal_id") == pl.col("deal_id").shift(1)
     ev = events.with_columns(
         pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8).alias("_kind"),
     ).with_columns(
-        pl.col("_kind").shift(1).over("deal_id").alias("_prev_kind"),
-        pl.col("stage").shift(1).over("deal_id").alias("_prev_stage"),
-        pl.col("source_row").shift(1).over("deal_id").alias("_prev_row"),
+        pl.when(same_deal).then(pl.col(c).shift(1)).alias(alias)
+        for c, alias in (
+            ("_kind", "_prev_kind"),
+            ("stage", "_prev_stage"),
+            ("source_row", "_prev_row"),
+        )
     )
     prev_terminal = pl.col("_prev_kind").is_not_null() & (pl.col("_prev_kind") != "open")
     is_terminal = pl.col("_kind") != "open"
@@ -989,14 +1013,11 @@ def check_terminal_transitions(
             expected=f"{r['_prev_kind']} or an open stage after {r['_prev_stage']!r}",
             found=r["stage"],
         )
+    # runs of one kind, numbered over the whole frame (a deal's first row starts one)
     ev = ev.with_columns(
-        (pl.col("_kind") != pl.col("_prev_kind"))
-        .fill_null(True)
-        .cum_sum()
-        .over("deal_id")
-        .alias("_run")
+        (pl.col("_kind") != pl.col("_prev_kind")).fill_null(True).cum_sum().alias("_run")
     )
-    ev = ev.with_columns(pl.col("stage").first().over(["deal_id", "_run"]).alias("_run_stage"))
+    ev = ev.with_columns(pl.col("stage").first().over("_run").alias("_run_stage"))
     same_outcome = ev.select((prev_terminal & is_terminal).sum()).item()
     renamed = ev.filter(is_terminal & (pl.col("stage") != pl.col("_run_stage")))
     reopened = ev.filter(prev_terminal & ~is_terminal)["deal_id"].n_unique()

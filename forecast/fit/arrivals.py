@@ -47,7 +47,7 @@ from scipy.optimize import brentq
 from forecast._validation import as_datetime, check_int, check_seed, float_or_none, to_datetime64
 from forecast.calendar import FiscalCalendar, FiscalQuarter
 from forecast.errors import ModelError, ParameterError
-from forecast.fit.data import WEIGHT_COLUMN, FitData
+from forecast.fit.data import FitData
 from forecast.segments import SEGMENT_COLUMN
 
 __all__ = ["ArrivalModel", "SegmentArrivals", "fit_arrivals", "poisson_glm"]
@@ -212,6 +212,25 @@ class SegmentArrivals:
         )
 
 
+def _window_pieces(
+    calendar: FiscalCalendar, as_of: dt.datetime, a: dt.datetime, b: dt.datetime
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """The fiscal-quarter pieces of the window ``[a, b)``: per piece, its fraction of the
+    quarter, the quarter's midpoint in years from ``as_of`` (1,) and its fiscal quarter (1,)."""
+    out = []
+    if b <= a:
+        return out
+    q = calendar.quarter_of(a)
+    while q.start < b:
+        lo, hi = max(a, q.start), min(b, q.end)
+        if hi > lo:
+            mid = q.start + (q.end - q.start) / 2
+            t_years = np.array([(mid - as_of).total_seconds() / 86400.0 / _DAYS_PER_YEAR])
+            out.append(((hi - lo) / (q.end - q.start), t_years, np.array([q.quarter])))
+        q = calendar.shift(q, 1)
+    return out
+
+
 def _design(terms: Sequence[str], t_years: np.ndarray, fiscal_q: np.ndarray) -> np.ndarray:
     cols = []
     for term in terms:
@@ -267,18 +286,6 @@ class ArrivalModel:
             )
         return self.fits[segment]
 
-    def _log_rate(
-        self, segment: str, quarter: FiscalQuarter, beta: np.ndarray | None = None
-    ) -> float:
-        """Log expected creations in the whole of ``quarter`` (-inf for a zero-rate segment)."""
-        f = self._fit(segment)
-        if f.zero_rate:
-            return -math.inf
-        mid = quarter.start + (quarter.end - quarter.start) / 2
-        t_years = np.array([(mid - self.as_of).total_seconds() / 86400.0 / _DAYS_PER_YEAR])
-        x = _design(f.terms, t_years, np.array([quarter.quarter]))[0]
-        return float(x @ (f.coefficients if beta is None else beta))
-
     def expected_counts(
         self,
         quarter_bounds: Sequence[tuple[object, object]],
@@ -318,17 +325,15 @@ class ArrivalModel:
                 ) from None
             a = max(as_datetime(a, "quarter_bounds", "expected_counts"), t0)
             b = as_datetime(b, "quarter_bounds", "expected_counts")
-            if b <= a:
-                continue
-            q = self.calendar.quarter_of(a)
-            while q.start < b:
-                lo, hi = max(a, q.start), min(b, q.end)
-                if hi > lo:
-                    frac = (hi - lo) / (q.end - q.start)
-                    for g, seg in enumerate(self.segments):
-                        beta = None if coefficients is None else coefficients.get(seg)
-                        out[g, w] += frac * math.exp(self._log_rate(seg, q, beta))
-                q = self.calendar.shift(q, 1)
+            for frac, t_mid, fq in _window_pieces(self.calendar, self.as_of, a, b):
+                for g, seg in enumerate(self.segments):
+                    f = self.fits[seg]
+                    if f.zero_rate:
+                        continue
+                    beta = f.coefficients if coefficients is None else coefficients.get(seg)
+                    beta = f.coefficients if beta is None else beta
+                    x = _design(f.terms, t_mid, fq)[0]
+                    out[g, w] += frac * math.exp(float(x @ beta))
         return out
 
     def coefficient_covariance(self, segment: str) -> np.ndarray:
@@ -435,6 +440,41 @@ class ArrivalModel:
         )
 
 
+def _fit_terms(
+    y: np.ndarray,
+    exposure: np.ndarray,
+    t_years: np.ndarray,
+    fiscal_q: np.ndarray,
+    min_trend: int,
+    min_season: int,
+) -> tuple[list[str], np.ndarray, np.ndarray, bool, list[str]]:
+    """The Poisson GLM of one segment's counts: terms kept, coefficients, information,
+    convergence, and notes on dropped terms (``y.sum() > 0``)."""
+    n = y.size
+    n_full = int(np.sum(exposure >= FULL_QUARTER_EXPOSURE))
+    terms = ["level"]
+    notes = []
+    if n_full >= min_trend:
+        terms.append("trend_per_year")
+    else:
+        notes.append(f"no trend ({n_full} full quarters < {min_trend})")
+    if n_full >= min_season:
+        terms += ["season_q1", "season_q2", "season_q3"]
+    elif "trend_per_year" in terms:
+        notes.append(f"no seasonality ({n_full} full quarters < {min_season})")
+    offset = np.log(exposure)
+    while True:
+        X = _design(terms, t_years, fiscal_q)
+        beta, info, ok = poisson_glm(y, X, offset)
+        diverged = (not ok) or np.any(np.abs(beta[1:]) > MAX_ABS_COEFFICIENT) or X.shape[1] > n
+        if not diverged or len(terms) == 1:
+            break
+        dropped = "seasonality" if terms[-1].startswith("season") else "trend"
+        notes.append(f"{dropped} dropped (fit diverged or too few quarters)")
+        terms = terms[:-3] if dropped == "seasonality" else terms[:-1]
+    return terms, beta, info, ok, notes
+
+
 def _fit_segment(
     y: np.ndarray,
     exposure: np.ndarray,
@@ -459,26 +499,9 @@ def _fit_segment(
             note="no deal created in the lookback: rate 0",
         )
         return empty, np.zeros(n)
-    terms = ["level"]
-    notes = []
-    if n_full >= min_trend:
-        terms.append("trend_per_year")
-    else:
-        notes.append(f"no trend ({n_full} full quarters < {min_trend})")
-    if n_full >= min_season:
-        terms += ["season_q1", "season_q2", "season_q3"]
-    elif "trend_per_year" in terms:
-        notes.append(f"no seasonality ({n_full} full quarters < {min_season})")
+    terms, beta, info, ok, notes = _fit_terms(y, exposure, t_years, fiscal_q, min_trend, min_season)
     offset = np.log(exposure)
-    while True:
-        X = _design(terms, t_years, fiscal_q)
-        beta, info, ok = poisson_glm(y, X, offset)
-        diverged = (not ok) or np.any(np.abs(beta[1:]) > MAX_ABS_COEFFICIENT) or X.shape[1] > n
-        if not diverged or len(terms) == 1:
-            break
-        dropped = "seasonality" if terms[-1].startswith("season") else "trend"
-        notes.append(f"{dropped} dropped (fit diverged or too few quarters)")
-        terms = terms[:-3] if dropped == "seasonality" else terms[:-1]
+    X = _design(terms, t_years, fiscal_q)
     mu = np.exp(X @ beta + offset)
     p = len(terms)
     df = n - p
@@ -543,63 +566,30 @@ def fit_arrivals(
     ModelError
         No deal was created before ``as_of``, or none entered an open stage.
     """
+    layout = ArrivalLayout.from_data(
+        data,
+        lookback_quarters=lookback_quarters,
+        mix_quarters=mix_quarters,
+        min_full_quarters_trend=min_full_quarters_trend,
+        min_full_quarters_season=min_full_quarters_season,
+        min_segment_mix=min_segment_mix,
+    )
     caller = "fit_arrivals"
     t, calendar = data.as_of, data.calendar
-    lookback = check_int(lookback_quarters, "lookback_quarters", caller, minimum=1)
-    mixq = check_int(mix_quarters, "mix_quarters", caller, minimum=0)
-    min_trend = check_int(min_full_quarters_trend, "min_full_quarters_trend", caller, minimum=1)
-    min_season = check_int(min_full_quarters_season, "min_full_quarters_season", caller, minimum=1)
-    min_mix = check_int(min_segment_mix, "min_segment_mix", caller, minimum=1)
-    oc = data.frame("outcomes", caller, ["deal_id", "created_at", "first_stage_code"])
-    oc = oc.filter(pl.col("created_at").is_not_null() & (pl.col("created_at") <= t))
-    if oc.height == 0:
-        raise ModelError(
-            f"`{caller}`: no deal was created on or before {t:%Y-%m-%d}; arrival rates cannot be "
-            "estimated."
-        )
-    if data.n_open is None:
-        k_open = int(oc["first_stage_code"].max()) + 1  # type: ignore[arg-type]
-    else:
-        k_open = data.n_open
-    start = oc["created_at"].min() if data.history_start is None else data.history_start
-    segments = tuple(sorted(oc[SEGMENT_COLUMN].unique().to_list()))
-
-    # -- quarters of the lookback with their exposure -------------------------------------------
+    segments, quarters, exp_arr = layout.segments, layout.quarters, layout.exposure
+    t_years, fiscal_q = layout.t_years, layout.fiscal_q
+    min_trend, min_season, min_mix = layout.min_trend, layout.min_season, layout.min_mix
+    lookback, k_open = layout.lookback_quarters, layout.n_open
+    counts = layout.counts(data.weights[None, :])[0]  # (G, Q)
+    w = data.weights[layout.deal]
+    seg_index, codes, created = layout.segment_index, layout.first_stage, layout.created
     current = calendar.quarter_of(t)
-    quarters, exposure = [], []
-    for i in range(-lookback, 1):
-        q = calendar.shift(current, i)
-        lo, hi = max(q.start, start), min(q.end, t)  # type: ignore[type-var]
-        e = max((hi - lo) / (q.end - q.start), 0.0)
-        if e >= MIN_EXPOSURE:
-            quarters.append(q)
-            exposure.append(min(e, 1.0))
-    if not quarters:
-        raise ModelError(
-            f"`{caller}`: the history ({start:%Y-%m-%d} .. {t:%Y-%m-%d}) covers less than "
-            f"{MIN_EXPOSURE:.0%} of a fiscal quarter; arrival rates cannot be estimated."
-        )
-    exp_arr = np.asarray(exposure)
-    mids = [q.start + (q.end - q.start) / 2 for q in quarters]
-    t_years = np.array([(m - t).total_seconds() / 86400.0 / _DAYS_PER_YEAR for m in mids])
-    fiscal_q = np.array([q.quarter for q in quarters])
-    edges = np.array(
-        [np.datetime64(q.start, "us") for q in quarters] + [np.datetime64(quarters[-1].end, "us")]
-    )
-
-    created = to_datetime64(oc["created_at"])
-    q_index = np.searchsorted(edges, created, side="right") - 1
-    # the listed quarters are consecutive (only the first and the current one can be
-    # left out for low exposure), so creations outside them get -1 or len(quarters)
-    q_index = np.where((q_index >= 0) & (q_index < len(quarters)), q_index, -1)
-    seg_arr = oc[SEGMENT_COLUMN].to_numpy()
-    w = oc[WEIGHT_COLUMN].to_numpy().astype(np.float64)
+    mixq = layout.mix_quarters
 
     fits: dict[str, SegmentArrivals] = {}
     history: list[dict[str, Any]] = []
-    for seg in segments:
-        sel = (seg_arr == seg) & (q_index >= 0)
-        y = np.bincount(q_index[sel], weights=w[sel], minlength=len(quarters)).astype(np.float64)
+    for g, seg in enumerate(segments):
+        y = counts[g]
         fit, mu = _fit_segment(y, exp_arr, t_years, fiscal_q, min_trend, min_season)
         fits[seg] = fit
         for i, q in enumerate(quarters):
@@ -615,7 +605,6 @@ def fit_arrivals(
 
     # -- entry-stage mix --------------------------------------------------------------------------
     mix_start = calendar.shift(current, -mixq).start
-    codes = oc["first_stage_code"].to_numpy()
     open_entry = (codes >= 0) & (codes < k_open)
     recent = open_entry & (created >= np.datetime64(mix_start, "us"))
     if w[recent].sum() <= 0:
@@ -629,8 +618,8 @@ def fit_arrivals(
     pooled_mix = pooled_mix / pooled_mix.sum()
     mix = np.empty((len(segments), k_open))
     source = []
-    for g, seg in enumerate(segments):
-        sel = recent & (seg_arr == seg)
+    for g in range(len(segments)):
+        sel = recent & (seg_index == g)
         if sel.sum() >= min_mix and w[sel].sum() > 0:
             m = np.bincount(codes[sel], weights=w[sel], minlength=k_open)[:k_open]
             mix[g] = m / m.sum()
@@ -649,3 +638,179 @@ def fit_arrivals(
         lookback_quarters=lookback,
         entry_mix_source=tuple(source),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class ArrivalLayout:
+    """The deals' creations laid out once by segment and lookback quarter, for any deal weights.
+
+    Built by :meth:`from_data` (the checks and the quarter grid of :func:`fit_arrivals`);
+    :meth:`counts` gives the weighted creations per segment and quarter of a block of
+    weight vectors, and :meth:`expected_in_window` the fitted expectation of each.
+
+    Attributes
+    ----------
+    segments : tuple of str
+    quarters : list of FiscalQuarter
+        The lookback quarters with enough exposure.
+    exposure, t_years : ndarray of float64, shape (Q,)
+    fiscal_q : ndarray of int64, shape (Q,)
+    deal : ndarray of int64, shape (n,)
+        Deal index of each deal created by the as-of instant (outcomes rows).
+    segment_index, quarter_index : ndarray of int64, shape (n,)
+        Its segment (into ``segments``) and lookback quarter (``-1``: outside).
+    first_stage : ndarray of int64, shape (n,)
+    created : ndarray of datetime64[us], shape (n,)
+    """
+
+    segments: tuple[str, ...]
+    quarters: list[FiscalQuarter]
+    exposure: np.ndarray
+    t_years: np.ndarray
+    fiscal_q: np.ndarray
+    deal: np.ndarray
+    segment_index: np.ndarray
+    quarter_index: np.ndarray
+    first_stage: np.ndarray
+    created: np.ndarray
+    n_open: int
+    as_of: dt.datetime
+    calendar: FiscalCalendar
+    lookback_quarters: int
+    mix_quarters: int
+    min_trend: int
+    min_season: int
+    min_mix: int
+
+    @classmethod
+    def from_data(
+        cls,
+        data: FitData,
+        *,
+        lookback_quarters: int = 12,
+        mix_quarters: int = 4,
+        min_full_quarters_trend: int = 4,
+        min_full_quarters_season: int = 8,
+        min_segment_mix: int = 20,
+    ) -> ArrivalLayout:
+        """Check the arguments and lay out the creations of ``data`` (see :func:`fit_arrivals`)."""
+        caller = "fit_arrivals"
+        t, calendar = data.as_of, data.calendar
+        lookback = check_int(lookback_quarters, "lookback_quarters", caller, minimum=1)
+        mixq = check_int(mix_quarters, "mix_quarters", caller, minimum=0)
+        min_trend = check_int(min_full_quarters_trend, "min_full_quarters_trend", caller, minimum=1)
+        min_season = check_int(
+            min_full_quarters_season, "min_full_quarters_season", caller, minimum=1
+        )
+        min_mix = check_int(min_segment_mix, "min_segment_mix", caller, minimum=1)
+        oc = data.frame("outcomes", caller, ["deal_id", "created_at", "first_stage_code"])
+        oc = oc.with_row_index("_row").filter(
+            pl.col("created_at").is_not_null() & (pl.col("created_at") <= t)
+        )
+        if oc.height == 0:
+            raise ModelError(
+                f"`{caller}`: no deal was created on or before {t:%Y-%m-%d}; arrival rates cannot be "
+                "estimated."
+            )
+        if data.n_open is None:
+            k_open = int(oc["first_stage_code"].max()) + 1  # type: ignore[arg-type]
+        else:
+            k_open = data.n_open
+        start = oc["created_at"].min() if data.history_start is None else data.history_start
+        segments = tuple(sorted(oc[SEGMENT_COLUMN].unique().to_list()))
+
+        # -- quarters of the lookback with their exposure -------------------------------------------
+        current = calendar.quarter_of(t)
+        quarters, exposure = [], []
+        for i in range(-lookback, 1):
+            q = calendar.shift(current, i)
+            lo, hi = max(q.start, start), min(q.end, t)  # type: ignore[type-var]
+            e = max((hi - lo) / (q.end - q.start), 0.0)
+            if e >= MIN_EXPOSURE:
+                quarters.append(q)
+                exposure.append(min(e, 1.0))
+        if not quarters:
+            raise ModelError(
+                f"`{caller}`: the history ({start:%Y-%m-%d} .. {t:%Y-%m-%d}) covers less than "
+                f"{MIN_EXPOSURE:.0%} of a fiscal quarter; arrival rates cannot be estimated."
+            )
+        exp_arr = np.asarray(exposure)
+        mids = [q.start + (q.end - q.start) / 2 for q in quarters]
+        t_years = np.array([(m - t).total_seconds() / 86400.0 / _DAYS_PER_YEAR for m in mids])
+        fiscal_q = np.array([q.quarter for q in quarters])
+        edges = np.array(
+            [np.datetime64(q.start, "us") for q in quarters]
+            + [np.datetime64(quarters[-1].end, "us")]
+        )
+
+        created = to_datetime64(oc["created_at"])
+        q_index = np.searchsorted(edges, created, side="right") - 1
+        # the listed quarters are consecutive (only the first and the current one can be
+        # left out for low exposure), so creations outside them get -1 or len(quarters)
+        q_index = np.where((q_index >= 0) & (q_index < len(quarters)), q_index, -1)
+        lookup = {g: i for i, g in enumerate(segments)}
+        seg_index = oc[SEGMENT_COLUMN].replace_strict(lookup, return_dtype=pl.Int64).to_numpy()
+        return cls(
+            segments=segments,
+            quarters=quarters,
+            exposure=exp_arr,
+            t_years=t_years,
+            fiscal_q=fiscal_q,
+            deal=data.deal_index("outcomes")[oc["_row"].to_numpy()],
+            segment_index=np.ascontiguousarray(seg_index, dtype=np.int64),
+            quarter_index=q_index.astype(np.int64),
+            first_stage=oc["first_stage_code"].to_numpy(),
+            created=created,
+            n_open=k_open,
+            as_of=t,
+            calendar=calendar,
+            lookback_quarters=lookback,
+            mix_quarters=mixq,
+            min_trend=min_trend,
+            min_season=min_season,
+            min_mix=min_mix,
+        )
+
+    def counts(self, weights: np.ndarray) -> np.ndarray:
+        """Weighted creations per segment and lookback quarter, shape (B, G, Q).
+
+        Parameters
+        ----------
+        weights : ndarray of float64, shape (B, n_deals)
+            Deal weights (one row per draw).
+        """
+        n_q, n_seg = len(self.quarters), len(self.segments)
+        out = np.zeros((weights.shape[0], n_seg, n_q))
+        inside = self.quarter_index >= 0
+        for g in range(n_seg):
+            sel = (self.segment_index == g) & inside
+            q, d = self.quarter_index[sel], self.deal[sel]
+            for b in range(weights.shape[0]):
+                out[b, g] = np.bincount(q, weights=weights[b, d], minlength=n_q)
+        return out
+
+    def expected_in_window(
+        self, weights: np.ndarray, window: tuple[dt.datetime, dt.datetime]
+    ) -> np.ndarray:
+        """Expected creations in ``window`` (after the as-of instant) of the arrival fit of
+        each weight vector, per segment: shape (B, G).
+
+        The same Poisson GLM as :func:`fit_arrivals` (terms dropped alike), without its
+        over-dispersion and covariance, which a draw does not keep.
+        """
+        counts = self.counts(weights)
+        out = np.zeros(counts.shape[:2])
+        start, end = window
+        pieces = _window_pieces(self.calendar, self.as_of, max(start, self.as_of), end)
+        for b in range(counts.shape[0]):
+            for g in range(counts.shape[1]):
+                y = counts[b, g]
+                if y.sum() <= 0:
+                    continue
+                terms, beta, *_ = _fit_terms(
+                    y, self.exposure, self.t_years, self.fiscal_q, self.min_trend, self.min_season
+                )
+                for frac, t_mid, fq in pieces:
+                    x = _design(terms, t_mid, fq)[0]
+                    out[b, g] += frac * math.exp(float(x @ beta))
+        return out

@@ -17,11 +17,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from forecast._kernels import over_threads
 from forecast._validation import check_int, check_seed
 from forecast.errors import ParameterError
 from forecast.fit.data import FitData
 
-__all__ = ["bootstrap_weights", "dirichlet_deal_weights", "dirichlet_weights"]
+__all__ = [
+    "bootstrap_weight_block",
+    "bootstrap_weights",
+    "dirichlet_deal_weights",
+    "dirichlet_weights",
+]
 
 
 def dirichlet_weights(n: int, seed: int, draw: int) -> np.ndarray:
@@ -46,6 +52,26 @@ def bootstrap_weights(data: FitData, seed: int, draw: int) -> np.ndarray:
     w = np.zeros(data.n_deals)
     w[mask] = dirichlet_weights(int(mask.sum()), seed, draw)
     return w
+
+
+def bootstrap_weight_block(
+    data: FitData, seed: int, draws: Sequence[int], threads: int | None = None
+) -> np.ndarray:
+    """:func:`bootstrap_weights` of several draws, shape ``(len(draws), n_deals)``.
+
+    Row ``i`` is exactly ``bootstrap_weights(data, seed, draws[i])``. The array is
+    the transpose of a deal-major buffer (each deal's weights for all the draws are
+    adjacent, as the compiled estimators read them); the draws' generators run on
+    threads (they release the GIL).
+    """
+    out = np.empty((data.n_deals, len(draws)))
+
+    def run(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            out[:, i] = bootstrap_weights(data, seed, int(draws[i]))
+
+    over_threads(run, len(draws), threads)
+    return out.T
 
 
 def dirichlet_deal_weights(

@@ -31,9 +31,9 @@ import polars as pl
 from forecast._validation import check_int, float_or_none, to_datetime64
 from forecast.calendar import FiscalCalendar
 from forecast.errors import ParameterError
-from forecast.fit.data import WEIGHT_COLUMN, FitData
+from forecast.fit.data import FitData
 
-__all__ = ["MAX_PULL_IN", "QuarterEndEffect", "fit_quarter_end_effect"]
+__all__ = ["MAX_PULL_IN", "QuarterEndEffect", "QuarterEndLayout", "fit_quarter_end_effect"]
 
 #: Upper clip of the pull-in probability (the estimate lives in [0, 1)).
 MAX_PULL_IN = 0.999
@@ -257,58 +257,142 @@ def fit_quarter_end_effect(
     >>> round(e.pi, 4), e.n_last, e.n_first
     (0.3333, 2.0, 1.0)
     """
-    caller = "fit_quarter_end_effect"
-    t_cut, calendar = data.as_of, data.calendar
-    w_days = check_int(window_days, "window_days", caller, minimum=1)
-    frame, col = _win_times(data.frame("bookings", caller), time_column)
-    frame = frame.filter(pl.col(col) <= t_cut)
-    times = to_datetime64(frame[col])
-    weights = frame[WEIGHT_COLUMN].to_numpy().astype(np.float64)
-    order = np.argsort(times, kind="stable")
-    times, weights = times[order], weights[order]
-    cum_w = np.concatenate([[0.0], np.cumsum(weights)])
-    cum_w2 = np.concatenate([[0.0], np.cumsum(weights**2)])
-
-    if data.history_start is None:
-        start = times[0].astype(dt.datetime) if times.size else t_cut
-    else:
-        start = data.history_start
-    window = dt.timedelta(days=w_days)
-
-    rows: list[dict[str, Any]] = []
-    n_last = n_first = sum_w2 = 0.0
-    q = calendar.quarter_of(start)
-    while q.end + window <= t_cut:
-        if q.end - window >= start:
-            a, b, c = (np.datetime64(x, "us") for x in (q.end - window, q.end, q.end + window))
-            ia, ib, ic = np.searchsorted(times, [a, b, c], side="left")
-            last, first = cum_w[ib] - cum_w[ia], cum_w[ic] - cum_w[ib]
-            n_last += last
-            n_first += first
-            sum_w2 += cum_w2[ic] - cum_w2[ia]
-            rows.append(
-                {
-                    "boundary": q.end.date().isoformat(),
-                    "quarter": q.label,
-                    "n_last": float(last),
-                    "n_first": float(first),
-                }
-            )
-        q = calendar.shift(q, 1)
-
-    n = n_last + n_first
+    layout = QuarterEndLayout.from_data(data, window_days=window_days, time_column=time_column)
+    n_last, n_first, sum_w2 = layout.window_weights(data.weights[None, :])
+    last_b, first_b = layout.boundary_weights(data.weights)
+    rows = tuple(
+        {"boundary": boundary, "quarter": label, "n_last": float(a), "n_first": float(b)}
+        for (boundary, label), a, b in zip(layout.boundaries, last_b, first_b, strict=True)
+    )
+    w_days = layout.window_days
+    n = float(n_last[0] + n_first[0])
     if n <= 0:
         note = (
             "no complete quarter boundary with wins in the history "
             f"({len(rows)} complete boundaries); pull-in set to 0"
         )
         return QuarterEndEffect(
-            0.0, float("inf"), 0.0, n_last, n_first, len(rows), w_days, tuple(rows), note
-        )
-    raw = (n_last - n_first) / n
-    n_eff = n * n / sum_w2  # Kish effective sample size (= n for unit weights)
+            0.0, float("inf"), 0.0, float(n_last[0]), float(n_first[0]), len(rows), w_days, rows,
+            note,
+        )  # fmt: skip
+    raw = float((n_last[0] - n_first[0]) / n)
+    n_eff = n * n / float(sum_w2[0])  # Kish effective sample size (= n for unit weights)
     se = float(np.sqrt(max(1.0 - raw * raw, 0.0) / n_eff))
     pi = float(np.clip(raw, 0.0, MAX_PULL_IN))
     return QuarterEndEffect(
-        pi, se, float(raw), float(n_last), float(n_first), len(rows), w_days, tuple(rows)
+        pi, se, raw, float(n_last[0]), float(n_first[0]), len(rows), w_days, rows
     )
+
+
+@dataclass(frozen=True, eq=False)
+class QuarterEndLayout:
+    """The wins around complete quarter boundaries, laid out once for any deal weights.
+
+    Attributes
+    ----------
+    deal : ndarray of int64, shape (n_wins,)
+        Deal index (into ``FitData.deal_ids``) of each win, in time order.
+    bounds : ndarray of int64, shape (n_boundaries, 3)
+        Per complete boundary, the positions in ``deal`` where its last-``W``-days
+        window starts, where the boundary is and where its first-``W``-days window ends.
+    boundaries : tuple of (str, str)
+        Per boundary, its ISO date and the label of the quarter that ends.
+    window_days : int
+    """
+
+    deal: np.ndarray
+    bounds: np.ndarray
+    boundaries: tuple[tuple[str, str], ...]
+    window_days: int
+
+    @classmethod
+    def from_data(
+        cls, data: FitData, *, window_days: int = 14, time_column: str | None = None
+    ) -> QuarterEndLayout:
+        """Lay out the wins of ``data`` (see :func:`fit_quarter_end_effect`)."""
+        caller = "fit_quarter_end_effect"
+        t_cut, calendar = data.as_of, data.calendar
+        w_days = check_int(window_days, "window_days", caller, minimum=1)
+        frame = data.frame("bookings", caller).with_row_index("_row")
+        frame, col = _win_times(frame, time_column)
+        frame = frame.filter(pl.col(col) <= t_cut)
+        times = to_datetime64(frame[col])
+        order = np.argsort(times, kind="stable")
+        times = times[order]
+        deal = data.deal_index("bookings")[frame["_row"].to_numpy()[order]]
+        if data.history_start is None:
+            start = times[0].astype(dt.datetime) if times.size else t_cut
+        else:
+            start = data.history_start
+        window = dt.timedelta(days=w_days)
+        bounds: list[np.ndarray] = []
+        labels: list[tuple[str, str]] = []
+        q = calendar.quarter_of(start)
+        while q.end + window <= t_cut:
+            if q.end - window >= start:
+                edges = [np.datetime64(x, "us") for x in (q.end - window, q.end, q.end + window)]
+                bounds.append(np.searchsorted(times, edges, side="left"))
+                labels.append((q.end.date().isoformat(), q.label))
+            q = calendar.shift(q, 1)
+        return cls(
+            deal=np.ascontiguousarray(deal, dtype=np.int64),
+            bounds=np.array(bounds, dtype=np.int64).reshape(-1, 3),
+            boundaries=tuple(labels),
+            window_days=w_days,
+        )
+
+    def _cumulative(self, weights: np.ndarray, power: int = 1) -> np.ndarray:
+        w = weights[:, self.deal]
+        if power != 1:
+            w = w**power
+        cum = np.zeros((w.shape[0], w.shape[1] + 1))
+        np.cumsum(w, axis=1, out=cum[:, 1:])
+        return cum
+
+    def window_weights(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per weight vector: weighted wins in the last and first ``W`` days of every complete
+        boundary together, and the sum of their squared weights.
+
+        Parameters
+        ----------
+        weights : ndarray of float64, shape (B, n_deals)
+
+        Returns
+        -------
+        n_last, n_first, sum_w2 : ndarray of float64, shape (B,)
+        """
+        cum = self._cumulative(weights)
+        cum2 = self._cumulative(weights, 2)
+        n_last = np.zeros(weights.shape[0])
+        n_first = np.zeros(weights.shape[0])
+        sum_w2 = np.zeros(weights.shape[0])
+        for ia, ib, ic in self.bounds:
+            n_last += cum[:, ib] - cum[:, ia]
+            n_first += cum[:, ic] - cum[:, ib]
+            sum_w2 += cum2[:, ic] - cum2[:, ia]
+        return n_last, n_first, sum_w2
+
+    def boundary_weights(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per boundary, weighted wins in its last and first ``W`` days, for one weight
+        vector ``(n_deals,)``: two arrays of shape (n_boundaries,)."""
+        cum = self._cumulative(weights[None, :])[0]
+        ia, ib, ic = self.bounds.T
+        return cum[ib] - cum[ia], cum[ic] - cum[ib]
+
+    def pull_in(self, weights: np.ndarray) -> np.ndarray:
+        """The estimate ``pi`` of :func:`fit_quarter_end_effect` for each weight vector.
+
+        Parameters
+        ----------
+        weights : ndarray of float64, shape (B, n_deals)
+
+        Returns
+        -------
+        ndarray of float64, shape (B,)
+            In ``[0, MAX_PULL_IN]``; 0 where no complete boundary holds a win.
+        """
+        n_last, n_first, _ = self.window_weights(weights)
+        n = n_last + n_first
+        with np.errstate(divide="ignore", invalid="ignore"):
+            raw = np.where(n > 0, (n_last - n_first) / n, 0.0)
+        return np.clip(raw, 0.0, MAX_PULL_IN)

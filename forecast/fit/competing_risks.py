@@ -582,6 +582,80 @@ class ExitCurves:
         f = self.cif(np.arange(1, int(max_days) + 1, dtype=np.float64))
         return np.maximum(np.diff(f, axis=1, prepend=0.0), 0.0)
 
+    def scaled_exit_densities(
+        self, max_days: int, time_factors: Any, destination_multipliers: Any
+    ) -> np.ndarray:
+        """:meth:`exit_density` of :meth:`scaled` curves for many perturbations at once.
+
+        Row ``b`` is ``self.scaled(time_factors[b], destination_multipliers[b])
+        .exit_density(max_days)`` up to rounding: the scaled curves are
+        ``F'_j(t) = c m_j F_j(t / f)`` (a tail piece whose exits all go where
+        ``m = 0`` keeps its own mix), evaluated on every row's day grid in one pass.
+
+        Parameters
+        ----------
+        max_days : int
+            Number of day bins ``L`` (≥ 1).
+        time_factors : array_like of float, shape (B,)
+            ``f > 0`` per row.
+        destination_multipliers : array_like of float, shape (B, C)
+            ``m_j ≥ 0`` per row.
+
+        Returns
+        -------
+        numpy.ndarray of float64, shape (B, C, max_days)
+        """
+        max_days = check_int(max_days, "max_days", "scaled_exit_densities", minimum=1)
+        f = np.asarray(time_factors, dtype=np.float64).reshape(-1)
+        m = np.asarray(destination_multipliers, dtype=np.float64)
+        n_rows, n_codes = f.size, self.n_codes
+        if m.shape != (n_rows, n_codes) or not np.all(np.isfinite(m)) or np.any(m < 0):
+            raise ParameterError(
+                f"`destination_multipliers` must be finite numbers ≥ 0 of shape ({n_rows}, "
+                f"{n_codes}). Got shape {m.shape}."
+            )
+        if not (np.all(np.isfinite(f)) and np.all(f > 0)):
+            raise ParameterError("`time_factors` must be finite and > 0.")
+        shares = self.eventual_shares()
+        total = float(shares.sum())
+        new_total = m @ shares  # (B,)
+        if total > 0 and np.any(new_total <= 0):
+            raise ParameterError(
+                "`destination_multipliers` give zero weight to every destination the curves "
+                "can exit to."
+            )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(new_total > 0, total / new_total, 1.0)[:, None] * m  # c m_j
+        if total <= 0:
+            scale = np.ones_like(m)
+        t = np.arange(1, max_days + 1, dtype=np.float64)[None, :] / f[:, None]  # (B, L)
+        flat = t.reshape(-1)
+        big_d = self.max_day
+        inside = flat <= big_d
+        grid_part = np.empty((n_codes, flat.size))
+        if big_d == 0:
+            grid_part[:, inside] = self.cif_grid[:, :1]
+        else:
+            grid = np.arange(big_d + 1, dtype=np.float64)
+            for j in range(n_codes):
+                grid_part[j, inside] = np.interp(flat[inside], grid, self.cif_grid[j])
+        grid_part[:, ~inside] = self.cif_grid[:, -1:]
+        cif = grid_part.reshape(n_codes, n_rows, max_days) * scale.T[:, :, None]
+        if not np.all(inside):
+            out_t = flat[~inside]
+            for p in self.tail_pieces:
+                left = np.zeros(flat.size)
+                left[~inside] = p.mass - p.remaining(out_t, big_d)
+                sm = m @ np.asarray(p.shares)  # (B,)
+                piece_scale = np.where(sm[:, None] > 0, scale, 1.0)  # (B, C)
+                cif += (
+                    np.asarray(p.shares)[:, None, None]
+                    * piece_scale.T[:, :, None]
+                    * left.reshape(n_rows, max_days)[None, :, :]
+                )
+        dens = np.diff(cif, axis=2, prepend=0.0)
+        return np.maximum(dens, 0.0).transpose(1, 0, 2)
+
     def eventual_shares(self) -> np.ndarray:
         """``F_j(∞)``, float64 (C,): probability of eventually leaving to each destination.
 

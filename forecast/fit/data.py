@@ -447,6 +447,14 @@ class FitData:
         """The same data holding ``design`` (:func:`forecast.fit.covariates.build_design`)."""
         return dataclasses.replace(self, covariate_design=design)
 
+    def deal_index(self, name: str) -> np.ndarray:
+        """int64 (rows,), read-only: the index in :attr:`deal_ids` of each row of frame ``name``.
+
+        ``weights[deal_index(name)]`` are the row weights; a block of draws' weights
+        ``(B, n_deals)`` gathers the same way, ``W[:, deal_index(name)]``.
+        """
+        return self._deal_index[name]
+
     def row_weights(self, name: str) -> np.ndarray:
         """float64 (rows,): the weight of each row of frame ``name`` (its deal's weight)."""
         return self.weights[self._deal_index[name]]

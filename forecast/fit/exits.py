@@ -11,19 +11,23 @@ segment's own speed and destination level (:func:`shrink_toward`). See
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from forecast._kernels import aj_summaries
+from forecast.errors import ParameterError
 from forecast.fit.borrowing import BorrowedStage, borrow_missing_stages
 from forecast.fit.competing_risks import CensoredSpells, ExitCurves, aalen_johansen, fit_exit_curves
 from forecast.fit.data import FitData
 from forecast.fit.shrinkage import credibility_weights
 
 __all__ = [
+    "ExitDrawLayout",
     "ExitFit",
     "empty_shrinkage",
     "fit_exits",
@@ -254,3 +258,164 @@ def fit_exits(
     return ExitFit(
         curves, pooled, raw, credibility, shrinkage, destination_effects=effects, borrowed=borrowed
     )
+
+
+@dataclass(frozen=True, eq=False)
+class ExitDrawLayout:
+    """The spells of every stratum sorted by duration, with what the point fit of each is.
+
+    What a parameter draw keeps of the exit curves (:meth:`ratios`) is, per stratum,
+    the weighted Aalen–Johansen eventual shares and median relative to the point
+    fit's. Strata ``s = k * G + g`` are (open stage ``k``, segment ``g``); strata
+    ``K * G + k`` are the stages pooled over segments. Built once per fit
+    (:meth:`from_fit`); a draw only changes the deal weights.
+
+    Attributes
+    ----------
+    deal, destination : ndarray of int64, shape (n_rows,)
+        Deal index (into ``FitData.deal_ids``) and destination code (``-1`` censored).
+    duration : ndarray of float64, shape (n_rows,)
+        Days in the stage, non-decreasing within each stratum.
+    offsets : ndarray of int64, shape (K * G + K + 1,)
+        Rows of stratum ``s``: ``offsets[s] .. offsets[s + 1] - 1``.
+    tail_shares, eventual : ndarray of float64, shape (K * G + K, C)
+        Per stratum, the point curves' tail shares (destination mix of the mass left
+        after the last exit) and eventual destination shares (the segment's own curves
+        before shrinkage, or the pooled ones).
+    point_median : ndarray of float64, shape (K * G + K,)
+        Median sojourn of the unit-weight Aalen–Johansen fit (days; NaN if never reached).
+    credibility : ndarray of float64, shape (G, K)
+        Weight ``Z`` of each segment's own curves.
+    own : ndarray of bool, shape (G, K)
+        Whether a segment's ratios come from its own spells (it has spells and ``Z > 0``).
+    """
+
+    deal: np.ndarray
+    destination: np.ndarray
+    duration: np.ndarray
+    offsets: np.ndarray
+    tail_shares: np.ndarray
+    eventual: np.ndarray
+    point_median: np.ndarray
+    credibility: np.ndarray
+    own: np.ndarray
+
+    @classmethod
+    def from_fit(cls, data: FitData, exits: ExitFit) -> ExitDrawLayout:
+        """Lay out the spells of ``data`` (its spell arrays) and the point fit ``exits`` on it."""
+        a = data.spell_arrays
+        if a is None:
+            raise ParameterError(
+                "`ExitDrawLayout.from_fit` needs the spells as arrays: a `spells` frame with "
+                "`stage_code`, `duration_days` and `destination_code`, and the number of open "
+                "stages."
+            )
+        segments = data.segments
+        n_open, n_seg = int(data.n_open or 0), len(segments)
+        # stable sorts: by duration, then (integer keys) by stratum
+        by_duration = np.argsort(a.duration, kind="stable")
+        key = (a.stage * n_seg + a.segment)[by_duration]
+        by_segment = by_duration[np.argsort(key, kind="stable")]
+        pooled = by_duration[np.argsort(a.stage[by_duration], kind="stable")]
+        rows = np.concatenate([by_segment, pooled])
+        offsets = np.concatenate([a.offsets, a.offsets[-1] + a.stage_offsets[1:]])
+        curves = [exits.raw[(g, k)] for k in range(n_open) for g in segments]
+        curves += [exits.pooled[k] for k in range(n_open)]
+        z = np.array([[exits.credibility[(g, k)] for k in range(n_open)] for g in segments])
+        has = np.diff(a.offsets).reshape(n_open, n_seg).T > 0
+        layout = cls(
+            deal=np.ascontiguousarray(a.deal[rows]),
+            destination=np.ascontiguousarray(a.destination[rows]),
+            duration=np.ascontiguousarray(a.duration[rows]),
+            offsets=np.ascontiguousarray(offsets, dtype=np.int64),
+            tail_shares=np.stack([c.tail_shares for c in curves]),
+            eventual=np.stack([c.eventual_shares() for c in curves]),
+            point_median=np.zeros(0),
+            credibility=z.reshape(n_seg, n_open),
+            own=has & (z.reshape(n_seg, n_open) > 0),
+        )
+        _, median = layout.summaries(np.ones((1, data.n_deals)), threads=1)
+        return dataclasses.replace(layout, point_median=median[0])
+
+    @property
+    def n_open(self) -> int:
+        """``K``."""
+        return int(self.credibility.shape[1])
+
+    @property
+    def n_segments(self) -> int:
+        """``G``."""
+        return int(self.credibility.shape[0])
+
+    def summaries(
+        self, weights: np.ndarray, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Eventual destination shares ``(B, S, C)`` and median sojourns ``(B, S)`` (days)
+        of the weighted Aalen–Johansen fit of every stratum, for deal weights ``(B, n_deals)``.
+
+        Equal to :func:`weighted_fit_summary` of each stratum's spells (the same
+        operations in the same order).
+        """
+        return aj_summaries(
+            weights,
+            self.deal,
+            self.duration,
+            self.destination,
+            self.offsets,
+            self.tail_shares,
+            threads=threads,
+        )
+
+    def ratios(
+        self,
+        weights: np.ndarray,
+        threads: int | None = None,
+        adjust_pooled: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What a parameter draw keeps of the exit curves, for a block of draws.
+
+        Per draw, (segment, stage): the ratio of the draw's eventual destination shares
+        to the point fit's and of its median sojourn to the point fit's, each mixed
+        ``Z · segment + (1 − Z) · pooled`` by the segment's credibility ``Z``
+        (``docs/model.md``, "Parameter uncertainty"). A segment without spells in a
+        stage, or with ``Z = 0``, takes the pooled ratios. Both medians come from the
+        same step-function estimator, so unperturbed weights give exactly 1.
+
+        Parameters
+        ----------
+        weights : ndarray of float64, shape (B, n_deals)
+            Deal weights of each draw.
+        threads : int, optional
+        adjust_pooled : callable, optional
+            Called as ``adjust_pooled(m, f)`` with the pooled ratios of every stage,
+            destination multipliers ``m`` ``(B, K, C)`` and time factors ``f`` ``(B, K)``,
+            before they are mixed; may change them in place (a stage whose curves were
+            borrowed takes its source's ratios, :func:`forecast.fit.borrowing.borrowed_draw`).
+
+        Returns
+        -------
+        destination_multiplier : ndarray, shape (B, G, K, C)
+        time_factor : ndarray, shape (B, G, K)
+        """
+        n_open, n_seg = self.n_open, self.n_segments
+        shares_b, med_b = self.summaries(weights, threads=threads)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = np.where(self.eventual > 0, shares_b / self.eventual, 1.0)  # (B, S, C)
+            tf = med_b / self.point_median
+        ok = np.isfinite(med_b) & np.isfinite(self.point_median) & (self.point_median > 0)
+        tf = np.where(ok, tf, 1.0)  # (B, S)
+        n_draws, split = weights.shape[0], n_open * n_seg
+        m_seg = m[:, :split].reshape(n_draws, n_open, n_seg, -1).transpose(0, 2, 1, 3)
+        tf_seg = tf[:, :split].reshape(n_draws, n_open, n_seg).transpose(0, 2, 1)
+        if adjust_pooled is not None:
+            m_flat, tf_flat = np.array(m[:, split:]), np.array(tf[:, split:])
+            adjust_pooled(m_flat, tf_flat)
+            m[:, split:], tf[:, split:] = m_flat, tf_flat
+        m_pool = m[:, split:][:, None, :, :]  # (B, 1, K, C)
+        tf_pool = tf[:, split:][:, None, :]
+        z, own = self.credibility, self.own
+        m_own = np.where(own[None, :, :, None], m_seg, m_pool)
+        tf_own = np.where(own[None], tf_seg, tf_pool)
+        dest = z[None, :, :, None] * m_own + (1 - z)[None, :, :, None] * m_pool
+        time = z[None] * tf_own + (1 - z)[None] * tf_pool
+        return dest, time

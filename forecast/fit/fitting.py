@@ -23,11 +23,15 @@ from forecast.data.deal_level import closed_deals_left_out, deal_level_view
 from forecast.data.deal_log import DealLog
 from forecast.errors import ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
-from forecast.fit.arrivals import ArrivalModel, fit_arrivals
-from forecast.fit.bootstrap import bootstrap_weights
+from forecast.fit.arrivals import ArrivalLayout, ArrivalModel, fit_arrivals
+from forecast.fit.bootstrap import bootstrap_weight_block, bootstrap_weights
 from forecast.fit.borrowing import borrowed_draw
-from forecast.fit.calendar_effects import QuarterEndEffect, fit_quarter_end_effect
-from forecast.fit.competing_risks import CensoredSpells, ExitCurves
+from forecast.fit.calendar_effects import (
+    QuarterEndEffect,
+    QuarterEndLayout,
+    fit_quarter_end_effect,
+)
+from forecast.fit.competing_risks import ExitCurves
 from forecast.fit.covariates import (
     DEFAULT_COVARIATES,
     CoefficientFit,
@@ -43,12 +47,13 @@ from forecast.fit.covariates import (
 )
 from forecast.fit.data import FitData
 from forecast.fit.diagnostics import Diagnostic, tail_diagnostics
-from forecast.fit.exits import ExitFit, fit_exits, shrink_toward, weighted_fit_summary
+from forecast.fit.exits import ExitDrawLayout, ExitFit, fit_exits, shrink_toward
 from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import ParameterDraws, PipelineModel
-from forecast.fit.shocks import ShockModel, fit_shocks
+from forecast.fit.shocks import ShockLayout, ShockModel, fit_shocks
 
 __all__ = [
+    "DRAW_BLOCK",
     "FitOptions",
     "PointFit",
     "covariate_draws",
@@ -352,12 +357,23 @@ def fit(
     )
 
 
+#: Parameter draws whose deal weights are held in memory at once (a block of draws is
+#: estimated in one pass over the data; the block bounds the memory to
+#: ``DRAW_BLOCK × n_deals`` weights).
+DRAW_BLOCK = 16
+
+
 def parameter_draws(
-    data: FitData, point: PointFit, options: FitOptions, n_draws: int, seed: int
+    data: FitData,
+    point: PointFit,
+    options: FitOptions,
+    n_draws: int,
+    seed: int,
+    threads: int | None = None,
 ) -> ParameterDraws:
     """Bayesian bootstrap over deals: refit on Dirichlet-weighted deals, keep the ratios to the point fit.
 
-    Draw ``b`` is ``data.with_weights(bootstrap_weights(data, seed, b))``. Per
+    Draw ``b`` weights the deals by ``bootstrap_weights(data, seed, b)``. Per
     (segment, stage) it keeps the ratio of the draw's eventual destination shares
     and median sojourn to the point fit's (mixed like the curves, by the
     credibility of the segment; a stage whose curves were borrowed takes its
@@ -365,6 +381,15 @@ def parameter_draws(
     :func:`forecast.fit.borrowing.borrowed_draw`), per segment the ratio of the
     expected arrivals over the next four quarters, and the refitted pull-in and shock sigma
     (``docs/model.md``, "Parameter uncertainty").
+
+    Nothing is validated, cut, labelled or sorted per draw: each estimator lays its
+    data out once (:class:`~forecast.fit.exits.ExitDrawLayout`,
+    :class:`~forecast.fit.arrivals.ArrivalLayout`,
+    :class:`~forecast.fit.calendar_effects.QuarterEndLayout`,
+    :class:`~forecast.fit.shocks.ShockLayout`) and then estimates a block of
+    :data:`DRAW_BLOCK` draws at once from their weights (compiled sweeps over the
+    sorted spells, split over threads). Each draw's numbers equal those of refitting
+    the components on ``data.with_weights(...)`` up to rounding.
 
     Parameters
     ----------
@@ -376,79 +401,50 @@ def parameter_draws(
     n_draws : int
         ``B`` ≥ 1.
     seed : int
+    threads : int, optional
+        Threads for the compiled sweeps (default: Numba's thread count).
 
     Returns
     -------
     ParameterDraws
     """
     segments = data.segments
-    n_open, n_codes = int(data.n_open or 0), int(data.n_codes or 0)
     t, calendar = data.as_of, data.calendar
-    exits = point.exits
     G = len(segments)
+    window_days = options.quarter_end_window_days
+    exits = ExitDrawLayout.from_fit(data, point.exits)
+    arrivals = ArrivalLayout.from_data(data, lookback_quarters=options.arrivals_lookback_quarters)
+    quarter_end = QuarterEndLayout.from_data(data, window_days=window_days)
+    shocks = ShockLayout.from_data(data)
+    qb = calendar.quarters(t, 1)[0]
+    window = (qb.start, calendar.shift(qb, 4).end)
+    base_counts = point.arrivals.expected_counts([window], t)[:, 0]
+    base = dict(zip(point.arrivals.segments, base_counts, strict=True))
+    n_open, n_codes = int(data.n_open or 0), int(data.n_codes or 0)
     time_factor = np.ones((n_draws, G, n_open))
     dest_mult = np.ones((n_draws, G, n_open, n_codes))
     arrival_mult = np.ones((n_draws, G))
-    pull_in = np.full(n_draws, float(point.quarter_end.pi))
-    sigma = np.full(n_draws, float(point.shocks.sigma))
+    pull_in = np.empty(n_draws)
+    sigma = np.empty(n_draws)
+    for lo in range(0, n_draws, DRAW_BLOCK):
+        hi = min(n_draws, lo + DRAW_BLOCK)
+        weights = bootstrap_weight_block(data, seed, range(lo, hi), threads=threads)
 
-    point_medians: dict[int, float] = {}
+        def borrow(m_pool: np.ndarray, tf_pool: np.ndarray, lo: int = lo) -> None:
+            # a stage whose curves were borrowed: its source's ratios, widened
+            for i in range(m_pool.shape[0]):
+                for k, info in point.exits.borrowed.items():
+                    source = (m_pool[i, info.source], tf_pool[i, info.source])
+                    draw = borrowed_draw(source, info, n_open, n_codes, seed, lo + i)
+                    m_pool[i, k], tf_pool[i, k] = draw
 
-    def ratios(c_point: ExitCurves, cs: CensoredSpells) -> tuple[np.ndarray, float]:
-        # Both medians come from the same step-function estimator, so that an
-        # unperturbed draw gives exactly 1.
-        shares_pt = c_point.eventual_shares()
-        shares_b, med_b = weighted_fit_summary(cs, c_point.tail_shares)
-        if id(c_point) not in point_medians:
-            point_medians[id(c_point)] = weighted_fit_summary(
-                cs.with_weights(np.ones(cs.n)), c_point.tail_shares
-            )[1]
-        med_pt = point_medians[id(c_point)]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            m = np.where(shares_pt > 0, shares_b / shares_pt, 1.0)
-        tf = med_b / med_pt if np.isfinite(med_b) and np.isfinite(med_pt) and med_pt > 0 else 1.0
-        return m, float(tf)
-
-    qb = calendar.quarters(t, 1)[0]
-    window = (qb.start, calendar.shift(qb, 4).end)
-    base_counts = point.arrivals.expected_counts([window], t)
-    for b in range(n_draws):
-        data_b = data.with_weights(bootstrap_weights(data, seed, b))
-        pool = {
-            k: ratios(exits.pooled[k], data_b.stratum_spells(k))
-            for k in range(n_open)
-            if k not in exits.borrowed
-        }
-        for k, info in exits.borrowed.items():
-            pool[k] = borrowed_draw(pool[info.source], info, n_open, n_codes, seed, b)
-        for k in range(n_open):
-            m_pool, tf_pool = pool[k]
-            for gi, g in enumerate(segments):
-                z = exits.credibility[(g, k)]
-                sg = data_b.stratum_spells(k, gi)
-                if sg.n and z > 0:
-                    m_g, tf_g = ratios(exits.raw[(g, k)], sg)
-                else:
-                    m_g, tf_g = m_pool, tf_pool
-                dest_mult[b, gi, k] = z * m_g + (1 - z) * m_pool
-                time_factor[b, gi, k] = z * tf_g + (1 - z) * tf_pool
-        arr_b = fit_arrivals(data_b, lookback_quarters=options.arrivals_lookback_quarters)
-        counts_b = arr_b.expected_counts([window], t)
-        arrival_mult[b] = _segment_ratio(counts_b, base_counts, arr_b, point.arrivals, segments)
-        pull_in[b] = fit_quarter_end_effect(data_b, window_days=options.quarter_end_window_days).pi
-        sigma[b] = fit_shocks(data_b).sigma
+        dest_mult[lo:hi], time_factor[lo:hi] = exits.ratios(
+            weights, threads=threads, adjust_pooled=borrow
+        )
+        counts = arrivals.expected_in_window(weights, window)  # (block, G_arr)
+        for i, g in enumerate(arrivals.segments):
+            if g in segments and base.get(g, 0.0) > 0:
+                arrival_mult[lo:hi, segments.index(g)] = counts[:, i] / base[g]
+        pull_in[lo:hi] = quarter_end.pull_in(weights)
+        sigma[lo:hi] = shocks.sigmas(weights, threads=threads)
     return ParameterDraws(time_factor, dest_mult, arrival_mult, pull_in, sigma, seed)
-
-
-def _segment_ratio(
-    counts_b: Any, base: Any, arr_b: Any, arr: Any, segments: tuple[str, ...]
-) -> np.ndarray:
-    cb = np.asarray(counts_b, dtype=float).reshape(len(arr_b.segments), -1).sum(axis=1)
-    c0 = np.asarray(base, dtype=float).reshape(len(arr.segments), -1).sum(axis=1)
-    ib = {s: i for i, s in enumerate(arr_b.segments)}
-    i0 = {s: i for i, s in enumerate(arr.segments)}
-    out = np.ones(len(segments))
-    for gi, g in enumerate(segments):
-        if g in ib and g in i0 and c0[i0[g]] > 0:
-            out[gi] = cb[ib[g]] / c0[i0[g]]
-    return out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
+import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,61 @@ _EMPTY_COVARIATES = CovariateModel(
     new_deal_x={},
     new_deal_amount={},
 )
+
+
+def _hash_value(h: Any, x: Any) -> None:
+    """Feed ``x`` to the hash ``h``, canonically: what a JSON round trip keeps is what counts.
+
+    Sequences (list, tuple) alike, numbers by value (Python or NumPy; floats as
+    IEEE-754 doubles, NaN and infinities included), mappings by sorted keys,
+    dataclasses by their public fields, arrays by shape and bytes (float64 or int64),
+    polars frames by column.
+    """
+    if x is None:
+        h.update(b"N")
+    elif isinstance(x, (bool, np.bool_)):
+        h.update(b"T" if x else b"F")
+    elif isinstance(x, (int, np.integer)):
+        h.update(b"i%d;" % int(x))
+    elif isinstance(x, (float, np.floating)):
+        h.update(b"f" + struct.pack("<d", float(x)))
+    elif isinstance(x, str):
+        data = x.encode()
+        h.update(b"s%d:" % len(data) + data)
+    elif isinstance(x, np.ndarray):
+        if x.dtype.kind in "iub":
+            arr = np.ascontiguousarray(x, dtype=np.int64)
+        elif x.dtype.kind == "f":
+            arr = np.ascontiguousarray(x, dtype=np.float64)
+        else:
+            _hash_value(h, x.tolist())
+            return
+        h.update(b"a" + arr.dtype.char.encode() + repr(arr.shape).encode())
+        h.update(arr.tobytes())
+    elif isinstance(x, (list, tuple)):
+        h.update(b"l%d[" % len(x))
+        for v in x:
+            _hash_value(h, v)
+        h.update(b"]")
+    elif isinstance(x, dict):
+        h.update(b"d%d{" % len(x))
+        for k in sorted(x, key=str):
+            _hash_value(h, str(k))
+            _hash_value(h, x[k])
+        h.update(b"}")
+    elif isinstance(x, pl.DataFrame):
+        _hash_value(h, x.to_dict(as_series=False))
+    elif isinstance(x, (dt.datetime, dt.date)):
+        _hash_value(h, x.isoformat())
+    elif dataclasses.is_dataclass(x):
+        h.update(type(x).__name__.encode() + b"(")
+        for f in dataclasses.fields(x):
+            if not f.name.startswith("_"):
+                _hash_value(h, f.name)
+                _hash_value(h, getattr(x, f.name))
+        h.update(b")")
+    else:
+        raise TypeError(f"cannot fingerprint a {type(x).__name__}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,6 +250,15 @@ class PipelineModel:
     diagnostics: tuple[Diagnostic, ...] = ()
     covariates: CovariateModel | None = None
     borrowed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Derived arrays computed once per model (it is immutable), e.g. the exit
+    #: densities of the simulation (:func:`forecast.simulate.exit_densities`).
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the cache (it is rebuilt on demand)."""
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
 
     # -- the log as the model reads it ----------------------------------------------------
     def view(self, log: DealLog) -> DealLog:
@@ -454,8 +520,17 @@ class PipelineModel:
     # -- serialisation ----------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
-        """Hash of the serialised model (hex, 16 characters)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """Hash of the model's content (hex, 16 characters), computed once.
+
+        A SHA-256 over every attribute, arrays by their bytes (no serialisation): two
+        models with the same fitted values have the same fingerprint, and a model read
+        back from its JSON has the fingerprint of the one that was written.
+        """
+        if "fingerprint" not in self._cache:
+            h = hashlib.sha256(b"forecast.PipelineModel")
+            _hash_value(h, self)
+            self._cache["fingerprint"] = h.hexdigest()[:16]
+        return self._cache["fingerprint"]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe description (never pickle)."""

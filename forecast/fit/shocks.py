@@ -47,13 +47,15 @@ import numpy as np
 import polars as pl
 from scipy.optimize import brentq, minimize_scalar
 
+from forecast._kernels import quarter_logistic_shifts
+from forecast._kernels.estimators import exit_cell_sums
 from forecast._validation import check_bool, check_int, float_or_none, to_datetime64
 from forecast.errors import ParameterError
 from forecast.fit.calendar_effects import month_index_to_datetime, quarter_start_month_index
-from forecast.fit.data import WEIGHT_COLUMN, FitData
+from forecast.fit.data import FitData
 from forecast.segments import SEGMENT_COLUMN
 
-__all__ = ["ShockModel", "fit_shocks", "reml_shock_variance"]
+__all__ = ["ShockLayout", "ShockModel", "fit_shocks", "reml_shock_variance"]
 
 _DAYS_PER_YEAR = 365.25
 #: Half the 95% quantile of χ² with 1 degree of freedom (profile-likelihood interval).
@@ -64,11 +66,12 @@ def _expit(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _baseline_offsets(
-    term: pl.DataFrame, won: np.ndarray, w: np.ndarray, n_bins: int
+def _baseline_strata(
+    term: pl.DataFrame, n_bins: int, segment: np.ndarray | None = None
 ) -> np.ndarray:
-    """Baseline log-odds of each terminal spell: pooled won share of its stratum
-    (stage × segment × duration quantile bin), with a ½ pseudo-count each way."""
+    """Baseline stratum of each terminal spell: stage × segment × duration quantile bin
+    (bins from the unweighted durations of each stage), numbered in that order.
+    ``segment``: the rows' segment indices in sorted-label order, if known."""
     stage = term["stage_code"].to_numpy().astype(np.int64)
     dur = term["duration_days"].to_numpy().astype(np.float64)
     bins = np.zeros(stage.size, dtype=np.int64)
@@ -76,32 +79,12 @@ def _baseline_offsets(
         sel = stage == k
         edges = np.unique(np.quantile(dur[sel], np.linspace(0, 1, n_bins + 1)[1:-1]))
         bins[sel] = np.searchsorted(edges, dur[sel], side="right")
-    _, seg = np.unique(term[SEGMENT_COLUMN].to_numpy(), return_inverse=True)
-    _, stratum = np.unique(np.column_stack([stage, seg, bins]), axis=0, return_inverse=True)
-    stratum = stratum.ravel()
-    n_w = np.bincount(stratum, weights=w * won)
-    n_all = np.bincount(stratum, weights=w)
-    p = (n_w + 0.5) / (n_all + 1.0)
-    return np.log(p / (1.0 - p))[stratum]
-
-
-def _quarter_shift(won: np.ndarray, w: np.ndarray, offset: np.ndarray) -> tuple[float, float]:
-    """Log-odds shift ``y_q`` of one quarter and its sampling variance (module docstring)."""
-    o_bar = float((w * offset).sum() / w.sum()) if w.sum() > 0 else 0.0
-    target = float((w * won).sum()) + 0.5
-
-    def score(z: float) -> float:
-        return target - float((w * _expit(offset + z)).sum()) - float(_expit(np.array(o_bar + z)))
-
-    lo, hi = -1.0, 1.0
-    while score(lo) < 0:
-        lo *= 2.0
-    while score(hi) > 0:
-        hi *= 2.0
-    z = float(brentq(score, lo, hi, xtol=1e-12))
-    p = _expit(offset + z)
-    p_bar = float(_expit(np.array(o_bar + z)))
-    return z, 1.0 / (float((w * p * (1.0 - p)).sum()) + p_bar * (1.0 - p_bar))
+    if segment is None:
+        _, segment = np.unique(term[SEGMENT_COLUMN].to_numpy(), return_inverse=True)
+    seg = np.asarray(segment).ravel().astype(np.int64)
+    key = (stage * (int(seg.max(initial=0)) + 1) + seg) * n_bins + bins
+    _, stratum = np.unique(key, return_inverse=True)
+    return stratum.ravel().astype(np.int64)
 
 
 def _reml_loglik(tau2: float, y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
@@ -111,6 +94,46 @@ def _reml_loglik(tau2: float, y: np.ndarray, v: np.ndarray, X: np.ndarray) -> fl
     r = y - X @ b
     _, logdet = np.linalg.slogdet(xtwx)
     return -0.5 * float(np.sum(np.log(v + tau2)) + logdet + np.sum(w * r * r))
+
+
+def _reml_nll_grid(s: np.ndarray, y: np.ndarray, v: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Minus the restricted log-likelihood at each ``sigma`` of ``s``, shape ``s.shape``."""
+    w = 1.0 / (v[None, :] + (s * s)[:, None])  # (m, n)
+    xtwx = np.einsum("mn,ni,nj->mij", w, X, X)
+    xtwy = np.einsum("mn,ni,n->mi", w, X, y)
+    b = np.linalg.solve(xtwx, xtwy[:, :, None])[:, :, 0]
+    r = y[None, :] - b @ X.T
+    _, logdet = np.linalg.slogdet(xtwx)
+    return 0.5 * (
+        np.log(v[None, :] + (s * s)[:, None]).sum(axis=1) + logdet + (w * r * r).sum(axis=1)
+    )
+
+
+def _reml_sigma(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> tuple[float, float]:
+    """REML ``sigma`` (≥ 0) and the minimised ``-loglik``: a grid of 201 values, then a
+    bounded scalar search around the best one."""
+    spread = float(np.var(y)) if y.size > 1 else 0.0
+    s_max = math.sqrt(max(4.0 * spread, 1e-6)) + 1.0
+
+    def nll(s: float) -> float:
+        return -_reml_loglik(s * s, y, v, X)
+
+    grid = np.linspace(0.0, s_max, 201)
+    vals = _reml_nll_grid(grid, y, v, X)
+    i = int(np.argmin(vals))
+    if i == 0:
+        s_hat, best = 0.0, nll(0.0)
+        # the optimum may still be interior but below the first grid step
+        res = minimize_scalar(nll, bounds=(0.0, grid[1]), method="bounded", options={"xatol": 1e-9})
+        if res.fun < best:
+            s_hat, best = float(res.x), float(res.fun)
+        return s_hat, best
+    lo, hi = grid[i - 1], grid[min(i + 1, grid.size - 1)]
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-9})
+    at_grid = nll(float(grid[i]))
+    if res.fun <= at_grid:
+        return float(res.x), float(res.fun)
+    return float(grid[i]), at_grid
 
 
 def reml_shock_variance(
@@ -135,33 +158,11 @@ def reml_shock_variance(
         Maximised restricted log-likelihood.
     """
     y, v = np.asarray(y, dtype=np.float64), np.asarray(v, dtype=np.float64)
-    spread = float(np.var(y)) if y.size > 1 else 0.0
-    s_max = math.sqrt(max(4.0 * spread, 1e-6)) + 1.0
-
-    def nll(s: float) -> float:
-        return -_reml_loglik(s * s, y, v, X)
-
-    grid = np.linspace(0.0, s_max, 201)
-    vals = np.array([nll(s) for s in grid])
-    i = int(np.argmin(vals))
-    if i == 0:
-        s_hat, best = 0.0, float(vals[0])
-        # the optimum may still be interior but below the first grid step
-        res = minimize_scalar(nll, bounds=(0.0, grid[1]), method="bounded", options={"xatol": 1e-9})
-        if res.fun < best:
-            s_hat, best = float(res.x), float(res.fun)
-    else:
-        lo, hi = grid[i - 1], grid[min(i + 1, grid.size - 1)]
-        res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-9})
-        s_hat, best = (
-            (float(res.x), float(res.fun))
-            if res.fun <= vals[i]
-            else (float(grid[i]), float(vals[i]))
-        )
+    s_hat, best = _reml_sigma(y, v, X)
     target = best + _HALF_CHI2_95
 
     def gap(s: float) -> float:
-        return nll(s) - target
+        return -_reml_loglik(s * s, y, v, X) - target
 
     ci_low = 0.0 if gap(0.0) <= 0 else float(brentq(gap, 0.0, s_hat)) if s_hat > 0 else 0.0
     hi = max(s_hat, 1e-3) * 2.0
@@ -316,87 +317,20 @@ def fit_shocks(
     -------
     ShockModel
     """
-    caller = "fit_shocks"
-    t, calendar = data.as_of, data.calendar
-    min_closed = check_int(min_closed_per_quarter, "min_closed_per_quarter", caller, minimum=1)
-    min_q = check_int(min_quarters, "min_quarters", caller, minimum=2)
-    min_q_trend = check_int(min_quarters_trend, "min_quarters_trend", caller, minimum=3)
-    detrend = check_bool(detrend, "detrend", caller)
-    if baseline not in ("stratified", "none"):
-        raise ParameterError(
-            f"The `baseline` parameter of `{caller}` must be 'stratified' or 'none'. Got {baseline!r}."
-        )
-    n_bins = check_int(n_duration_bins, "n_duration_bins", caller, minimum=1)
-    needed = ["stage_code", "destination_code", "exited_at", "censored"]
-    if baseline == "stratified":
-        needed.append("duration_days")
-    sp = data.frame("spells", caller, needed)
-    if data.n_open is None:
-        if sp.height == 0:
-            k_open = 0
-        else:
-            k_open = int(sp["stage_code"].max()) + 1  # type: ignore[arg-type]
-    else:
-        k_open = data.n_open
-    if data.history_start is not None:
-        start: dt.datetime | None = data.history_start
-    elif "entered_at" in sp.columns and sp.height:
-        start = sp["entered_at"].min()  # type: ignore[assignment]
-    else:
-        start = None
-
-    term = sp.filter(
-        ~pl.col("censored")
-        & pl.col("exited_at").is_not_null()
-        & (pl.col("exited_at") <= t)
-        & (pl.col("destination_code") >= k_open)
+    layout = ShockLayout.from_data(
+        data,
+        baseline=baseline,
+        n_duration_bins=n_duration_bins,
+        detrend=detrend,
+        min_closed_per_quarter=min_closed_per_quarter,
+        min_quarters=min_quarters,
+        min_quarters_trend=min_quarters_trend,
     )
-    times = to_datetime64(term["exited_at"])
-    qm = quarter_start_month_index(times, calendar)
-    q_end = month_index_to_datetime(qm + 3)
-    keep = q_end <= np.datetime64(t, "us")
-    if start is not None:
-        keep &= month_index_to_datetime(qm) >= np.datetime64(start, "us")
-    term = term.filter(pl.Series(keep))
-    won = (term["destination_code"].to_numpy() == k_open).astype(np.float64)
-    w = term[WEIGHT_COLUMN].to_numpy().astype(np.float64)
-    qm = qm[keep]
-    offset = (
-        _baseline_offsets(term, won, w, n_bins) if baseline == "stratified" else np.zeros(won.size)
-    )
-    table = (
-        pl.DataFrame({"qm": qm})
-        .with_row_index("i")
-        .group_by("qm")
-        .agg(pl.len().alias("n_raw"), pl.col("i"))
-        .filter(pl.col("n_raw") >= min_closed)
-        .sort("qm")
-    )
-    n = table.height
-    if n < min_q:
-        return ShockModel(
-            0.0, 0.0, math.inf, math.inf, 0.0, False, 0.0, n,
-            note=(
-                f"only {n} complete fiscal quarters with ≥ {min_closed} closed spells "
-                f"(need {min_q}); shock sigma not estimable, set to 0"
-            ),
-        )  # fmt: skip
-    y, v = np.empty(n), np.empty(n)
-    wq, nq = np.empty(n), np.empty(n)
-    for r, idx in enumerate(table["i"].to_list()):
-        idx = np.asarray(idx, dtype=np.int64)
-        y[r], v[r] = _quarter_shift(won[idx], w[idx], offset[idx])
-        wq[r], nq[r] = float((w[idx] * won[idx]).sum()), float(w[idx].sum())
+    if layout.fallback is not None:
+        return layout.fallback
+    y, v, wq, nq = (a[0] for a in layout.shifts(data.weights[None, :]))
+    X, n = layout.design, layout.n_quarters
     lq = nq - wq
-    starts = month_index_to_datetime(table["qm"].to_numpy())
-    mids = starts + (month_index_to_datetime(table["qm"].to_numpy() + 3) - starts) / 2
-    t_years = (mids - np.datetime64(t, "us")).astype(np.float64) / (86_400e6 * _DAYS_PER_YEAR)
-    note = ""
-    use_trend = bool(detrend) and n >= min_q_trend
-    if detrend and not use_trend:
-        note = f"trend not removed ({n} quarters < {min_q_trend})"
-    X = np.column_stack([np.ones(n), t_years]) if use_trend else np.ones((n, 1))
-
     sigma, ci_low, ci_high, _ = reml_shock_variance(y, v, X)
     # method of moments on OLS residuals (unbiased residual variance)
     b_ols, *_ = np.linalg.lstsq(X, y, rcond=None)
@@ -406,10 +340,9 @@ def fit_shocks(
     wts = 1.0 / (v + sigma * sigma)
     b = np.linalg.solve(X.T @ (wts[:, None] * X), X.T @ (wts * y))
     resid = y - X @ b
-    labels = [calendar.quarter_of(s.astype(dt.datetime)).label for s in starts]
     rows = tuple(
         {
-            "quarter": labels[i],
+            "quarter": layout.labels[i],
             "n_closed": float(wq[i] + lq[i]),
             "n_won": float(wq[i]),
             "won_share": float(wq[i] / (wq[i] + lq[i])) if wq[i] + lq[i] > 0 else 0.0,
@@ -419,6 +352,7 @@ def fit_shocks(
         }
         for i in range(n)
     )
+    use_trend = X.shape[1] > 1
     return ShockModel(
         sigma=float(sigma),
         ci_low=float(ci_low),
@@ -429,5 +363,218 @@ def fit_shocks(
         trend_per_year=float(b[1]) if use_trend else 0.0,
         n_quarters=n,
         quarters=rows,
-        note=note,
+        note=layout.note,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class ShockLayout:
+    """The terminal exits of complete quarters, laid out once for any deal weights.
+
+    Built by :meth:`from_data` (the checks, the quarter and baseline-stratum
+    assignment of :func:`fit_shocks`, none of which depends on the weights). The
+    exits of one quarter in one baseline stratum form a *cell*; :meth:`shifts` gives
+    each quarter's log-odds shift of a block of weight vectors from the cells'
+    weights, and :meth:`sigmas` the REML shock sigma of each.
+
+    Attributes
+    ----------
+    deal : ndarray of int64, shape (n,)
+        Deal index of each terminal exit of a complete quarter after the history start.
+    won : ndarray of float64, shape (n,)
+        1 for a win.
+    stratum : ndarray of int64, shape (n,)
+        Baseline stratum (stage × segment × duration bin; all 0 without a baseline).
+    n_strata : int
+    stratified : bool
+        Whether the baseline log-odds are estimated (else 0).
+    cell : ndarray of int64, shape (n,)
+        Cell of each exit, ``-1`` in a quarter with too few exits.
+    cell_stratum : ndarray of int64, shape (n_cells,)
+    cell_offsets : ndarray of int64, shape (Q + 1,)
+        Cells of quarter ``q``: ``cell_offsets[q] .. cell_offsets[q + 1] - 1``.
+    design : ndarray of float64, shape (Q, p)
+        Fixed effects of the quarters (intercept, and the trend when fitted).
+    labels : tuple of str
+        Quarter labels.
+    note : str
+    fallback : ShockModel or None
+        The model when too few quarters qualify (``sigma`` 0 whatever the weights).
+    """
+
+    deal: np.ndarray
+    won: np.ndarray
+    stratum: np.ndarray
+    n_strata: int
+    stratified: bool
+    cell: np.ndarray
+    cell_stratum: np.ndarray
+    cell_offsets: np.ndarray
+    design: np.ndarray
+    labels: tuple[str, ...]
+    note: str
+    fallback: ShockModel | None
+
+    @property
+    def n_quarters(self) -> int:
+        """Quarters used, ``Q``."""
+        return int(self.cell_offsets.size - 1)
+
+    @classmethod
+    def from_data(
+        cls,
+        data: FitData,
+        *,
+        baseline: Literal["stratified", "none"] = "stratified",
+        n_duration_bins: int = 10,
+        detrend: bool = True,
+        min_closed_per_quarter: int = 10,
+        min_quarters: int = 3,
+        min_quarters_trend: int = 6,
+    ) -> ShockLayout:
+        """Check the arguments and lay out the exits of ``data`` (see :func:`fit_shocks`)."""
+        caller = "fit_shocks"
+        t, calendar = data.as_of, data.calendar
+        min_closed = check_int(min_closed_per_quarter, "min_closed_per_quarter", caller, minimum=1)
+        min_q = check_int(min_quarters, "min_quarters", caller, minimum=2)
+        min_q_trend = check_int(min_quarters_trend, "min_quarters_trend", caller, minimum=3)
+        detrend = check_bool(detrend, "detrend", caller)
+        if baseline not in ("stratified", "none"):
+            raise ParameterError(
+                f"The `baseline` parameter of `{caller}` must be 'stratified' or 'none'. "
+                f"Got {baseline!r}."
+            )
+        n_bins = check_int(n_duration_bins, "n_duration_bins", caller, minimum=1)
+        needed = ["stage_code", "destination_code", "exited_at", "censored"]
+        if baseline == "stratified":
+            needed.append("duration_days")
+        sp = data.frame("spells", caller, needed)
+        if data.n_open is None:
+            if sp.height == 0:
+                k_open = 0
+            else:
+                k_open = int(sp["stage_code"].max()) + 1  # type: ignore[arg-type]
+        else:
+            k_open = data.n_open
+        if data.history_start is not None:
+            start: dt.datetime | None = data.history_start
+        elif "entered_at" in sp.columns and sp.height:
+            start = sp["entered_at"].min()  # type: ignore[assignment]
+        else:
+            start = None
+
+        term = sp.with_row_index("_row").filter(
+            ~pl.col("censored")
+            & pl.col("exited_at").is_not_null()
+            & (pl.col("exited_at") <= t)
+            & (pl.col("destination_code") >= k_open)
+        )
+        times = to_datetime64(term["exited_at"])
+        qm = quarter_start_month_index(times, calendar)
+        q_end = month_index_to_datetime(qm + 3)
+        keep = q_end <= np.datetime64(t, "us")
+        if start is not None:
+            keep &= month_index_to_datetime(qm) >= np.datetime64(start, "us")
+        term = term.filter(pl.Series(keep))
+        won = (term["destination_code"].to_numpy() == k_open).astype(np.float64)
+        deal = data.deal_index("spells")[term["_row"].to_numpy()]
+        qm = qm[keep]
+        stratified = baseline == "stratified"
+        if stratified and term.height:
+            rows = term["_row"].to_numpy()
+            known = data.spell_arrays
+            stratum = _baseline_strata(term, n_bins, None if known is None else known.segment[rows])
+        else:
+            stratum = np.zeros(term.height, dtype=np.int64)
+        n_strata = int(stratum.max(initial=-1)) + 1
+        months, quarter, n_raw = np.unique(qm, return_inverse=True, return_counts=True)
+        quarter = quarter.ravel()
+        used = n_raw >= min_closed
+        n = int(used.sum())
+        if n < min_q:
+            fallback = ShockModel(
+                0.0, 0.0, math.inf, math.inf, 0.0, False, 0.0, n,
+                note=(
+                    f"only {n} complete fiscal quarters with ≥ {min_closed} closed spells "
+                    f"(need {min_q}); shock sigma not estimable, set to 0"
+                ),
+            )  # fmt: skip
+        else:
+            fallback = None
+        # quarters in time order, renumbered over the used ones; cells sorted by (quarter, stratum)
+        renumber = np.cumsum(used) - 1
+        q_used = np.where(used[quarter], renumber[quarter], -1)
+        inside = q_used >= 0
+        key = q_used * max(n_strata, 1) + stratum
+        cell_keys, cell_inside = np.unique(key[inside], return_inverse=True)
+        cell = np.full(term.height, -1, dtype=np.int64)
+        cell[inside] = cell_inside.ravel()
+        cell_quarter = cell_keys // max(n_strata, 1)
+        cell_offsets = np.searchsorted(cell_quarter, np.arange(n + 1)).astype(np.int64)
+        month_used = months[used]
+        starts = month_index_to_datetime(month_used)
+        mids = starts + (month_index_to_datetime(month_used + 3) - starts) / 2
+        t_years = (mids - np.datetime64(t, "us")).astype(np.float64) / (86_400e6 * _DAYS_PER_YEAR)
+        note = ""
+        use_trend = bool(detrend) and n >= min_q_trend
+        if detrend and not use_trend:
+            note = f"trend not removed ({n} quarters < {min_q_trend})"
+        design = np.column_stack([np.ones(n), t_years]) if use_trend else np.ones((n, 1))
+        labels = tuple(calendar.quarter_of(s.astype(dt.datetime)).label for s in starts)
+        return cls(
+            deal=np.ascontiguousarray(deal, dtype=np.int64),
+            won=won,
+            stratum=np.ascontiguousarray(stratum, dtype=np.int64),
+            n_strata=n_strata,
+            stratified=stratified,
+            cell=cell,
+            cell_stratum=np.ascontiguousarray(cell_keys % max(n_strata, 1), dtype=np.int64),
+            cell_offsets=cell_offsets,
+            design=design,
+            labels=labels,
+            note=note,
+            fallback=fallback,
+        )
+
+    def shifts(
+        self, weights: np.ndarray, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per weight vector and quarter: the log-odds shift ``y_q``, its sampling variance
+        ``v_q``, the won weight and the closed weight; each of shape (B, Q).
+
+        Parameters
+        ----------
+        weights : ndarray of float64, shape (B, n_deals)
+        threads : int, optional
+        """
+        n_draws, n_cells = weights.shape[0], self.cell_stratum.size
+        n_strata = max(self.n_strata, 1)
+        stratum_sums = np.empty((2, n_draws, n_strata))
+        cell_sums = np.empty((2, n_draws, n_cells))
+        weights_t = np.ascontiguousarray(weights.T)
+        exit_cell_sums(
+            weights_t, self.deal, self.won, self.stratum, self.cell, stratum_sums, cell_sums
+        )
+        offsets = np.zeros((n_draws, n_strata))
+        if self.stratified:
+            p = (stratum_sums[0] + 0.5) / (stratum_sums[1] + 1.0)
+            offsets = np.log(p / (1.0 - p))
+        cell_won, cell_weight = cell_sums[0], cell_sums[1]
+        cell_offset = offsets[:, self.cell_stratum]
+        y, v = quarter_logistic_shifts(
+            cell_weight, cell_won, cell_offset, self.cell_offsets, threads=threads
+        )
+        starts = self.cell_offsets[:-1]
+        if n_cells:
+            won_q = np.add.reduceat(cell_won, starts, axis=1)
+            closed_q = np.add.reduceat(cell_weight, starts, axis=1)
+        else:
+            won_q = closed_q = np.zeros((n_draws, 0))
+        return y, v, won_q, closed_q
+
+    def sigmas(self, weights: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """The REML shock sigma of :func:`fit_shocks` for each weight vector, shape (B,)."""
+        if self.fallback is not None:
+            return np.full(weights.shape[0], float(self.fallback.sigma))
+        y, v, _, _ = self.shifts(weights, threads=threads)
+        return np.array([_reml_sigma(y[b], v[b], self.design)[0] for b in range(y.shape[0])])

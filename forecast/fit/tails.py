@@ -434,10 +434,22 @@ def _fit_weibull(t, d, w, u):
     return {"shape": c, "scale": scale}, -float(res.fun), code, message
 
 
+def _lognormal_data(
+    log_t: np.ndarray, d: np.ndarray, w: np.ndarray
+) -> tuple[tuple[float, float, float], np.ndarray, np.ndarray]:
+    """What :func:`_lognormal_mean_nll` reads: the exits' weighted moments of ``log t``
+    ``(S0, m, C2)``, and the censored spells' ``log t`` and weights."""
+    ev = d > 0
+    s0 = float(w[ev].sum())
+    m = float(np.dot(w[ev], log_t[ev])) / s0 if s0 > 0 else 0.0
+    exits = (s0, m, float(np.dot(w[ev], (log_t[ev] - m) ** 2)))
+    return exits, log_t[~ev], w[~ev]
+
+
 def _lognormal_mean_nll(
     theta: np.ndarray,
+    exits: tuple[float, float, float],
     log_t: np.ndarray,
-    d: np.ndarray,
     w: np.ndarray,
     log_u: float | None,
     wsum: float,
@@ -449,23 +461,36 @@ def _lognormal_mean_nll(
     standard normal ``λ(z) = φ(z) / Φ(−z)`` (``λ' = λ (λ − z)``), per exit
     ``∂/∂mu = z / σ``, ``∂/∂s = z² − 1`` (``s = log σ``), and per censored spell
     ``∂/∂mu = λ / σ``, ``∂/∂s = λ z``; second derivatives follow by the chain rule.
-    The constant ``Σ w d log t`` is left out of the value.
+    The constant ``Σ w d log t`` is left out of the value. The exits enter through
+    their weighted moments ``exits = (S0, m, C2)`` (``S0 = Σ w``, ``m`` the weighted
+    mean of ``log t``, ``C2 = Σ w (log t − m)²``, so ``Σ w z² = (C2 + S0 (m − mu)²) / σ²``),
+    and ``log_t``, ``w`` are the censored spells only: an evaluation costs O(censored
+    spells).
     """
     mu, log_sigma = float(theta[0]), float(theta[1])
     sigma = math.exp(log_sigma)
-    z = (log_t - mu) / sigma
-    log_sf = special.log_ndtr(-z)
-    with np.errstate(under="ignore"):  # far below the scale φ(z) / Φ(−z) is 0
-        lam = np.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_sf)  # φ(z) / Φ(−z), ≥ 0
-    we = w * d
-    wc = w - we
-    ll = float(np.dot(we, -0.5 * z * z - _LOG_SQRT_2PI - log_sigma) + np.dot(wc, log_sf))
-    g_mu = float(np.dot(we, z) + np.dot(wc, lam)) / sigma
-    g_s = float(np.dot(we, z * z - 1.0) + np.dot(wc, lam * z))
-    dl = lam * (lam - z)  # λ'(z)
-    h_mm = -float(np.sum(we) + np.dot(wc, dl)) / sigma**2
-    h_ms = -float(np.dot(we, 2.0 * z) + np.dot(wc, z * dl + lam)) / sigma
-    h_ss = -float(np.dot(we, 2.0 * z * z) + np.dot(wc, z * z * dl + z * lam))
+    # exits: closed forms in their weighted moments of log t
+    s0, m, c2 = exits
+    dm = m - mu
+    sq = (c2 + s0 * dm * dm) / sigma**2  # Σ w_exit z²
+    ll = -0.5 * sq - s0 * (_LOG_SQRT_2PI + log_sigma)
+    g_mu = s0 * dm / sigma**2
+    g_s = sq - s0
+    h_mm = -s0 / sigma**2
+    h_ms = -2.0 * s0 * dm / sigma**2
+    h_ss = -2.0 * sq
+    if log_t.size:  # censored spells
+        z = (log_t - mu) / sigma
+        log_sf = special.log_ndtr(-z)
+        with np.errstate(under="ignore"):  # far below the scale φ(z) / Φ(−z) is 0
+            lam = np.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_sf)  # φ(z) / Φ(−z), ≥ 0
+        dl = lam * (lam - z)  # λ'(z)
+        ll += float(np.dot(w, log_sf))
+        g_mu += float(np.dot(w, lam)) / sigma
+        g_s += float(np.dot(w, lam * z))
+        h_mm -= float(np.sum(w * dl)) / sigma**2
+        h_ms -= float(np.dot(w, z * dl + lam)) / sigma
+        h_ss -= float(np.dot(w, z * z * dl + z * lam))
     if log_u is not None:
         zu = (log_u - mu) / sigma
         lsu = float(special.log_ndtr(-zu))
@@ -569,8 +594,10 @@ def _fit_lognormal(t, d, w, u):
     lower = np.array([float(log_t.min()) - _MU_MARGIN, _LOG_SIGMA_BOUNDS[0]])
     upper = np.array([float(log_t.max()) + _MU_MARGIN, _LOG_SIGMA_BOUNDS[1]])
 
+    prepared = _lognormal_data(log_t, d, w)
+
     def fun(theta):
-        return _lognormal_mean_nll(theta, log_t, d, w, log_u, wsum)
+        return _lognormal_mean_nll(theta, *prepared, log_u, wsum)
 
     ev = d > 0
     # Start from the moments of the exits' log durations (censoring ignored); if that

@@ -1,0 +1,84 @@
+"""Simulation set-up: exit densities of every draw at once, cached per model; the model
+fingerprint from its arrays.
+
+References: :meth:`ExitCurves.scaled_exit_densities` is defined as ``scaled(f, m)
+.exit_density(L)`` row by row (``docs/model.md``, "Parameter uncertainty"), so the
+one-pass version is checked against that composition; the fingerprint must be a
+function of the model's content (equal after a JSON round trip, different when one
+fitted value changes).
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+
+from forecast.errors import ParameterError
+from forecast.fit.model import PipelineModel
+from forecast.simulate import exit_densities
+
+
+def test_scaled_exit_densities_equal_each_scaled_curve(sample_model: PipelineModel) -> None:
+    rng = np.random.default_rng(3)
+    for curves in list(sample_model.curves.values())[:4]:
+        f = rng.uniform(0.6, 1.6, size=5)
+        m = rng.uniform(0.5, 1.5, size=(5, curves.n_codes))
+        m[0, 1] = 0.0  # a destination switched off
+        got = curves.scaled_exit_densities(700, f, m)
+        assert got.shape == (5, curves.n_codes, 700)
+        for b in range(5):
+            want = curves.scaled(f[b], m[b]).exit_density(700)
+            np.testing.assert_allclose(got[b], want, rtol=1e-10, atol=1e-15)
+
+
+def test_scaled_exit_densities_refuse_negative_multipliers(sample_model: PipelineModel) -> None:
+    curves = next(iter(sample_model.curves.values()))
+    m = np.ones((1, curves.n_codes))
+    m[0, 0] = -1.0
+    with pytest.raises(ParameterError, match="destination_multipliers"):
+        curves.scaled_exit_densities(10, [1.0], m)
+
+
+def test_exit_densities_are_built_once_per_model(sample_model: PipelineModel) -> None:
+    model = sample_model.replace()  # nothing cached
+    first = exit_densities(model, 400)
+    assert exit_densities(model, 400) is first and not first.flags.writeable
+    draws = model.draws
+    assert draws is not None
+    g, k = 1, 2
+    curve = model.curves[(model.segments[g], k)]
+    want = curve.scaled(draws.time_factor[3, g, k], draws.destination_multiplier[3, g, k])
+    np.testing.assert_allclose(first[3, g, k], want.exit_density(400), rtol=1e-10, atol=1e-15)
+    assert exit_densities(model, 401).shape[-1] == 401  # another size is built anew
+    clone = pickle.loads(pickle.dumps(model))
+    assert "exit_densities" not in clone._cache  # pickles travel without the cache
+
+
+def test_simulate_twice_on_a_model_gives_the_same_samples(
+    sample_log: Any, sample_model: PipelineModel
+) -> None:
+    model = sample_model.replace()
+    a = model.simulate(sample_log, n_paths=300, horizon=2, seed=4)  # builds the cache
+    b = model.simulate(sample_log, n_paths=300, horizon=2, seed=4)  # reads it
+    np.testing.assert_array_equal(a.totals, b.totals)
+    np.testing.assert_array_equal(a.deal_wins, b.deal_wins)
+
+
+def test_fingerprint_follows_the_content(sample_model: PipelineModel) -> None:
+    fp = sample_model.fingerprint
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    assert PipelineModel.from_json(sample_model.to_json()).fingerprint == fp
+    assert sample_model.replace().fingerprint == fp
+    draws = sample_model.draws
+    assert draws is not None
+    sigma = draws.shock_sigma.copy()
+    sigma[0] = np.nextafter(sigma[0], np.inf)  # one value, one ulp
+    moved = sample_model.replace(draws=draws.__class__(
+        draws.time_factor, draws.destination_multiplier, draws.arrival_multiplier,
+        draws.pull_in, sigma, draws.seed,
+    ))  # fmt: skip
+    assert moved.fingerprint != fp
+    assert sample_model.replace(adjustments={"arrivals": 1.1}).fingerprint != fp
