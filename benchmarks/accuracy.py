@@ -18,13 +18,21 @@ Variants (``--ablation``), each switching one model component off:
 - ``no_pull_in``    quarter-end pull-in probability set to 0;
 - ``no_shrinkage``  segment curves not shrunk toward the pooled fit (``shrink=False``);
 - ``no_age``        open deals simulated as if they had just entered their stage
-  (every ``days_in_stage`` taken as 0).
+  (every ``days_in_stage`` taken as 0);
+- ``no_covariates`` no deal covariates (``covariates=()``: the model before them).
+
+Worlds (``--world``): ``default`` (the generator's defaults), or with the deal
+covariate traps of :func:`forecast.datasets.generate_crm`: ``size``
+(``size_effect``), ``push`` (``push_effect``), ``category`` (``category_effect``;
+the model is offered ``lead_source``, which has an effect, and ``product_line``,
+which has none), ``all`` (the three together).
 
 Usage::
 
     python benchmarks/accuracy.py                    # full model, 12 worlds
     python benchmarks/accuracy.py --ablation         # all variants
     python benchmarks/accuracy.py --worlds 4 --paths 500 --draws 4   # quick look
+    python benchmarks/accuracy.py --world size --variants full no_covariates
     python benchmarks/accuracy.py --quick            # smoke run: 1 world, 300 paths, 2 draws
 
 Targets (next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
@@ -55,7 +63,24 @@ from forecast.scores import skill, wilson_interval
 END = "2025-07-01"
 ORIGINS = ("2024-04-01", "2024-07-01", "2024-10-01", "2025-01-01")
 HORIZON = 2
-VARIANTS = ("full", "no_shocks", "no_draws", "no_pull_in", "no_shrinkage", "no_age")
+VARIANTS = (
+    "full",
+    "no_shocks",
+    "no_draws",
+    "no_pull_in",
+    "no_shrinkage",
+    "no_age",
+    "no_covariates",
+)
+WORLDS: dict[str, dict[str, bool]] = {
+    "default": {},
+    "size": {"size_effect": True},
+    "push": {"push_effect": True},
+    "category": {"category_effect": True},
+    "all": {"size_effect": True, "push_effect": True, "category_effect": True},
+}
+#: The generator's user columns (``category_effect``), offered to the model as covariates.
+USER_COLUMNS = ("lead_source", "product_line")
 
 
 def _no_shocks(model: Any) -> Any:
@@ -82,20 +107,27 @@ def _variant(name: str, n_draws: int) -> tuple[dict[str, Any], Any, int]:
         return {}, _no_pull_in, n_draws
     if name == "no_shrinkage":
         return {"shrink": False}, None, n_draws
+    if name == "no_covariates":
+        return {"covariates": ()}, None, n_draws
     return {}, None, n_draws
 
 
 def _world_cases(
-    world: int, variant: str, n_paths: int, n_draws: int, seed: int
+    world: int, variant: str, n_paths: int, n_draws: int, seed: int, kind: str = "default"
 ) -> list[dict[str, Any]]:
     """Every (origin, step) row of one world under one variant (runs in a worker)."""
     if variant == "no_age":
         # Ages are clipped to MAX_AGE_DAYS when the kernel arrays are packed.
         simulate_module.MAX_AGE_DAYS = 0
-    crm = generate_crm(seed=1000 + world, end=END)
-    log = forecast.read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+    crm = generate_crm(seed=1000 + world, end=END, **WORLDS[kind])
+    user = [c for c in USER_COLUMNS if c in crm.events.columns]
+    log = forecast.read_deal_log(
+        crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment", *user]
+    )
     cal = FiscalCalendar()
     fit_options, transform, draws = _variant(variant, n_draws)
+    if user and "covariates" not in fit_options:
+        fit_options = {**fit_options, "covariates": (*forecast.DEFAULT_COVARIATES, *user)}
     rows = []
     for o in ORIGINS:
         for r in _score_origin(
@@ -110,7 +142,7 @@ def _world_cases(
             fit_options=fit_options,
             transform=transform,
         ):
-            rows.append({"world": world, "variant": variant, **r})
+            rows.append({"world": world, "variant": variant, "kind": kind, **r})
     simulate_module.MAX_AGE_DAYS = 1095
     return rows
 
@@ -158,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation", action="store_true", help="run every variant")
     ap.add_argument("--variants", nargs="*", default=None, help=f"subset of {VARIANTS}")
     ap.add_argument("--save", default=None, help="write the per-case rows to this Parquet file")
+    ap.add_argument("--world", choices=sorted(WORLDS), default="default", help="generator traps")
     ap.add_argument("--quick", action="store_true", help="1 world, 300 paths, 2 draws, 1 worker")
     ap.add_argument("--json", help="write the headline results to this JSON file")
     args = ap.parse_args(argv)
@@ -167,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(info))
     variants = args.variants or (list(VARIANTS) if args.ablation else ["full"])
     t0 = time.perf_counter()
-    jobs = [(w, v, args.paths, args.draws, args.seed) for v in variants for w in range(args.worlds)]
+    jobs = [
+        (w, v, args.paths, args.draws, args.seed, args.world)
+        for v in variants
+        for w in range(args.worlds)
+    ]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as ex:
             parts = list(ex.map(_world_cases, *zip(*jobs)))
@@ -178,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         frame.write_parquet(args.save)
     with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=250, float_precision=3):
         print(
-            f"{args.worlds} worlds × {len(ORIGINS)} origins, horizon {HORIZON}, "
+            f"{args.worlds} {args.world} worlds × {len(ORIGINS)} origins, horizon {HORIZON}, "
             f"{args.paths} paths, {args.draws} draws, seed {args.seed}"
         )
         summary = table(frame)

@@ -21,6 +21,7 @@ from scipy import special
 from tqdm import tqdm
 
 from forecast._kernels import (
+    CovariateArrays,
     ModelArrays,
     OutcomeArrays,
     PathSamples,
@@ -29,9 +30,11 @@ from forecast._kernels import (
     sample_paths,
     sampling_inputs,
     simulate_arrays,
+    tilted_outcome_probabilities,
 )
 from forecast._validation import check_int, check_seed
 from forecast.data.validation import INT64_MAX_CENTS
+from forecast.deal_covariates import covariate_arrays
 from forecast.errors import AmountError, ParameterError
 from forecast.results import Forecast
 from forecast.segments import SEGMENT_COLUMN, segment_labels
@@ -215,7 +218,10 @@ def early_window_days(model: PipelineModel, quarters: list[Any]) -> int:
 
 
 def condition_on_not_pulled_in(
-    arrays: ModelArrays, outcomes: OutcomeArrays, early_days: int
+    arrays: ModelArrays,
+    outcomes: OutcomeArrays,
+    early_days: int,
+    covariates: CovariateArrays | None = None,
 ) -> OutcomeArrays:
     """Condition today's open deals on not having been pulled into the closed quarter.
 
@@ -237,6 +243,8 @@ def condition_on_not_pulled_in(
     early_days : int
         Day bins from the as-of instant to the end of the early window
         (:func:`early_window_days`); 0 leaves ``outcomes`` unchanged.
+    covariates : CovariateArrays, optional
+        The deals' own hazards, when the model has deal covariates.
 
     Returns
     -------
@@ -260,7 +268,11 @@ def condition_on_not_pulled_in(
         new_entry_mix=None,
         new_amount=None,
     )
-    r = outcome_probabilities(early).p_win[:, :, 0]
+    r = (
+        outcome_probabilities(early)
+        if covariates is None
+        else tilted_outcome_probabilities(early, covariates)
+    ).p_win[:, :, 0]
     pi = pull[:, np.asarray(arrays.deal_segment, dtype=np.int64)]  # (B, N)
     removed = pi * r
     denom = 1.0 - removed
@@ -538,8 +550,27 @@ def simulate(
     if threads is not None:
         threads = check_int(threads, "threads", caller, minimum=1)
     arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
+    cov_arrays = None
+    if model.covariates is not None and model.covariates.active:
+        cov_arrays, new_amounts = covariate_arrays(model, model.view(log), pipe, arrays)
+        if new_amounts:
+            size = float(model.adjustments.get("deal_size", 1.0))
+            arrays = dataclasses.replace(
+                arrays,
+                new_amount=_csr(
+                    [
+                        new_amounts.get(s, model.amounts.new_deal_amount_samples(s)) * size
+                        for s in model.segments
+                    ]
+                ),
+            )
+    raw = (
+        outcome_probabilities(arrays)
+        if cov_arrays is None
+        else tilted_outcome_probabilities(arrays, cov_arrays)
+    )
     outcomes = condition_on_not_pulled_in(
-        arrays, outcome_probabilities(arrays), early_window_days(model, quarters)
+        arrays, raw, early_window_days(model, quarters), cov_arrays
     )
     arrays = dataclasses.replace(
         arrays, shock_sigma=arrays.shock_sigma * shock_scale(model, arrays, outcomes)

@@ -152,6 +152,10 @@ class FitData:
         ``duration_days`` and ``destination_code`` and a stage count).
     cut : DealLog or None
         The log cut at ``as_of`` (None for hand-made frames).
+    covariate_design : CovariateDesign or None
+        The counting-process rows with the candidate covariates
+        (:func:`forecast.fit.covariates.build_design`; set by
+        :meth:`with_covariate_design`), None without covariates.
     """
 
     as_of: dt.datetime
@@ -169,6 +173,7 @@ class FitData:
     bookings: pl.DataFrame | None
     spell_arrays: SpellArrays | None
     cut: DealLog | None = None
+    covariate_design: Any = None
     _deal_index: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     _resampled: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
@@ -437,6 +442,10 @@ class FitData:
                 f"Got {float(w[i])!r} for deal {self.deal_ids[i]!r} (index {i})."
             )
         return dataclasses.replace(self, weights=_readonly(w))
+
+    def with_covariate_design(self, design: Any) -> FitData:
+        """The same data holding ``design`` (:func:`forecast.fit.covariates.build_design`)."""
+        return dataclasses.replace(self, covariate_design=design)
 
     def deal_index(self, name: str) -> np.ndarray:
         """int64 (rows,), read-only: the index in :attr:`deal_ids` of each row of frame ``name``.
