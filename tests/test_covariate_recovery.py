@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 N_WORLDS = 12
 USER = ("lead_source", "product_line")
-CANDIDATES = (*forecast.DEFAULT_COVARIATES, *USER)
+CANDIDATES = (*forecast.DEFAULT_COVARIATES, *forecast.CLOSE_DATE_COVARIATES, *USER)
 GROUPS = ("move", "won", "lost", "no_decision")
 AS_OF = "2024-10-01"
 
