@@ -37,8 +37,7 @@ Usage::
     python benchmarks/accuracy.py --ablation         # all variants
     python benchmarks/accuracy.py --worlds 4 --paths 500 --draws 4   # quick look
     python benchmarks/accuracy.py --world size --variants full no_covariates
-    python benchmarks/accuracy.py --world default --variants full close_dates no_covariates \
-        --worlds 12 --paths 500 --draws 4 --ratio-to no_covariates   # paired CRPS ratios
+    python benchmarks/accuracy.py --variants full close_dates no_covariates --ratio-to no_covariates
     python benchmarks/accuracy.py --quick            # smoke run: 1 world, 300 paths, 2 draws
 
 Targets (next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
