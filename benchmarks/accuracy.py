@@ -19,7 +19,11 @@ Variants (``--ablation``), each switching one model component off:
 - ``no_shrinkage``  segment curves not shrunk toward the pooled fit (``shrink=False``);
 - ``no_age``        open deals simulated as if they had just entered their stage
   (every ``days_in_stage`` taken as 0);
-- ``no_covariates`` no deal covariates (``covariates=()``: the model before them).
+- ``no_covariates`` no deal covariates (``covariates=()``: the model before them);
+- ``amount_only``   the only built-in candidate is ``amount`` (plus the world's user
+  columns);
+- ``close_dates``   the built-in candidates with the close-date ones
+  (``amount``, ``days_to_close``, ``pushes``; plus the world's user columns).
 
 Worlds (``--world``): ``default`` (the generator's defaults), or with the deal
 covariate traps of :func:`forecast.datasets.generate_crm`: ``size``
@@ -33,6 +37,7 @@ Usage::
     python benchmarks/accuracy.py --ablation         # all variants
     python benchmarks/accuracy.py --worlds 4 --paths 500 --draws 4   # quick look
     python benchmarks/accuracy.py --world size --variants full no_covariates
+    python benchmarks/accuracy.py --variants full close_dates no_covariates --ratio-to no_covariates
     python benchmarks/accuracy.py --quick            # smoke run: 1 world, 300 paths, 2 draws
 
 Targets (next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
@@ -71,6 +76,8 @@ VARIANTS = (
     "no_shrinkage",
     "no_age",
     "no_covariates",
+    "amount_only",
+    "close_dates",
 )
 WORLDS: dict[str, dict[str, bool]] = {
     "default": {},
@@ -109,6 +116,10 @@ def _variant(name: str, n_draws: int) -> tuple[dict[str, Any], Any, int]:
         return {"shrink": False}, None, n_draws
     if name == "no_covariates":
         return {"covariates": ()}, None, n_draws
+    if name == "amount_only":
+        return {"covariates": ("amount",)}, None, n_draws
+    if name == "close_dates":
+        return {"covariates": ("amount", "days_to_close", "pushes")}, None, n_draws
     return {}, None, n_draws
 
 
@@ -126,7 +137,9 @@ def _world_cases(
     )
     cal = FiscalCalendar()
     fit_options, transform, draws = _variant(variant, n_draws)
-    if user and "covariates" not in fit_options:
+    if user and fit_options.get("covariates", ()) != ():
+        fit_options = {**fit_options, "covariates": (*fit_options["covariates"], *user)}
+    elif user and "covariates" not in fit_options:
         fit_options = {**fit_options, "covariates": (*forecast.DEFAULT_COVARIATES, *user)}
     rows = []
     for o in ORIGINS:
@@ -179,6 +192,31 @@ def table(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(out)
 
 
+def paired_ratios(frame: pl.DataFrame, reference: str) -> pl.DataFrame:
+    """Mean CRPS of each variant over that of ``reference`` on the same cases, per step.
+
+    The ratio of sums over the cases both variants scored; its standard error is
+    the ratio estimator's (delta method) with the cases clustered by world, since
+    a world's origins share its deals.
+    """
+    d = frame.filter(pl.col("realised").is_not_null())
+    ref = d.filter(pl.col("variant") == reference).select(
+        "world", "origin", "step", pl.col("crps").alias("crps_ref")
+    )
+    out = []
+    for (variant, step), v in d.filter(pl.col("variant") != reference).group_by(
+        ["variant", "step"], maintain_order=True
+    ):
+        j = v.join(ref, on=["world", "origin", "step"])
+        w = j.group_by("world").agg(pl.col("crps").sum(), pl.col("crps_ref").sum())
+        a, b = w["crps"].to_numpy(), w["crps_ref"].to_numpy()
+        n = len(a)
+        ratio = a.sum() / b.sum()
+        se = float(np.sqrt(n / max(n - 1, 1) * np.sum((a - ratio * b) ** 2)) / b.sum())
+        out.append({"variant": variant, "step": step, "n": j.height, "crps_ratio": ratio, "se": se})
+    return pl.DataFrame(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -193,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world", choices=sorted(WORLDS), default="default", help="generator traps")
     ap.add_argument("--quick", action="store_true", help="1 world, 300 paths, 2 draws, 1 worker")
     ap.add_argument("--json", help="write the headline results to this JSON file")
+    ap.add_argument(
+        "--ratio-to",
+        default=None,
+        help="also print each variant's mean CRPS over this variant's, paired by case",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.worlds, args.paths, args.draws, args.workers = 1, 300, 2, 1
@@ -200,19 +243,28 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(info))
     variants = args.variants or (list(VARIANTS) if args.ablation else ["full"])
     t0 = time.perf_counter()
+    # world by world, so that the rows saved so far pair the variants on whole worlds
     jobs = [
         (w, v, args.paths, args.draws, args.seed, args.world)
-        for v in variants
         for w in range(args.worlds)
+        for v in variants
     ]
+    rows: list[dict[str, Any]] = []
+
+    def done(part: list[dict[str, Any]], i: int) -> None:
+        rows.extend(part)
+        print(f"{i + 1}/{len(jobs)} done, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        if args.save:  # the rows so far: a long run can be read before it ends
+            pl.DataFrame(rows, infer_schema_length=None).write_parquet(args.save)
+
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as ex:
-            parts = list(ex.map(_world_cases, *zip(*jobs)))
+            for i, part in enumerate(ex.map(_world_cases, *zip(*jobs))):
+                done(part, i)
     else:
-        parts = [_world_cases(*j) for j in jobs]
-    frame = pl.DataFrame([r for p in parts for r in p], infer_schema_length=None)
-    if args.save:
-        frame.write_parquet(args.save)
+        for i, j in enumerate(jobs):
+            done(_world_cases(*j), i)
+    frame = pl.DataFrame(rows, infer_schema_length=None)
     with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=250, float_precision=3):
         print(
             f"{args.worlds} {args.world} worlds × {len(ORIGINS)} origins, horizon {HORIZON}, "
@@ -220,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary = table(frame)
         print(summary)
+        if args.ratio_to is not None and args.ratio_to in variants:
+            print(f"mean CRPS over {args.ratio_to}'s on the same cases (SE clustered by world)")
+            print(paired_ratios(frame, args.ratio_to))
     print(f"elapsed {time.perf_counter() - t0:.0f} s")
     rows = []
     for r in summary.iter_rows(named=True):

@@ -4,7 +4,8 @@ With deal covariates, each open deal's current stage is exact, while the stages 
 its next move use at most ``MAX_PROFILES`` covariate profiles per segment
 (``docs/model.md``, "Deal covariates"). This benchmark fits generated worlds with
 every covariate trap (``generate_crm(size_effect=True, push_effect=True,
-category_effect=True)``), then computes the per-deal quarter win probabilities
+category_effect=True)``), offered every built-in covariate (the close-date ones
+too, whose future path the profiles approximate) and the user columns, then computes the per-deal quarter win probabilities
 three ways on the same model and pipeline:
 
 - ``profiles``: the simulation's set-up (``MAX_PROFILES`` per segment);
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         model = forecast.fit(
             log,
             segment_by=("segment",),
-            covariates=(*forecast.DEFAULT_COVARIATES, *USER),
+            covariates=(*forecast.DEFAULT_COVARIATES, *forecast.CLOSE_DATE_COVARIATES, *USER),
             n_draws=args.draws,
             seed=w,
         )

@@ -136,8 +136,15 @@ def test_covariate_arrays_are_checked():
         CovariateArrays(**{**good, "deal_profile": np.full(sizes["N"], 3)})
 
 
-def test_paths_push_the_close_date_when_it_passes(sample_model):
-    cov = sample_model.covariates
+@pytest.fixture(scope="module")
+def close_date_model(sample_log, sample_fit_arguments):
+    """The sample's fit offered the close-date covariates too (it keeps both)."""
+    names = (*forecast.DEFAULT_COVARIATES, *forecast.CLOSE_DATE_COVARIATES)
+    return forecast.fit(sample_log, **{**sample_fit_arguments, "n_draws": 0}, covariates=names)
+
+
+def test_paths_push_the_close_date_when_it_passes(close_date_model):
+    cov = close_date_model.covariates
     assert {"pushes", "days_to_close"} <= set(cov.kept)
     ip = cov.columns.index("pushes")
     idc = cov.columns.index("days_to_close")

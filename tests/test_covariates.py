@@ -286,9 +286,24 @@ def test_no_covariates_is_the_model_without_them(sample_log, sample_fit_argument
     assert model.effects().height == 0 and model.coefficients().height == 0
 
 
-def test_selection_is_reported_and_round_trips(sample_model):
+def test_default_candidates_leave_the_close_dates_out(sample_model):
+    cov = sample_model.covariates
+    assert cov is not None and cov.candidates == forecast.DEFAULT_COVARIATES == ("amount",)
+    assert cov.selection["covariate"].to_list() == ["amount"]
+
+
+@pytest.fixture(scope="module")
+def close_date_model(sample_log, sample_fit_arguments):
+    """The sample's fit offered every built-in covariate (it keeps some, drops some)."""
+    names = (*forecast.DEFAULT_COVARIATES, *forecast.CLOSE_DATE_COVARIATES)
+    return forecast.fit(sample_log, **sample_fit_arguments, covariates=names)
+
+
+def test_selection_is_reported_and_round_trips(close_date_model):
+    sample_model = close_date_model
     cov = sample_model.covariates
     assert cov is not None
+    assert cov.kept and len(cov.kept) < len(cov.candidates)  # kept and dropped both shown
     table = cov.selection
     assert table["covariate"].to_list() == list(cov.candidates)
     assert set(table.filter(pl.col("kept"))["covariate"]) == set(cov.kept)

@@ -74,11 +74,16 @@ def test_four_deals_all_closed(synthetic_model):
         assert r[f"no_decision_rate_{kind}"] == 0.0
 
 
-@pytest.mark.parametrize("covariates", ["default", "none"])
-def test_four_deals_with_c_open(synthetic_model, covariates):
-    model = synthetic_model
-    if covariates == "none":
-        model = forecast.fit(synthetic_model_log(), as_of=AS_OF, n_draws=0, covariates=())
+@pytest.mark.parametrize("covariates", ["with_close_dates", "none"])
+def test_four_deals_with_c_open(covariates):
+    # the generator's close dates carry timing: with them offered the fit keeps some
+    names = (*forecast.DEFAULT_COVARIATES, *forecast.CLOSE_DATE_COVARIATES)
+    model = forecast.fit(
+        synthetic_model_log(),
+        as_of=AS_OF,
+        n_draws=0,
+        covariates=names if covariates != "none" else (),
+    )
     log = _four_deals(False)
     m = compute_metrics(model, log, coverage=False)
     r = _overall(m)

@@ -62,6 +62,7 @@ from forecast.fit.data import FitData
 from forecast.segments import SEGMENT_COLUMN
 
 __all__ = [
+    "CLOSE_DATE_COVARIATES",
     "DEFAULT_COVARIATES",
     "DESTINATION_GROUPS",
     "CovariateDesign",
@@ -77,9 +78,14 @@ __all__ = [
 ]
 
 #: Covariates a fit considers by default (each kept only where the data support it).
-DEFAULT_COVARIATES: tuple[str, ...] = ("amount", "days_to_close", "pushes")
+DEFAULT_COVARIATES: tuple[str, ...] = ("amount",)
+#: The close-date covariates, considered only when asked for by name: where close
+#: dates carry timing (as the generator's, drawn from each deal's time to outcome) the
+#: selection keeps them, and their proportional effects forecast worse than none
+#: (``docs/model.md``, "Deal covariates").
+CLOSE_DATE_COVARIATES: tuple[str, ...] = ("days_to_close", "pushes")
 #: Names of the built-in covariates (derived from the canonical columns).
-BUILTIN_COVARIATES: frozenset[str] = frozenset(DEFAULT_COVARIATES)
+BUILTIN_COVARIATES: frozenset[str] = frozenset((*DEFAULT_COVARIATES, *CLOSE_DATE_COVARIATES))
 #: Destination groups sharing one coefficient vector per stage.
 DESTINATION_GROUPS: tuple[str, ...] = ("move", "won", "lost", "no_decision")
 #: Ridge penalty λ on every coefficient (a N(0, 1/λ) prior on each log hazard ratio).

@@ -246,16 +246,21 @@ def fit(
         (:mod:`forecast.fit.kinds`); ``"auto"``: deal-level for a one-row-per-deal
         table (``log.source.shape == "deals"``), stages otherwise. The model says
         which it is and why (``model_kind``, ``model_description``).
-    covariates : sequence of str, default ("amount", "days_to_close", "pushes")
+    covariates : sequence of str, default ("amount",)
         Deal covariates the exit model considers (``docs/model.md``, "Deal
         covariates"); each is kept only where it lowers Akaike's criterion, so a
         history without such effects gets the model without covariates. Built in:
-        ``"amount"`` (log₂ amount centred within the segment), ``"days_to_close"``
-        (the rep's close date relative to the stage entry, months) and
-        ``"pushes"`` (close-date pushes so far). Add the log's own columns by name:
-        categorical ones read as ``segment_columns`` and numeric ones read as
-        ``numeric_columns`` (:func:`forecast.read_deal_log`), e.g.
-        ``covariates=[*forecast.DEFAULT_COVARIATES, "LeadSource"]``. ``()``
+        ``"amount"`` (log₂ amount centred within the segment; the default) and the
+        close-date covariates ``"days_to_close"`` (the rep's close date relative to
+        the stage entry, months) and ``"pushes"`` (close-date pushes so far), which
+        are considered only when named: where close dates track the true timing the
+        selection keeps them and their proportional effects forecast worse than the
+        model without them (measured on the synthetic generator). Add the log's own
+        columns by name: categorical ones read as ``segment_columns`` and numeric
+        ones read as ``numeric_columns`` (:func:`forecast.read_deal_log`), e.g.
+        ``covariates=[*forecast.DEFAULT_COVARIATES, "LeadSource"]`` or, with the
+        close dates, ``[*forecast.DEFAULT_COVARIATES,
+        *forecast.CLOSE_DATE_COVARIATES]``. ``()``
         switches covariates off (exactly the model without them).
 
     Returns
