@@ -512,7 +512,7 @@ def aj_summaries(
     the strata are dealt to the threads largest first, so each thread gets about the
     same number of spells.
     """
-    weights_t = np.ascontiguousarray(np.asarray(weights, dtype=np.float64).T)
+    weights_t = np.array(np.asarray(weights).T, dtype=np.float64, order="C")  # writable
     n_draws = weights_t.shape[1]
     n_strata, n_codes = tail_shares.shape
     shares = np.empty((n_draws, n_strata, n_codes))

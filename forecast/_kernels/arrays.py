@@ -56,6 +56,23 @@ def as_array(name: str, value: Any, dtype: type, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
+def _kernel_view(arr: np.ndarray, read_only: bool) -> np.ndarray:
+    """``arr`` with the given writability (a read-only view, or a copy if read-only).
+
+    Numba compiles one specialisation per writability of each argument, so the kernels'
+    inputs always come with the same one: read-only for the exit densities (a model's
+    cached densities are read-only and large), writable for the others (small; a
+    broadcast scalar is read-only until copied).
+    """
+    if read_only:
+        if not arr.flags.writeable:
+            return arr
+        view = arr.view()
+        view.flags.writeable = False
+        return view
+    return arr if arr.flags.writeable else arr.copy()
+
+
 def check_shape(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
     """Raise unless ``arr.shape == shape``."""
     if arr.shape != shape:
@@ -340,7 +357,7 @@ class ModelArrays:
             ("new_amount_offsets", amt_off),
             ("new_amount_values", amt_val),
         ):
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, _kernel_view(value, read_only=name == "dens"))
 
     @property
     def n_days(self) -> int:

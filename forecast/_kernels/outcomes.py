@@ -308,10 +308,19 @@ def deal_quarter_probs(first, fresh, curve, age, qb, window, pull_in, p_win, p_q
             surv[k, lag] += beyond
     # the breakpoints in increasing order: at sojourn bin e the sums of the breakpoints
     # beyond e advance together (each sum keeps the order of its additions)
-    order = np.argsort(xs)
+    # (insertion sort of the 3H + 1 breakpoints: tied breakpoints get equal sums, so any
+    # order sorting them gives the same bits; np.argsort would compile a whole quicksort)
+    order = np.empty(n_x, dtype=np.int64)
     xs_sorted = np.empty(n_x, dtype=np.int64)
     for ix in range(n_x):
-        xs_sorted[ix] = xs[order[ix]]
+        v = xs[ix]
+        pos = ix
+        while pos > 0 and xs_sorted[pos - 1] > v:
+            xs_sorted[pos] = xs_sorted[pos - 1]
+            order[pos] = order[pos - 1]
+            pos -= 1
+        xs_sorted[pos] = v
+        order[pos] = ix
     x_max = xs_sorted[n_x - 1]
     # s[j, m] = CW[j, m] + CW[j, m - 1]: where a move in bin e lands, before the factor 1/2
     s_cw = np.zeros((n_open, x_max + 1))
