@@ -33,6 +33,17 @@ odds and pace drifting steadily, :meth:`MarketDrift.smooth` defaults: log-odds
 closed deals: of a history starting on 2022-01-01 (origins 2022-07-01 and
 2022-10-01, one case per world) and of one recorded from 2023-01-01 mid-stream
 (origins 2023-07-01 and 2023-10-01) — two cases per world each.
+- ``no_covariates`` no deal covariates (``covariates=()``: the model before them);
+- ``amount_only``   the only built-in candidate is ``amount`` (plus the world's user
+  columns);
+- ``close_dates``   the built-in candidates with the close-date ones
+  (``amount``, ``days_to_close``, ``pushes``; plus the world's user columns).
+
+Worlds (``--world``): ``default`` (the generator's defaults), or with the deal
+covariate traps of :func:`forecast.datasets.generate_crm`: ``size``
+(``size_effect``), ``push`` (``push_effect``), ``category`` (``category_effect``;
+the model is offered ``lead_source``, which has an effect, and ``product_line``,
+which has none), ``all`` (the three together).
 
 Usage::
 
@@ -41,6 +52,8 @@ Usage::
     python benchmarks/accuracy.py --worlds 4 --paths 500 --draws 4   # quick look
     python benchmarks/accuracy.py --generator smooth --variants half_life_none full
     python benchmarks/accuracy.py --generator young6 --worlds 30
+    python benchmarks/accuracy.py --world size --variants full no_covariates
+    python benchmarks/accuracy.py --variants full close_dates no_covariates --ratio-to no_covariates
     python benchmarks/accuracy.py --quick            # smoke run: 1 world, 300 paths, 2 draws
 
 Targets (next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
@@ -73,7 +86,26 @@ from forecast.scores import skill, wilson_interval
 END = "2025-07-01"
 ORIGINS = ("2024-04-01", "2024-07-01", "2024-10-01", "2025-01-01")
 HORIZON = 2
-VARIANTS = ("full", "no_shocks", "no_draws", "no_pull_in", "no_shrinkage", "no_age")
+VARIANTS = (
+    "full",
+    "no_shocks",
+    "no_draws",
+    "no_pull_in",
+    "no_shrinkage",
+    "no_age",
+    "no_covariates",
+    "amount_only",
+    "close_dates",
+)
+WORLDS: dict[str, dict[str, bool]] = {
+    "default": {},
+    "size": {"size_effect": True},
+    "push": {"push_effect": True},
+    "category": {"category_effect": True},
+    "all": {"size_effect": True, "push_effect": True, "category_effect": True},
+}
+#: The generator's user columns (``category_effect``), offered to the model as covariates.
+USER_COLUMNS = ("lead_source", "product_line")
 GENERATORS = ("default", "smooth", "step", "midstream", "young6", "young9")
 #: Start of the recorded log of the mid-stream worlds (the process starts 2022-01-01).
 RECORDED_FROM = "2023-01-01"
@@ -81,15 +113,20 @@ RECORDED_FROM = "2023-01-01"
 STEP_AT = "2023-10-01"
 
 
-def _worlds(generator: str, world: int) -> list[tuple[Any, tuple[str, ...]]]:
-    """(generated world, origins) pairs of one world index under ``generator``."""
+def _worlds(generator: str, world: int, kind: str = "default") -> list[tuple[Any, tuple[str, ...]]]:
+    """(generated world, origins) pairs of one world index under ``generator``.
+
+    ``kind`` adds the deal covariate traps of :data:`WORLDS` (default world only for
+    the drifting generators, which the proportional-hazard journeys do not support).
+    """
     seed = 1000 + world
+    traps = WORLDS[kind]
     if generator == "smooth":
         return [(generate_crm(seed=seed, end=END, drift=MarketDrift.smooth()), ORIGINS)]
     if generator == "step":
         return [(generate_crm(seed=seed, end=END, drift=MarketDrift.step(STEP_AT)), ORIGINS)]
     if generator == "midstream":
-        return [(generate_crm(seed=seed, end=END, recorded_from=RECORDED_FROM), ORIGINS)]
+        return [(generate_crm(seed=seed, end=END, recorded_from=RECORDED_FROM, **traps), ORIGINS)]
     if generator in ("young6", "young9"):
         months = 6 if generator == "young6" else 9
         fresh = generate_crm(seed=seed, end="2023-07-01")
@@ -97,7 +134,7 @@ def _worlds(generator: str, world: int) -> list[tuple[Any, tuple[str, ...]]]:
         o_fresh = "2022-07-01" if months == 6 else "2022-10-01"
         o_mid = "2023-07-01" if months == 6 else "2023-10-01"
         return [(fresh, (o_fresh,)), (mid, (o_mid,))]
-    return [(generate_crm(seed=seed, end=END), ORIGINS)]
+    return [(generate_crm(seed=seed, end=END, **traps), ORIGINS)]
 
 
 def _no_shocks(model: Any) -> Any:
@@ -140,6 +177,12 @@ def _variant(name: str, n_draws: int) -> tuple[dict[str, Any], Any, int]:
         return {}, _no_pull_in, n_draws
     if name == "no_shrinkage":
         return {"shrink": False}, None, n_draws
+    if name == "no_covariates":
+        return {"covariates": ()}, None, n_draws
+    if name == "amount_only":
+        return {"covariates": ("amount",)}, None, n_draws
+    if name == "close_dates":
+        return {"covariates": ("amount", "days_to_close", "pushes")}, None, n_draws
     return {}, None, n_draws
 
 
@@ -151,17 +194,24 @@ def _world_cases(
     seed: int,
     generator: str = "default",
     horizon: int = HORIZON,
+    kind: str = "default",
 ) -> list[dict[str, Any]]:
     """Every (origin, step) row of one world under one variant (runs in a worker)."""
     if variant == "no_age":
         # Ages are clipped to MAX_AGE_DAYS when the kernel arrays are packed.
         simulate_module.MAX_AGE_DAYS = 0
+    worlds = _worlds(generator, world, kind)
+    user = [c for c in USER_COLUMNS if c in worlds[0][0].events.columns]
     cal = FiscalCalendar()
     fit_options, transform, draws = _variant(variant, n_draws)
+    if user and fit_options.get("covariates", ()) != ():
+        fit_options = {**fit_options, "covariates": (*fit_options["covariates"], *user)}
+    elif user and "covariates" not in fit_options:
+        fit_options = {**fit_options, "covariates": (*forecast.DEFAULT_COVARIATES, *user)}
     rows = []
-    for crm, origins in _worlds(generator, world):
+    for crm, origins in worlds:
         log = forecast.read_deal_log(
-            crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"]
+            crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment", *user]
         )
         for o in origins:
             for r in _score_origin(
@@ -176,7 +226,9 @@ def _world_cases(
                 fit_options=fit_options,
                 transform=transform,
             ):
-                rows.append({"world": world, "variant": variant, "generator": generator, **r})
+                rows.append(
+                    {"world": world, "variant": variant, "generator": generator, "kind": kind, **r}
+                )
     simulate_module.MAX_AGE_DAYS = 1095
     return rows
 
@@ -226,6 +278,31 @@ def table(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(out)
 
 
+def paired_ratios(frame: pl.DataFrame, reference: str) -> pl.DataFrame:
+    """Mean CRPS of each variant over that of ``reference`` on the same cases, per step.
+
+    The ratio of sums over the cases both variants scored; its standard error is
+    the ratio estimator's (delta method) with the cases clustered by world, since
+    a world's origins share its deals.
+    """
+    d = frame.filter(pl.col("realised").is_not_null())
+    ref = d.filter(pl.col("variant") == reference).select(
+        "world", "origin", "step", pl.col("crps").alias("crps_ref")
+    )
+    out = []
+    for (variant, step), v in d.filter(pl.col("variant") != reference).group_by(
+        ["variant", "step"], maintain_order=True
+    ):
+        j = v.join(ref, on=["world", "origin", "step"])
+        w = j.group_by("world").agg(pl.col("crps").sum(), pl.col("crps_ref").sum())
+        a, b = w["crps"].to_numpy(), w["crps_ref"].to_numpy()
+        n = len(a)
+        ratio = a.sum() / b.sum()
+        se = float(np.sqrt(n / max(n - 1, 1) * np.sum((a - ratio * b) ** 2)) / b.sum())
+        out.append({"variant": variant, "step": step, "n": j.height, "crps_ratio": ratio, "se": se})
+    return pl.DataFrame(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -244,8 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generator", choices=GENERATORS, default="default")
     ap.add_argument("--horizon", type=int, default=HORIZON)
     ap.add_argument("--save", default=None, help="write the per-case rows to this Parquet file")
+    ap.add_argument("--world", choices=sorted(WORLDS), default="default", help="generator traps")
     ap.add_argument("--quick", action="store_true", help="1 world, 300 paths, 2 draws, 1 worker")
     ap.add_argument("--json", help="write the headline results to this JSON file")
+    ap.add_argument(
+        "--ratio-to",
+        default=None,
+        help="also print each variant's mean CRPS over this variant's, paired by case",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.worlds, args.paths, args.draws, args.workers = 1, 300, 2, 1
@@ -253,26 +336,39 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(info))
     variants = args.variants or (list(VARIANTS) if args.ablation else ["full"])
     t0 = time.perf_counter()
+    # world by world, so that the rows saved so far pair the variants on whole worlds
     jobs = [
-        (w, v, args.paths, args.draws, args.seed, args.generator, args.horizon)
-        for v in variants
+        (w, v, args.paths, args.draws, args.seed, args.generator, args.horizon, args.world)
         for w in range(args.worlds)
+        for v in variants
     ]
+    rows: list[dict[str, Any]] = []
+
+    def done(part: list[dict[str, Any]], i: int) -> None:
+        rows.extend(part)
+        print(f"{i + 1}/{len(jobs)} done, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        if args.save:  # the rows so far: a long run can be read before it ends
+            pl.DataFrame(rows, infer_schema_length=None).write_parquet(args.save)
+
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as ex:
-            parts = list(ex.map(_world_cases, *zip(*jobs)))
+            for i, part in enumerate(ex.map(_world_cases, *zip(*jobs))):
+                done(part, i)
     else:
-        parts = [_world_cases(*j) for j in jobs]
-    frame = pl.DataFrame([r for p in parts for r in p], infer_schema_length=None)
-    if args.save:
-        frame.write_parquet(args.save)
+        for i, j in enumerate(jobs):
+            done(_world_cases(*j), i)
+    frame = pl.DataFrame(rows, infer_schema_length=None)
     with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=250, float_precision=3):
         print(
-            f"generator {args.generator}: {args.worlds} worlds, horizon {args.horizon}, "
+            f"generator {args.generator}, {args.world} world: {args.worlds} worlds, "
+            f"horizon {args.horizon}, "
             f"{args.paths} paths, {args.draws} draws, seed {args.seed}"
         )
         summary = table(frame)
         print(summary)
+        if args.ratio_to is not None and args.ratio_to in variants:
+            print(f"mean CRPS over {args.ratio_to}'s on the same cases (SE clustered by world)")
+            print(paired_ratios(frame, args.ratio_to))
     print(f"elapsed {time.perf_counter() - t0:.0f} s")
     rows = []
     for r in summary.iter_rows(named=True):

@@ -16,6 +16,12 @@ simulated too and their cost is included but not counted):
 - engine incl. outcomes: the same plus the one-off :func:`outcome_probabilities`;
 - NumPy oracle: :func:`forecast._oracle.simulate_oracle` on fewer paths, as a rate;
 - raw generator: uniforms per second per core (``rng.sum_uniforms``);
+- deal covariates: the same pipeline with every deal's own exit hazards
+  (:func:`random_covariate_arrays`: 3 covariates, a 9-piece covariate path per deal,
+  8 later-stage and 4 new-deal profiles per segment): the one-off
+  :func:`tilted_outcome_probabilities` against :func:`outcome_probabilities`, and the
+  sampling kernel fed its outcomes, timed in pairs with the kernel fed the plain ones
+  (the headline ratio must stay >= 0.8);
 - compile: first call in a fresh process with an empty ``NUMBA_CACHE_DIR`` (cold) and
   again with the cache filled (warm).
 
@@ -40,7 +46,14 @@ import numba
 import numpy as np
 from _common import describe, machine, result, write_results
 
-from forecast._kernels import outcome_probabilities, sample_paths, sampling_inputs
+from forecast._kernels import (
+    CovariateArrays,
+    ModelArrays,
+    outcome_probabilities,
+    sample_paths,
+    sampling_inputs,
+    tilted_outcome_probabilities,
+)
 from forecast._kernels import rng as krng
 from forecast._oracle import random_model_arrays, simulate_oracle
 
@@ -57,6 +70,49 @@ a = random_model_arrays(np.random.default_rng(0), n_deals=20)
 simulate_arrays(a, n_paths=10, seed=1)
 print(time.perf_counter() - t0, time.process_time())
 """
+
+
+def random_covariate_arrays(
+    rng: np.random.Generator,
+    arrays: ModelArrays,
+    d: int = 3,
+    n_pieces: int = 9,
+    n_profiles: int = 8,
+    n_new: int = 4,
+) -> CovariateArrays:
+    """Deal covariates for ``arrays``: standard-normal values, log hazard ratios ~ N(0, 0.2²).
+
+    Each deal's path has ``n_pieces`` pieces, one every 30 days from a uniform first
+    change within 60 days, the first column growing by 1 at each (like pushes).
+    """
+    sizes = arrays.shape
+    n_draws, n_seg, n_open, n_deals = (sizes[x] for x in ("B", "G", "K", "N"))
+    betas = rng.normal(0.0, 0.2, (n_draws, n_open, 4, d))
+
+    def paths(lead: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        x0 = rng.normal(size=(*lead, d))
+        x = np.repeat(x0[..., None, :], n_pieces, axis=-2)
+        x[..., :, 0] += np.arange(n_pieces)
+        first = rng.uniform(0.0, 60.0, lead)[..., None]
+        starts = first + 30.0 * np.arange(-1, n_pieces - 1)
+        starts[..., 0] = 0.0
+        return x, starts
+
+    deal_x, deal_s = paths((n_deals,))
+    prof_x, prof_s = paths((n_seg, n_profiles, n_open))
+    new_x, new_s = paths((n_seg, n_new, n_open))
+    return CovariateArrays(
+        base_dens=arrays.dens,
+        betas=betas,
+        deal_x=deal_x,
+        deal_starts=deal_s,
+        deal_profile=rng.integers(0, n_profiles, n_deals),
+        profile_x=prof_x,
+        profile_starts=prof_s,
+        new_x=new_x,
+        new_starts=new_s,
+        new_weights=np.full((n_seg, n_new), 1.0 / n_new),
+    )
 
 
 def _first_call_seconds(cache_dir: str) -> tuple[float, float]:
@@ -157,6 +213,24 @@ def main(argv: list[str] | None = None) -> int:
             cpus[threads].append(cpu)
     rng_rate = float(np.median(rng_rates))
 
+    # Deal covariates: the one-off set-up and the sampling kernel fed its outcomes, timed
+    # in pairs with the kernel fed the plain outcomes (same run, same pipeline).
+    covariates = random_covariate_arrays(np.random.default_rng(7), arrays)
+    tilted = tilted_outcome_probabilities(arrays, covariates)
+    kw_cov = sampling_inputs(arrays, tilted)
+    sample_paths(kw_cov, seed=0, n_paths=50)
+    t_tilted = min(
+        _timed(lambda: tilted_outcome_probabilities(arrays, covariates))[1] for _ in range(2)
+    )
+    cov_ratios, cov_rates, plain_rates = [], [], []
+    for _ in range(args.repeat):
+        _, c_plain = _timed(lambda: sample_paths(kw, seed=1, n_paths=args.paths, threads=1))
+        _, c_cov = _timed(lambda: sample_paths(kw_cov, seed=1, n_paths=args.paths, threads=1))
+        cov_ratios.append(c_plain / c_cov)
+        cov_rates.append(deal_paths / c_cov / 1e6)
+        plain_rates.append(deal_paths / c_plain / 1e6)
+    cov_ratio = float(np.median(cov_ratios))
+
     _, c_oracle = _timed(lambda: simulate_oracle(arrays, n_paths=args.oracle_paths, seed=1))
     oracle_rate = args.deals * args.oracle_paths / c_oracle / 1e6
 
@@ -180,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'raw generator (M uniforms/s/core)':<42}{'':>10}{rng_rate:>22.1f}")
     print(f"{'outcome probabilities (one-off), CPU s':<42}{t_outcomes:>10.3f}")
+    print(f"{'with deal covariates (one-off), CPU s':<42}{t_tilted:>10.3f}")
     if compile_times is not None:
         (cold_wall, cold_cpu), (warm_wall, warm_cpu) = compile_times
         print(f"{'first call, cold cache: wall / CPU s':<42}{cold_wall:>10.2f}{cold_cpu:>22.2f}")
@@ -195,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"2 threads: per-core rate / 1 thread:     {two / one:8.2f}; wall speedup {speedup:.2f}"
         )
+    print(
+        f"sampling with deal covariates / without:  {cov_ratio:8.3f} (speed ratio, 1 thread; "
+        f"bar >= 0.8: {'met' if cov_ratio >= 0.8 else 'NOT met'})"
+    )
     if not args.quick:  # the bar is set for the full-size pipeline
         print(
             f"at this run's generator speed, >= {TARGET:.0f} M deal-paths/s/core needs a ratio "
@@ -235,6 +314,29 @@ def main(argv: list[str] | None = None) -> int:
                 ratio=float(np.median(ratios[2])),
             )
         )
+    rows.append(
+        result(
+            "simulate",
+            "sampling with deal covariates, 1 thread",
+            float(np.median(cov_rates)),
+            "M deal-paths/s/core",
+            "sampling without covariates, paired",
+            float(np.median(plain_rates)),
+            "M deal-paths/s/core",
+            ratio=cov_ratio,
+        )
+    )
+    rows.append(
+        result(
+            "simulate",
+            "outcome probabilities with deal covariates (CPU)",
+            t_tilted,
+            "s",
+            "without covariates (CPU)",
+            t_outcomes,
+            "s",
+        )
+    )
     if compile_times is not None:
         rows.append(
             result(

@@ -42,6 +42,7 @@ BENCHMARKS = {
     "accuracy": "accuracy.py",
     "calibration": "calibration.py",
     "snapshot_accuracy": "snapshot_accuracy.py",
+    "covariate_profiles": "covariate_profiles.py",
     "deal_table_accuracy": "deal_table_accuracy.py",
 }
 NOT_BENCHMARKS = ("_common.py", "run_all.py", "make_sample.py")

@@ -22,6 +22,7 @@ from forecast.errors import (
     TimestampError,
     UnknownStageError,
 )
+from forecast.fit.covariates import CLOSE_DATE_COVARIATES, DEFAULT_COVARIATES
 from forecast.fit.fitting import fit
 from forecast.fit.model import PipelineModel
 from forecast.metrics import SalesMetrics, compute_metrics, fit_and_compute_metrics
@@ -31,6 +32,8 @@ from forecast.scenarios import compare_scenarios, with_changes
 from forecast.segments import POOLED_SEGMENT
 
 __all__ = [
+    "CLOSE_DATE_COVARIATES",
+    "DEFAULT_COVARIATES",
     "POOLED_SEGMENT",
     "AmountError",
     "BacktestResult",

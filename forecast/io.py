@@ -65,7 +65,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from forecast._validation import check_bool
@@ -76,7 +75,7 @@ from forecast.results import Forecast
 
 __all__ = [
     "METADATA_KEYS",
-    "PARTITIONING",
+    "PARTITIONING",  # noqa: F822 (built on first use, by the module's __getattr__)
     "SCHEMAS",
     "TABLES",
     "atomic_write_bytes",
@@ -95,7 +94,25 @@ SCHEMA_VERSION = "2"
 TABLES: tuple[str, ...] = ("quarterly", "segments", "deals", "paths")
 
 #: Hive partitioning of every dataset: ``as_of=YYYY-MM-DD`` read as a date.
-PARTITIONING = ds.partitioning(pa.schema([("as_of", pa.date32())]), flavor="hive")
+#: (``PARTITIONING``, a ``pyarrow.dataset.Partitioning``, is built on first use: importing
+#: ``pyarrow.dataset`` imports pandas, about a second that every command would pay.)
+_PARTITIONING: Any = None
+
+
+def _partitioning() -> Any:
+    global _PARTITIONING
+    if _PARTITIONING is None:
+        import pyarrow.dataset as ds
+
+        _PARTITIONING = ds.partitioning(pa.schema([("as_of", pa.date32())]), flavor="hive")
+    return _PARTITIONING
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PARTITIONING":
+        return _partitioning()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Hidden directory under the output root holding writes in progress.
 STAGING_DIR = ".staging"
@@ -377,10 +394,12 @@ def read_forecast(
         raise FileNotFoundError(
             f"No `{table}` table under {root} (looked for {Path(root) / where / table}/*.parquet)."
         )
+    import pyarrow.dataset as ds
+
     dataset = ds.dataset(
         [str(f) for f in files],
         format="parquet",
-        partitioning=PARTITIONING,
+        partitioning=_partitioning(),
         partition_base_dir=str(Path(root)),
     )
     return pl.from_arrow(dataset.to_table())  # type: ignore[return-value]

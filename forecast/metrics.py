@@ -48,6 +48,7 @@ import polars as pl
 from forecast._validation import check_bool, check_float, check_int, check_seed
 from forecast.calendar import FiscalCalendar
 from forecast.data.deal_log import DealLog
+from forecast.deal_covariates import eventual_outcome_probabilities
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.competing_risks import (
     CensoredSpells,
@@ -229,7 +230,9 @@ def _terminal_probabilities(curves: Sequence[ExitCurves], stage: int, age: float
     return out / total if total > 0 else out
 
 
-def open_deal_outcome_probabilities(model: PipelineModel, pipeline: pl.DataFrame) -> np.ndarray:
+def open_deal_outcome_probabilities(
+    model: PipelineModel, pipeline: pl.DataFrame, log: DealLog | None = None
+) -> np.ndarray:
     """Eventual outcome probabilities of open deals under the fitted model.
 
     Parameters
@@ -238,6 +241,12 @@ def open_deal_outcome_probabilities(model: PipelineModel, pipeline: pl.DataFrame
     pipeline : polars.DataFrame
         Open deals (:meth:`DealLog.pipeline`) with a ``_segment`` label column
         (:func:`forecast.segments.segment_labels` with ``model.segment_by``).
+    log : DealLog, optional
+        The history holding the pipeline. With it, a model with deal covariates
+        gives each deal its own probabilities (its covariates at the model's as-of
+        date, :func:`forecast.deal_covariates.eventual_outcome_probabilities`);
+        without it, or without covariates, every deal of a (segment, stage, age)
+        gets the same.
 
     Returns
     -------
@@ -256,6 +265,8 @@ def open_deal_outcome_probabilities(model: PipelineModel, pipeline: pl.DataFrame
             f"Open deals belong to segments {unknown} the model has not seen "
             f"(model segments: {list(model.segments)}). Fit the model on this log."
         )
+    if log is not None and model.covariates is not None and model.covariates.active:
+        return eventual_outcome_probabilities(model, log, pipeline)
     stage = pipeline["stage_code"].to_numpy()
     age = pipeline["days_in_stage"].to_numpy().astype(np.float64)
     curves = {g: model.stage_curves(g) for g in set(seg)}
@@ -282,8 +293,9 @@ def _deal_table(
 ) -> pl.DataFrame:
     """One row per deal at ``t``: segment, period, status, amount, outcome probabilities, days."""
     outcomes = segment_labels(log.outcomes(t), model.segment_by)
-    pipe = segment_labels(model.view(log).pipeline(t), model.segment_by)
-    p = open_deal_outcome_probabilities(model, pipe)
+    view = model.view(log)
+    pipe = segment_labels(view.pipeline(t), model.segment_by)
+    p = open_deal_outcome_probabilities(model, pipe, view if t == model.as_of else None)
     probs = pipe.select("deal_id").with_columns(
         pl.Series("_p_won", p[:, 0]),
         pl.Series("_p_lost", p[:, 1]),

@@ -20,7 +20,9 @@ The levers and exactly what they change:
     changes). Scaling each stage's direct-win share by ``f`` would *not* do this
     (the chain's ``(I − Q)⁻¹`` mixes stages), nor would multiplying the odds.
     Deals already in a stage for a while are conditioned on their age under the
-    new curves, so their win probability moves by about, not exactly, ``f``. The
+    new curves, so their win probability moves by about, not exactly, ``f``; with
+    deal covariates the same transformation applies to the baseline curves (the
+    deal with ``x = 0``), so each deal's win probability moves by about ``f``. The
     same transformation is applied draw by draw to the Bayesian-bootstrap
     parameter draws (:attr:`ParameterDraws.destination_multiplier`), so every
     draw's win probabilities scale by ``f`` too. ``f`` is limited by the stage
@@ -229,7 +231,32 @@ def with_changes(
     adjustments = dict(model.adjustments)
     for name, value in zip(LEVERS, (wr, cl, ds, nd)):
         adjustments[name] = float(adjustments.get(name, 1.0)) * value
-    return replace(model, curves=curves, pooled_curves=pooled, draws=draws, adjustments=adjustments)
+    covariates = model.covariates
+    if covariates is not None and covariates.active and (wr != 1.0 or cl != 1.0):
+        # the deals' baseline curves change the same way (each deal's hazard ratios stay)
+        covariates = replace(
+            covariates,
+            baseline={
+                (g, k): _scaled_curves(
+                    c, K, wr, cl, f"the baseline of segment {g!r}, stage {model.stages.open[k]!r}"
+                )[0]
+                for (g, k), c in covariates.baseline.items()
+            },
+            pooled_baseline={
+                k: _scaled_curves(c, K, wr, cl, f"the pooled baseline of {model.stages.open[k]!r}")[
+                    0
+                ]
+                for k, c in covariates.pooled_baseline.items()
+            },
+        )
+    return replace(
+        model,
+        curves=curves,
+        pooled_curves=pooled,
+        draws=draws,
+        adjustments=adjustments,
+        covariates=covariates,
+    )
 
 
 def compare_scenarios(

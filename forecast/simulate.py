@@ -21,6 +21,7 @@ from scipy import special
 from tqdm import tqdm
 
 from forecast._kernels import (
+    CovariateArrays,
     ModelArrays,
     OutcomeArrays,
     PathSamples,
@@ -29,9 +30,11 @@ from forecast._kernels import (
     sample_paths,
     sampling_inputs,
     simulate_arrays,
+    tilted_outcome_probabilities,
 )
 from forecast._validation import check_int, check_seed
 from forecast.data.validation import INT64_MAX_CENTS
+from forecast.deal_covariates import covariate_arrays
 from forecast.errors import AmountError, ParameterError
 from forecast.fit.data import mid_stream_deals
 from forecast.results import Forecast
@@ -218,7 +221,10 @@ def early_window_days(model: PipelineModel, quarters: list[Any]) -> int:
 
 
 def condition_on_not_pulled_in(
-    arrays: ModelArrays, outcomes: OutcomeArrays, early_days: int
+    arrays: ModelArrays,
+    outcomes: OutcomeArrays,
+    early_days: int,
+    covariates: CovariateArrays | None = None,
 ) -> OutcomeArrays:
     """Condition today's open deals on not having been pulled into the closed quarter.
 
@@ -240,6 +246,8 @@ def condition_on_not_pulled_in(
     early_days : int
         Day bins from the as-of instant to the end of the early window
         (:func:`early_window_days`); 0 leaves ``outcomes`` unchanged.
+    covariates : CovariateArrays, optional
+        The deals' own hazards, when the model has deal covariates.
 
     Returns
     -------
@@ -263,7 +271,11 @@ def condition_on_not_pulled_in(
         new_entry_mix=None,
         new_amount=None,
     )
-    r = outcome_probabilities(early).p_win[:, :, 0]
+    r = (
+        outcome_probabilities(early)
+        if covariates is None
+        else tilted_outcome_probabilities(early, covariates)
+    ).p_win[:, :, 0]
     pi = pull[:, np.asarray(arrays.deal_segment, dtype=np.int64)]  # (B, N)
     removed = pi * r
     denom = 1.0 - removed
@@ -674,12 +686,40 @@ def prepare_simulation(
         As :func:`model_arrays`.
     """
     arrays, pipe, quarters, booked, mixture = model_arrays(model, log, horizon)
+    cov_arrays = None
+    if model.covariates is not None and model.covariates.active:
+        cov_arrays, new_amounts = covariate_arrays(model, model.view(log), pipe, arrays)
+        if new_amounts:
+            size = float(model.adjustments.get("deal_size", 1.0))
+            arrays = dataclasses.replace(
+                arrays,
+                new_amount=_csr(
+                    [
+                        new_amounts.get(s, model.amounts.new_deal_amount_samples(s)) * size
+                        for s in model.segments
+                    ]
+                ),
+            )
     early = early_window_days(model, quarters)
-    outcomes = mix_ages(
-        arrays,
-        mixture,
-        lambda a: condition_on_not_pulled_in(a, outcome_probabilities(a), early),
-    )
+
+    cov = cov_arrays
+    if cov is not None and mixture.n > 0:
+        # the mixture's extra rows (one per possible age) carry their deal's covariates
+        d = mixture.deal
+        cov = dataclasses.replace(
+            cov,
+            **{
+                name: np.concatenate([np.asarray(v), np.asarray(v)[d]])
+                for name in ("deal_x", "deal_starts", "deal_profile")
+                for v in (getattr(cov, name),)
+            },
+        )
+
+    def conditioned(a: ModelArrays) -> OutcomeArrays:
+        raw = outcome_probabilities(a) if cov is None else tilted_outcome_probabilities(a, cov)
+        return condition_on_not_pulled_in(a, raw, early, cov)
+
+    outcomes = mix_ages(arrays, mixture, conditioned)
     arrays = dataclasses.replace(
         arrays, shock_sigma=arrays.shock_sigma * shock_scale(model, arrays, outcomes)
     )

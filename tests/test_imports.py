@@ -21,7 +21,10 @@ PACKAGE = Path(forecast.__file__).parent
 OPTIONAL = {"matplotlib", "distributed", "dask", "pandas"}
 #: Install requirements a function may import on demand because importing them costs
 #: start-up time that most commands never need (each with the reason).
-DEFERRED = {"scipy.stats": "half a second at import; only the synthetic generator uses it"}
+DEFERRED = {
+    "scipy.stats": "half a second at import; only the synthetic generator uses it",
+    "pyarrow.dataset": "imports pandas (about a second); only reading a forecast back uses it",
+}
 
 
 def _module_name(path: Path) -> str:

@@ -9,17 +9,27 @@ import pytest
 import forecast
 from forecast import ParameterError
 from forecast.datasets import SYNTHETIC_STAGES, generate_crm
-from forecast.metrics import SalesMetrics, compute_metrics, fit_and_compute_metrics
+from forecast.metrics import (
+    SalesMetrics,
+    compute_metrics,
+    fit_and_compute_metrics,
+    open_deal_outcome_probabilities,
+)
+from forecast.segments import segment_labels
 
 AS_OF = dt.datetime(2025, 1, 1)
+
+
+def synthetic_model_log() -> forecast.DealLog:
+    """A small history of the synthetic generator up to AS_OF."""
+    w = generate_crm(seed=0, start="2022-01-01", end="2025-01-01", scale=0.3)
+    return forecast.read_deal_log(w.events, stages=w.stage_map)
 
 
 @pytest.fixture(scope="module")
 def synthetic_model():
     """A model (no segments, stages of the synthetic generator) fitted at AS_OF."""
-    w = generate_crm(seed=0, start="2022-01-01", end="2025-01-01", scale=0.3)
-    log = forecast.read_deal_log(w.events, stages=w.stage_map)
-    return forecast.fit(log, as_of=AS_OF, n_draws=0)
+    return forecast.fit(synthetic_model_log(), as_of=AS_OF, n_draws=0)
 
 
 def _four_deals(c_closes: bool) -> forecast.DealLog:
@@ -64,20 +74,37 @@ def test_four_deals_all_closed(synthetic_model):
         assert r[f"no_decision_rate_{kind}"] == 0.0
 
 
-def test_four_deals_with_c_open(synthetic_model):
-    m = compute_metrics(synthetic_model, _four_deals(False), coverage=False)
+@pytest.mark.parametrize("covariates", ["with_close_dates", "none"])
+def test_four_deals_with_c_open(covariates):
+    # the generator's close dates carry timing: with them offered the fit keeps some
+    names = (*forecast.DEFAULT_COVARIATES, *forecast.CLOSE_DATE_COVARIATES)
+    model = forecast.fit(
+        synthetic_model_log(),
+        as_of=AS_OF,
+        n_draws=0,
+        covariates=names if covariates != "none" else (),
+    )
+    log = _four_deals(False)
+    m = compute_metrics(model, log, coverage=False)
     r = _overall(m)
     assert r["n_open"] == 1
     # closed-only: 2 of 3 deals, 30k of 60k
     assert r["unit_win_rate_closed_only"] == pytest.approx(2 / 3)
     assert r["value_win_rate_closed_only"] == pytest.approx(0.5)
     # censoring-aware: C counts its model probability of a win from Proposal after
-    # (AS_OF - 2024-11-15) = 47 days there
-    p = synthetic_model.win_probability("Proposal", age=47.0)
+    # (AS_OF - 2024-11-15) = 47 days there: the stage curve's without covariates,
+    # its own (its amount, close date and pushes at AS_OF) with them
+    if covariates == "none":
+        p = model.win_probability("Proposal", age=47.0)
+    else:
+        assert model.covariates is not None and model.covariates.active
+        pipe = segment_labels(log.pipeline(AS_OF), model.segment_by)
+        p = float(open_deal_outcome_probabilities(model, pipe, log)[0, 0])
+        assert p != pytest.approx(model.win_probability("Proposal", age=47.0), rel=1e-3)
     assert 0 < p < 0.5
     assert r["unit_win_rate_censoring_aware"] == pytest.approx((2 + p) / 4, rel=1e-9)
     assert r["value_win_rate_censoring_aware"] == pytest.approx((30_000 + 40_000 * p) / 100_000)
-    assert r["expected_wins_open"] == pytest.approx(p)
+    assert r["expected_wins_open"] == pytest.approx(p, rel=1e-9)
     # the creation quarter row holds the same deals
     q = m.win_rates.filter(
         (pl.col("segment") == forecast.POOLED_SEGMENT) & (pl.col("period") == "FY2024-Q1")

@@ -42,10 +42,18 @@ from forecast._kernels.api import (
     sample_paths,
     sampling_inputs,
     simulate_arrays,
+    tilted_outcome_probabilities,
 )
-from forecast._kernels.arrays import ModelArrays, OutcomeArrays, PathSamples, SamplingInputs
+from forecast._kernels.arrays import (
+    CovariateArrays,
+    ModelArrays,
+    OutcomeArrays,
+    PathSamples,
+    SamplingInputs,
+)
 
 __all__ = [
+    "CovariateArrays",
     "ModelArrays",
     "OutcomeArrays",
     "PathSamples",
@@ -57,4 +65,5 @@ __all__ = [
     "sample_paths",
     "sampling_inputs",
     "simulate_arrays",
+    "tilted_outcome_probabilities",
 ]

@@ -25,10 +25,23 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from forecast._kernels.arrays import ModelArrays, OutcomeArrays, PathSamples, SamplingInputs
+from forecast._kernels.arrays import (
+    CovariateArrays,
+    ModelArrays,
+    OutcomeArrays,
+    PathSamples,
+    SamplingInputs,
+)
 from forecast._kernels.estimators import aalen_johansen_summaries, logistic_shifts
-from forecast._kernels.outcomes import outcome_block
+from forecast._kernels.outcomes import (
+    STATUS_OK,
+    deal_quarter_probs_tilted,
+    fresh_win_density,
+    new_deal_quarter_probs,
+    outcome_block,
+)
 from forecast._kernels.sample import sample_chunk
+from forecast._kernels.tilt import baseline_hazards, tilt_pieces
 from forecast._validation import check_int, check_seed
 from forecast.errors import ModelError, ParameterError
 
@@ -40,6 +53,7 @@ __all__ = [
     "sample_paths",
     "sampling_inputs",
     "simulate_arrays",
+    "tilted_outcome_probabilities",
 ]
 
 
@@ -122,6 +136,134 @@ def outcome_probabilities(arrays: ModelArrays, threads: int | None = None) -> Ou
         new_pmf=new_pmf,
         new_qe=new_qe,
     )
+
+
+def _fresh_or_raise(dens: np.ndarray, n_days: int, out: np.ndarray, where: str) -> None:
+    if fresh_win_density(dens, n_days, out) != STATUS_OK:
+        # Unreachable for valid sub-densities (see outcome_probabilities).
+        raise ModelError(
+            f"The renewal system of {where} is singular (I - H0); the exit densities are not "
+            "valid sub-densities."
+        )
+
+
+def _group_ratios(x: np.ndarray, beta: np.ndarray, n_open: int) -> np.ndarray:
+    """``exp(β_{G(j)} · x)`` per destination code: x (..., d), beta (..., 4, d) -> (..., C)."""
+    group_of = np.array([0] * n_open + [1, 2, 3], dtype=np.int64)
+    return np.ascontiguousarray(np.exp(np.einsum("...d,...gd->...g", x, beta))[..., group_of])
+
+
+def tilted_outcome_probabilities(arrays: ModelArrays, covariates: CovariateArrays) -> OutcomeArrays:
+    """Exact per-deal and new-deal quarter probabilities when deals have their own hazards.
+
+    Like :func:`outcome_probabilities`, but every open deal's current stage uses the
+    segment's baseline sub-densities (``covariates.base_dens``) with its own hazard
+    ratios along its covariate path, conditioned on its age; the stages after its
+    next move use its profile's tilted sub-densities (renewal equations solved once
+    per draw, segment and profile); new deals mix the new-deal profiles with their
+    weights. The population densities ``arrays.dens`` are not read.
+
+    Work is O(B × G × (P + R) × n_days² K² + B × N × n_days × (C + H K)).
+
+    Parameters
+    ----------
+    arrays : ModelArrays
+        Quarters, window, pull-in, deals' segments, stages and ages, new-deal
+        entry mix.
+    covariates : CovariateArrays
+        Checked against ``arrays``.
+
+    Returns
+    -------
+    OutcomeArrays
+    """
+    covariates.check_against(arrays)
+    sizes = arrays.shape
+    n_draws, n_seg, n_open, n_deals, n_q = (sizes[x] for x in ("B", "G", "K", "N", "H"))
+    n_days = arrays.n_days
+    n_codes = sizes["C"]
+    p_win = np.zeros((n_draws, n_deals, n_q))
+    p_qe = np.zeros((n_draws, n_deals, n_q))
+    new_pmf = np.zeros((n_draws, n_seg, n_q, n_q))
+    new_qe = np.zeros((n_draws, n_seg, n_q, n_q))
+    base = covariates.base_dens
+    length = base.shape[-1]
+    n_prof = covariates.profile_x.shape[1]
+    n_new = covariates.new_x.shape[1]
+    fresh = np.empty((n_open, n_days))
+    hazards = np.empty((n_open, n_codes, length))
+    tilted = np.empty((n_open, n_codes, length))
+    cw = np.zeros((max(n_prof, 1), n_open, n_days + 1))
+    pmf_p = np.empty((n_q, n_q))
+    qe_p = np.empty((n_q, n_q))
+    seg_idx = [np.flatnonzero(arrays.deal_segment == g) for g in range(n_seg)]
+    stage_all = np.asarray(arrays.deal_stage)
+    for b in range(n_draws):
+        beta = covariates.betas[b]  # (K, 4, d)
+        for g in range(n_seg):
+            window = int(arrays.qe_window[g])
+            pull = float(arrays.pull_in[b, g])
+            for k in range(n_open):
+                baseline_hazards(base[b, g, k], hazards[k])
+
+            def fresh_of(
+                x_path: np.ndarray, starts: np.ndarray, what: str, beta: np.ndarray = beta
+            ) -> None:
+                """Fresh win-time density of a profile: x_path (K, Q, d), starts (K, Q)."""
+                r = _group_ratios(x_path, beta[:, None], n_open)  # (K, Q, C)
+                for k in range(n_open):
+                    tilt_pieces(hazards[k], r[k], starts[k], np.int64(0), tilted[k])
+                _fresh_or_raise(tilted, n_days, fresh, what)
+
+            idx = seg_idx[g]
+            if idx.size:
+                for p in range(n_prof):
+                    fresh_of(
+                        covariates.profile_x[g, p],
+                        covariates.profile_starts[g, p],
+                        f"profile {p} of segment {g}",
+                    )
+                    np.cumsum(fresh, axis=1, out=cw[p, :, 1:])
+                st = stage_all[idx]
+                ratios = _group_ratios(covariates.deal_x[idx], beta[st][:, None], n_open)
+                u_win = np.empty((idx.size, n_q))
+                u_qe = np.empty((idx.size, n_q))
+                deal_quarter_probs_tilted(
+                    hazards,
+                    cw,
+                    np.ascontiguousarray(st),
+                    np.ascontiguousarray(arrays.deal_age[idx]),
+                    ratios,
+                    np.ascontiguousarray(covariates.deal_starts[idx]),
+                    np.ascontiguousarray(covariates.deal_profile[idx]),
+                    arrays.qb,
+                    window,
+                    pull,
+                    u_win,
+                    u_qe,
+                )
+                p_win[b, idx] = u_win
+                p_qe[b, idx] = u_qe
+            qe_mass = np.zeros((n_q, n_q))
+            for p in range(n_new):
+                w = float(covariates.new_weights[g, p])
+                if w <= 0.0:
+                    continue
+                fresh_of(
+                    covariates.new_x[g, p],
+                    covariates.new_starts[g, p],
+                    f"new-deal profile {p} of segment {g}",
+                )
+                new_deal_quarter_probs(
+                    fresh, arrays.new_entry_mix[b, g], arrays.qb, window, pull, pmf_p, qe_p
+                )
+                new_pmf[b, g] += w * pmf_p
+                qe_mass += w * pmf_p * qe_p
+            with np.errstate(divide="ignore", invalid="ignore"):
+                new_qe[b, g] = np.where(
+                    new_pmf[b, g] > 0, np.minimum(qe_mass / new_pmf[b, g], 1.0), 0.0
+                )
+    return OutcomeArrays(p_win=p_win, p_qe=p_qe, new_pmf=new_pmf, new_qe=new_qe)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -371,7 +513,7 @@ def aj_summaries(
     the strata are dealt to the threads largest first, so each thread gets about the
     same number of spells.
     """
-    weights_t = np.ascontiguousarray(np.asarray(weights, dtype=np.float64).T)
+    weights_t = np.array(np.asarray(weights).T, dtype=np.float64, order="C")  # writable
     n_draws = weights_t.shape[1]
     n_strata, n_codes = tail_shares.shape
     shares = np.empty((n_draws, n_strata, n_codes))

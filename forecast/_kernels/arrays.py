@@ -25,7 +25,7 @@ import numpy as np
 
 from forecast.errors import ParameterError
 
-__all__ = ["ModelArrays", "OutcomeArrays", "PathSamples", "SamplingInputs"]
+__all__ = ["CovariateArrays", "ModelArrays", "OutcomeArrays", "PathSamples", "SamplingInputs"]
 
 #: Tolerance on probability sums (rows of ``dens``, ``p_win``, ``new_pmf``, mixes).
 PROB_TOL = 1e-9
@@ -54,6 +54,23 @@ def as_array(name: str, value: Any, dtype: type, ndim: int) -> np.ndarray:
     ):
         raise ParameterError(f"The `{name}` array must be numeric. Got dtype {arr.dtype}.")
     return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _kernel_view(arr: np.ndarray, read_only: bool) -> np.ndarray:
+    """``arr`` with the given writability (a read-only view, or a copy if read-only).
+
+    Numba compiles one specialisation per writability of each argument, so the kernels'
+    inputs always come with the same one: read-only for the exit densities (a model's
+    cached densities are read-only and large), writable for the others (small; a
+    broadcast scalar is read-only until copied).
+    """
+    if read_only:
+        if not arr.flags.writeable:
+            return arr
+        view = arr.view()
+        view.flags.writeable = False
+        return view
+    return arr if arr.flags.writeable else arr.copy()
 
 
 def check_shape(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -340,7 +357,7 @@ class ModelArrays:
             ("new_amount_offsets", amt_off),
             ("new_amount_values", amt_val),
         ):
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, _kernel_view(value, read_only=name == "dens"))
 
     @property
     def n_days(self) -> int:
@@ -572,3 +589,136 @@ class PathSamples:
     def n_paths(self) -> int:
         """Number of completed paths."""
         return int(self.totals.shape[0])
+
+
+def _check_pieces(
+    name: str, x: Any, starts: Any, lead: tuple[int, ...], d: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise covariate paths: values (*lead, Q, d) and piece starts (*lead, Q), days."""
+    xv = as_array(f"{name}_x", x, np.float64, len(lead) + 2)
+    st = as_array(f"{name}_starts", starts, np.float64, len(lead) + 1)
+    if xv.shape[: len(lead)] != lead or xv.shape[-1] != d:
+        raise ParameterError(
+            f"The `{name}_x` array must have shape {(*lead, 'Q', d)}. Got {xv.shape}."
+        )
+    check_shape(f"{name}_starts", st, xv.shape[:-1])
+    check_range(f"{name}_x", xv, -math.inf, math.inf)
+    if st.size:
+        first = st[..., 0]
+        if np.any(first != 0.0):
+            raise ParameterError(f"The `{name}_starts` paths must start at 0 days.")
+        if np.any(np.isnan(st)) or np.any(st[..., 1:] < st[..., :-1]):
+            raise ParameterError(f"The `{name}_starts` must be non-decreasing days (inf: unused).")
+    return xv, st
+
+
+@dataclass(frozen=True, eq=False)
+class CovariateArrays:
+    """Deal covariates in simulation: each deal's and each profile's covariate path (checked once).
+
+    With deal covariates (``docs/model.md``, "Deal covariates"), a deal's exit
+    sub-densities are its segment's baseline ones (the deal with ``x = 0``) with each
+    cause-specific hazard multiplied by ``exp(β_{k,G(j)} · x(t))``, ``x(t)`` its
+    covariates at time ``t``, a path of ``Q`` pieces of constant values (the close
+    date is expected to be pushed when it passes). The current stage uses the deal's
+    own path from the as-of instant; the stages after its next move use its
+    profile's paths from the stage entry; new deals draw their profile from the
+    segment's recent mix.
+
+    Parameters
+    ----------
+    base_dens : array_like of float, shape (B, G, K, C, L)
+        Baseline exit sub-densities per draw, segment and stage (like
+        :attr:`ModelArrays.dens`).
+    betas : array_like of float, shape (B, K, 4, d)
+        Log hazard ratios per draw, stage and destination group (move, won, lost,
+        no decision).
+    deal_x, deal_starts : array_like, shapes (N, Q, d) and (N, Q)
+        Each deal's covariate path from the as-of instant: values and start (days) of
+        each piece (``starts[:, 0] = 0``, ``inf`` for unused pieces).
+    deal_profile : array_like of int, shape (N,)
+        Each deal's profile (within its segment) for the stages after its next move.
+    profile_x, profile_starts : array_like, shapes (G, P, K, Q, d) and (G, P, K, Q)
+        Each profile's covariate path in each stage from its entry.
+    new_x, new_starts : array_like, shapes (G, R, K, Q, d) and (G, R, K, Q)
+        The same for new-deal profiles.
+    new_weights : array_like of float, shape (G, R)
+        Share of new deals in each profile (rows sum to 1).
+    """
+
+    base_dens: Any
+    betas: Any
+    deal_x: Any
+    deal_starts: Any
+    deal_profile: Any
+    profile_x: Any
+    profile_starts: Any
+    new_x: Any
+    new_starts: Any
+    new_weights: Any
+
+    def __post_init__(self) -> None:
+        dens = _check_dens(self.base_dens)
+        n_draws, n_seg, n_open, _, _ = dens.shape
+        betas = as_array("betas", self.betas, np.float64, 4)
+        if betas.shape[:3] != (n_draws, n_open, 4):
+            raise ParameterError(
+                f"The `betas` array must have shape (B, K, 4, d) = ({n_draws}, {n_open}, 4, d). "
+                f"Got {betas.shape}."
+            )
+        check_range("betas", betas, -math.inf, math.inf)
+        d = betas.shape[3]
+        deal_x = as_array("deal_x", self.deal_x, np.float64, 3)
+        n_deals = deal_x.shape[0]
+        deal_x, deal_st = _check_pieces("deal", deal_x, self.deal_starts, (n_deals,), d)
+        profile = as_array("deal_profile", self.deal_profile, np.int64, 1)
+        check_shape("deal_profile", profile, (n_deals,))
+        prof_x = as_array("profile_x", self.profile_x, np.float64, 5)
+        n_prof = prof_x.shape[1]
+        prof_x, prof_st = _check_pieces(
+            "profile", prof_x, self.profile_starts, (n_seg, n_prof, n_open), d
+        )
+        check_range("deal_profile", profile, 0, max(n_prof - 1, 0))
+        new_x = as_array("new_x", self.new_x, np.float64, 5)
+        n_new = new_x.shape[1]
+        new_x, new_st = _check_pieces("new", new_x, self.new_starts, (n_seg, n_new, n_open), d)
+        weights = as_array("new_weights", self.new_weights, np.float64, 2)
+        check_shape("new_weights", weights, (n_seg, n_new))
+        check_range("new_weights", weights, 0.0, 1.0)
+        if np.any(np.abs(weights.sum(axis=1) - 1.0) > PROB_TOL):
+            raise ParameterError(
+                f"Each `new_weights` row must sum to 1. Got {weights.sum(axis=1).tolist()}."
+            )
+        for name, value in (
+            ("base_dens", dens),
+            ("betas", betas),
+            ("deal_x", deal_x),
+            ("deal_starts", deal_st),
+            ("deal_profile", profile),
+            ("profile_x", prof_x),
+            ("profile_starts", prof_st),
+            ("new_x", new_x),
+            ("new_starts", new_st),
+            ("new_weights", weights),
+        ):
+            object.__setattr__(self, name, value)
+
+    def check_against(self, arrays: ModelArrays) -> None:
+        """Raise unless these arrays fit ``arrays`` (same B, G, K, C, N and enough bins)."""
+        b, g, k, c, length = self.base_dens.shape
+        sizes = arrays.shape
+        if (b, g, k, c) != (sizes["B"], sizes["G"], sizes["K"], sizes["C"]):
+            raise ParameterError(
+                f"The covariate arrays have (B, G, K, C) = {(b, g, k, c)}; the model arrays "
+                f"{(sizes['B'], sizes['G'], sizes['K'], sizes['C'])}."
+            )
+        if self.deal_x.shape[0] != sizes["N"]:
+            raise ParameterError(
+                f"The `deal_x` array has {self.deal_x.shape[0]} deals; the model arrays "
+                f"{sizes['N']}."
+            )
+        need = int(arrays.deal_age.max(initial=0)) + arrays.n_days
+        if length < need:
+            raise ParameterError(
+                f"The `base_dens` array must cover L >= {need} day bins. Got L = {length}."
+            )

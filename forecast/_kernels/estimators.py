@@ -101,13 +101,16 @@ def aalen_johansen_summaries(
         # reversed cumulative sum of the Python estimator)
         acc[:] = 0.0
         boundary[n_chunks, :] = 0.0
+        # rows copied element by element: assigning an array to a slice compiles a
+        # shape check whose error message (string formatting) doubles the first call
         for c in range(n_chunks - 1, -1, -1):
             for i in range(min(n, (c + 1) * _CHUNK) - 1, c * _CHUNK - 1, -1):
                 row = weights_t[deal[lo + i]]
                 f = row_weight[lo + i]
                 for b in range(n_draws):
                     acc[b] += row[b] * f
-            boundary[c, :] = acc
+            for b in range(n_draws):
+                boundary[c, b] = acc[b]
         cif[:] = 0.0
         surv[:] = 1.0
         med[:] = np.nan
@@ -124,7 +127,8 @@ def aalen_johansen_summaries(
                 f = row_weight[lo + r]
                 for b in range(n_draws):
                     gathered[r - c0, b] = row[b] * f
-            suffix[c1 - c0, :] = boundary[k + 1, :]
+            for b in range(n_draws):
+                suffix[c1 - c0, b] = boundary[k + 1, b]
             for r in range(c1 - 1, c0 - 1, -1):
                 for b in range(n_draws):
                     suffix[r - c0, b] = suffix[r - c0 + 1, b] + gathered[r - c0, b]

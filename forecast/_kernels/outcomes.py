@@ -41,11 +41,13 @@ from __future__ import annotations
 import numpy as np
 
 from forecast._kernels._options import jit, jit_inline
+from forecast._kernels.tilt import tilt_pieces
 
 __all__ = [
     "STATUS_OK",
     "STATUS_SINGULAR",
     "deal_quarter_probs",
+    "deal_quarter_probs_tilted",
     "fresh_win_density",
     "new_deal_quarter_probs",
     "outcome_block",
@@ -306,10 +308,19 @@ def deal_quarter_probs(first, fresh, curve, age, qb, window, pull_in, p_win, p_q
             surv[k, lag] += beyond
     # the breakpoints in increasing order: at sojourn bin e the sums of the breakpoints
     # beyond e advance together (each sum keeps the order of its additions)
-    order = np.argsort(xs)
+    # (insertion sort of the 3H + 1 breakpoints: tied breakpoints get equal sums, so any
+    # order sorting them gives the same bits; np.argsort would compile a whole quicksort)
+    order = np.empty(n_x, dtype=np.int64)
     xs_sorted = np.empty(n_x, dtype=np.int64)
     for ix in range(n_x):
-        xs_sorted[ix] = xs[order[ix]]
+        v = xs[ix]
+        pos = ix
+        while pos > 0 and xs_sorted[pos - 1] > v:
+            xs_sorted[pos] = xs_sorted[pos - 1]
+            order[pos] = order[pos - 1]
+            pos -= 1
+        xs_sorted[pos] = v
+        order[pos] = ix
     x_max = xs_sorted[n_x - 1]
     # s[j, m] = CW[j, m] + CW[j, m - 1]: where a move in bin e lands, before the factor 1/2
     s_cw = np.zeros((n_open, x_max + 1))
@@ -488,4 +499,76 @@ def new_deal_quarter_probs(fresh, entry_mix, qb, window, pull_in, pmf, p_qe):
                 total += ccw[hi] - ccw[lo]
             cdf[ix] = 0.5 * total / n_s if n_s > 0 else 0.0
         _quarters_from_cdf(cdf, n_q, pull_in, pmf[c], p_qe[c])
+    return STATUS_OK
+
+
+@jit
+def deal_quarter_probs_tilted(
+    hazards, cw_profiles, stage, age, ratios, starts, profile, qb, window, pull_in, p_win, p_qe
+):
+    """Per-deal quarter probabilities when each deal has its own exit hazards.
+
+    Deal ``i`` in open stage ``k`` aged ``a`` days has, in its current stage, the
+    baseline's discrete cause-specific hazards ``hazards[k]`` times its hazard ratios,
+    which change over time as its covariates are expected to change
+    (``ratios[i, p]`` from ``starts[i, p]`` days after the as-of instant,
+    :func:`forecast._kernels.tilt.tilt_pieces`), from bin ``a`` on (so its first exit
+    is conditioned on its age); after a move it enters the next stage fresh with the
+    win-time distribution of its covariate profile ``profile[i]``
+    (``cw_profiles[profile[i]]``, cumulative sums of :func:`fresh_win_density` of the
+    profile's tilted densities). The raw win-time CDF at the breakpoints is
+
+        F(x) = sum_{e < x} f[K, e] + sum_{j < K} sum_{e < x} f[j, e] (CW[j, x - e] + CW[j, x - e - 1]) / 2
+
+    with ``f`` the deal's tilted first-exit sub-densities; then the pull-in as in
+    :func:`deal_quarter_probs`.
+
+    Parameters
+    ----------
+    hazards : ndarray of float64, shape (K, C, L)
+        :func:`forecast._kernels.tilt.baseline_hazards` of each stage's baseline
+        sub-densities (one draw and segment).
+    cw_profiles : ndarray of float64, shape (P, K, n_days + 1)
+        Per covariate profile, the cumulative fresh-entry win-time distribution.
+    stage, age : ndarray of int64, shape (M,)
+        Open stage and whole days in stage; ``age + n_days <= L``.
+    ratios : ndarray of float64, shape (M, Q, C)
+        Each deal's hazard ratios in its current stage, per piece of time.
+    starts : ndarray of float64, shape (M, Q)
+        Days after the as-of instant at which each piece starts (``starts[:, 0] = 0``).
+    profile : ndarray of int64, shape (M,)
+        Each deal's profile for the stages after its next move.
+    qb, window, pull_in, p_win, p_qe
+        As in :func:`deal_quarter_probs`.
+
+    Returns
+    -------
+    status : int64
+        :data:`STATUS_OK`.
+    """
+    n_open = hazards.shape[0]
+    n_codes = hazards.shape[1]
+    won = n_open
+    n_q = qb.shape[0] - 1
+    n_days = cw_profiles.shape[2] - 1
+    xs = _breakpoints(qb, window)
+    n_x = xs.shape[0]
+    for i in range(stage.shape[0]):
+        k = stage[i]
+        p = profile[i]
+        f = np.empty((n_codes, n_days))
+        tilt_pieces(hazards[k], ratios[i], starts[i], age[i], f)
+        cdf = np.empty(n_x)
+        for ix in range(n_x):
+            x = xs[ix]
+            if x > n_days:
+                x = n_days
+            acc = 0.0
+            for e in range(x):
+                acc += f[won, e]
+            for j in range(n_open):
+                for e in range(x):
+                    acc += f[j, e] * 0.5 * (cw_profiles[p, j, x - e] + cw_profiles[p, j, x - e - 1])
+            cdf[ix] = acc
+        _quarters_from_cdf(cdf, n_q, pull_in, p_win[i], p_qe[i])
     return STATUS_OK

@@ -116,6 +116,9 @@ class DealLog:
     source : LogSource or None
         How the reader built the log (``None``: built directly from canonical
         events).
+    numeric_columns : tuple of str
+        Names of the numeric columns carried in ``events`` (Float64, value from each
+        row on), e.g. for deal covariates.
     """
 
     events: pl.DataFrame
@@ -124,12 +127,15 @@ class DealLog:
     report: ValidationReport | None = None
     cut: dt.datetime | None = None
     source: LogSource | None = None
+    numeric_columns: tuple[str, ...] = ()
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segment_columns", tuple(self.segment_columns))
+        object.__setattr__(self, "numeric_columns", tuple(self.numeric_columns))
         missing = [c for c in CANONICAL_COLUMNS if c not in self.events.columns]
         missing += [c for c in self.segment_columns if c not in self.events.columns]
+        missing += [c for c in self.numeric_columns if c not in self.events.columns]
         if missing:
             raise ParameterError(
                 f"`DealLog` needs a canonical event frame; columns {missing} are missing. "
@@ -226,7 +232,13 @@ class DealLog:
                 known = last_export if last_export is not None else dt.datetime.min
             ev = self.events.filter(pl.col("timestamp") <= known)
             self._cache[key] = DealLog(
-                ev, self.stages, self.segment_columns, self.report, cut=t, source=self.source
+                ev,
+                self.stages,
+                self.segment_columns,
+                self.report,
+                cut=t,
+                source=self.source,
+                numeric_columns=self.numeric_columns,
             )
         return self._cache[key]
 

@@ -153,6 +153,7 @@ def read_deal_log(
     epoch_unit: EpochUnit | None = None,
     file_date_format: str | None = None,
     vanished: Vanished = "no_decision",
+    numeric_columns: Sequence[str] = (),
 ) -> DealLog:
     """Load, validate and canonicalise a CRM deal history.
 
@@ -220,6 +221,11 @@ def read_deal_log(
     vanished : {"no_decision", "lost", "keep_open"}, default "no_decision"
         Snapshots only: what becomes of a deal open in one export and missing from
         every later one (counted in ``report.vanished_deals``).
+    numeric_columns : sequence of str, optional
+        Numeric columns of the caller's table to carry under their own names (Float64,
+        value from each row on), e.g. for deal covariates (``fit(covariates=...)``).
+        A value that is not a number is an error naming the column and the row;
+        empty cells are unknown values.
 
     Returns
     -------
@@ -292,6 +298,7 @@ def read_deal_log(
         timestamp_formats = (timestamp_formats,)
     formats = [*(timestamp_formats or ()), *(p.timestamp_formats if p is not None else ())]
     segments = _check_segments(segment_columns)
+    numerics = _check_numeric_columns(numeric_columns, segments)
     if stages is None and open_stages is None and p is not None:
         stages = p.stages
 
@@ -302,12 +309,13 @@ def read_deal_log(
             columns = {**dict(columns or {}), "timestamp": FILE_DATE_COLUMN}
         candidates, _ = _column_plan(shape, p, columns)
         wanted = {c for cands in candidates.values() for c in cands} | set(segments)
+        wanted |= set(numerics)
         wanted |= set(p.extra_columns if p is not None else ())
         table, exports = load_export_folder(
             folder, wanted=wanted, by_name=by_name, file_date_format=file_date_format
         )
     else:
-        table = _load_needed_columns(source, shape, p, columns, segments)
+        table = _load_needed_columns(source, shape, p, columns, (*segments, *numerics))
     try:
         return _canonical(
             table,
@@ -323,6 +331,7 @@ def read_deal_log(
             vanished,
             exports,
             source,
+            numerics,
         )
     except DataError as err:
         if exports is None or err.row is None:
@@ -351,6 +360,7 @@ def _canonical(
     vanished: Vanished,
     exports: ExportFolder | None,
     source: Any,
+    numerics: tuple[str, ...] = (),
 ) -> DealLog:
     """The reader's steps after loading: map, type, classify, build events."""
     if _ROW in table.columns:  # pragma: no cover - defensive
@@ -378,12 +388,12 @@ def _canonical(
     available = [c for c in table.columns if c != _ROW]
     context = f"preset {p.name!r}" if p is not None else ""
     found = resolve_columns(available, candidates, required, context=context)
-    for s in segments:
+    for s in (*segments, *numerics):
         if s not in table.columns:
             resolve_columns(available, {s: (s,)}, [s])  # raises MissingColumnError
     if exports is not None:
         exports.check_columns({c: src for c, src in found.items() if src is not None})
-        exports.check_columns({s: s for s in segments})
+        exports.check_columns({s: s for s in (*segments, *numerics)})
     if p is not None:
         used = {src for src in found.values() if src is not None}
         segments = (
@@ -402,8 +412,10 @@ def _canonical(
             for canon, src in found.items()
         ],
         *[pl.col(s).cast(pl.Utf8) for s in segments],
+        *[pl.col(s) for s in numerics],
         pl.col(_ROW).alias("source_row"),
     )
+    frame = _numeric_typed(frame, numerics)
     frame = _typed(frame, found, shape, formats, epoch_unit, tally)
     stage_map = _stage_map(frame, stages, open_stages, found["stage"])
     check_stages(frame, stage_map, found["stage"])
@@ -415,7 +427,7 @@ def _canonical(
     elif shape == "snapshots":
         events, stage_map, snapshot_dates = snapshots_to_events(
             frame,
-            segments,
+            (*segments, *numerics),
             stage_map,
             found,
             tally,
@@ -425,7 +437,9 @@ def _canonical(
         )
         events = events.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
     else:
-        events = _deals_to_events(frame, segments, stage_map, entry_stage, found, tally)
+        events = _deals_to_events(
+            frame, (*segments, *numerics), stage_map, entry_stage, found, tally
+        )
     events = check_terminal_transitions(events, stage_map, tally)
     check_creation_dates(events, stage_map, tally, source=found["created_at"])
     events = events.select(
@@ -436,6 +450,7 @@ def _canonical(
         pl.col("close_date").cast(pl.Datetime("us")),
         pl.col("created_at").cast(pl.Datetime("us")),
         *[pl.col(s).cast(pl.Utf8) for s in segments],
+        *[pl.col(s).cast(pl.Float64) for s in numerics],
         pl.col("source_row").cast(pl.Int64),
     )
     if exports is not None:
@@ -451,7 +466,9 @@ def _canonical(
         files=files,
         snapshot_dates=snapshot_dates,
     )
-    return DealLog(events, stage_map, segments, tally.report(events), source=origin)
+    return DealLog(
+        events, stage_map, segments, tally.report(events), source=origin, numeric_columns=numerics
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -621,6 +638,59 @@ def _check_segments(segment_columns: Sequence[str]) -> tuple[str, ...]:
             "the column in the table first."
         )
     return segs
+
+
+def _check_numeric_columns(
+    numeric_columns: Sequence[str], segments: tuple[str, ...]
+) -> tuple[str, ...]:
+    if isinstance(numeric_columns, str):
+        numeric_columns = (numeric_columns,)
+    names = tuple(str(s) for s in numeric_columns)
+    clash = [s for s in names if s in (*CANONICAL_NAMES, "source_row", *segments)]
+    if clash or len(set(names)) != len(names):
+        raise ParameterError(
+            "The `numeric_columns` of `read_deal_log` must be distinct and must not use the "
+            f"canonical names {[*CANONICAL_NAMES, 'source_row']} or a segment column. Got "
+            f"{list(names)}."
+        )
+    return names
+
+
+def _numeric_typed(frame: pl.DataFrame, numerics: tuple[str, ...]) -> pl.DataFrame:
+    """The numeric columns as Float64; a cell that is not a number is a DataError."""
+    for name in numerics:
+        col = frame[name]
+        if col.dtype.is_numeric():
+            as_float = col.cast(pl.Float64)
+        else:
+            text = col.cast(pl.Utf8).str.strip_chars()
+            as_float = text.cast(pl.Float64, strict=False)
+            bad = (text.is_not_null() & (text != "") & as_float.is_null()).arg_true()
+            if bad.len():
+                i = int(bad[0])
+                row = int(frame["source_row"][i])
+                raise DataError(
+                    f"Column `{name}` (declared in `numeric_columns`), row {row}: "
+                    f"{col[i]!r} is not a number. Expected a number or an empty cell.",
+                    column=name,
+                    row=row,
+                    expected="a number",
+                    found=col[i],
+                )
+        bad_inf = as_float.is_infinite().arg_true()
+        if bad_inf.len():
+            i = int(bad_inf[0])
+            row = int(frame["source_row"][i])
+            raise DataError(
+                f"Column `{name}` (declared in `numeric_columns`), row {row}: {col[i]!r} is "
+                "infinite. Expected a finite number or an empty cell.",
+                column=name,
+                row=row,
+                expected="a finite number",
+                found=col[i],
+            )
+        frame = frame.with_columns(as_float.alias(name))
+    return frame
 
 
 def _column_plan(

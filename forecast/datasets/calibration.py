@@ -11,6 +11,7 @@ the engine's calibration and by ``benchmarks/calibration.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
@@ -38,6 +39,7 @@ def forecast_vs_bookings(
     shrink: bool = True,
     history_start: object = "2022-01-01",
     half_life: float | str | None = "auto",
+    covariates: Sequence[str] | None = None,
     **generator: Any,
 ) -> pl.DataFrame:
     """Forecast mean and realised bookings per world, horizon quarter and part.
@@ -62,6 +64,10 @@ def forecast_vs_bookings(
         Recency half-life of every fit (days), passed to :func:`forecast.fit`.
     history_start : date-like, default "2022-01-01"
         Start of every generated history.
+    covariates : sequence of str, optional
+        Passed to :func:`forecast.fit` (default: the fit's default covariates). The
+        generator's ``lead_source`` and ``product_line`` columns (``category_effect``)
+        are read as segment columns, so they can be named here.
     **generator
         Further keyword arguments of :func:`forecast.datasets.generate_crm`
         (e.g. ``sigma_shock``, ``pull_in``, ``scale``).
@@ -84,7 +90,10 @@ def forecast_vs_bookings(
         world = generate_crm(
             seed=first_seed + i, start=history_start, end=quarters[-1].end, **generator
         )
-        log = read_deal_log(world.events, stages=world.stage_map, segment_columns=("segment",))
+        extra = tuple(c for c in ("lead_source", "product_line") if c in world.events.columns)
+        log = read_deal_log(
+            world.events, stages=world.stage_map, segment_columns=("segment", *extra)
+        )
         model = fit(
             log,
             as_of=t,
@@ -94,6 +103,7 @@ def forecast_vs_bookings(
             seed=i,
             shrink=shrink,
             half_life=half_life,
+            **({} if covariates is None else {"covariates": tuple(covariates)}),
         )
         fc = model.simulate(log, n_paths=n_paths, horizon=horizon, seed=i)
         open_ids = log.pipeline(t)["deal_id"].implode()

@@ -136,6 +136,26 @@ _PUSH_MEAN_DAYS = {"SMB": 21.0, "MidMarket": 30.0, "Enterprise": 45.0}
 _PUSH_SHAPE = 2.0
 _SHOCK_QUARTERS_AFTER_END = 80  # shocks drawn this far past `end` (unobserved)
 
+# Deal covariate traps (generate_crm's size_effect, push_effect, category_effect): true
+# log hazard ratios of the cause-specific hazards per destination group (a move to
+# another open stage, won, lost, no decision), the same in every stage.
+_GROUPS = ("move", "won", "lost", "no_decision")
+#: per doubling of the amount at the visit relative to the segment's median amount
+_SIZE_BETA = (-0.15, -0.35, 0.10, 0.0)
+#: per push of the close date so far (counted up to _PUSH_EFFECT_CAP pushes)
+_PUSH_BETA = (-0.20, -0.30, 0.25, 0.20)
+_PUSH_EFFECT_CAP = 5
+#: first rep close date of a deal under push_effect: creation + gamma(2) with this mean
+_EXOGENOUS_CLOSE_DAYS = {"SMB": 60.0, "MidMarket": 100.0, "Enterprise": 180.0}
+_LEAD_SOURCES = ("Inbound", "Outbound", "Partner")
+_LEAD_SOURCE_SHARES = (0.5, 0.3, 0.2)
+_LEAD_SOURCE_BETA = {"Outbound": (0.0, -0.40, 0.20, 0.0), "Partner": (0.0, 0.50, -0.20, 0.0)}
+_PRODUCT_LINES = ("Core", "Add-on")  # no effect
+_PRODUCT_LINE_SHARES = (0.6, 0.4)
+_HAZARD_GRID_POINTS = 2000
+_HAZARD_SPAN = 80.0  # hazard grid up to this many stage means
+_HAZARD_CHUNK = 400
+
 _DEFAULT_START = dt.datetime(2022, 1, 1)
 _DEFAULT_END = dt.datetime(2025, 1, 1)
 
@@ -405,6 +425,16 @@ class SyntheticTruth:
         ``start``.
     in_progress : tuple of str
         Deal ids open at ``recorded_from`` (empty when recorded from ``start``).
+    covariate_effects : polars.DataFrame
+        The deal covariates' true log hazard ratios (empty without covariate
+        traps): ``covariate`` (the design column as
+        :mod:`forecast.fit.covariates` names it: ``amount`` per doubling of the
+        amount relative to the segment's median amount, ``pushes`` per push of
+        the close date so far, ``lead_source=Outbound`` / ``lead_source=Partner``
+        against ``Inbound``), ``stage``, ``destination`` (``move``, ``won``,
+        ``lost``, ``no_decision``) and ``beta``: the cause-specific hazard of
+        every destination of the group is multiplied by ``exp(beta · x)``.
+        ``product_line`` has no effect.
     """
 
     stage_map: StageMap
@@ -428,6 +458,7 @@ class SyntheticTruth:
     drift: MarketDrift | None = None
     recorded_from: dt.datetime | None = None
     in_progress: tuple[str, ...] = field(default=(), repr=False)
+    covariate_effects: pl.DataFrame = field(default_factory=lambda: _effects_frame([]), repr=False)
 
     # -- lookups ---------------------------------------------------------------------
     def _segment(self, segment: str) -> str:
@@ -657,6 +688,198 @@ def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum(out, probs.shape[1] - 1)
 
 
+def _effects_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        rows,
+        schema={
+            "covariate": pl.Utf8,
+            "stage": pl.Utf8,
+            "destination": pl.Utf8,
+            "beta": pl.Float64,
+        },
+    )
+
+
+def _true_effects(size: bool, pushes: bool, category: bool) -> dict[str, tuple[float, ...]]:
+    """Design column -> true log hazard ratio per destination group."""
+    out: dict[str, tuple[float, ...]] = {}
+    if size:
+        out["amount"] = _SIZE_BETA
+    if pushes:
+        out["pushes"] = _PUSH_BETA
+    if category:
+        for level, beta in _LEAD_SOURCE_BETA.items():
+            out[f"lead_source={level}"] = beta
+    return out
+
+
+@dataclass(frozen=True)
+class _Hazards:
+    """Cause-specific baseline hazards of one (segment, stage) on a grid (days)."""
+
+    u: np.ndarray  # (m,) grid, u[0] = 0
+    cum: np.ndarray  # (C, m) cumulative hazards
+    rate: np.ndarray  # (C, m) hazards
+
+
+def _hazard_tables(t: _Tables) -> dict[tuple[int, int], _Hazards]:
+    """The baseline cause-specific hazards ``p_j f_j(u) / S(u)`` of every (segment, stage)."""
+    out = {}
+    for g, seg in enumerate(_SEGMENTS):
+        for k in range(_K):
+            span = _HAZARD_SPAN * _STAGE_MEAN_DAYS[seg][k]
+            u = np.concatenate([[0.0], np.geomspace(span * 1e-6, span, _HAZARD_GRID_POINTS)])
+            dens = np.zeros((_C, u.size))
+            surv = np.zeros(u.size)
+            for j in range(_C):
+                if t.p[g, k, j] > 0:
+                    d = _sojourn_dist(t, g, k, j)
+                    dens[j] = t.p[g, k, j] * d.pdf(u)
+                    surv += t.p[g, k, j] * d.sf(u)
+            rate = dens / np.maximum(surv, 1e-300)
+            step = np.diff(u)[None, :] * 0.5 * (rate[:, 1:] + rate[:, :-1])
+            cum = np.concatenate([np.zeros((_C, 1)), np.cumsum(step, axis=1)], axis=1)
+            out[(g, k)] = _Hazards(u, cum, rate)
+    return out
+
+
+def _grouped_cum_at(
+    t: np.ndarray, u: np.ndarray, c_grp: np.ndarray, r_end: np.ndarray
+) -> np.ndarray:
+    """Grouped cumulative hazards at days ``t`` (any shape), shape ``t.shape + (4,)``.
+
+    Linear on the grid ``u``; beyond it the hazards stay at their last values ``r_end``.
+    """
+    tc = np.minimum(t, u[-1])
+    out = np.stack([np.interp(tc, u, c_grp[q]) for q in range(4)], axis=-1)
+    return out + np.maximum(t - u[-1], 0.0)[..., None] * r_end
+
+
+def _hazard_exits(
+    rng: np.random.Generator,
+    hazards: dict[tuple[int, int], _Hazards],
+    g: np.ndarray,
+    k: np.ndarray,
+    t0: np.ndarray,
+    eta: np.ndarray,
+    push_times: np.ndarray | None,
+    shock: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sojourn and destination of each visit under proportional cause-specific hazards.
+
+    ``eta`` (n, 4) is each visit's fixed log hazard ratio per destination group;
+    ``push_times`` (n, P) the times (days since the log start) of the deal's first
+    pushes (``inf`` padded), each adding ``_PUSH_BETA``; ``shock(t_exit)`` the log
+    odds added to "won" given the exit instant (the all-cause sojourn keeps its law).
+    Exit time by inversion of the deal's cumulative hazard on the grid (constant
+    hazards beyond it); destination with probability proportional to the deal's
+    hazards at the exit time.
+    """
+    n = g.size
+    soj = np.empty(n)
+    dest = np.empty(n, dtype=np.int64)
+    e = rng.standard_exponential(n)
+    u_dest = rng.random(n)
+    group_of = np.array([0] * _K + [1, 2, 3])
+    push_beta = np.asarray(_PUSH_BETA, dtype=np.float64)
+    pairs = np.unique(g * _K + k)
+    n_cap = 0 if push_times is None else push_times.shape[1]
+    for pair in pairs:
+        gg, kk = divmod(int(pair), _K)
+        hz = hazards[(gg, kk)]
+        # cumulative hazard of each destination group on the grid, (4, m)
+        c_grp = np.zeros((4, hz.u.size))
+        r_end = np.zeros(4)
+        for j in range(_C):
+            c_grp[group_of[j]] += hz.cum[j]
+            r_end[group_of[j]] += hz.rate[j, -1]
+        u_end = hz.u[-1]
+
+        idx_all = np.flatnonzero((g == gg) & (k == kk))
+        for lo in range(0, idx_all.size, _HAZARD_CHUNK):
+            idx = idx_all[lo : lo + _HAZARD_CHUNK]
+            m = idx.size
+            rows = np.arange(m)
+            # pieces of constant covariates: pushes split the visit
+            bounds = np.zeros((m, n_cap + 2))
+            if n_cap:
+                bounds[:, 1:-1] = np.clip(push_times[idx] - t0[idx][:, None], 0.0, None)
+            bounds[:, -1] = np.inf
+            p_level = np.arange(n_cap + 1)
+            a_piece = np.exp(
+                eta[idx][:, None, :] + push_beta[None, None, :] * p_level[None, :, None]
+            )
+            if not n_cap:
+                a_piece = np.exp(eta[idx])[:, None, :]
+            c_b = _grouped_cum_at(np.minimum(bounds, 1e12), hz.u, c_grp, r_end)  # (m, P + 2, 4)
+            lam_b = np.concatenate(
+                [np.zeros((m, 1)), np.cumsum((a_piece * np.diff(c_b, axis=1)).sum(axis=2), axis=1)],
+                axis=1,
+            )
+            piece = np.minimum((lam_b[:, 1:] < e[idx][:, None]).sum(axis=1), n_cap)
+            a_p = a_piece[rows, piece]  # (m, 4)
+            base = lam_b[rows, piece] - (a_p * c_b[rows, piece]).sum(axis=1)
+            lam = base[:, None] + a_p @ c_grp  # the piece's cumulative hazard on the grid
+            cell = (lam < e[idx][:, None]).sum(axis=1)  # first grid point at or past e
+            inside = cell < hz.u.size
+            hi_c = np.minimum(cell, hz.u.size - 1)
+            lo_c = np.maximum(hi_c - 1, 0)
+            width = lam[rows, hi_c] - lam[rows, lo_c]
+            frac = np.where(
+                width > 0, (e[idx] - lam[rows, lo_c]) / np.where(width > 0, width, 1.0), 0.0
+            )
+            t_in = hz.u[lo_c] + np.clip(frac, 0.0, 1.0) * (hz.u[hi_c] - hz.u[lo_c])
+            rate_end = (a_p * r_end[None, :]).sum(axis=1)
+            t_out = u_end + (e[idx] - lam[:, -1]) / np.maximum(rate_end, 1e-300)
+            t_exit = np.where(inside, t_in, t_out)
+            soj[idx] = t_exit
+            rate_t = np.stack([np.interp(t_exit, hz.u, hz.rate[j]) for j in range(_C)], axis=1)
+            w = rate_t * a_p[:, group_of]
+            with np.errstate(divide="ignore"):
+                logw = np.log(w)
+            logw[:, _WON] += shock(t0[idx] + t_exit)
+            logw -= logw.max(axis=1, keepdims=True)
+            post = np.exp(logw)
+            post /= post.sum(axis=1, keepdims=True)
+            cum = np.cumsum(post, axis=1)
+            dest[idx] = np.minimum((cum < u_dest[idx][:, None]).sum(axis=1), _C - 1)
+    return soj, dest
+
+
+def _push_schedule(
+    rng: np.random.Generator, created: np.ndarray, seg_of: np.ndarray, end_days: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rep close dates that ignore the deal's future: first close and every later push.
+
+    The first close date is the creation plus a gamma(2) with the segment's mean
+    (``_EXOGENOUS_CLOSE_DAYS``); whenever the close date passes it is pushed
+    ``U(0, 3)`` days later by a gamma(2) with the segment's push mean. Returns
+    ``close0`` and the pushes ``(deal, time, new close)`` up to ``end_days`` (the
+    caller drops those after the deal's outcome).
+    """
+    n = created.size
+    mean0 = np.array([_EXOGENOUS_CLOSE_DAYS[s] for s in _SEGMENTS])[seg_of]
+    close0 = created + np.maximum(_CLOSE_MIN_DAYS, rng.gamma(2.0, mean0 / 2.0))
+    push_mean = np.array([_PUSH_MEAN_DAYS[s] for s in _SEGMENTS])[seg_of]
+    deals, times, closes = [], [], []
+    cur = close0.copy()
+    live = np.arange(n)
+    while live.size:
+        t_push = cur[live] + rng.uniform(0.0, _PUSH_DELAY_DAYS, live.size)
+        ok = t_push < end_days
+        live, t_push = live[ok], t_push[ok]
+        new_close = t_push + np.maximum(1.0, rng.gamma(_PUSH_SHAPE, push_mean[live] / _PUSH_SHAPE))
+        deals.append(live)
+        times.append(t_push)
+        closes.append(new_close)
+        cur[live] = new_close
+
+    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+    return close0, cat(deals, np.int64), cat(times, float), cat(closes, float)
+
+
 # ----------------------------------------------------------------------------------
 # Generator
 # ----------------------------------------------------------------------------------
@@ -704,6 +927,9 @@ def generate_crm(
     growth_per_year: float = 0.15,
     drift: MarketDrift | None = None,
     recorded_from: object | None = None,
+    size_effect: bool = False,
+    push_effect: bool = False,
+    category_effect: bool = False,
 ) -> SyntheticCRM:
     """Simulate a CRM deal history with known parameters.
 
@@ -746,6 +972,25 @@ def generate_crm(
         amount and close date then (its ``created_at`` is kept), like a CRM whose
         history tracking was switched on with deals already in progress. Deals closed
         before it do not appear.
+    size_effect : bool, default False
+        Deals differ by size: the cause-specific exit hazards of a visit are
+        multiplied by ``exp(beta · x)``, ``x`` the log₂ of the deal's amount over
+        its segment's median amount, with ``beta`` = (−0.15, −0.35, +0.10, 0) for
+        moves, wins, losses and no decisions: big deals win less often and move
+        slower (``truth.covariate_effects``).
+    push_effect : bool, default False
+        Informative pushes: the rep's close dates ignore the deal's future (a
+        first close date a gamma(2) after creation, pushed whenever it passes),
+        and each push so far (up to five) multiplies the hazards by
+        ``exp(beta)``, ``beta`` = (−0.20, −0.30, +0.25, +0.20): a deal pushed
+        again and again is stuck.
+    category_effect : bool, default False
+        Add the columns ``lead_source`` (Inbound 50 %, Outbound 30 %, Partner
+        20 %; Outbound wins less, Partner more) and ``product_line`` (Core 60 %,
+        Add-on 40 %; no effect). With any of the three, the journeys are drawn
+        from the proportional hazards (exit time by inversion of each deal's
+        cumulative hazard, destination in proportion to its hazards at that
+        time); with all three off the generator is exactly the one above.
 
     Returns
     -------
@@ -782,12 +1027,24 @@ def generate_crm(
                 "The `recorded_from` parameter of `generate_crm` must lie strictly between "
                 f"`start` ({t_start}) and `end` ({t_end}). Got {t_record}."
             )
+    size_effect = check_bool(size_effect, "size_effect", "generate_crm")
+    push_effect = check_bool(push_effect, "push_effect", "generate_crm")
+    category_effect = check_bool(category_effect, "category_effect", "generate_crm")
+    hazard_mode = size_effect or push_effect or category_effect
+    if drift is not None and hazard_mode:
+        raise ParameterError(
+            "The `drift` parameter of `generate_crm` cannot be combined with `size_effect`, "
+            "`push_effect` or `category_effect` (the proportional-hazard journeys do not "
+            "drift). Got drift and a covariate trap."
+        )
     window = float(quarter_end_window_days)
     tables = _tables()
     ss = np.random.SeedSequence(int(seed))
     rng_arr, rng_walk, rng_close, rng_shock, rng_messy = (
         np.random.default_rng(s) for s in ss.spawn(5)
     )
+    # covariate traps draw from their own stream (the default world is unchanged)
+    rng_cov = np.random.default_rng(ss.spawn(1)[0])
 
     def days(x: dt.datetime) -> float:
         return (x - t_start).total_seconds() / 86400.0
@@ -859,6 +1116,31 @@ def generate_crm(
     amount0 = np.round(rng_arr.lognormal(amt_mu, amt_sig), 2)
     region = rng_arr.choice(len(_REGIONS), size=n_deals, p=_REGION_SHARES)
 
+    # -- deal covariates (traps) ------------------------------------------------------
+    effects = _true_effects(size_effect, push_effect, category_effect)
+    lead = rng_cov.choice(len(_LEAD_SOURCES), size=n_deals, p=_LEAD_SOURCE_SHARES)
+    product = rng_cov.choice(len(_PRODUCT_LINES), size=n_deals, p=_PRODUCT_LINE_SHARES)
+    lead_eta = np.zeros((n_deals, 4))
+    if category_effect:
+        for i, level in enumerate(_LEAD_SOURCES):
+            if level in _LEAD_SOURCE_BETA:
+                lead_eta[lead == i] = _LEAD_SOURCE_BETA[level]
+    median_amount = np.array([_AMOUNT[s][0] for s in _SEGMENTS])[seg_of]
+    hazards = _hazard_tables(tables) if hazard_mode else {}
+    exo_push: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    push_times = None
+    if push_effect:
+        exo_push = _push_schedule(rng_close, created, seg_of, end_days)
+        push_times = np.full((n_deals, _PUSH_EFFECT_CAP), np.inf)
+        order_p = np.lexsort((exo_push[2], exo_push[1]))
+        pd_, pt_ = exo_push[1][order_p], exo_push[2][order_p]
+        rank = np.arange(pd_.size) - np.searchsorted(pd_, pd_, side="left")
+        early = rank < _PUSH_EFFECT_CAP
+        push_times[pd_[early], rank[early]] = pt_[early]
+
+    def shock_of(t_exit: np.ndarray) -> np.ndarray:
+        return z[quarter_index(t_exit)] if sigma_shock > 0.0 else np.zeros(t_exit.size)
+
     # -- journeys (vectorised over deals, one step per stage visit) ------------------
     row_deal = [np.arange(n_deals)]
     row_t = [created.copy()]
@@ -870,27 +1152,46 @@ def generate_crm(
     while active.size:
         g, k, t0 = seg_of[active], cur_stage[active], cur_t[active]
         n = active.size
-        probs = tables.p[g, k]  # (n, C)
-        pace = 1.0
-        if drift is not None:  # the market at the visit's entry
-            shift, pace = drift._arrays(t0, t_start)
-            probs = tilt_won_odds(probs, shift, _WON)
-        j0 = _categorical(rng_walk, probs)
-        zombie = rng_walk.random(n) < tables.zombie_w[g, k, j0]
-        t_gamma = rng_walk.gamma(tables.shape[g, k, j0], tables.scale[g, k, j0])
-        t_zombie = rng_walk.lognormal(tables.zombie_mu[g, k, j0], tables.zombie_sigma[g, k, j0])
-        soj = np.maximum(np.where(zombie, t_zombie, t_gamma) * pace, _MIN_SOJOURN_DAYS)
-        t_exit = t0 + soj
-        qi = quarter_index(t_exit)
-        # Destination given the exit time, won odds tilted by the quarter's shock.
-        with np.errstate(divide="ignore"):
-            logw = np.log(probs) + _log_sojourn_density(tables, g, k, soj / pace)
-        logw[:, _WON] += z[qi]
-        logw -= logw.max(axis=1, keepdims=True)
-        post = np.exp(logw)
-        post /= post.sum(axis=1, keepdims=True)
-        j_post = _categorical(rng_walk, post)
-        dest = j_post if sigma_shock > 0.0 else j0
+        if hazard_mode:
+            eta = lead_eta[active].copy()
+            if size_effect:
+                x_size = np.clip(np.log2(cur_amt[active] / median_amount[active]), -5.0, 5.0)
+                eta += np.asarray(_SIZE_BETA)[None, :] * x_size[:, None]
+            soj, dest = _hazard_exits(
+                rng_cov,
+                hazards,
+                g,
+                k,
+                t0,
+                eta,
+                None if push_times is None else push_times[active],
+                shock_of,
+            )
+            soj = np.maximum(soj, _MIN_SOJOURN_DAYS)
+            t_exit = t0 + soj
+            qi = quarter_index(t_exit)
+        else:
+            probs = tables.p[g, k]  # (n, C)
+            pace = 1.0
+            if drift is not None:  # the market at the visit's entry
+                shift, pace = drift._arrays(t0, t_start)
+                probs = tilt_won_odds(probs, shift, _WON)
+            j0 = _categorical(rng_walk, probs)
+            zombie = rng_walk.random(n) < tables.zombie_w[g, k, j0]
+            t_gamma = rng_walk.gamma(tables.shape[g, k, j0], tables.scale[g, k, j0])
+            t_zombie = rng_walk.lognormal(tables.zombie_mu[g, k, j0], tables.zombie_sigma[g, k, j0])
+            soj = np.maximum(np.where(zombie, t_zombie, t_gamma) * pace, _MIN_SOJOURN_DAYS)
+            t_exit = t0 + soj
+            qi = quarter_index(t_exit)
+            # Destination given the exit time, won odds tilted by the quarter's shock.
+            with np.errstate(divide="ignore"):
+                logw = np.log(probs) + _log_sojourn_density(tables, g, k, soj / pace)
+            logw[:, _WON] += z[qi]
+            logw -= logw.max(axis=1, keepdims=True)
+            post = np.exp(logw)
+            post /= post.sum(axis=1, keepdims=True)
+            j_post = _categorical(rng_walk, post)
+            dest = j_post if sigma_shock > 0.0 else j0
         # Quarter-end push of wins from the first W days of a quarter.
         q_start = q_bounds[qi]
         lo = np.maximum(t0, q_start - window)
@@ -926,23 +1227,30 @@ def generate_crm(
     outcome_t = cur_t  # absorption instant of every deal (days since start)
 
     # -- rep close dates -------------------------------------------------------------
-    f_opt = rng_close.uniform(*_CLOSE_OPTIMISM, n_deals)
-    close0 = created + np.maximum(_CLOSE_MIN_DAYS, f_opt * (outcome_t - created))
-    push_mean = np.array([_PUSH_MEAN_DAYS[s] for s in _SEGMENTS])[seg_of]
     push_deal, push_t, push_close = [], [], []
-    cur_close = close0.copy()
-    live = np.arange(n_deals)
-    while live.size:
-        t_push = cur_close[live] + rng_close.uniform(0.0, _PUSH_DELAY_DAYS, live.size)
-        ok = (t_push < outcome_t[live]) & (t_push < end_days)
-        live, t_push = live[ok], t_push[ok]
-        new_close = t_push + np.maximum(
-            1.0, rng_close.gamma(_PUSH_SHAPE, push_mean[live] / _PUSH_SHAPE)
-        )
-        push_deal.append(live)
-        push_t.append(t_push)
-        push_close.append(new_close)
-        cur_close[live] = new_close
+    if exo_push is not None:
+        close0, all_deal, all_t, all_close = exo_push
+        before_outcome = all_t < outcome_t[all_deal]
+        push_deal.append(all_deal[before_outcome])
+        push_t.append(all_t[before_outcome])
+        push_close.append(all_close[before_outcome])
+    else:
+        f_opt = rng_close.uniform(*_CLOSE_OPTIMISM, n_deals)
+        close0 = created + np.maximum(_CLOSE_MIN_DAYS, f_opt * (outcome_t - created))
+        push_mean = np.array([_PUSH_MEAN_DAYS[s] for s in _SEGMENTS])[seg_of]
+        cur_close = close0.copy()
+        live = np.arange(n_deals)
+        while live.size:
+            t_push = cur_close[live] + rng_close.uniform(0.0, _PUSH_DELAY_DAYS, live.size)
+            ok = (t_push < outcome_t[live]) & (t_push < end_days)
+            live, t_push = live[ok], t_push[ok]
+            new_close = t_push + np.maximum(
+                1.0, rng_close.gamma(_PUSH_SHAPE, push_mean[live] / _PUSH_SHAPE)
+            )
+            push_deal.append(live)
+            push_t.append(t_push)
+            push_close.append(new_close)
+            cur_close[live] = new_close
 
     # -- assemble rows: stage rows then push rows, forward-filled per deal --------------
     s_deal = np.concatenate(row_deal)
@@ -1001,6 +1309,15 @@ def generate_crm(
             "region": pl.Series(reg_names[region[deal]], dtype=pl.Utf8),
         }
     )
+    if category_effect:
+        events = events.with_columns(
+            pl.Series(
+                "lead_source", np.array(_LEAD_SOURCES, dtype=object)[lead[deal]], dtype=pl.Utf8
+            ),
+            pl.Series(
+                "product_line", np.array(_PRODUCT_LINES, dtype=object)[product[deal]], dtype=pl.Utf8
+            ),
+        )
 
     # -- truth -------------------------------------------------------------------------
     sojourn: dict[tuple[str, str, str], SojournDistribution] = {}
@@ -1055,6 +1372,14 @@ def generate_crm(
         drift=drift,
         recorded_from=t_record,
         in_progress=tuple(ids[in_progress].tolist()),
+        covariate_effects=_effects_frame(
+            [
+                {"covariate": c, "stage": names[k], "destination": _GROUPS[grp], "beta": b[grp]}
+                for c, b in effects.items()
+                for k in range(_K)
+                for grp in range(4)
+            ]
+        ),
     )
     changes: dict[str, Any] = {"duplicate_rows": 0, "reopened_deals": (), "shuffled": False}
     if messy:

@@ -915,6 +915,7 @@ def fit_exit_curves(
     *,
     tail_quantile: float = 0.75,
     min_tail_events: int = 20,
+    steps: AalenJohansen | None = None,
 ) -> ExitCurves:
     """Fit the exit curves of one stage: Aalen–Johansen on a day grid plus a tail.
 
@@ -934,6 +935,11 @@ def fit_exit_curves(
     tail_quantile : float, default 0.75
         In [0, 1).
     min_tail_events : int, default 20
+    steps : AalenJohansen, optional
+        Step functions to put on the grid instead of the Aalen–Johansen fit of
+        ``spells`` (e.g. the covariate model's baseline at ``x = 0``,
+        :func:`forecast.fit.covariates.baseline_steps`); the tail is fitted on
+        ``spells`` as usual.
 
     Returns
     -------
@@ -949,7 +955,7 @@ def fit_exit_curves(
         raise ModelError("Cannot fit exit curves from zero spells; the stage has no history.")
     if not (0.0 <= tail_quantile < 1.0):
         raise ParameterError(f"`tail_quantile` must be in [0, 1). Got {tail_quantile!r}.")
-    aj = aalen_johansen(spells)
+    aj = aalen_johansen(spells) if steps is None else steps
     big_d = math.ceil(float(spells.durations.max()))
     surv_grid, cif_grid = aj.evaluate(np.arange(big_d + 1, dtype=np.float64))
     s_end = float(surv_grid[-1])  # Kaplan–Meier: exactly 0 when the last spell is an exit

@@ -291,6 +291,10 @@ class FitData:
     in_progress : ndarray of bool, shape (n_deals,), or None
         Per deal of the deal table: already in progress when the recording began
         (:func:`mid_stream_deals`); None: none was.
+    covariate_design : CovariateDesign or None
+        The counting-process rows with the candidate covariates
+        (:func:`forecast.fit.covariates.build_design`; set by
+        :meth:`with_covariate_design`), None without covariates.
     """
 
     as_of: dt.datetime
@@ -308,6 +312,7 @@ class FitData:
     bookings: pl.DataFrame | None
     spell_arrays: SpellArrays | None
     cut: DealLog | None = None
+    covariate_design: Any = None
     _deal_index: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     _resampled: np.ndarray | None = dataclasses.field(default=None, repr=False)
     half_life: float | None = None
@@ -664,6 +669,10 @@ class FitData:
         if self.in_progress is None:
             return np.zeros(idx.size, dtype=bool)
         return self.in_progress[idx]
+
+    def with_covariate_design(self, design: Any) -> FitData:
+        """The same data holding ``design`` (:func:`forecast.fit.covariates.build_design`)."""
+        return dataclasses.replace(self, covariate_design=design)
 
     def deal_index(self, name: str) -> np.ndarray:
         """int64 (rows,), read-only: the index in :attr:`deal_ids` of each row of frame ``name``.

@@ -66,6 +66,8 @@ class ExitFit:
         Weight of the segment's own curves in ``curves`` (0 without spells).
     shrinkage : polars.DataFrame
         ``segment, stage, n_spells, credibility, k`` per segment and stage.
+    destination_effects : dict segment label -> ndarray (C,) or None
+        :func:`segment_destination_effects` (what the pooled curves are moved by).
     borrowed : dict open stage code -> BorrowedStage
         Stages without any exit, whose pooled curves were borrowed from a
         neighbouring stage (:mod:`forecast.fit.borrowing`); skipped stages (never
@@ -77,6 +79,7 @@ class ExitFit:
     raw: dict[tuple[str, int], ExitCurves]
     credibility: dict[tuple[str, int], float]
     shrinkage: pl.DataFrame
+    destination_effects: dict[str, np.ndarray | None] = field(default_factory=dict)
     borrowed: dict[int, BorrowedStage] = field(default_factory=dict)
 
 
@@ -252,7 +255,9 @@ def fit_exits(
                 }
             )
     shrinkage = pl.DataFrame(rows) if rows else empty_shrinkage()
-    return ExitFit(curves, pooled, raw, credibility, shrinkage, borrowed)
+    return ExitFit(
+        curves, pooled, raw, credibility, shrinkage, destination_effects=effects, borrowed=borrowed
+    )
 
 
 @dataclass(frozen=True, eq=False)

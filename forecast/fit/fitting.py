@@ -25,16 +25,30 @@ from forecast.data.deal_log import DealLog
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
 from forecast.fit.arrivals import ArrivalLayout, ArrivalModel, fit_arrivals
-from forecast.fit.bootstrap import bootstrap_weight_block
+from forecast.fit.bootstrap import bootstrap_weight_block, bootstrap_weights
 from forecast.fit.borrowing import borrowed_draw
 from forecast.fit.calendar_effects import (
     QuarterEndEffect,
     QuarterEndLayout,
     fit_quarter_end_effect,
 )
+from forecast.fit.competing_risks import ExitCurves
+from forecast.fit.covariates import (
+    DEFAULT_COVARIATES,
+    CoefficientFit,
+    CovariateModel,
+    baseline_curves,
+    build_design,
+    check_covariates,
+    entry_and_new_deal_values,
+    entry_close_days,
+    fit_covariate_coefficients,
+    push_intervals,
+    select_covariates,
+)
 from forecast.fit.data import FitData
 from forecast.fit.diagnostics import Diagnostic, tail_diagnostics
-from forecast.fit.exits import ExitDrawLayout, ExitFit, fit_exits
+from forecast.fit.exits import ExitDrawLayout, ExitFit, fit_exits, shrink_toward
 from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import ParameterDraws, PipelineModel
 from forecast.fit.recency import (
@@ -53,8 +67,10 @@ __all__ = [
     "PointFit",
     "assemble_model",
     "choose_half_life",
+    "covariate_draws",
     "fit",
     "fit_components",
+    "fit_covariates",
     "parameter_draws",
 ]
 
@@ -73,12 +89,15 @@ class FitOptions:
         Full fiscal quarters of history in the arrival model.
     shrink : bool
         Shrink segment exit curves toward the pooled ones.
+    covariates : tuple of str
+        Candidate deal covariates (empty: none); the fit data holds their design.
     """
 
     tail_families: tuple[str, ...] = ("exponential", "weibull", "lognormal")
     quarter_end_window_days: int = 14
     arrivals_lookback_quarters: int = 12
     shrink: bool = True
+    covariates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,18 +109,101 @@ class PointFit:
     arrivals: ArrivalModel
     quarter_end: QuarterEndEffect
     shocks: ShockModel
+    covariates: CovariateModel | None = None
+    coefficients: CoefficientFit | None = None
 
 
 def fit_components(data: FitData, options: FitOptions) -> PointFit:
-    """Fit the exit curves, amounts, arrivals, quarter-end effect and shocks on ``data``."""
+    """Fit the exit curves, amounts, arrivals, quarter-end effect, shocks and deal covariates."""
     window = options.quarter_end_window_days
+    exits = fit_exits(data, tail_families=options.tail_families, shrink=options.shrink)
+    covariates, coefficients = (
+        fit_covariates(data, exits, options) if data.covariate_design is not None else (None, None)
+    )
     return PointFit(
-        exits=fit_exits(data, tail_families=options.tail_families, shrink=options.shrink),
+        exits=exits,
         amounts=fit_amounts(data, window_days=window),
         arrivals=fit_arrivals(data, lookback_quarters=options.arrivals_lookback_quarters),
         quarter_end=fit_quarter_end_effect(data, window_days=window),
         shocks=fit_shocks(data),
+        covariates=covariates,
+        coefficients=coefficients,
     )
+
+
+def fit_covariates(
+    data: FitData, exits: ExitFit, options: FitOptions
+) -> tuple[CovariateModel, CoefficientFit]:
+    """Select the deal covariates, fit their coefficients and the baseline curves at ``x = 0``.
+
+    ``docs/model.md`` ("Deal covariates"). With no covariate kept the model holds
+    only the selection table, and the exit curves alone describe every deal.
+    """
+    design = data.covariate_design
+    selected, table, coef = select_covariates(data, design)
+    if selected:
+        baseline, pooled = baseline_curves(
+            data,
+            design,
+            coef,
+            selected,
+            credibility=exits.credibility,
+            destination_effects=exits.destination_effects,
+            tail_families=options.tail_families,
+            shrink_toward=shrink_toward if options.shrink else _no_shrinkage,
+            borrowed={k: (exits.curves, exits.pooled[k]) for k in exits.borrowed},
+        )
+    else:
+        baseline, pooled = {}, {}
+    entry, new_x, new_a = entry_and_new_deal_values(data, design, selected)
+    model = CovariateModel(
+        candidates=design.candidates,
+        selection=table,
+        specs=tuple(design.spec(n) for n in selected),
+        columns=coef.columns,
+        beta=coef.beta,
+        covariance=coef.covariance,
+        n_events=coef.n_events,
+        baseline=baseline,
+        pooled_baseline=pooled,
+        entry_values=entry,
+        new_deal_x=new_x,
+        new_deal_amount=new_a,
+        push_interval=push_intervals(data),
+        entry_close_days=entry_close_days(data, design),
+    )
+    return model, coef
+
+
+def _no_shrinkage(
+    own: ExitCurves, pooled: ExitCurves, credibility: float, effect: Any
+) -> ExitCurves:
+    return own
+
+
+def covariate_draws(
+    data: FitData, point: PointFit, n_draws: int, seed: int, max_iter: int = 4
+) -> np.ndarray | None:
+    """Coefficients of each bootstrap draw, shape (B, K, 4, d), or None without covariates.
+
+    Draw ``b`` refits the kept covariates' Cox models on the deals re-weighted by
+    ``bootstrap_weights(data, seed, b)`` (the weights of :func:`parameter_draws`),
+    starting from the point fit (``max_iter`` Newton steps).
+    """
+    cov = point.covariates
+    if cov is None or not cov.active or point.coefficients is None:
+        return None
+    out = np.empty((n_draws, *cov.beta.shape))
+    for b in range(n_draws):
+        data_b = data.with_weights(bootstrap_weights(data, seed, b))
+        out[b] = fit_covariate_coefficients(
+            data_b,
+            data.covariate_design,
+            cov.kept,
+            start=point.coefficients,
+            max_iter=max_iter,
+        ).beta
+    return out
 
 
 def fit(
@@ -119,6 +221,7 @@ def fit(
     model_kind: str = "auto",
     half_life: float | str | None = "auto",
     recorded_from: object | None = None,
+    covariates: Sequence[str] = DEFAULT_COVARIATES,
 ) -> PipelineModel:
     """Fit the pipeline model to the history known at ``as_of``.
 
@@ -171,6 +274,22 @@ def fit(
         record is unknown (``docs/model.md``, "Logs that start mid-stream"). Default:
         the first event of the log (the first export of a snapshot history).
 
+    covariates : sequence of str, default ("amount",)
+        Deal covariates the exit model considers (``docs/model.md``, "Deal
+        covariates"); each is kept only where it lowers Akaike's criterion, so a
+        history without such effects gets the model without covariates. Built in:
+        ``"amount"`` (log₂ amount centred within the segment; the default) and the
+        close-date covariates ``"days_to_close"`` (the rep's close date relative to
+        the stage entry, months) and ``"pushes"`` (close-date pushes so far), which
+        are considered only when named: where close dates track the true timing the
+        selection keeps them and their proportional effects forecast worse than the
+        model without them (measured on the synthetic generator). Add the log's own
+        columns by name: categorical ones read as ``segment_columns`` and numeric
+        ones read as ``numeric_columns`` (:func:`forecast.read_deal_log`), e.g.
+        ``covariates=[*forecast.DEFAULT_COVARIATES, "LeadSource"]`` or, with the
+        close dates, ``[*forecast.DEFAULT_COVARIATES,
+        *forecast.CLOSE_DATE_COVARIATES]``. ``()``
+        switches covariates off (exactly the model without them).
 
     Returns
     -------
@@ -197,6 +316,7 @@ def fit(
     )
     kind, description = choose_model_kind(log, model_kind, caller)
     fitted_log = deal_level_view(log) if kind == "deal_level" else log
+    names, numeric = check_covariates(covariates, fitted_log, caller)
     data = FitData.from_log(
         fitted_log,
         as_of=as_of,
@@ -211,8 +331,17 @@ def fit(
     else:
         choice = HalfLifeChoice(half_life, requested=half_life)  # type: ignore[arg-type]
     data = data.with_half_life(choice.half_life)
+    options = dataclasses.replace(options, covariates=names)
+    if names:
+        data = data.with_covariate_design(build_design(data, names, numeric))
     point = fit_components(data, options)
     draws = parameter_draws(data, point, options, n_draws, seed) if n_draws > 0 else None
+    if point.covariates is not None and n_draws > 0:
+        draw_beta = covariate_draws(data, point, n_draws, seed)
+        if draw_beta is not None:
+            point = dataclasses.replace(
+                point, covariates=dataclasses.replace(point.covariates, draw_beta=draw_beta)
+            )
     return assemble_model(
         data,
         point,
@@ -228,6 +357,7 @@ def fit(
             "model_kind": model_kind,
             "half_life": half_life,
             "recorded_from": None if recorded_from is None else data.recorded_from.isoformat(),  # type: ignore[union-attr]
+            **({"covariates": list(names)} if names else {}),
         },
         recency=choice,
         model_kind=kind,
@@ -301,6 +431,7 @@ def assemble_model(
             data.stages.open[k]: info.to_dict(data.stages.open)
             for k, info in sorted(exits.borrowed.items())
         },
+        covariates=point.covariates,
         recency=recency,
     )
 

@@ -24,6 +24,7 @@ from forecast.fit.amounts import AmountModel
 from forecast.fit.arrivals import ArrivalModel
 from forecast.fit.calendar_effects import QuarterEndEffect
 from forecast.fit.competing_risks import ExitCurves, win_probability
+from forecast.fit.covariates import CovariateModel, coefficient_table, effects_table
 from forecast.fit.data import FitData
 from forecast.fit.diagnostics import Diagnostic
 from forecast.fit.drift import drift_table
@@ -40,6 +41,31 @@ __all__ = ["FORMAT_VERSION", "ParameterDraws", "PipelineModel"]
 
 #: Version of the JSON layout written by :meth:`PipelineModel.to_json`.
 FORMAT_VERSION = 1
+
+#: The covariate part of a model fitted without covariates (for empty tables).
+_EMPTY_COVARIATES = CovariateModel(
+    candidates=(),
+    selection=pl.DataFrame(
+        schema={
+            "covariate": pl.Utf8,
+            "kind": pl.Utf8,
+            "n_columns": pl.Int64,
+            "kept": pl.Boolean,
+            "delta_aic": pl.Float64,
+            "note": pl.Utf8,
+        }
+    ),
+    specs=(),
+    columns=(),
+    beta=np.zeros((0, 4, 0)),
+    covariance=np.zeros((0, 4, 0, 0)),
+    n_events=np.zeros((0, 4)),
+    baseline={},
+    pooled_baseline={},
+    entry_values=np.zeros((0, 0, 0)),
+    new_deal_x={},
+    new_deal_amount={},
+)
 
 
 def _hash_value(h: Any, x: Any) -> None:
@@ -194,6 +220,9 @@ class PipelineModel:
         The recency half-life every estimator was fitted with and, for
         ``half_life="auto"``, the backtest scores behind the choice (None: a model
         saved before recency weighting existed, fitted without it).
+    covariates : CovariateModel or None
+        The deal covariates' selection, coefficients and baseline curves
+        (``docs/model.md``, "Deal covariates"); None when fitted without covariates.
     model_kind : {"stages", "deal_level"}
         ``"stages"``: the semi-Markov stage model; ``"deal_level"``: one open state
         on the age-since-creation clock, read through the deal-level view of a log
@@ -227,6 +256,7 @@ class PipelineModel:
     model_description: str = ""
     diagnostics: tuple[Diagnostic, ...] = ()
     recency: HalfLifeChoice | None = None
+    covariates: CovariateModel | None = None
     borrowed: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Derived arrays computed once per model (it is immutable), e.g. the exit
     #: densities of the simulation (:func:`forecast.simulate.exit_densities`).
@@ -418,6 +448,42 @@ class PipelineModel:
             )
         return out
 
+    def effects(self) -> pl.DataFrame:
+        """What each deal covariate does to the chance of winning, for a sales leader.
+
+        One row per kept covariate and contrast (``"deals twice as large: win odds
+        ×0.70 (0.61–0.80)"``): the odds ratio of eventually winning for a deal
+        entering the first stage, against the same deal at the reference, from the
+        pooled baseline curves, with a 95 % interval from the coefficients'
+        uncertainty; then one row per covariate considered but not kept, with the
+        selection criterion (``docs/model.md``, "Deal covariates"). Empty for a
+        model fitted without covariates. The hazard ratios per stage and
+        destination are in :meth:`coefficients`.
+
+        Returns
+        -------
+        polars.DataFrame
+            ``covariate, contrast, kept, delta_aic, win_probability_reference,
+            win_probability, win_odds_ratio, win_odds_ratio_low,
+            win_odds_ratio_high, text``.
+        """
+        cov = self.covariates
+        if cov is None:
+            return effects_table(_EMPTY_COVARIATES, [])
+        curves = [cov.pooled_baseline.get(k) for k in range(self.stages.n_open)]
+        if any(c is None for c in curves):
+            curves = [self.pooled_curves[k] for k in range(self.stages.n_open)]
+        return effects_table(cov, curves)
+
+    def coefficients(self) -> pl.DataFrame:
+        """Hazard ratios of the kept covariates per stage and destination group.
+
+        ``stage, destination, covariate, beta, se, hazard_ratio, hazard_ratio_low,
+        hazard_ratio_high, n_exits`` (``docs/model.md``, "Deal covariates").
+        """
+        cov = self.covariates if self.covariates is not None else _EMPTY_COVARIATES
+        return coefficient_table(cov, self.stages.open)
+
     def _curves_origin(self, stage: str) -> str:
         """``"fitted"``, or where a stage without exits got its curves."""
         info = self.borrowed.get(stage)
@@ -519,7 +585,7 @@ class PipelineModel:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe description (never pickle)."""
-        return {
+        out = {
             "format": "forecast.PipelineModel",
             "format_version": FORMAT_VERSION,
             "version": self.version,
@@ -556,6 +622,9 @@ class PipelineModel:
             "recency": None if self.recency is None else self.recency.to_dict(),
             "borrowed": self.borrowed,
         }
+        if self.covariates is not None:
+            out["covariates"] = self.covariates.to_dict()
+        return out
 
     def to_json(self, path: str | Path | None = None) -> str:
         """Serialise to JSON; write to ``path`` atomically if given."""
@@ -609,6 +678,11 @@ class PipelineModel:
             version=d["version"],
             options=dict(d.get("options", {})),
             adjustments=dict(d.get("adjustments", {})),
+            covariates=(
+                CovariateModel.from_dict(d["covariates"], len(d["stages"]["open"]))
+                if d.get("covariates") is not None
+                else None
+            ),
             model_kind=kind,
             model_description=str(d.get("model_description", "")),
             diagnostics=tuple(Diagnostic.from_dict(x) for x in d.get("diagnostics", [])),

@@ -580,7 +580,7 @@ class ShockLayout:
         n_strata = max(self.n_strata, 1)
         stratum_sums = np.empty((2, n_draws, n_strata))
         cell_sums = np.empty((2, n_draws, n_cells))
-        weights_t = np.ascontiguousarray(weights.T)
+        weights_t = np.array(weights.T, dtype=np.float64, order="C")  # writable: one signature
         exit_cell_sums(
             weights_t, self.deal, self.won, self.stratum, self.cell, stratum_sums, cell_sums
         )

@@ -1,0 +1,520 @@
+"""Deal covariates in simulation: each open deal's hazard ratios and covariate profiles.
+
+With deal covariates kept (:mod:`forecast.fit.covariates`), a deal's exit curves are
+its segment's baseline curves (the deal with ``x = 0``) with every cause-specific
+hazard multiplied by ``exp(β · x)`` (``docs/model.md``, "Deal covariates"). This
+module packs what the outcome kernel needs (:class:`forecast._kernels.CovariateArrays`):
+
+- **Current stage, exact per deal.** Each open deal's covariates at the as-of date
+  (:func:`deal_covariate_values`: the values known then — amount, close date,
+  pushes so far, the user's columns) give its own hazard ratios for its current
+  stage, per parameter draw; its first exit is conditioned on its age.
+- **Later stages, by profile.** After its next move a deal enters a stage whose
+  close-date values are not known today: they are set to the segment's median at
+  entry of that stage, while the amount, the pushes so far and the user's columns
+  carry over. Solving the renewal equations per deal would cost
+  ``O(K² n_days²)`` per deal and draw, so deals are grouped into at most
+  :data:`MAX_PROFILES` profiles per segment (k-means on the linear predictors
+  ``β_{k,G} · x`` of the later stages; exact when there are fewer distinct
+  values), each profile with its members' mean covariates.
+- **New deals** draw their covariates from the segment's recent new deals
+  (their values at creation), grouped into at most :data:`MAX_NEW_PROFILES`
+  profiles. When the amount is a kept covariate, new deals' amounts are drawn in
+  proportion to each recent deal's eventual win probability (a won new deal's
+  amount comes from the wins, not from all new deals).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from forecast._kernels import CovariateArrays, ModelArrays
+from forecast._kernels.tilt import baseline_hazards, tilt_pieces
+from forecast.errors import ParameterError
+from forecast.fit.amounts import weighted_quantile_grid
+from forecast.fit.covariates import (
+    CLOSE_CLIP,
+    DAYS_PER_MONTH,
+    DEFAULT_PUSH_INTERVAL_DAYS,
+    PUSH_CAP,
+    CovariateModel,
+    chain_win_probabilities,
+    covariate_states,
+    destination_groups,
+)
+from forecast.segments import SEGMENT_COLUMN, segment_labels
+
+if TYPE_CHECKING:  # pragma: no cover
+    from forecast.data.deal_log import DealLog
+    from forecast.fit.model import PipelineModel
+
+__all__ = [
+    "MAX_NEW_PROFILES",
+    "MAX_PROFILES",
+    "covariate_arrays",
+    "covariate_paths",
+    "deal_covariate_values",
+    "eventual_outcome_probabilities",
+    "group_profiles",
+    "sized_new_amounts",
+]
+
+#: Covariate profiles per segment for the stages after today's deals' next move.
+MAX_PROFILES = 8
+#: Covariate profiles per segment for new deals.
+MAX_NEW_PROFILES = 4
+#: Equally likely values of the new-deal amount sample.
+N_AMOUNT_VALUES = 200
+#: Ages in a stage beyond this many days count as this age (as in the simulation).
+MAX_AGE_DAYS = 1095
+
+
+def deal_covariate_values(
+    cov: CovariateModel,
+    log: DealLog,
+    as_of: dt.datetime,
+    segment_by: tuple[str, ...],
+    pipe: pl.DataFrame,
+) -> np.ndarray:
+    """Each open deal's covariates at ``as_of``, shape (N, d), in the rows of ``pipe``.
+
+    The values known at the as-of instant (the last counting-process row of the
+    deal's current stage visit, :func:`forecast.fit.covariates.covariate_states`),
+    encoded as in the fit.
+    """
+    d = len(cov.columns)
+    if pipe.height == 0 or d == 0:
+        return np.zeros((pipe.height, d))
+    user = [s.name for s in cov.specs if s.kind in ("categorical", "numeric")]
+    cols = set(log.events.columns)
+    missing = [c for c in user if c not in cols]
+    if missing:
+        raise ParameterError(
+            f"The model's covariates need the column(s) {missing}, which the log does not "
+            f"have (its columns: {sorted(cols)}). Read the log with them "
+            "(`segment_columns` or `numeric_columns` of `read_deal_log`)."
+        )
+    cut = log.as_of(as_of)
+    spells = segment_labels(cut.spells(as_of), segment_by).filter(pl.col("censored"))
+    states = covariate_states(cut, spells, as_of, user)
+    last = states.group_by("_spell", maintain_order=True).last()
+    x = cov.encode(last)
+    ids = spells["deal_id"].to_numpy()[last["_spell"].to_numpy()]
+    where = {str(i): r for r, i in enumerate(ids)}
+    out = np.zeros((pipe.height, d))
+    for r, deal in enumerate(pipe["deal_id"].to_list()):
+        j = where.get(str(deal))
+        if j is not None:
+            out[r] = x[j]
+    return out
+
+
+def group_profiles(features: np.ndarray, max_profiles: int, n_iter: int = 25) -> np.ndarray:
+    """Deterministic grouping of rows into at most ``max_profiles`` profiles.
+
+    Rows with equal features share a profile; with more distinct rows than
+    ``max_profiles``, k-means (Lloyd) started from the rows at evenly spaced
+    quantiles of the first principal component. Returns the profile of each row
+    (int64, values ``0 .. P - 1``, every profile non-empty).
+    """
+    n = features.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    uniq, inverse = np.unique(np.round(features, 12), axis=0, return_inverse=True)
+    if uniq.shape[0] <= max_profiles:
+        return inverse.reshape(-1).astype(np.int64)
+    centred = features - features.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    score = centred @ vt[0]
+    order = np.argsort(score, kind="stable")
+    picks = order[((np.arange(max_profiles) + 0.5) / max_profiles * n).astype(np.int64)]
+    centers = features[picks].copy()
+    labels = np.zeros(n, dtype=np.int64)
+    for _ in range(n_iter):
+        dist = ((features[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+        new = np.argmin(dist, axis=1)
+        if np.array_equal(new, labels) and _ > 0:
+            break
+        labels = new
+        for c in range(centers.shape[0]):
+            members = labels == c
+            if members.any():
+                centers[c] = features[members].mean(axis=0)
+    _, labels = np.unique(labels, return_inverse=True)  # drop empty profiles
+    return labels.reshape(-1).astype(np.int64)
+
+
+#: Pieces of a covariate path: the values now, then after each of up to 8 expected pushes.
+PATH_PIECES = 9
+
+
+def _path_columns(cov: CovariateModel) -> tuple[int | None, int | None]:
+    """Design columns of ``pushes`` and ``days_to_close`` (None when not kept)."""
+    pos = 0
+    ip = idc = None
+    for spec in cov.specs:
+        if spec.kind == "pushes":
+            ip = pos
+        elif spec.kind == "days_to_close":
+            idc = pos
+        pos += len(spec.columns)
+    return ip, idc
+
+
+def covariate_paths(
+    cov: CovariateModel,
+    x0: np.ndarray,
+    close_days: np.ndarray,
+    age: np.ndarray,
+    interval: float,
+    n_pieces: int = PATH_PIECES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected covariate paths: the values now, then after each expected push.
+
+    A rep pushes the close date when it passes: the ``m``-th push is expected
+    ``max(c, 0) + (m − 1) I`` days from now (``c`` the days until the current close
+    date, ``I`` the segment's mean push interval), and moves the close date to
+    ``I`` days after the push. So after it ``pushes = pushes now + m`` (capped as
+    in the encoding) and ``days_to_close`` (close date minus stage entry, months)
+    ``= (age + push time + I) / 30``. Rows without a close date, or a model without
+    close-date covariates, keep their values (one piece).
+
+    Parameters
+    ----------
+    cov : CovariateModel
+    x0 : ndarray, shape (n, d)
+        Values now (encoded).
+    close_days : ndarray, shape (n,)
+        Days until the current close date (NaN when unknown).
+    age : ndarray, shape (n,)
+        Days since the stage entry.
+    interval : float
+        ``I``, days.
+    n_pieces : int
+
+    Returns
+    -------
+    x : ndarray, shape (n, n_pieces, d)
+    starts : ndarray, shape (n, n_pieces)
+        Days from now at which each piece starts (``inf`` for unused pieces).
+    """
+    n = x0.shape[0]
+    x = np.repeat(x0[:, None, :], n_pieces, axis=1)
+    starts = np.full((n, n_pieces), np.inf)
+    starts[:, 0] = 0.0
+    ip, idc = _path_columns(cov)
+    if ip is None and idc is None:
+        return x, starts
+    lo, hi = CLOSE_CLIP
+    known = np.isfinite(close_days)
+    for m in range(1, n_pieces):
+        when = np.maximum(close_days, 0.0) + (m - 1) * interval
+        starts[known, m] = when[known]
+        if ip is not None:
+            x[known, m, ip] = np.minimum(x0[known, ip] + m, PUSH_CAP)
+        if idc is not None:
+            x[known, m, idc] = np.clip(
+                (age[known] + when[known] + interval) / DAYS_PER_MONTH, lo, hi
+            )
+    return x, starts
+
+
+def entry_values(
+    cov: CovariateModel, x: np.ndarray, stage: np.ndarray | None, g: int
+) -> np.ndarray:
+    """Each row's expected covariates at a fresh entry into every stage, shape (n, K, d).
+
+    The time-invariant values (amount, user columns) carry over; the close date is
+    the stage's median at entry; pushes so far grow by the typical number a deal
+    collects between entering its current stage and entering the later one (the
+    difference of the stage means at entry, if positive). ``stage`` is each row's
+    current stage (None: rows are new deals, whose pushes at entry are the stage
+    means at entry).
+    """
+    ip, _ = _path_columns(cov)
+    tv = cov.time_varying_columns()
+    typical = cov.entry_values[g]  # (K, d)
+    out = np.where(tv[None, None, :], typical[None], x[:, None, :])
+    if ip is not None:
+        if stage is None:
+            out[:, :, ip] = np.maximum(typical[None, :, ip], out[:, :, ip])
+        else:
+            grow = np.maximum(typical[None, :, ip] - typical[stage, ip][:, None], 0.0)
+            out[:, :, ip] = np.minimum(x[:, ip][:, None] + grow, PUSH_CAP)
+    return out
+
+
+def _profiles(
+    cov: CovariateModel,
+    at_entry: np.ndarray,
+    g: int,
+    interval: float,
+    max_profiles: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Profiles of rows for fresh stage entries, from their values at entry (n, K, d).
+
+    Rows are grouped (:func:`group_profiles`) on the linear predictors
+    ``β_{k,G} · x_k`` of their values at entry into every stage; a profile's values
+    are its members' mean, and its path in each stage starts from the entry
+    (:func:`covariate_paths` with the segment's median days from entry to close
+    date).
+
+    Returns
+    -------
+    labels : ndarray (n,)
+    x_path : ndarray (P, K, Q, d)
+    starts : ndarray (P, K, Q)
+    """
+    n_open = cov.beta.shape[0]
+    n, _, d = at_entry.shape
+    feats = np.einsum("kgd,nkd->nkg", cov.beta, at_entry).reshape(n, -1)
+    labels = group_profiles(feats, max_profiles)
+    n_prof = int(labels.max()) + 1 if labels.size else 1
+    x_path = np.zeros((n_prof, n_open, PATH_PIECES, d))
+    starts = np.zeros((n_prof, n_open, PATH_PIECES))
+    close = (
+        cov.entry_close_days[g]
+        if cov.entry_close_days.size
+        else np.full(n_open, DEFAULT_PUSH_INTERVAL_DAYS)
+    )
+    for p in range(n_prof):
+        members = labels == p
+        mean = at_entry[members].mean(axis=0) if members.any() else np.zeros((n_open, d))
+        xp, sp = covariate_paths(cov, mean, close, np.zeros(n_open), interval)
+        x_path[p], starts[p] = xp, sp
+    return labels, x_path, starts
+
+
+def covariate_arrays(
+    model: PipelineModel, log: DealLog, pipe: pl.DataFrame, arrays: ModelArrays
+) -> tuple[CovariateArrays, dict[str, np.ndarray]]:
+    """The :class:`~forecast._kernels.CovariateArrays` of ``model`` and the open pipeline.
+
+    Parameters
+    ----------
+    model : PipelineModel
+        With kept covariates (``model.covariates.active``).
+    log : DealLog
+        The history holding the pipeline.
+    pipe : polars.DataFrame
+        The open pipeline with segment labels, in the rows of ``arrays``.
+    arrays : ModelArrays
+        From :func:`forecast.simulate.model_arrays` (sizes, ages and day bins).
+
+    Returns
+    -------
+    covariates : CovariateArrays
+    new_amounts : dict segment -> ndarray
+        When the amount is a kept covariate: per segment, the new-deal amounts drawn
+        in proportion to each recent new deal's eventual win probability
+        (:func:`sized_new_amounts`); empty otherwise.
+    """
+    cov = model.covariates
+    assert cov is not None and cov.active
+    segs = list(model.segments)
+    sizes = arrays.shape
+    n_draws, n_seg, n_open, n_codes, length = (sizes[x] for x in ("B", "G", "K", "C", "L"))
+    betas = (
+        cov.draw_beta[:n_draws]
+        if cov.draw_beta is not None and model.draws is not None
+        else np.broadcast_to(cov.beta, (n_draws, *cov.beta.shape))
+    )
+    draws = model.draws
+    base = np.empty((n_draws, n_seg, n_open, n_codes, length))
+    for b in range(n_draws):
+        for g in range(n_seg):
+            for k in range(n_open):
+                c = cov.baseline[(segs[g], k)]
+                if draws is not None:
+                    c = c.scaled(
+                        float(draws.time_factor[b, g, k]), draws.destination_multiplier[b, g, k]
+                    )
+                base[b, g, k] = c.exit_density(length)
+    x = deal_covariate_values(cov, log, model.as_of, model.segment_by, pipe)
+    seg_of = np.asarray(arrays.deal_segment)
+    close = pipe["close_date"].to_list() if "close_date" in pipe.columns else [None] * pipe.height
+    close_days = np.array(
+        [np.nan if c is None else (c - model.as_of).total_seconds() / 86_400.0 for c in close]
+    )
+    age = pipe["days_in_stage"].to_numpy().astype(np.float64) if pipe.height else np.zeros(0)
+    interval = np.array(
+        [
+            cov.push_interval.get(g, cov.push_interval.get("*", DEFAULT_PUSH_INTERVAL_DAYS))
+            for g in segs
+        ]
+    )
+    deal_x, deal_starts = (
+        covariate_paths(cov, x, close_days.reshape(-1), age, 0.0)
+        if x.shape[0] == 0
+        else _deal_paths(cov, x, close_days, age, interval[seg_of])
+    )
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    prof: list[tuple[np.ndarray, np.ndarray]] = []
+    news: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for g, label in enumerate(segs):
+        idx = np.flatnonzero(seg_of == g)
+        at_entry = entry_values(cov, x[idx], np.asarray(arrays.deal_stage)[idx], g)
+        lab, xp, sp = _profiles(cov, at_entry, g, float(interval[g]), MAX_PROFILES)
+        labels[idx] = lab
+        prof.append((xp, sp))
+        sample = cov.new_deal_x.get(label, np.zeros((0, x.shape[1])))
+        if sample.shape[0] == 0:
+            sample = np.zeros((1, x.shape[1]))
+        at_entry_n = entry_values(cov, sample, None, g)
+        lab_n, xn, sn = _profiles(cov, at_entry_n, g, float(interval[g]), MAX_NEW_PROFILES)
+        news.append((xn, sn, np.bincount(lab_n, minlength=xn.shape[0]) / lab_n.size))
+    d = x.shape[1]
+    n_prof = max(p[0].shape[0] for p in prof)
+    n_new = max(p[0].shape[0] for p in news)
+    prof_x = np.zeros((n_seg, n_prof, n_open, PATH_PIECES, d))
+    prof_s = np.zeros((n_seg, n_prof, n_open, PATH_PIECES))
+    new_x = np.zeros((n_seg, n_new, n_open, PATH_PIECES, d))
+    new_s = np.zeros((n_seg, n_new, n_open, PATH_PIECES))
+    weights = np.zeros((n_seg, n_new))
+    for g in range(n_seg):
+        (xp, sp), (xn, sn, wn) = prof[g], news[g]
+        prof_x[g, : xp.shape[0]], prof_s[g, : xp.shape[0]] = xp, sp
+        prof_s[g, xp.shape[0] :, :, 1:] = np.inf
+        new_x[g, : xn.shape[0]], new_s[g, : xn.shape[0]] = xn, sn
+        new_s[g, xn.shape[0] :, :, 1:] = np.inf
+        weights[g, : xn.shape[0]] = wn
+    arrays_cov = CovariateArrays(
+        base_dens=base,
+        betas=np.ascontiguousarray(betas),
+        deal_x=deal_x,
+        deal_starts=deal_starts,
+        deal_profile=labels,
+        profile_x=prof_x,
+        profile_starts=prof_s,
+        new_x=new_x,
+        new_starts=new_s,
+        new_weights=weights,
+    )
+    new_amounts: dict[str, np.ndarray] = {}
+    if any(s.kind == "amount" for s in cov.specs):
+        new_amounts = sized_new_amounts(model)
+    return arrays_cov, new_amounts
+
+
+def _deal_paths(
+    cov: CovariateModel,
+    x: np.ndarray,
+    close_days: np.ndarray,
+    age: np.ndarray,
+    interval: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`covariate_paths` of today's deals, each with its segment's push interval."""
+    out_x = np.empty((x.shape[0], PATH_PIECES, x.shape[1]))
+    out_s = np.empty((x.shape[0], PATH_PIECES))
+    for value in np.unique(interval):
+        sel = interval == value
+        out_x[sel], out_s[sel] = covariate_paths(
+            cov, x[sel], close_days[sel], age[sel], float(value)
+        )
+    return out_x, out_s
+
+
+def sized_new_amounts(model: PipelineModel) -> dict[str, np.ndarray]:
+    """Per segment, the amounts of new deals that win: recent amounts weighted by win probability.
+
+    Each recent new deal (``CovariateModel.new_deal_x``, ``new_deal_amount``) gets
+    the eventual win probability of a deal entering the first stage with its
+    covariates (close-date values at each stage's median at entry) under the
+    segment's baseline curves; its amount is weighted by it. Returned as
+    :data:`N_AMOUNT_VALUES` equally likely values per segment.
+    """
+    cov = model.covariates
+    assert cov is not None
+    n_open = model.stages.n_open
+    group_of = destination_groups(n_open)
+    out: dict[str, np.ndarray] = {}
+    for g, label in enumerate(model.segments):
+        amounts = cov.new_deal_amount.get(label)
+        sample = cov.new_deal_x.get(label)
+        if amounts is None or sample is None or amounts.size == 0:
+            continue
+        curves = [cov.baseline[(label, k)] for k in range(n_open)]
+        values = entry_values(cov, sample, None, g)
+        r = np.exp(np.einsum("kgd,mkd->mkg", cov.beta, values))[..., group_of]  # (m, K, C)
+        p = chain_win_probabilities(curves, r, n_open)
+        ok = np.isfinite(amounts) & (amounts >= 0) & np.isfinite(p)
+        if not ok.any() or not (p[ok] > 0).any():
+            continue
+        out[label] = weighted_quantile_grid(amounts[ok], p[ok], N_AMOUNT_VALUES)
+    return out
+
+
+def eventual_outcome_probabilities(
+    model: PipelineModel, log: DealLog, pipe: pl.DataFrame
+) -> np.ndarray:
+    """Eventual (won, lost, no decision) probabilities of each open deal, with its covariates.
+
+    The same model as the simulation's (:func:`covariate_arrays`) without a horizon:
+    the deal's current stage with its own hazard ratios along its expected
+    covariate path from its age on; the later stages through the absorbing chain
+    ``B = (I − Q)⁻¹ R`` of its profile's tilted eventual shares. ``pipe`` is the
+    open pipeline with segment labels. Returns shape (N, 3); rows sum to 1 where
+    any mass leaves.
+    """
+    cov = model.covariates
+    assert cov is not None and cov.active
+    n_open = model.stages.n_open
+    group_of = destination_groups(n_open)
+    out = np.zeros((pipe.height, 3))
+    if pipe.height == 0:
+        return out
+    x = deal_covariate_values(cov, log, model.as_of, model.segment_by, pipe)
+    stage = pipe["stage_code"].to_numpy().astype(np.int64)
+    age_days = pipe["days_in_stage"].to_numpy().astype(np.float64)
+    age = np.minimum(np.floor(age_days + 0.5).astype(np.int64), MAX_AGE_DAYS)
+    close = pipe["close_date"].to_list()
+    close_days = np.array(
+        [np.nan if c is None else (c - model.as_of).total_seconds() / 86_400.0 for c in close]
+    )
+    seg = np.array(pipe[SEGMENT_COLUMN].to_list())
+    for g, label in enumerate(model.segments):
+        idx = np.flatnonzero(seg == label)
+        if idx.size == 0:
+            continue
+        interval = cov.push_interval.get(
+            label, cov.push_interval.get("*", DEFAULT_PUSH_INTERVAL_DAYS)
+        )
+        curves = [cov.baseline[(label, k)] for k in range(n_open)]
+        n_long = max(c.max_day for c in curves) * 3 + 30
+        length = int(age[idx].max()) + n_long
+        hazards = np.empty((n_open, group_of.size, length))
+        for k in range(n_open):
+            baseline_hazards(np.ascontiguousarray(curves[k].exit_density(length)), hazards[k])
+        at_entry = entry_values(cov, x[idx], stage[idx], g)
+        labels, prof_x, prof_s = _profiles(cov, at_entry, g, interval, MAX_PROFILES)
+        buf = np.empty((group_of.size, length))
+        chains = np.empty((prof_x.shape[0], n_open, 3))
+        for p in range(prof_x.shape[0]):
+            shares = np.empty((n_open, group_of.size))
+            r = np.exp(np.einsum("kqd,kgd->kqg", prof_x[p], cov.beta))[..., group_of]
+            for k in range(n_open):
+                left = tilt_pieces(
+                    hazards[k], np.ascontiguousarray(r[k]), prof_s[p, k], np.int64(0), buf
+                )
+                shares[k] = buf.sum(axis=1) + left * curves[k].tail_shares
+            chains[p] = np.linalg.solve(np.eye(n_open) - shares[:, :n_open], shares[:, n_open:])[
+                :, :3
+            ]
+        deal_x, deal_s = covariate_paths(cov, x[idx], close_days[idx], age_days[idx], interval)
+        for row, i in enumerate(idx):
+            k = int(stage[i])
+            r = np.exp(deal_x[row] @ cov.beta[k].T)[:, group_of]
+            left = tilt_pieces(
+                hazards[k], np.ascontiguousarray(r), deal_s[row], np.int64(age[i]), buf
+            )
+            first = buf.sum(axis=1) + left * curves[k].tail_shares
+            open_first = first[:n_open].copy()
+            open_first[k] = 0.0
+            p_out = first[n_open : n_open + 3] + open_first @ chains[labels[row]]
+            total = p_out.sum()
+            out[i] = p_out / total if total > 0 else p_out
+    return out

@@ -1,0 +1,317 @@
+"""Deal covariates: the Cox estimator, counting-process rows, baseline curves, selection.
+
+References: lifelines' ``CoxTimeVaryingFitter`` and ``CoxPHFitter`` (independent
+implementations of the weighted, stratified Efron partial likelihood), the
+Aalen–Johansen estimator (the baseline with β = 0), and a direct product-integral
+computation of a deal's cumulative incidences from its own hazards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from lifelines import CoxPHFitter, CoxTimeVaryingFitter
+
+import forecast
+from forecast.data.readers import read_deal_log
+from forecast.data.stages import StageMap
+from forecast.errors import ParameterError
+from forecast.fit.competing_risks import CensoredSpells, aalen_johansen
+from forecast.fit.covariates import (
+    baseline_steps,
+    build_design,
+    covariate_states,
+    tilt_density,
+)
+from forecast.fit.cox import CoxRows, breslow_increments, fit_cox
+from forecast.fit.data import FitData
+from forecast.segments import segment_labels
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def counting_process_data(seed: int, n: int = 300) -> pd.DataFrame:
+    """Rows (start, stop] with a covariate change at day 3, three strata, weights, ties."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    strat = rng.integers(0, 3, n)
+    t = np.round(rng.exponential(10 * np.exp(-0.5 * x[:, 0] + 0.3 * x[:, 1]))) + 1  # ties
+    c = np.round(rng.exponential(15, n)) + 1
+    e = (t <= c).astype(int)
+    T = np.minimum(t, c)
+    w = rng.uniform(0.5, 2.0, n)
+    rows = []
+    for i in range(n):
+        if T[i] > 3:  # x1 changes at day 3
+            rows.append((i, 0.0, 3.0, 0, x[i, 0], x[i, 1] + 0.5, strat[i], w[i]))
+            rows.append((i, 3.0, T[i], e[i], x[i, 0], x[i, 1], strat[i], w[i]))
+        else:
+            rows.append((i, 0.0, T[i], e[i], x[i, 0], x[i, 1], strat[i], w[i]))
+    return pd.DataFrame(rows, columns=["id", "start", "stop", "event", "x0", "x1", "s", "w"])
+
+
+def ours(df: pd.DataFrame, penalty: float | np.ndarray = 0.0):
+    rows = CoxRows.build(df.start.values, df.stop.values, df.s.values, df[["x0", "x1"]].values)
+    return rows, fit_cox(rows, rows.take(df.event.values), rows.take(df.w.values), penalty=penalty)
+
+
+# -- the estimator against lifelines ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_time_varying_cox_agrees_with_lifelines(seed):
+    df = counting_process_data(seed)
+    ctv = CoxTimeVaryingFitter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lifelines' notes on weights and ties
+        ctv.fit(df, id_col="id", event_col="event", start_col="start", stop_col="stop",
+                weights_col="w", strata=["s"])  # fmt: skip
+    _, res = ours(df)
+    assert res.converged
+    np.testing.assert_allclose(res.beta, ctv.params_.values, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(res.se, ctv.standard_errors_.values, rtol=1e-6)
+    assert res.loglik == pytest.approx(ctv.log_likelihood_, rel=1e-9)
+
+
+def test_time_fixed_cox_with_ridge_agrees_with_lifelines():
+    df = counting_process_data(3)
+    last = df.groupby("id").tail(1).reset_index(drop=True)  # one row per subject
+    d = last[["stop", "event", "x0", "x1", "s", "w"]].rename(columns={"stop": "T"})
+    d = d.assign(start=0.0, stop=d["T"])
+    lam = 8.0
+    # lifelines penalises n * p / 2 * (beta * sd)^2 on standardised columns: p_a = λ / (n sd_a²)
+    sd = d[["x0", "x1"]].std().values  # pandas' (n - 1) standard deviation, as lifelines
+    p = lam / (len(d) * sd**2)
+    cph = CoxPHFitter(penalizer=p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cph.fit(d[["T", "event", "x0", "x1", "s", "w"]], "T", "event", weights_col="w",
+                strata=["s"], fit_options={"precision": 1e-12})  # fmt: skip
+    rows = CoxRows.build(d.start.values, d.stop.values, d.s.values, d[["x0", "x1"]].values)
+    res = fit_cox(rows, rows.take(d.event.values), rows.take(d.w.values), penalty=lam)
+    np.testing.assert_allclose(res.beta, cph.params_.values, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(res.se, cph.standard_errors_.values, rtol=1e-5)
+
+
+def test_breslow_baseline_agrees_with_lifelines():
+    # unit weights: lifelines' time-varying baseline leaves the weights out of its risk sums
+    df = counting_process_data(4).assign(s=0, w=1.0)
+    ctv = CoxTimeVaryingFitter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctv.fit(df.drop(columns="s"), id_col="id", event_col="event", start_col="start",
+                stop_col="stop", weights_col="w")  # fmt: skip
+    rows, res = ours(df)
+    eta = rows.x @ res.beta
+    inc = breslow_increments(rows, rows.take(df.event.values), rows.take(df.w.values), eta)
+    times = np.unique(rows.stop[inc > 0])
+    cum = np.array([inc[(rows.stop <= t)].sum() for t in times])
+    # lifelines' baseline is at the covariate means: H_0(t; x̄) = exp(x̄ β) H_0(t; 0)
+    ref = ctv.baseline_cumulative_hazard_.iloc[:, 0]
+    xbar = df[["x0", "x1"]].mean().values
+    got = cum * np.exp(xbar @ res.beta)
+    np.testing.assert_allclose(got, ref.loc[times].values, rtol=1e-6)
+
+
+# -- the baseline with β = 0 is Aalen–Johansen ---------------------------------------------------
+
+
+def test_baseline_with_zero_coefficients_is_aalen_johansen():
+    rng = np.random.default_rng(7)
+    n = 200
+    dur = np.round(rng.exponential(20, n), 1)
+    dest = np.where(rng.random(n) < 0.2, -1, rng.integers(3, 6, n))
+    w = rng.uniform(0.2, 2.0, n)
+    spells = CensoredSpells(dur, dest, n_codes=6, weights=w)
+    aj = aalen_johansen(spells)
+    rows = CoxRows.build(np.full(n, -1.0), dur, np.zeros(n, np.int64), np.zeros((n, 0)))
+    ev = rows.take((dest >= 0).astype(np.int64))
+    inc = breslow_increments(rows, ev, rows.take(w), np.zeros(n))
+    d = rows.take(dest)
+    steps = baseline_steps(rows.stop[ev == 1], d[ev == 1], inc[ev == 1], 6)
+    np.testing.assert_allclose(steps.times, aj.times)
+    np.testing.assert_allclose(steps.survival, aj.survival, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(steps.cif, aj.cif, rtol=1e-12, atol=1e-15)
+
+
+def test_deal_curves_equal_a_direct_computation_for_two_deals():
+    """Two deals, one stratum, one covariate: each deal's CIF from its own hazards.
+
+    Deal A (x = 0) exits to code 3 at 2.5 days; deal B (x = 1) exits to code 4 at
+    5.5 days; a third spell (x = 0) is censored at 4.2 days. With β = (b3, b4) for
+    the two causes, the Breslow increments are, at 2.5: 1 / (1 + 1 + e^{b3}) for
+    cause 3, at 5.5: 1 / e^{b4} for cause 4; a deal with x has hazards
+    ``e^{b_j x} dΛ_j`` (at most 1) and its CIF is the product integral. (With
+    b4 < 0 the baseline increment at 5.5 would exceed 1; the baseline deal then
+    surely exits there and a deal with x gets ``e^{b4 x}`` of that, the one place
+    where the day-grid curves and the product integral part: ``docs/model.md``.)
+    """
+    b3, b4 = 0.4, 0.3
+    rows = CoxRows.build(
+        np.array([-1.0, -1.0, -1.0]),
+        np.array([2.5, 5.5, 4.2]),
+        np.zeros(3, np.int64),
+        np.array([[0.0], [1.0], [0.0]]),
+    )
+    dest = np.array([3, 4, -1])
+    inc = np.zeros(3)
+    for code, b in ((3, b3), (4, b4)):
+        ev = (dest == code).astype(np.int64)
+        part = breslow_increments(rows, ev, np.ones(3), rows.x[:, 0] * b)
+        inc[ev == 1] = part[ev == 1]
+    assert inc[0] == pytest.approx(1.0 / (2.0 + np.exp(b3)))
+    assert inc[1] == pytest.approx(1.0 / np.exp(b4))
+    steps = baseline_steps(np.array([2.5, 5.5]), np.array([3, 4]), inc[:2], 6)
+    # baseline on the day grid (exact at integer days: one exit time per day)
+    grid = np.arange(8, dtype=float)
+    _, cif = steps.evaluate(grid)
+    dens = np.diff(cif, axis=1, prepend=0.0)[:, 1:]  # bins (d, d + 1]
+    for x in (0.0, 1.0, 2.0):
+        r = np.ones(6)
+        r[3], r[4] = np.exp(b3 * x), np.exp(b4 * x)
+        got = tilt_density(dens, r).cumsum(axis=1)
+        h3 = min(1.0, r[3] * inc[0])
+        s1 = 1.0 - h3
+        h4 = min(1.0, r[4] * inc[1])
+        want3 = np.where(grid[1:] >= 2.5, h3, 0.0)
+        want4 = np.where(grid[1:] >= 5.5, s1 * h4, 0.0)
+        np.testing.assert_allclose(got[3], want3, atol=1e-14)
+        np.testing.assert_allclose(got[4], want4, atol=1e-14)
+
+
+def test_tilt_with_unit_ratios_returns_the_baseline(sample_model):
+    dens = sample_model.curves[("SMB", 2)].exit_density(400)
+    np.testing.assert_allclose(tilt_density(dens, np.ones(dens.shape[0])), dens, atol=1e-15)
+
+
+# -- counting-process rows: the value known at each instant --------------------------------------
+
+STAGES = StageMap(open=("A", "B"), won=("Won",), lost=("Lost",), no_decision=("None",))
+
+
+def tiny_log() -> forecast.DealLog:
+    t = dt.datetime(2024, 1, 1)
+    day = dt.timedelta(days=1)
+    rows = [
+        # deal 1: A for 10 days, close date pushed at day 4 and 7, then B, won at day 15
+        ("d1", t, "A", 100.0, t + 3 * day, "Partner"),
+        ("d1", t + 4 * day, "A", 100.0, t + 20 * day, "Partner"),
+        ("d1", t + 7 * day, "A", 200.0, t + 30 * day, "Partner"),
+        ("d1", t + 10 * day, "B", 200.0, t + 30 * day, "Partner"),
+        ("d1", t + 15 * day, "Won", 200.0, t + 15 * day, "Partner"),
+        # deal 2: A from day 2, lost at day 12
+        ("d2", t + 2 * day, "A", 50.0, t + 40 * day, "Inbound"),
+        ("d2", t + 12 * day, "Lost", 50.0, t + 12 * day, "Inbound"),
+        # deal 3: A from day 1, still open
+        ("d3", t + 1 * day, "A", 80.0, t + 9 * day, "Inbound"),
+    ]
+    frame = pl.DataFrame(
+        rows,
+        schema=["deal_id", "timestamp", "stage", "amount", "close_date", "source"],
+        orient="row",
+    )
+    return read_deal_log(frame, stages=STAGES, segment_columns=["source"])
+
+
+def test_rows_split_at_changes_and_hold_the_values_known_then():
+    log = tiny_log()
+    data = FitData.from_log(log, as_of="2024-01-20")
+    st = covariate_states(data.cut, data.spells, data.as_of, ["source"])
+    sp = data.spells.with_row_index("_spell")
+    d1a = int(sp.filter((pl.col("deal_id") == "d1") & (pl.col("stage") == "A"))["_spell"][0])
+    rows = st.filter(pl.col("_spell") == d1a)
+    assert rows["start"].to_list() == [-1.0, 4.0, 7.0]
+    assert rows["stop"].to_list() == [4.0, 7.0, 10.0]
+    assert rows["event"].to_list() == [-1, -1, 1]  # moved to B at day 10
+    assert rows["_pushes"].to_list() == [0.0, 1.0, 2.0]
+    assert rows["_amount"].to_list() == [100.0, 100.0, 200.0]
+    assert rows["_close_offset"].to_list() == [3.0, 20.0, 30.0]
+    # deal 3 is censored at the as-of date with the values of its only row
+    d3 = st.join(sp.select(pl.col("_spell").cast(pl.Int64), "deal_id"), on="_spell").filter(
+        pl.col("deal_id") == "d3"
+    )
+    assert d3["stop"].to_list() == [pytest.approx(18.0)] and d3["event"].to_list() == [-1]
+
+
+def test_rows_never_see_a_change_after_the_as_of_date():
+    t = dt.datetime(2024, 1, 6)  # after the first push only
+    cut = tiny_log().as_of(t)
+    spells = segment_labels(cut.spells(t), ())
+    st = covariate_states(cut, spells, t, [])
+    sp = spells.with_row_index("_spell")
+    d1a = int(sp.filter(pl.col("deal_id") == "d1")["_spell"][0])
+    rows = st.filter(pl.col("_spell") == d1a)
+    assert rows["stop"].to_list() == [4.0, 5.0] and rows["event"].to_list() == [-1, -1]
+    assert rows["_pushes"].to_list() == [0.0, 1.0]
+    assert rows["_amount"].to_list() == [100.0, 100.0]
+
+
+def test_design_encodes_each_covariate():
+    log = tiny_log()
+    data = FitData.from_log(log, as_of="2024-01-20")
+    design = build_design(data, ("amount", "days_to_close", "pushes"))
+    assert design.columns == ("amount", "days_to_close", "pushes")
+    # log2 amount centred on the mean log2 amount at creation (100, 50, 80)
+    center = np.mean(np.log2([100.0, 50.0, 80.0]))
+    first = design.x[design.first & (design.stage == 0)]
+    assert sorted(first[:, 0].round(12)) == sorted(
+        (np.log2([100.0, 50.0, 80.0]) - center).round(12)
+    )
+    assert set(design.x[:, 2]) == {0.0, 1.0, 2.0}
+    d1 = design.x[design.stage == 0][:3]
+    np.testing.assert_allclose(d1[:, 1], np.array([3.0, 20.0, 30.0]) / 30.0)
+
+
+def test_unknown_covariates_are_named(sample_log):
+    with pytest.raises(ParameterError, match=r"Unknown covariate\(s\) \['colour'\]"):
+        forecast.fit(sample_log, covariates=["amount", "colour"], n_draws=0)
+    with pytest.raises(ParameterError, match="list of names"):
+        forecast.fit(sample_log, covariates="amount", n_draws=0)
+
+
+# -- the fitted model -----------------------------------------------------------------------------
+
+
+def test_no_covariates_is_the_model_without_them(sample_log, sample_fit_arguments):
+    model = forecast.fit(sample_log, **sample_fit_arguments, covariates=())
+    assert model.covariates is None
+    d = json.loads(model.to_json())
+    assert "covariates" not in d and "covariates" not in d["options"]
+    assert model.effects().height == 0 and model.coefficients().height == 0
+
+
+def test_default_candidates_leave_the_close_dates_out(sample_model):
+    cov = sample_model.covariates
+    assert cov is not None and cov.candidates == forecast.DEFAULT_COVARIATES == ("amount",)
+    assert cov.selection["covariate"].to_list() == ["amount"]
+
+
+@pytest.fixture(scope="module")
+def close_date_model(sample_log, sample_fit_arguments):
+    """The sample's fit offered every built-in covariate (it keeps some, drops some)."""
+    names = (*forecast.DEFAULT_COVARIATES, *forecast.CLOSE_DATE_COVARIATES)
+    return forecast.fit(sample_log, **sample_fit_arguments, covariates=names)
+
+
+def test_selection_is_reported_and_round_trips(close_date_model):
+    sample_model = close_date_model
+    cov = sample_model.covariates
+    assert cov is not None
+    assert cov.kept and len(cov.kept) < len(cov.candidates)  # kept and dropped both shown
+    table = cov.selection
+    assert table["covariate"].to_list() == list(cov.candidates)
+    assert set(table.filter(pl.col("kept"))["covariate"]) == set(cov.kept)
+    kept = table.filter(pl.col("kept"))["delta_aic"].to_numpy()
+    assert np.all(kept < 0)  # kept only where the criterion falls
+    back = forecast.PipelineModel.from_json(sample_model.to_json())
+    assert back.to_json() == sample_model.to_json()
+    assert back.covariates.selection.equals(table)
+    eff = sample_model.effects()
+    assert eff.filter(pl.col("kept")).height == len(cov.columns)
+    assert eff.filter(~pl.col("kept")).height == len(cov.candidates) - len(cov.kept)
