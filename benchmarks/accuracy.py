@@ -19,6 +19,20 @@ Variants (``--ablation``), each switching one model component off:
 - ``no_shrinkage``  segment curves not shrunk toward the pooled fit (``shrink=False``);
 - ``no_age``        open deals simulated as if they had just entered their stage
   (every ``days_in_stage`` taken as 0);
+- ``half_life_none``, ``half_life_auto``, ``half_life_<days>``: the recency
+  half-life of the fit (``full`` uses the default, ``"auto"``);
+- ``shock_<sigma>``: the shock sigma set to a value in the point fit and every draw
+  (e.g. ``shock_0.3``, the generator's; a diagnosis of what the fit misses).
+
+Generators (``--generator``): ``default`` (a stationary market); ``smooth`` (win
+odds and pace drifting steadily, :meth:`MarketDrift.smooth` defaults: log-odds
+−0.3 and sojourns +20 % per year); ``step`` (a step change on 2023-10-01, two quarters before the first origin,
+:meth:`MarketDrift.step` defaults: log-odds −0.7 and sojourns +50 %); ``midstream``
+(the log recorded from 2023-01-01, with the deals then open already in progress).
+``young6`` and ``young9`` forecast the next quarter from the first 6 and 9 months of
+closed deals: of a history starting on 2022-01-01 (origins 2022-07-01 and
+2022-10-01, one case per world) and of one recorded from 2023-01-01 mid-stream
+(origins 2023-07-01 and 2023-10-01) — two cases per world each.
 - ``no_covariates`` no deal covariates (``covariates=()``: the model before them);
 - ``amount_only``   the only built-in candidate is ``amount`` (plus the world's user
   columns);
@@ -36,12 +50,16 @@ Usage::
     python benchmarks/accuracy.py                    # full model, 12 worlds
     python benchmarks/accuracy.py --ablation         # all variants
     python benchmarks/accuracy.py --worlds 4 --paths 500 --draws 4   # quick look
+    python benchmarks/accuracy.py --generator smooth --variants half_life_none full
+    python benchmarks/accuracy.py --generator young6 --worlds 30
     python benchmarks/accuracy.py --world size --variants full no_covariates
     python benchmarks/accuracy.py --variants full close_dates no_covariates --ratio-to no_covariates
     python benchmarks/accuracy.py --quick            # smoke run: 1 world, 300 paths, 2 draws
 
 Targets (next quarter, >= 40 cases): 80 % coverage in [0.72, 0.88],
-50 % coverage in [0.42, 0.58], mean CRPS <= 0.6 × the weighted pipeline's MAE.
+50 % coverage in [0.42, 0.58], mean CRPS <= 0.6 × the weighted pipeline's MAE, and
+the mean forecast within 3 standard errors of the mean bookings (``bias_z``: the
+mean of forecast mean − realised over its standard error, the worlds as clusters).
 """
 
 from __future__ import annotations
@@ -62,7 +80,7 @@ import forecast.simulate as simulate_module
 from forecast._validation import as_datetime
 from forecast.backtest import BASELINES, BacktestResult, _score_origin, origin_seed  # noqa: F401
 from forecast.calendar import FiscalCalendar
-from forecast.datasets import SYNTHETIC_STAGES, generate_crm
+from forecast.datasets import SYNTHETIC_STAGES, MarketDrift, generate_crm
 from forecast.scores import skill, wilson_interval
 
 END = "2025-07-01"
@@ -88,6 +106,35 @@ WORLDS: dict[str, dict[str, bool]] = {
 }
 #: The generator's user columns (``category_effect``), offered to the model as covariates.
 USER_COLUMNS = ("lead_source", "product_line")
+GENERATORS = ("default", "smooth", "step", "midstream", "young6", "young9")
+#: Start of the recorded log of the mid-stream worlds (the process starts 2022-01-01).
+RECORDED_FROM = "2023-01-01"
+#: Date of the step change of the ``step`` worlds (two quarters before the first origin).
+STEP_AT = "2023-10-01"
+
+
+def _worlds(generator: str, world: int, kind: str = "default") -> list[tuple[Any, tuple[str, ...]]]:
+    """(generated world, origins) pairs of one world index under ``generator``.
+
+    ``kind`` adds the deal covariate traps of :data:`WORLDS` (default world only for
+    the drifting generators, which the proportional-hazard journeys do not support).
+    """
+    seed = 1000 + world
+    traps = WORLDS[kind]
+    if generator == "smooth":
+        return [(generate_crm(seed=seed, end=END, drift=MarketDrift.smooth()), ORIGINS)]
+    if generator == "step":
+        return [(generate_crm(seed=seed, end=END, drift=MarketDrift.step(STEP_AT)), ORIGINS)]
+    if generator == "midstream":
+        return [(generate_crm(seed=seed, end=END, recorded_from=RECORDED_FROM, **traps), ORIGINS)]
+    if generator in ("young6", "young9"):
+        months = 6 if generator == "young6" else 9
+        fresh = generate_crm(seed=seed, end="2023-07-01")
+        mid = generate_crm(seed=seed, end="2024-07-01", recorded_from=RECORDED_FROM)
+        o_fresh = "2022-07-01" if months == 6 else "2022-10-01"
+        o_mid = "2023-07-01" if months == 6 else "2023-10-01"
+        return [(fresh, (o_fresh,)), (mid, (o_mid,))]
+    return [(generate_crm(seed=seed, end=END, **traps), ORIGINS)]
 
 
 def _no_shocks(model: Any) -> Any:
@@ -95,6 +142,16 @@ def _no_shocks(model: Any) -> Any:
     if draws is not None:
         draws = dataclasses.replace(draws, shock_sigma=np.zeros_like(draws.shock_sigma))
     return model.replace(shocks=dataclasses.replace(model.shocks, sigma=0.0), draws=draws)
+
+
+def _shock_sigma(sigma: float) -> Any:
+    def transform(model: Any) -> Any:
+        draws = model.draws
+        if draws is not None:
+            draws = dataclasses.replace(draws, shock_sigma=np.full_like(draws.shock_sigma, sigma))
+        return model.replace(shocks=dataclasses.replace(model.shocks, sigma=sigma), draws=draws)
+
+    return transform
 
 
 def _no_pull_in(model: Any) -> Any:
@@ -106,6 +163,12 @@ def _no_pull_in(model: Any) -> Any:
 
 def _variant(name: str, n_draws: int) -> tuple[dict[str, Any], Any, int]:
     """(fit options, model transform, n_draws) of a variant."""
+    if name.startswith("half_life_"):
+        value = name.removeprefix("half_life_")
+        half_life = None if value == "none" else value if value == "auto" else float(value)
+        return {"half_life": half_life}, None, n_draws
+    if name.startswith("shock_"):  # diagnosis: the shock sigma set to a value (e.g. the truth)
+        return {}, _shock_sigma(float(name.removeprefix("shock_"))), n_draws
     if name == "no_shocks":
         return {}, _no_shocks, n_draws
     if name == "no_draws":
@@ -124,17 +187,21 @@ def _variant(name: str, n_draws: int) -> tuple[dict[str, Any], Any, int]:
 
 
 def _world_cases(
-    world: int, variant: str, n_paths: int, n_draws: int, seed: int, kind: str = "default"
+    world: int,
+    variant: str,
+    n_paths: int,
+    n_draws: int,
+    seed: int,
+    generator: str = "default",
+    horizon: int = HORIZON,
+    kind: str = "default",
 ) -> list[dict[str, Any]]:
     """Every (origin, step) row of one world under one variant (runs in a worker)."""
     if variant == "no_age":
         # Ages are clipped to MAX_AGE_DAYS when the kernel arrays are packed.
         simulate_module.MAX_AGE_DAYS = 0
-    crm = generate_crm(seed=1000 + world, end=END, **WORLDS[kind])
-    user = [c for c in USER_COLUMNS if c in crm.events.columns]
-    log = forecast.read_deal_log(
-        crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment", *user]
-    )
+    worlds = _worlds(generator, world, kind)
+    user = [c for c in USER_COLUMNS if c in worlds[0][0].events.columns]
     cal = FiscalCalendar()
     fit_options, transform, draws = _variant(variant, n_draws)
     if user and fit_options.get("covariates", ()) != ():
@@ -142,22 +209,40 @@ def _world_cases(
     elif user and "covariates" not in fit_options:
         fit_options = {**fit_options, "covariates": (*forecast.DEFAULT_COVARIATES, *user)}
     rows = []
-    for o in ORIGINS:
-        for r in _score_origin(
-            log,
-            as_datetime(o, "origin"),
-            HORIZON,
-            n_paths,
-            ("segment",),
-            cal,
-            draws,
-            seed + world,
-            fit_options=fit_options,
-            transform=transform,
-        ):
-            rows.append({"world": world, "variant": variant, "kind": kind, **r})
+    for crm, origins in worlds:
+        log = forecast.read_deal_log(
+            crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment", *user]
+        )
+        for o in origins:
+            for r in _score_origin(
+                log,
+                as_datetime(o, "origin"),
+                horizon,
+                n_paths,
+                ("segment",),
+                cal,
+                draws,
+                seed + world,
+                fit_options=fit_options,
+                transform=transform,
+            ):
+                rows.append(
+                    {"world": world, "variant": variant, "generator": generator, "kind": kind, **r}
+                )
     simulate_module.MAX_AGE_DAYS = 1095
     return rows
+
+
+def _bias_z(d: pl.DataFrame) -> float:
+    """Mean (forecast mean − realised) over its standard error, worlds as clusters."""
+    per_world = d.group_by("world").agg((pl.col("mean") - pl.col("realised")).mean().alias("x"))[
+        "x"
+    ]
+    n = per_world.len()
+    if n < 2:
+        return float("nan")
+    se = float(per_world.std()) / np.sqrt(n)  # type: ignore[arg-type]
+    return float(per_world.mean()) / se if se > 0 else float("nan")  # type: ignore[arg-type]
 
 
 def table(frame: pl.DataFrame) -> pl.DataFrame:
@@ -186,6 +271,7 @@ def table(frame: pl.DataFrame) -> pl.DataFrame:
                 "crps/mae_wp": crps / mae["weighted_pipeline"],
                 **{f"skill_{b}": skill(crps, mae[b]) for b in BASELINES},
                 "bias": float((d["mean"] - d["realised"]).sum() / d["realised"].sum()),
+                "bias_z": _bias_z(d),
                 "mean_pit": float(d["pit"].mean()),
             }
         )
@@ -226,7 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--ablation", action="store_true", help="run every variant")
-    ap.add_argument("--variants", nargs="*", default=None, help=f"subset of {VARIANTS}")
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        default=None,
+        help=f"subset of {VARIANTS}, or half_life_none / half_life_auto / half_life_<days>",
+    )
+    ap.add_argument("--generator", choices=GENERATORS, default="default")
+    ap.add_argument("--horizon", type=int, default=HORIZON)
     ap.add_argument("--save", default=None, help="write the per-case rows to this Parquet file")
     ap.add_argument("--world", choices=sorted(WORLDS), default="default", help="generator traps")
     ap.add_argument("--quick", action="store_true", help="1 world, 300 paths, 2 draws, 1 worker")
@@ -245,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     # world by world, so that the rows saved so far pair the variants on whole worlds
     jobs = [
-        (w, v, args.paths, args.draws, args.seed, args.world)
+        (w, v, args.paths, args.draws, args.seed, args.generator, args.horizon, args.world)
         for w in range(args.worlds)
         for v in variants
     ]
@@ -267,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     frame = pl.DataFrame(rows, infer_schema_length=None)
     with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=250, float_precision=3):
         print(
-            f"{args.worlds} {args.world} worlds × {len(ORIGINS)} origins, horizon {HORIZON}, "
+            f"generator {args.generator}, {args.world} world: {args.worlds} worlds, "
+            f"horizon {args.horizon}, "
             f"{args.paths} paths, {args.draws} draws, seed {args.seed}"
         )
         summary = table(frame)

@@ -4,7 +4,9 @@ Prints wall times of each step and, as a machine-independent yardstick, the
 ratio of the fit time to the time polars takes to sort the same event frame
 (measured in the same run), and the fit with parameter draws against the fit without
 (wall and CPU time, both on the log's cached views; the kernels are compiled on a small
-history before the clock starts).
+history before the clock starts). The draws are timed without recency weighting
+(``half_life=None``: what the draws cost), and the default ``half_life="auto"`` (its
+backtest of candidate half-lives) apart, against the same fit without it.
 Run: ``.venv/bin/python benchmarks/bench_fit.py`` (``--quick``: 100,000 events, 4 draws).
 """
 
@@ -53,19 +55,25 @@ def main(argv: list[str] | None = None) -> int:
         small.events, stages=small.stage_map, segment_columns=("segment",)
     )
     for n_draws in sorted(set(args.draws)):
-        forecast.fit(small_log, segment_by=["segment"], n_draws=n_draws)
+        forecast.fit(small_log, segment_by=["segment"], n_draws=n_draws, half_life=None)
+    forecast.fit(small_log, segment_by=["segment"], n_draws=0)
     # the first fit on a log also builds the log's cached views (spells, bookings): that
     # cost is the same with or without draws, so it is timed apart
     t0, c0 = time.perf_counter(), time.process_time()
-    forecast.fit(log, segment_by=["segment"], n_draws=0)
+    forecast.fit(log, segment_by=["segment"], n_draws=0, half_life=None)
     rows.append(("fit, first on the log", time.perf_counter() - t0, time.process_time() - c0))
     fit_seconds, fit_cpu = {}, {}
     for n_draws in args.draws:
         t0, c0 = time.perf_counter(), time.process_time()
-        forecast.fit(log, segment_by=["segment"], n_draws=n_draws)
+        forecast.fit(log, segment_by=["segment"], n_draws=n_draws, half_life=None)
         fit_seconds[n_draws] = time.perf_counter() - t0
         fit_cpu[n_draws] = time.process_time() - c0
         rows.append((f"fit (n_draws={n_draws})", fit_seconds[n_draws], fit_cpu[n_draws]))
+    # the default half_life="auto": a backtest of the candidate half-lives before the fit
+    t0, c0 = time.perf_counter(), time.process_time()
+    forecast.fit(log, segment_by=["segment"], n_draws=0, half_life="auto")
+    auto_seconds, auto_cpu = time.perf_counter() - t0, time.process_time() - c0
+    rows.append(("fit (half_life=auto)", auto_seconds, auto_cpu))
 
     print(f"history: {ev.height:,} events, {log.n_deals:,} deals")
     print(f"{'step':<22}{'seconds':>10}{'CPU seconds':>13}{'× polars sort':>16}")
@@ -79,12 +87,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"fit (n_draws={d}) / fit (n_draws=0): {fit_seconds[d] / fit_seconds[0]:.2f}× "
                 f"wall, {fit_cpu[d] / fit_cpu[0]:.2f}× CPU time (target ≤ 1.3, bar ≤ 2)"
             )
+        print(
+            f"fit (half_life=auto) / fit (half_life=None), n_draws=0: "
+            f"{auto_seconds / fit_seconds[0]:.2f}× wall, {auto_cpu / fit_cpu[0]:.2f}× CPU time"
+        )
     label = f"{ev.height:,} events"
     results = [
         result("fit", f"fit (n_draws={d}), {label}", sec, "s", "polars sort", t_sort, "s")
         for d, sec in fit_seconds.items()
     ]
     if 0 in fit_seconds:
+        results.append(
+            result(
+                "fit",
+                f"fit (half_life=auto), {label}",
+                auto_seconds,
+                "s",
+                "fit (half_life=None)",
+                fit_seconds[0],
+                "s",
+            )
+        )
         results += [
             result(
                 "fit",

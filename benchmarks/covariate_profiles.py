@@ -49,7 +49,7 @@ def _setup(model, log, horizon, max_profiles):
     deal_covariates.MAX_PROFILES = max_profiles
     try:
         t0 = time.process_time()
-        arrays, pipe, _, _ = model_arrays(model, log, horizon)
+        arrays, pipe, *_ = model_arrays(model, log, horizon)
         if max_profiles == 0:
             out = outcome_probabilities(arrays)
         else:

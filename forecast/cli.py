@@ -4,7 +4,9 @@ Subcommands: ``demo`` (the bundled sample, end to end), ``inspect`` (how a histo
 is read, without fitting), ``run`` (history in, Parquet datasets out, optional PNG
 figures), ``report`` (the same run as one self-contained HTML page, optionally with
 what changed since an earlier run), ``fit`` (model JSON out), ``backtest``
-(rolling-origin accuracy) and ``metrics`` (sales metrics). Each has ``--help``. Every subcommand that reads a
+(rolling-origin accuracy), ``metrics`` (sales metrics) and ``drift`` (win
+probability and days in stage, recent quarters against the earlier history). Each
+has ``--help``. Every subcommand that reads a
 history takes the same reading options (``--preset``, ``--shape``, ``--column
 CANONICAL=SOURCE``, ``--open-stages``, ``--won``, ``--lost``, ``--no-decision``,
 ``--segment``, ``--config FILE`` ...), and every subcommand the same common flags
@@ -32,9 +34,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from forecast._text import text_table
 from forecast.backtest import BASELINES, backtest
 from forecast.calendar import FiscalCalendar
+from forecast.data.deal_level import deal_level_view
 from forecast.data.inspection import inspect_log
 from forecast.data.presets import PRESETS
 from forecast.data.readers import CANONICAL_NAMES, read_deal_log
@@ -48,8 +53,10 @@ from forecast.errors import (
     ModelError,
     ParameterError,
 )
+from forecast.fit.data import FitData
+from forecast.fit.drift import drift_table
 from forecast.fit.fitting import fit
-from forecast.fit.kinds import MODEL_KINDS
+from forecast.fit.kinds import MODEL_KINDS, choose_model_kind
 from forecast.io import atomic_write_bytes, write_forecast
 from forecast.metrics import fit_and_compute_metrics
 from forecast.plots import save_figures
@@ -244,6 +251,47 @@ def _add_draws_arg(p: argparse.ArgumentParser, default: int) -> None:
     )
 
 
+def _half_life(text: str) -> float | str | None:
+    """``auto``, ``none`` or a number of days > 0."""
+    t = text.strip().lower()
+    if t in ("auto", "none"):
+        return None if t == "none" else "auto"
+    try:
+        days = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'none' or a number of days > 0, got {text!r}"
+        ) from None
+    if not days > 0 or days != days or days == float("inf"):
+        raise argparse.ArgumentTypeError(f"the half-life must be > 0 days, got {text!r}")
+    return days
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    """Fitting options of every subcommand that fits a model."""
+    p.add_argument(
+        "--half-life",
+        type=_half_life,
+        default="auto",
+        metavar="auto|none|DAYS",
+        help="recency weighting of the past: a half-life in days, none, or auto (default: "
+        "chosen by backtesting the history)",
+    )
+    p.add_argument(
+        "--recorded-from",
+        metavar="DATE",
+        help="when recording of the history began; deals created before it were already in "
+        "progress (default: the first event)",
+    )
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "half_life": getattr(args, "half_life", "auto"),
+        "recorded_from": getattr(args, "recorded_from", None),
+    }
+
+
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -335,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit the pipeline model to a deal history and write it as JSON.",
     )
     _add_draws_arg(p, 32)
+    _add_fit_args(p)
     _add_model_arg(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="model JSON path")
 
@@ -348,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         "previous output intact).",
     )
     _add_draws_arg(p, 32)
+    _add_fit_args(p)
     _add_model_arg(p)
     _add_sim_args(p)
     _add_report_args(p)
@@ -365,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "open it). With --previous, add what changed since an earlier `forecast run` output.",
     )
     _add_draws_arg(p, 32)
+    _add_fit_args(p)
     _add_model_arg(p)
     _add_sim_args(p)
     _add_report_args(p)
@@ -397,6 +448,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", type=Path, help="also write the per-origin scores (Parquet file)"
     )
+
+    p = sub.add_parser(
+        "drift",
+        parents=[reading, common],
+        help="is the market turning? win probability and days in stage, recent vs earlier",
+        description="Per segment and open stage: the win probability of a deal entering the "
+        "stage and the median days in it, from the last quarters against the earlier history, "
+        "with 95%% bootstrap intervals and a test of no change (flagged after Holm's "
+        "correction). Nothing is simulated.",
+    )
+    p.add_argument(
+        "--recent-quarters",
+        type=_positive_int,
+        default=2,
+        help="fiscal quarters in the recent period, before the one holding the as-of date "
+        "(default 2)",
+    )
+    p.add_argument(
+        "--draws",
+        type=_positive_int,
+        default=100,
+        help="bootstrap draws behind the intervals and tests (default 100)",
+    )
+    p.add_argument(
+        "--recorded-from",
+        metavar="DATE",
+        help="when recording of the history began (default: the first event)",
+    )
+    p.add_argument("-o", "--output", type=Path, help="also write the table (Parquet file)")
 
     p = sub.add_parser(
         "metrics",
@@ -613,6 +693,7 @@ def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by
         calendar=_calendar(args),
         n_draws=args.draws,
         seed=args.seed,
+        **_fit_kwargs(args),
         model_kind=getattr(args, "model_kind", "auto"),
     )
     with _executor(args) as executor:
@@ -683,6 +764,10 @@ def _cell(value: Any, kind: str) -> str:
         return f"{value:,.1f}"
     if kind == "ratio":
         return f"{value:.2f}"
+    if kind == "int0":
+        return f"{value:,.0f}"
+    if kind == "p":
+        return "<0.001" if value < 0.001 else f"{value:.3f}"
     return str(value)
 
 
@@ -698,6 +783,79 @@ def _print_model_summary(model: Any) -> None:
         for r in summary.iter_rows(named=True)
     ]
     print("\n".join(text_table(heads, rows, left=2)))
+    if model.recency is not None:
+        print(f"\nRecency: {model.recency.describe()}")
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    _status(f"Reading {args.history} ...")
+    log = _read(args)
+    _status("Comparing the recent quarters with the earlier history ...")
+    kind, _ = choose_model_kind(log, "auto", "drift")  # a deal table: its one open state
+    data = FitData.from_log(
+        deal_level_view(log) if kind == "deal_level" else log,
+        as_of=args.as_of,
+        segment_by=tuple(args.segment),
+        calendar=_calendar(args),
+        caller="drift",
+        recorded_from=args.recorded_from,
+    )
+    table = drift_table(
+        data, recent_quarters=args.recent_quarters, n_draws=args.draws, seed=args.seed
+    )
+    split = table["recent_from"][0]
+    print(
+        f"As of {data.as_of:%Y-%m-%d}: recent period from {split:%Y-%m-%d} against the "
+        "earlier history, per segment and open stage (95% intervals):\n"
+    )
+
+    def interval(r: dict[str, Any], col: str, kind: str) -> str:
+        v, lo, hi = r[col], r[f"{col}_low"], r[f"{col}_high"]
+        if v is None:
+            return "-"
+        if kind == "pct":
+            return f"{v:.0%} [{_cell(lo, 'pct')}, {_cell(hi, 'pct')}]"
+        return f"{v:,.0f} [{_cell(lo, 'int0')}, {_cell(hi, 'int0')}]"
+
+    heads = [
+        "segment",
+        "stage",
+        "exits",
+        "P(win) earlier",
+        "P(win) recent",
+        "p",
+        "median days earlier",
+        "median days recent",
+        "p",
+        "signal",
+    ]
+    rows = [
+        [
+            str(r["segment"]),
+            str(r["stage"]),
+            f"{r['exits_earlier']:,}/{r['exits_recent']:,}",
+            interval(r, "win_probability_earlier", "pct"),
+            interval(r, "win_probability_recent", "pct"),
+            _cell(r["win_probability_p_value"], "p"),
+            interval(r, "median_days_earlier", "days"),
+            interval(r, "median_days_recent", "days"),
+            _cell(r["median_days_p_value"], "p"),
+            r["signal"] or "",
+        ]
+        for r in table.iter_rows(named=True)
+    ]
+    print("\n".join(text_table(heads, rows, left=2)))
+    flagged = table.filter(pl.col("signal") != "").height
+    print(
+        f"\n{flagged} of {table.height} rows changed significantly (5% family-wise, Holm); "
+        "exits: earlier/recent."
+    )
+    if args.output:
+        buf = io.BytesIO()
+        table.write_parquet(buf)
+        atomic_write_bytes(args.output, buf.getvalue())
+        print(f"Wrote {args.output}")
+    return EXIT_OK
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -711,6 +869,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         calendar=_calendar(args),
         n_draws=args.draws,
         seed=args.seed,
+        **_fit_kwargs(args),
         model_kind=args.model_kind,
     )
     model.to_json(args.output)
@@ -885,6 +1044,7 @@ _HANDLERS = {
     "report": _cmd_report,
     "backtest": _cmd_backtest,
     "metrics": _cmd_metrics,
+    "drift": _cmd_drift,
 }
 
 

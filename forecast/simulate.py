@@ -36,6 +36,7 @@ from forecast._validation import check_int, check_seed
 from forecast.data.validation import INT64_MAX_CENTS
 from forecast.deal_covariates import covariate_arrays
 from forecast.errors import AmountError, ParameterError
+from forecast.fit.data import mid_stream_deals
 from forecast.results import Forecast
 from forecast.segments import SEGMENT_COLUMN, segment_labels
 
@@ -48,9 +49,11 @@ __all__ = [
     "condition_on_not_pulled_in",
     "early_window_days",
     "model_arrays",
+    "prepare_simulation",
     "quarter_bins",
     "shock_scale",
     "simulate",
+    "simulate_quarter_totals",
     "weighted_pipeline",
 ]
 
@@ -364,6 +367,165 @@ def shock_scale(model: PipelineModel, arrays: ModelArrays, outcomes: OutcomeArra
     return float(min(1.0, target / kernel)) if kernel > 0 else 1.0
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class AgeMixture:
+    """Open deals whose age in stage is known only within a range: a mixture of ages.
+
+    A deal already in progress when the log started and still in its first recorded
+    stage entered that stage at an unknown time between its creation and its first
+    event. Its outcome distribution is the average over ``ages`` (whole days) of the
+    age-conditioned ones, each of its rows weighing ``weights`` (``docs/model.md``,
+    "Logs that start mid-stream").
+
+    Attributes
+    ----------
+    deal : ndarray of int64, shape (M,)
+        Index of the deal (row of the open pipeline) of each mixture row.
+    ages : ndarray of int64, shape (M,)
+        Age in stage (days) of each mixture row.
+    weights : ndarray of float64, shape (M,)
+        Weight of each row; a deal's rows sum to 1.
+    """
+
+    deal: np.ndarray
+    ages: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def empty(cls) -> AgeMixture:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+
+    @property
+    def n(self) -> int:
+        return int(self.deal.size)
+
+
+#: Ages of the mixture of a deal whose age in stage is known only within a range.
+MIXTURE_AGES = 8
+
+
+def mid_stream_ages(
+    model: PipelineModel,
+    log: DealLog,
+    pipe: pl.DataFrame,
+    deal_segment: np.ndarray,
+    deal_age: np.ndarray,
+) -> tuple[np.ndarray, AgeMixture]:
+    """Ages in stage of open deals that were already in progress when the log started.
+
+    Such a deal still in its first recorded stage (its stage entry is its first event)
+    entered it at an unknown time ``e`` between its creation ``c`` (when unknown, the
+    age cap :data:`MAX_AGE_DAYS` before ``t₀``) and its first event ``o``: its age at
+    the as-of instant ``t₀`` lies in ``[t₀ − o, t₀ − c]``. In the first open stage with ``c`` known it has been there
+    since creation (age ``t₀ − c``, as in the fit). Otherwise, with ``e`` uniform a
+    priori over ``[c, o]`` and the deal still in the stage at ``t₀``, the age ``a``
+    has density ``∝ S(a)`` on that range (``S`` the stage's fitted survival), and the
+    deal's outcome is the mixture over :data:`MIXTURE_AGES` equally likely ages at the
+    midpoints of that density's quantiles.
+
+    Returns
+    -------
+    deal_age : ndarray of int64, shape (N,)
+        Ages with the known ones set (the lower bound for mixture deals).
+    mixture : AgeMixture
+    """
+    if pipe.height == 0:
+        return deal_age, AgeMixture.empty()
+    recorded = model.options.get("recorded_from")
+    t = model.as_of
+    mid = mid_stream_deals(log.as_of(t), recorded)
+    if not mid["in_progress"].any():
+        return deal_age, AgeMixture.empty()
+    first = pipe.select(pl.col("deal_id").cast(pl.Utf8), "entered_stage_at", "stage_code").join(
+        mid.select(pl.col("deal_id").cast(pl.Utf8), "first_event", "created_at", "in_progress"),
+        on="deal_id",
+        how="left",
+        maintain_order="left",
+    )
+    first_visit = (
+        first["in_progress"].fill_null(False)
+        & (first["entered_stage_at"] == first["first_event"]).fill_null(False)
+    ).to_numpy()
+    if not first_visit.any():
+        return deal_age, AgeMixture.empty()
+    deal_age = deal_age.copy()
+    us = 86_400_000_000.0
+    t0 = np.datetime64(t, "us")
+    created = first["created_at"].to_numpy().astype("datetime64[us]")
+    known_c = ~np.isnat(created)
+    upper = np.full(pipe.height, MAX_AGE_DAYS, dtype=np.int64)
+    upper[known_c] = np.minimum(
+        np.floor((t0 - created[known_c]).astype(np.int64) / us + 0.5).astype(np.int64),
+        MAX_AGE_DAYS,
+    )
+    stage = first["stage_code"].to_numpy().astype(np.int64)
+    exact = first_visit & known_c & (stage == 0)
+    deal_age[exact] = np.maximum(upper[exact], deal_age[exact])
+    rows_d, rows_a, rows_w = [], [], []
+    segs = model.segments
+    for n in np.flatnonzero(first_visit & ~exact):
+        lo, hi = int(deal_age[n]), max(int(upper[n]), int(deal_age[n]))
+        if hi <= lo:
+            continue
+        grid = np.arange(lo, hi + 1, dtype=np.float64)
+        dens = model.curves[(segs[int(deal_segment[n])], int(stage[n]))].survival(grid)
+        if not dens.sum() > 0:
+            continue
+        cdf = np.cumsum(dens) / dens.sum()
+        p = (np.arange(MIXTURE_AGES) + 0.5) / MIXTURE_AGES
+        ages = grid[np.minimum(np.searchsorted(cdf, p), grid.size - 1)].astype(np.int64)
+        rows_d.append(np.full(MIXTURE_AGES, n, dtype=np.int64))
+        rows_a.append(ages)
+        rows_w.append(np.full(MIXTURE_AGES, 1.0 / MIXTURE_AGES))
+    if not rows_d:
+        return deal_age, AgeMixture.empty()
+    return deal_age, AgeMixture(
+        np.concatenate(rows_d), np.concatenate(rows_a), np.concatenate(rows_w)
+    )
+
+
+def mix_ages(arrays: ModelArrays, mixture: AgeMixture, outcomes_of: Any) -> OutcomeArrays:
+    """Outcome probabilities with each mixture deal averaged over its ages.
+
+    ``outcomes_of(arrays)`` computes the outcome arrays of a set of deals; it is called
+    once on the deals with the mixture rows appended (as extra deals with their
+    ages), whose ``p_win`` and ``p_qe`` are then folded back into their deals.
+    """
+    if mixture.n == 0:
+        return outcomes_of(arrays)
+    d = mixture.deal
+    n = np.asarray(arrays.deal_age).size
+    x = dataclasses.replace(
+        arrays,
+        deal_segment=np.concatenate(
+            [np.asarray(arrays.deal_segment), np.asarray(arrays.deal_segment)[d]]
+        ),
+        deal_stage=np.concatenate(
+            [np.asarray(arrays.deal_stage), np.asarray(arrays.deal_stage)[d]]
+        ),
+        deal_age=np.concatenate([np.asarray(arrays.deal_age), mixture.ages]),
+        deal_amount=np.concatenate(
+            [np.asarray(arrays.deal_amount), np.asarray(arrays.deal_amount)[d]]
+        ),
+    )
+    out = outcomes_of(x)
+    p_win = np.array(out.p_win[:, :n])
+    p_qe = np.array(out.p_qe[:, :n])
+    w = mixture.weights[None, :, None]
+    extra_win = out.p_win[:, n:] * w
+    mixed_win = np.zeros((p_win.shape[0], n, p_win.shape[2]))
+    mixed_qe = np.zeros_like(mixed_win)
+    np.add.at(mixed_win, (slice(None), d), extra_win)
+    np.add.at(mixed_qe, (slice(None), d), extra_win * out.p_qe[:, n:])
+    mixed = np.unique(d)
+    p_win[:, mixed] = mixed_win[:, mixed]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_qe[:, mixed] = np.where(
+            mixed_win[:, mixed] > 0, mixed_qe[:, mixed] / mixed_win[:, mixed], 0.0
+        )
+    return dataclasses.replace(out, p_win=p_win, p_qe=p_qe)
+
+
 def exit_densities(model: PipelineModel, n_bins: int) -> np.ndarray:
     """The day-binned exit sub-densities of every draw, segment and stage, (B, G, K, C, L).
 
@@ -398,7 +560,7 @@ def exit_densities(model: PipelineModel, n_bins: int) -> np.ndarray:
 
 def model_arrays(
     model: PipelineModel, log: DealLog, horizon: int
-) -> tuple[ModelArrays, pl.DataFrame, list[Any], np.ndarray]:
+) -> tuple[ModelArrays, pl.DataFrame, list[Any], np.ndarray, AgeMixture]:
     """Pack ``model`` and the open pipeline of ``log`` at ``model.as_of`` into kernel arrays.
 
     Returns
@@ -409,6 +571,9 @@ def model_arrays(
     quarters : list of FiscalQuarter
     booked : ndarray, shape (H, G)
         Won before the as-of instant in each horizon quarter, currency.
+    mixture : AgeMixture
+        Open deals in progress since before the log started whose age in stage is
+        known only within a range (:func:`mid_stream_ages`).
     """
     t = model.as_of
     log = model.view(log)  # the deal-level model reads every open stage as one
@@ -433,13 +598,15 @@ def model_arrays(
     deal_age = np.minimum(
         np.floor(pipe["days_in_stage"].to_numpy() + 0.5).astype(np.int64), MAX_AGE_DAYS
     )
+    deal_age, mixture = mid_stream_ages(model, log, pipe, deal_seg, deal_age)
     amount = pipe["amount"].to_numpy().astype(np.float64)
     missing = ~np.isfinite(amount)
     if missing.any():  # no amount ever given: use the segment's typical new-deal amount
         for i in np.nonzero(missing)[0]:
             amount[i] = float(np.median(model.amounts.new_deal_amount_samples(segs[deal_seg[i]])))
 
-    L = int((deal_age.max() if deal_age.size else 0) + qb[-1] + W + 2)
+    oldest = max(int(deal_age.max()) if deal_age.size else 0, int(mixture.ages.max(initial=0)))
+    L = int(oldest + qb[-1] + W + 2)
     dens = exit_densities(model, L)
     draws = model.draws
     B = dens.shape[0]
@@ -498,7 +665,83 @@ def model_arrays(
     ):
         if g_label in gidx:
             booked[0, gidx[g_label]] = amt
-    return arrays, pipe, quarters, booked
+    return arrays, pipe, quarters, booked, mixture
+
+
+def prepare_simulation(
+    model: PipelineModel, log: DealLog, horizon: int
+) -> tuple[ModelArrays, OutcomeArrays, pl.DataFrame, list[Any], np.ndarray]:
+    """Everything a simulation samples from: arrays, per-deal outcome probabilities.
+
+    :func:`model_arrays`, the outcome probabilities conditioned on not having been
+    pulled into the closed quarter (:func:`condition_on_not_pulled_in`) and mixed
+    over the possible ages of deals in progress since before the log started
+    (:func:`mix_ages`), and the shock sigma scaled for the kernel (:func:`shock_scale`).
+
+    Returns
+    -------
+    arrays : forecast._kernels.ModelArrays
+    outcomes : forecast._kernels.OutcomeArrays
+    pipe, quarters, booked
+        As :func:`model_arrays`.
+    """
+    arrays, pipe, quarters, booked, mixture = model_arrays(model, log, horizon)
+    cov_arrays = None
+    if model.covariates is not None and model.covariates.active:
+        cov_arrays, new_amounts = covariate_arrays(model, model.view(log), pipe, arrays)
+        if new_amounts:
+            size = float(model.adjustments.get("deal_size", 1.0))
+            arrays = dataclasses.replace(
+                arrays,
+                new_amount=_csr(
+                    [
+                        new_amounts.get(s, model.amounts.new_deal_amount_samples(s)) * size
+                        for s in model.segments
+                    ]
+                ),
+            )
+    early = early_window_days(model, quarters)
+
+    cov = cov_arrays
+    if cov is not None and mixture.n > 0:
+        # the mixture's extra rows (one per possible age) carry their deal's covariates
+        d = mixture.deal
+        cov = dataclasses.replace(
+            cov,
+            **{
+                name: np.concatenate([np.asarray(v), np.asarray(v)[d]])
+                for name in ("deal_x", "deal_starts", "deal_profile")
+                for v in (getattr(cov, name),)
+            },
+        )
+
+    def conditioned(a: ModelArrays) -> OutcomeArrays:
+        raw = outcome_probabilities(a) if cov is None else tilted_outcome_probabilities(a, cov)
+        return condition_on_not_pulled_in(a, raw, early, cov)
+
+    outcomes = mix_ages(arrays, mixture, conditioned)
+    arrays = dataclasses.replace(
+        arrays, shock_sigma=arrays.shock_sigma * shock_scale(model, arrays, outcomes)
+    )
+    return arrays, outcomes, pipe, quarters, booked
+
+
+def simulate_quarter_totals(
+    model: PipelineModel, log: DealLog, n_paths: int, seed: int
+) -> np.ndarray:
+    """Simulated bookings of the quarter holding ``model.as_of`` (with what it booked before).
+
+    A lean :func:`simulate` for scoring many fits (the half-life backtest): one
+    quarter, no per-deal output, no :class:`~forecast.results.Forecast`.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_paths,)
+        Currency.
+    """
+    arrays, outcomes, _, _, booked = prepare_simulation(model, log, 1)
+    samples = simulate_arrays(arrays, n_paths=n_paths, seed=seed, outcomes=outcomes)
+    return samples.totals[:, 0].sum(axis=(1, 2)) + float(booked[0].sum())
 
 
 def simulate(
@@ -549,32 +792,7 @@ def simulate(
     seed = check_seed(seed, caller)
     if threads is not None:
         threads = check_int(threads, "threads", caller, minimum=1)
-    arrays, pipe, quarters, booked = model_arrays(model, log, horizon)
-    cov_arrays = None
-    if model.covariates is not None and model.covariates.active:
-        cov_arrays, new_amounts = covariate_arrays(model, model.view(log), pipe, arrays)
-        if new_amounts:
-            size = float(model.adjustments.get("deal_size", 1.0))
-            arrays = dataclasses.replace(
-                arrays,
-                new_amount=_csr(
-                    [
-                        new_amounts.get(s, model.amounts.new_deal_amount_samples(s)) * size
-                        for s in model.segments
-                    ]
-                ),
-            )
-    raw = (
-        outcome_probabilities(arrays)
-        if cov_arrays is None
-        else tilted_outcome_probabilities(arrays, cov_arrays)
-    )
-    outcomes = condition_on_not_pulled_in(
-        arrays, raw, early_window_days(model, quarters), cov_arrays
-    )
-    arrays = dataclasses.replace(
-        arrays, shock_sigma=arrays.shock_sigma * shock_scale(model, arrays, outcomes)
-    )
+    arrays, outcomes, pipe, quarters, booked = prepare_simulation(model, log, horizon)
     check_won_cents_fit(arrays, n_paths, pipe["deal_id"].to_numpy(), model.segments)
     if executor is not None:
         samples = _simulate_sharded(executor, arrays, outcomes, n_paths, seed, chunk_size)

@@ -5,7 +5,10 @@ layouts built once per fit. The reference here is the definition in
 ``docs/model.md`` ("Parameter uncertainty"), written out the plain way: for each
 draw, ``data.with_weights(bootstrap_weights(...))`` refitted by the component
 fitters, one draw and one stratum at a time. Same Dirichlet weights, so the draws
-must agree to rounding (the shock sigma to its optimiser's tolerance).
+must agree to rounding (the shock sigma to its optimiser's tolerance) — also with a
+recency half-life (every draw keeps the data's recency weights) and on a log that
+starts mid-stream (delayed entries, first visits of unknown entry left out, deals in
+progress not counted as arrivals).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+import forecast
+from forecast.datasets.synthetic import SYNTHETIC_STAGES, generate_crm
 from forecast.fit.arrivals import fit_arrivals
 from forecast.fit.bootstrap import bootstrap_weight_block, bootstrap_weights
 from forecast.fit.calendar_effects import fit_quarter_end_effect
@@ -42,9 +47,10 @@ def refit_draws(data: FitData, point: Any, options: FitOptions) -> dict[str, np.
         "shock_sigma": np.empty(N_DRAWS),
     }
 
-    def ratios(curves: Any, spells: Any) -> tuple[np.ndarray, float]:
+    def ratios(curves: Any, spells: Any, point_spells: Any) -> tuple[np.ndarray, float]:
+        # the point median on the point fit's own weights (unit deal weights, recency)
         shares_b, med_b = weighted_fit_summary(spells, curves.tail_shares)
-        _, med_pt = weighted_fit_summary(spells.with_weights(np.ones(spells.n)), curves.tail_shares)
+        _, med_pt = weighted_fit_summary(point_spells, curves.tail_shares)
         shares_pt = curves.eventual_shares()
         with np.errstate(divide="ignore", invalid="ignore"):
             m = np.where(shares_pt > 0, shares_b / shares_pt, 1.0)
@@ -54,11 +60,16 @@ def refit_draws(data: FitData, point: Any, options: FitOptions) -> dict[str, np.
     for b in range(N_DRAWS):
         data_b = data.with_weights(bootstrap_weights(data, SEED, b))
         for k in range(n_open):
-            m_pool, tf_pool = ratios(exits.pooled[k], data_b.stratum_spells(k))
+            m_pool, tf_pool = ratios(
+                exits.pooled[k], data_b.stratum_spells(k), data.stratum_spells(k)
+            )
             for gi, g in enumerate(segments):
                 z = exits.credibility[(g, k)]
                 sg = data_b.stratum_spells(k, gi)
-                m_g, tf_g = ratios(exits.raw[(g, k)], sg) if sg.n and z > 0 else (m_pool, tf_pool)
+                if sg.n and z > 0:
+                    m_g, tf_g = ratios(exits.raw[(g, k)], sg, data.stratum_spells(k, gi))
+                else:
+                    m_g, tf_g = m_pool, tf_pool
                 out["destination_multiplier"][b, gi, k] = z * m_g + (1 - z) * m_pool
                 out["time_factor"][b, gi, k] = z * tf_g + (1 - z) * tf_pool
         arr_b = fit_arrivals(data_b, lookback_quarters=options.arrivals_lookback_quarters)
@@ -73,15 +84,48 @@ def refit_draws(data: FitData, point: Any, options: FitOptions) -> dict[str, np.
     return out
 
 
-@pytest.fixture(scope="module")
-def fitted(sample_log: Any) -> tuple[FitData, Any, FitOptions]:
-    data = FitData.from_log(sample_log, as_of="2025-01-01", segment_by=["segment"])
+#: Cases of the equality check: no recency weighting, a half-life, and a log recorded
+#: mid-stream with a half-life.
+CASES = ("unweighted", "half_life", "mid_stream_half_life")
+
+
+def _case_data(name: str, sample_log: Any) -> FitData:
+    if name == "unweighted":
+        return FitData.from_log(sample_log, as_of="2025-01-01", segment_by=["segment"])
+    if name == "half_life":
+        data = FitData.from_log(sample_log, as_of="2025-01-01", segment_by=["segment"])
+        return data.with_half_life(365.0)
+    crm = generate_crm(seed=4, end="2024-07-01", scale=0.5, recorded_from="2023-07-01")
+    log = forecast.read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+    data = FitData.from_log(
+        log, as_of="2024-07-01", segment_by=["segment"], recorded_from="2023-07-01"
+    )
+    return data.with_half_life(182.0)
+
+
+@pytest.fixture(scope="module", params=CASES)
+def fitted(request: Any, sample_log: Any) -> tuple[FitData, Any, FitOptions]:
+    data = _case_data(request.param, sample_log)
     options = FitOptions()
     return data, fit_components(data, options), options
 
 
-def test_weight_block_rows_are_the_single_draws(fitted: tuple[FitData, Any, FitOptions]) -> None:
+def test_cases_exercise_recency_and_mid_stream(fitted: tuple[FitData, Any, FitOptions]) -> None:
+    """Each case holds what it is meant to test (else the equality below proves little)."""
     data = fitted[0]
+    a = data.spell_arrays
+    assert a is not None
+    if data.half_life is not None:
+        rec = data.spell_recency
+        assert rec is not None and rec.min() < 0.5 < rec.max()  # old and recent spells
+    if data.in_progress is not None:
+        assert a.entry is not None and np.any(a.entry > 0)  # delayed entries
+        assert a.excluded is not None and a.excluded.any()  # first visits left out
+        assert data.row_in_progress("outcomes").any()
+
+
+def test_weight_block_rows_are_the_single_draws(sample_log: Any) -> None:
+    data = _case_data("unweighted", sample_log)
     block = bootstrap_weight_block(data, SEED, [0, 2], threads=2)
     assert block.shape == (2, data.n_deals)
     np.testing.assert_array_equal(block[1], bootstrap_weights(data, SEED, 2))

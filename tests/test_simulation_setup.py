@@ -5,20 +5,33 @@ References: :meth:`ExitCurves.scaled_exit_densities` is defined as ``scaled(f, m
 .exit_density(L)`` row by row (``docs/model.md``, "Parameter uncertainty"), so the
 one-pass version is checked against that composition; the fingerprint must be a
 function of the model's content (equal after a JSON round trip, different when one
-fitted value changes).
+fitted value changes, and when the recency half-life does); the compiled set-up keeps
+the averaging over the possible ages of deals in progress when the log started.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from typing import Any
 
 import numpy as np
 import pytest
 
+import forecast
+from forecast._kernels import outcome_probabilities
+from forecast.datasets.synthetic import SYNTHETIC_STAGES, generate_crm
 from forecast.errors import ParameterError
 from forecast.fit.model import PipelineModel
-from forecast.simulate import exit_densities
+from forecast.fit.recency import HalfLifeChoice
+from forecast.simulate import (
+    condition_on_not_pulled_in,
+    early_window_days,
+    exit_densities,
+    model_arrays,
+    prepare_simulation,
+    quarter_bins,
+)
 
 
 def test_scaled_exit_densities_equal_each_scaled_curve(sample_model: PipelineModel) -> None:
@@ -82,3 +95,55 @@ def test_fingerprint_follows_the_content(sample_model: PipelineModel) -> None:
     ))  # fmt: skip
     assert moved.fingerprint != fp
     assert sample_model.replace(adjustments={"arrivals": 1.1}).fingerprint != fp
+
+
+def test_fingerprint_and_exit_densities_follow_the_half_life(
+    sample_log: Any, sample_model: PipelineModel, sample_fit_arguments: dict[str, Any]
+) -> None:
+    """What recency changes is in the fingerprint and in the cached densities."""
+    assert sample_model.recency is not None and sample_model.recency.half_life is not None
+    fp = sample_model.fingerprint
+    # the same fitted values said to come from another half-life: another model
+    relabelled = sample_model.replace(recency=HalfLifeChoice(None, requested=None))
+    assert relabelled.fingerprint != fp
+    plain = forecast.fit(sample_log, **{**sample_fit_arguments, "half_life": None})
+    assert plain.fingerprint != fp
+    assert not np.array_equal(exit_densities(plain, 64), exit_densities(sample_model, 64))
+
+
+def test_compiled_set_up_averages_mid_stream_deals_over_their_ages() -> None:
+    """A deal in progress when the log started, still in its first recorded stage, gets
+    the outcomes averaged over its possible ages: its row of the set-up equals the
+    mixture of the set-up's outcomes of the same deal at each age (``docs/model.md``,
+    "Logs that start mid-stream")."""
+    crm = generate_crm(seed=5, end="2024-04-01", scale=0.5, recorded_from="2023-10-01")
+    log = forecast.read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+    model = forecast.fit(
+        log, as_of="2024-04-01", segment_by=["segment"], n_draws=2, half_life=None,
+        recorded_from="2023-10-01",
+    )  # fmt: skip
+    arrays, _, _, _, mixture = model_arrays(model, log, 2)
+    assert mixture.n > 0
+    _, outcomes, *_ = prepare_simulation(model, log, 2)
+    early = early_window_days(model, quarter_bins(model, 2)[0])
+
+    def plain(a: Any) -> Any:
+        return condition_on_not_pulled_in(a, outcome_probabilities(a), early)
+
+    unmixed = plain(arrays)
+    mixed_deals = np.unique(mixture.deal)
+    for n in mixed_deals[:3]:
+        rows = mixture.deal == n
+        ages, w = mixture.ages[rows], mixture.weights[rows]
+        at_ages = plain(dataclasses.replace(
+            arrays,
+            deal_segment=np.repeat(arrays.deal_segment[n], ages.size),
+            deal_stage=np.repeat(arrays.deal_stage[n], ages.size),
+            deal_age=ages,
+            deal_amount=np.repeat(arrays.deal_amount[n], ages.size),
+        ))  # fmt: skip
+        want = np.einsum("m,bmh->bh", w, at_ages.p_win)
+        np.testing.assert_allclose(outcomes.p_win[:, n], want, rtol=1e-12, atol=1e-15)
+    assert not np.allclose(outcomes.p_win[:, mixed_deals], unmixed.p_win[:, mixed_deals])
+    others = np.setdiff1d(np.arange(arrays.deal_age.size), mixed_deals)
+    np.testing.assert_array_equal(outcomes.p_win[:, others], unmixed.p_win[:, others])

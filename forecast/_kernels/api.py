@@ -504,11 +504,12 @@ def aj_summaries(
     offsets: np.ndarray,
     tail_shares: np.ndarray,
     threads: int | None = None,
+    row_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Eventual destination shares ``(B, S, C)`` and median sojourns ``(B, S)`` (days) of
     the weighted Aalen–Johansen fits of ``S`` strata for ``B`` weight vectors ``(B, n_deals)``.
 
-    See :func:`forecast._kernels.estimators.aalen_johansen_summaries` for the layout;
+    ``row_weight`` (n,) multiplies each spell row's deal weight (default 1). See :func:`forecast._kernels.estimators.aalen_johansen_summaries` for the layout;
     the strata are dealt to the threads largest first, so each thread gets about the
     same number of spells.
     """
@@ -518,6 +519,9 @@ def aj_summaries(
     shares = np.empty((n_draws, n_strata, n_codes))
     median = np.empty((n_draws, n_strata))
     tail = np.ascontiguousarray(tail_shares, dtype=np.float64)
+    if row_weight is None:
+        row_weight = np.ones(deal.shape[0])
+    row_weight = np.ascontiguousarray(row_weight, dtype=np.float64)
     n_threads = max(1, min(int(threads or numba.get_num_threads()), n_strata))
     by_size = np.argsort(-np.diff(offsets), kind="stable")
     parts = [np.sort(by_size[i::n_threads]).astype(np.int64) for i in range(n_threads)]
@@ -525,7 +529,16 @@ def aj_summaries(
     def run(lo: int, hi: int) -> None:
         for part in parts[lo:hi]:
             aalen_johansen_summaries(
-                weights_t, deal, duration, destination, offsets, tail, part, shares, median
+                weights_t,
+                deal,
+                row_weight,
+                duration,
+                destination,
+                offsets,
+                tail,
+                part,
+                shares,
+                median,
             )
 
     over_threads(run, n_threads, n_threads)

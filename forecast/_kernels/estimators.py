@@ -34,12 +34,13 @@ _CHUNK = 2048
 
 @jit
 def aalen_johansen_summaries(
-    weights_t, deal, duration, destination, offsets, tail_shares, strata, shares, median
+    weights_t, deal, row_weight, duration, destination, offsets, tail_shares, strata, shares, median
 ):
     """Eventual destination shares and median sojourn of weighted AJ fits, per draw and stratum.
 
     For stratum ``s`` the spells are rows ``offsets[s] .. offsets[s + 1] - 1``, sorted
-    by duration. With a draw's deal weights, at each distinct exit time ``t_i``
+    by duration. A row weighs its deal's weight in the draw times its own
+    ``row_weight`` (the recency of the spell; 1 without one). With these weights, at each distinct exit time ``t_i``
     (at-risk weight ``Y_i`` = weight of the spells with duration ``>= t_i``, exit
     weights ``d_ij``): ``S(t_i) = Π (1 − Σ_j d_kj / Y_k)``,
     ``F_j(t_i) = Σ S(t_{k−1}) d_kj / Y_k`` — the operations of
@@ -57,6 +58,8 @@ def aalen_johansen_summaries(
         Deal weights of each draw (deal-major).
     deal, destination : ndarray of int64, shape (n,)
         Deal index and destination code (``-1`` censored) of each spell row.
+    row_weight : ndarray of float64, shape (n,)
+        Factor of each row's weight (the same for every draw).
     duration : ndarray of float64, shape (n,)
         Days in the stage, non-decreasing within each stratum.
     offsets : ndarray of int64, shape (S + 1,)
@@ -103,8 +106,9 @@ def aalen_johansen_summaries(
         for c in range(n_chunks - 1, -1, -1):
             for i in range(min(n, (c + 1) * _CHUNK) - 1, c * _CHUNK - 1, -1):
                 row = weights_t[deal[lo + i]]
+                f = row_weight[lo + i]
                 for b in range(n_draws):
-                    acc[b] += row[b]
+                    acc[b] += row[b] * f
             for b in range(n_draws):
                 boundary[c, b] = acc[b]
         cif[:] = 0.0
@@ -120,8 +124,9 @@ def aalen_johansen_summaries(
             c1 = min(n, (k + 1) * _CHUNK)
             for r in range(c0, c1):
                 row = weights_t[deal[lo + r]]
+                f = row_weight[lo + r]
                 for b in range(n_draws):
-                    gathered[r - c0, b] = row[b]
+                    gathered[r - c0, b] = row[b] * f
             for b in range(n_draws):
                 suffix[c1 - c0, b] = boundary[k + 1, b]
             for r in range(c1 - 1, c0 - 1, -1):
@@ -144,10 +149,12 @@ def aalen_johansen_summaries(
                             exits[j, :] = 0.0
                         if end < c1:
                             row = gathered[end - c0]
+                            f = 1.0
                         else:
                             row = weights_t[deal[lo + end]]
+                            f = row_weight[lo + end]
                         for b in range(n_draws):
-                            w = row[b]
+                            w = row[b] * f
                             if w > 0.0:
                                 exits[j, b] += w
                                 all_exits[b] += w

@@ -38,6 +38,7 @@ def forecast_vs_bookings(
     first_seed: int = 500,
     shrink: bool = True,
     history_start: object = "2022-01-01",
+    half_life: float | str | None = "auto",
     covariates: Sequence[str] | None = None,
     **generator: Any,
 ) -> pl.DataFrame:
@@ -59,6 +60,8 @@ def forecast_vs_bookings(
         World ``i`` uses generator seed ``first_seed + i`` and fit/simulation seed ``i``.
     shrink : bool, default True
         Passed to :func:`forecast.fit`.
+    half_life : "auto", float or None, default "auto"
+        Recency half-life of every fit (days), passed to :func:`forecast.fit`.
     history_start : date-like, default "2022-01-01"
         Start of every generated history.
     covariates : sequence of str, optional
@@ -99,6 +102,7 @@ def forecast_vs_bookings(
             n_draws=n_draws,
             seed=i,
             shrink=shrink,
+            half_life=half_life,
             **({} if covariates is None else {"covariates": tuple(covariates)}),
         )
         fc = model.simulate(log, n_paths=n_paths, horizon=horizon, seed=i)

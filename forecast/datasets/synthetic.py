@@ -55,10 +55,12 @@ from forecast.errors import ParameterError
 __all__ = [
     "SYNTHETIC_STAGES",
     "ArrivalProcess",
+    "MarketDrift",
     "SojournDistribution",
     "SyntheticCRM",
     "SyntheticTruth",
     "generate_crm",
+    "tilt_won_odds",
 ]
 
 #: Stage classification of every synthetic log.
@@ -171,32 +173,44 @@ class SojournDistribution:
         Mixture weights, summing to 1.
     components : tuple of scipy.stats frozen distributions
         One continuous distribution on ``[0, inf)`` per weight.
+    time_factor : float, default 1
+        Every component stretched by this factor (a drifting pace, :class:`MarketDrift`).
     """
 
     weights: tuple[float, ...]
     components: tuple[Any, ...]
+    time_factor: float = 1.0
 
     def pdf(self, t: Any) -> np.ndarray:
         """Density at ``t`` days (per day)."""
-        return sum(w * c.pdf(t) for w, c in zip(self.weights, self.components))
+        f = self.time_factor
+        x = np.asarray(t, dtype=np.float64) / f
+        return sum(w * c.pdf(x) for w, c in zip(self.weights, self.components)) / f
 
     def cdf(self, t: Any) -> np.ndarray:
         """``P(T <= t)``, ``t`` in days."""
-        return sum(w * c.cdf(t) for w, c in zip(self.weights, self.components))
+        x = np.asarray(t, dtype=np.float64) / self.time_factor
+        return sum(w * c.cdf(x) for w, c in zip(self.weights, self.components))
 
     def sf(self, t: Any) -> np.ndarray:
         """``P(T > t)``, ``t`` in days."""
-        return sum(w * c.sf(t) for w, c in zip(self.weights, self.components))
+        x = np.asarray(t, dtype=np.float64) / self.time_factor
+        return sum(w * c.sf(x) for w, c in zip(self.weights, self.components))
 
     def mean(self) -> float:
         """Mean sojourn in days."""
-        return float(sum(w * c.mean() for w, c in zip(self.weights, self.components)))
+        m = sum(w * c.mean() for w, c in zip(self.weights, self.components))
+        return float(m * self.time_factor)
+
+    def stretched(self, factor: float) -> SojournDistribution:
+        """The distribution of ``factor × T`` (days)."""
+        return SojournDistribution(self.weights, self.components, self.time_factor * float(factor))
 
     def ppf(self, q: float) -> float:
         """Quantile in days: the ``t`` with ``cdf(t) = q`` (``0 < q < 1``)."""
         if not 0.0 < q < 1.0:
             raise ParameterError(f"The `q` parameter of `ppf` must be in (0, 1). Got {q!r}.")
-        hi = max(float(c.ppf(q)) for c in self.components)
+        hi = max(float(c.ppf(q)) for c in self.components) * self.time_factor
         return float(optimize.brentq(lambda t: float(self.cdf(t)) - q, 0.0, hi, xtol=1e-10))
 
     def median(self) -> float:
@@ -236,6 +250,123 @@ class ArrivalProcess:
     dispersion: float
     entry_stage_probabilities: np.ndarray
     amount: Any
+
+
+@dataclass(frozen=True)
+class MarketDrift:
+    """How the market moves over calendar time: win odds and pace of every stage visit.
+
+    A visit to an open stage entered at calendar time ``t`` (``y`` years after the
+    generator's ``start``) draws its destination from the destination probabilities
+    with the odds of "won" against every other destination multiplied by
+    ``exp(win_log_odds(t))``, and its sojourn from the destination's distribution
+    stretched by ``pace_factor(t)`` (1.2 = every sojourn 20 % longer). Both change
+
+    - smoothly: ``win_log_odds_per_year * y`` and ``(1 + pace_per_year) ** y``;
+    - and by a step at ``step_at``: ``+ step_win_log_odds`` and ``× (1 + step_pace)``
+      for visits entered from then on.
+
+    Build one with :meth:`smooth` or :meth:`step` (or both terms at once).
+
+    Attributes
+    ----------
+    win_log_odds_per_year : float
+        Change of the log-odds of winning per year (−0.3: odds × 0.74 per year).
+    pace_per_year : float
+        Relative change of every sojourn per year, compounding (0.2: +20 % per year).
+    step_at : datetime or None
+        Instant of the step change (naive UTC); None: no step.
+    step_win_log_odds : float
+        Change of the log-odds of winning at the step.
+    step_pace : float
+        Relative change of every sojourn at the step (0.5: 50 % longer).
+    """
+
+    win_log_odds_per_year: float = 0.0
+    pace_per_year: float = 0.0
+    step_at: dt.datetime | None = None
+    step_win_log_odds: float = 0.0
+    step_pace: float = 0.0
+
+    def __post_init__(self) -> None:
+        caller = "MarketDrift"
+        for name, lo, hi in (
+            ("win_log_odds_per_year", -5.0, 5.0),
+            ("pace_per_year", -0.9, 10.0),
+            ("step_win_log_odds", -10.0, 10.0),
+            ("step_pace", -0.9, 10.0),
+        ):
+            value = check_float(getattr(self, name), name, caller, minimum=lo, maximum=hi)
+            object.__setattr__(self, name, value)
+        if self.step_at is not None:
+            object.__setattr__(self, "step_at", as_datetime(self.step_at, "step_at", caller))
+
+    @classmethod
+    def smooth(cls, win_log_odds_per_year: float = -0.3, pace_per_year: float = 0.2) -> MarketDrift:
+        """A steady drift: won log-odds and sojourn scale change a little every day."""
+        return cls(win_log_odds_per_year=win_log_odds_per_year, pace_per_year=pace_per_year)
+
+    @classmethod
+    def step(cls, at: object, win_log_odds: float = -0.7, pace: float = 0.5) -> MarketDrift:
+        """A step change at ``at`` (e.g. a new competitor): odds × e^win_log_odds, sojourns × (1 + pace)."""
+        return cls(
+            step_at=as_datetime(at, "at", "MarketDrift.step"),
+            step_win_log_odds=win_log_odds,
+            step_pace=pace,
+        )
+
+    def win_log_odds(self, t: object, start: object) -> float:
+        """Shift of the won log-odds of a visit entered at ``t`` (generator started at ``start``)."""
+        t, s = as_datetime(t, "t"), as_datetime(start, "start")
+        years = (t - s).total_seconds() / 86400.0 / 365.25
+        step = self.step_win_log_odds if self.step_at is not None and t >= self.step_at else 0.0
+        return float(self.win_log_odds_per_year * years + step)
+
+    def pace_factor(self, t: object, start: object) -> float:
+        """Factor on every sojourn of a visit entered at ``t`` (generator started at ``start``)."""
+        t, s = as_datetime(t, "t"), as_datetime(start, "start")
+        years = (t - s).total_seconds() / 86400.0 / 365.25
+        step = 1.0 + self.step_pace if self.step_at is not None and t >= self.step_at else 1.0
+        return float((1.0 + self.pace_per_year) ** years * step)
+
+    def _arrays(self, entry_days: np.ndarray, start: dt.datetime) -> tuple[np.ndarray, np.ndarray]:
+        """(won log-odds shift, sojourn factor) of visits entered ``entry_days`` after ``start``."""
+        years = entry_days / 365.25
+        shift = self.win_log_odds_per_year * years
+        pace = (1.0 + self.pace_per_year) ** years
+        if self.step_at is not None:
+            after = entry_days >= (self.step_at - start).total_seconds() / 86400.0
+            shift = shift + np.where(after, self.step_win_log_odds, 0.0)
+            pace = pace * np.where(after, 1.0 + self.step_pace, 1.0)
+        return shift, pace
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe description."""
+        return {
+            "win_log_odds_per_year": self.win_log_odds_per_year,
+            "pace_per_year": self.pace_per_year,
+            "step_at": None if self.step_at is None else self.step_at.isoformat(),
+            "step_win_log_odds": self.step_win_log_odds,
+            "step_pace": self.step_pace,
+        }
+
+
+def tilt_won_odds(p: np.ndarray, log_odds: float | np.ndarray, won: int) -> np.ndarray:
+    """Destination probabilities with the odds of ``won`` against the rest times ``exp(log_odds)``.
+
+    Parameters
+    ----------
+    p : ndarray, shape (..., C)
+        Probabilities over destination codes (last axis sums to 1).
+    log_odds : float or ndarray broadcastable to ``p.shape[:-1]``
+    won : int
+        Code of the won outcome.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    m = np.exp(np.asarray(log_odds, dtype=np.float64))[..., None]
+    out = p.copy()
+    out[..., won] = p[..., won] * m[..., 0]
+    return out / out.sum(axis=-1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -280,9 +411,20 @@ class SyntheticTruth:
     calendar : FiscalCalendar
         Fiscal calendar of quarters, seasonality, push and shocks.
     start, end : datetime.datetime
-        The log covers ``[start, end)``.
+        The process runs over ``[start, end)``; the log covers ``[start, end)``, or
+        ``[recorded_from, end)`` when recorded from a later date.
     wins : polars.DataFrame
         Every win in the log: ``deal_id, won_at, amount, segment``.
+    drift : MarketDrift or None
+        How win odds and pace change over calendar time (None: a stationary market).
+        The destination probabilities and sojourns above are those at ``start``;
+        ``at=`` of the lookups gives them at another instant.
+    recorded_from : datetime or None
+        The log starts at this instant, with the deals then open already in progress
+        (one row each at ``recorded_from``, their state then); None: recorded from
+        ``start``.
+    in_progress : tuple of str
+        Deal ids open at ``recorded_from`` (empty when recorded from ``start``).
     covariate_effects : polars.DataFrame
         The deal covariates' true log hazard ratios (empty without covariate
         traps): ``covariate`` (the design column as
@@ -313,6 +455,9 @@ class SyntheticTruth:
     start: dt.datetime
     end: dt.datetime
     wins: pl.DataFrame = field(repr=False)
+    drift: MarketDrift | None = None
+    recorded_from: dt.datetime | None = None
+    in_progress: tuple[str, ...] = field(default=(), repr=False)
     covariate_effects: pl.DataFrame = field(default_factory=lambda: _effects_frame([]), repr=False)
 
     # -- lookups ---------------------------------------------------------------------
@@ -348,50 +493,72 @@ class SyntheticTruth:
         )
 
     # -- true quantities ---------------------------------------------------------------
-    def absorption_probabilities(self, segment: str) -> np.ndarray:
+    def _pace(self, at: object | None) -> float:
+        return 1.0 if at is None or self.drift is None else self.drift.pace_factor(at, self.start)
+
+    def destination_probabilities_at(self, segment: str, at: object | None = None) -> np.ndarray:
+        """Destination probabilities ``(K, C)`` of a visit entered at ``at`` (default ``start``).
+
+        Under a :class:`MarketDrift` the odds of "won" are tilted by its log-odds shift
+        at ``at``; without drift they are :attr:`destination_probabilities`.
+        """
+        p = self.destination_probabilities[self._segment(segment)]
+        if at is None or self.drift is None:
+            return np.array(p)
+        return tilt_won_odds(p, self.drift.win_log_odds(at, self.start), self.stage_map.WON)
+
+    def absorption_probabilities(self, segment: str, at: object | None = None) -> np.ndarray:
         """Probability of ending won / lost / no decision from each open stage.
 
         Absorbing-chain closed form ``B = (I - Q)^-1 R`` on the destination
-        probabilities (shocks not applied).
+        probabilities (shocks not applied) of visits entered at ``at`` (default:
+        ``start``; the market frozen at that instant).
 
         Returns
         -------
         numpy.ndarray
             Shape ``(K, 3)``: columns won, lost, no decision; rows sum to 1.
         """
-        p = self.destination_probabilities[self._segment(segment)]
+        p = self.destination_probabilities_at(segment, at)
         k = self.stage_map.n_open
         return np.linalg.solve(np.eye(k) - p[:, :k], p[:, k:])
 
-    def win_probability(self, segment: str, stage: str | int) -> float:
+    def win_probability(self, segment: str, stage: str | int, at: object | None = None) -> float:
         """True probability that a deal now entering ``stage`` is eventually won.
 
-        From ``(I - Q)^-1 R`` on the destination probabilities, without shocks.
+        From ``(I - Q)^-1 R`` on the destination probabilities, without shocks, with
+        the market frozen at ``at`` (default: ``start``).
         """
-        return float(self.absorption_probabilities(segment)[self._open_code(stage), 0])
+        return float(self.absorption_probabilities(segment, at)[self._open_code(stage), 0])
 
     def sojourn_distribution(
-        self, segment: str, stage: str | int, destination: str | int
+        self, segment: str, stage: str | int, destination: str | int, at: object | None = None
     ) -> SojournDistribution:
-        """Sojourn (days) in ``stage`` given that the visit ends in ``destination``."""
+        """Sojourn (days) in ``stage`` given that the visit ends in ``destination``
+        (entered at ``at``; default ``start``)."""
         key = (
             self._segment(segment),
             self.stage_map.open[self._open_code(stage)],
             self._destination_name(destination),
         )
         try:
-            return self.sojourn[key]
+            d = self.sojourn[key]
         except KeyError:
             raise ParameterError(
                 f"Destination {key[2]!r} has probability 0 from stage {key[1]!r} in segment "
                 f"{key[0]!r}; it has no sojourn distribution."
             ) from None
+        pace = self._pace(at)
+        return d if pace == 1.0 else d.stretched(pace)
 
-    def stage_sojourn(self, segment: str, stage: str | int) -> SojournDistribution:
-        """All-cause sojourn (days) in ``stage``: mixture over destinations weighted by p."""
+    def stage_sojourn(
+        self, segment: str, stage: str | int, at: object | None = None
+    ) -> SojournDistribution:
+        """All-cause sojourn (days) in ``stage``: mixture over destinations weighted by p
+        (of a visit entered at ``at``; default ``start``)."""
         g = self._segment(segment)
         k = self._open_code(stage)
-        p = self.destination_probabilities[g][k]
+        p = self.destination_probabilities_at(g, at)[k]
         weights: list[float] = []
         comps: list[Any] = []
         for j, name in enumerate(self.stage_map.code_names):
@@ -399,11 +566,12 @@ class SyntheticTruth:
                 d = self.sojourn[(g, self.stage_map.open[k], name)]
                 weights.extend(float(p[j]) * w for w in d.weights)
                 comps.extend(d.components)
-        return SojournDistribution(tuple(weights), tuple(comps))
+        return SojournDistribution(tuple(weights), tuple(comps), self._pace(at))
 
-    def median_sojourn(self, segment: str, stage: str | int) -> float:
-        """Median all-cause sojourn in ``stage`` in days (mixture over destinations)."""
-        return self.stage_sojourn(segment, stage).median()
+    def median_sojourn(self, segment: str, stage: str | int, at: object | None = None) -> float:
+        """Median all-cause sojourn in ``stage`` in days (mixture over destinations),
+        of a visit entered at ``at`` (default ``start``)."""
+        return self.stage_sojourn(segment, stage, at).median()
 
     def bookings(self, start: object, end: object) -> float:
         """True won amount (currency) of wins with ``start <= won_at < end``.
@@ -757,6 +925,8 @@ def generate_crm(
     *,
     quarter_end_window_days: float = 14.0,
     growth_per_year: float = 0.15,
+    drift: MarketDrift | None = None,
+    recorded_from: object | None = None,
     size_effect: bool = False,
     push_effect: bool = False,
     category_effect: bool = False,
@@ -791,6 +961,17 @@ def generate_crm(
         ``W`` in days: window of the push and of the deeper quarter-end discount.
     growth_per_year : float, default 0.15
         Relative yearly growth of the arrival rates.
+    drift : MarketDrift, optional
+        A market that moves: win odds and pace of every stage visit change with the
+        calendar time of its entry, smoothly and/or by a step (:class:`MarketDrift`).
+        Default: a stationary market.
+    recorded_from : date, datetime or ISO string, optional
+        Start the log at this instant (in ``(start, end)``) instead of ``start``: the
+        process runs from ``start``, rows before ``recorded_from`` are dropped, and
+        each deal open then gets one row at ``recorded_from`` holding its stage,
+        amount and close date then (its ``created_at`` is kept), like a CRM whose
+        history tracking was switched on with deals already in progress. Deals closed
+        before it do not appear.
     size_effect : bool, default False
         Deals differ by size: the cause-specific exit hazards of a visit are
         multiplied by ``exp(beta · x)``, ``x`` the log₂ of the deal's amount over
@@ -833,10 +1014,29 @@ def generate_crm(
         seed, t_start, t_end, sigma_shock, pull_in, scale, quarter_end_window_days, growth_per_year
     )
     messy = check_bool(messy, "messy", "generate_crm")
+    if drift is not None and not isinstance(drift, MarketDrift):
+        raise ParameterError(
+            "The `drift` parameter of `generate_crm` must be a `MarketDrift` (e.g. "
+            f"`MarketDrift.smooth()`) or None. Got {type(drift).__name__}."
+        )
+    t_record = None
+    if recorded_from is not None:
+        t_record = as_datetime(recorded_from, "recorded_from", "generate_crm")
+        if not t_start < t_record < t_end:
+            raise ParameterError(
+                "The `recorded_from` parameter of `generate_crm` must lie strictly between "
+                f"`start` ({t_start}) and `end` ({t_end}). Got {t_record}."
+            )
     size_effect = check_bool(size_effect, "size_effect", "generate_crm")
     push_effect = check_bool(push_effect, "push_effect", "generate_crm")
     category_effect = check_bool(category_effect, "category_effect", "generate_crm")
     hazard_mode = size_effect or push_effect or category_effect
+    if drift is not None and hazard_mode:
+        raise ParameterError(
+            "The `drift` parameter of `generate_crm` cannot be combined with `size_effect`, "
+            "`push_effect` or `category_effect` (the proportional-hazard journeys do not "
+            "drift). Got drift and a covariate trap."
+        )
     window = float(quarter_end_window_days)
     tables = _tables()
     ss = np.random.SeedSequence(int(seed))
@@ -972,16 +1172,20 @@ def generate_crm(
             qi = quarter_index(t_exit)
         else:
             probs = tables.p[g, k]  # (n, C)
+            pace = 1.0
+            if drift is not None:  # the market at the visit's entry
+                shift, pace = drift._arrays(t0, t_start)
+                probs = tilt_won_odds(probs, shift, _WON)
             j0 = _categorical(rng_walk, probs)
             zombie = rng_walk.random(n) < tables.zombie_w[g, k, j0]
             t_gamma = rng_walk.gamma(tables.shape[g, k, j0], tables.scale[g, k, j0])
             t_zombie = rng_walk.lognormal(tables.zombie_mu[g, k, j0], tables.zombie_sigma[g, k, j0])
-            soj = np.maximum(np.where(zombie, t_zombie, t_gamma), _MIN_SOJOURN_DAYS)
+            soj = np.maximum(np.where(zombie, t_zombie, t_gamma) * pace, _MIN_SOJOURN_DAYS)
             t_exit = t0 + soj
             qi = quarter_index(t_exit)
             # Destination given the exit time, won odds tilted by the quarter's shock.
             with np.errstate(divide="ignore"):
-                logw = np.log(probs) + _log_sojourn_density(tables, g, k, soj)
+                logw = np.log(probs) + _log_sojourn_density(tables, g, k, soj / pace)
             logw[:, _WON] += z[qi]
             logw -= logw.max(axis=1, keepdims=True)
             post = np.exp(logw)
@@ -1073,6 +1277,17 @@ def generate_crm(
     amount = amount[np.maximum.accumulate(np.where(np.isfinite(amount), pos, 0))]
     close = close[np.maximum.accumulate(np.where(np.isfinite(close), pos, 0))]
     keep = t_all < end_days
+    in_progress = np.zeros(0, dtype=np.int64)
+    if t_record is not None:
+        # The state of every deal at the recording start becomes one row dated then.
+        r = days(t_record)
+        last_before = (t_all <= r) & (
+            (np.r_[deal[1:], -1] != deal) | (np.r_[t_all[1:], np.inf] > r)
+        )
+        state_row = last_before & (code < _K)
+        in_progress = deal[state_row]
+        t_all = np.where(state_row, r, t_all)
+        keep &= (t_all > r) | state_row
     deal, t_all, code, amount, close = (a[keep] for a in (deal, t_all, code, amount, close))
 
     def to_ts(x: np.ndarray) -> np.ndarray:
@@ -1154,6 +1369,9 @@ def generate_crm(
         start=t_start,
         end=t_end,
         wins=wins,
+        drift=drift,
+        recorded_from=t_record,
+        in_progress=tuple(ids[in_progress].tolist()),
         covariate_effects=_effects_frame(
             [
                 {"covariate": c, "stage": names[k], "destination": _GROUPS[grp], "beta": b[grp]}

@@ -24,7 +24,12 @@ recent new deals uses the pooled new-deal amounts. The summary says which.
 fiscal quarter ``new_deal_quarters`` quarters before the current one up to
 ``as_of``, per segment (if the pooled recent sample has fewer than
 ``min_segment_new_deals`` deals, the whole history is used). These are pipeline
-amounts: the simulator applies a win ratio to them like to any open deal.
+amounts: the simulator applies a win ratio to them like to any open deal. Deals
+already in progress when the log started are not new deals and are left out.
+
+**Recency.** With a half-life (:meth:`FitData.with_half_life`) a win ratio weighs
+its deal's weight times the recency weight of the win time, a new-deal amount
+times that of its creation.
 
 **Representation.** Each sample is stored as ``n_quantiles`` equally likely
 values, the weighted empirical quantiles at probabilities ``(i + 0.5) / n_quantiles``;
@@ -336,6 +341,7 @@ def fit_amounts(
         & pl.col("amount").is_finite()
         & (pl.col("amount") >= 0)
     ).select("deal_id", "closed_at", pl.col("amount").alias("won_amount"))
+    won = won.with_columns(pl.Series("_recency", data.recency(won["closed_at"])))
     r = (
         sp.select("deal_id", "entered_at", "amount_at_entry", WEIGHT_COLUMN, SEGMENT_COLUMN)
         .join(won, on="deal_id", how="inner")
@@ -348,7 +354,9 @@ def fit_amounts(
         )
         .with_columns(
             (pl.col("won_amount") / pl.col("amount_at_entry")).alias("ratio"),
-            (pl.col(WEIGHT_COLUMN) / pl.len().over("deal_id")).alias("w_spell"),
+            (pl.col(WEIGHT_COLUMN) * pl.col("_recency") / pl.len().over("deal_id")).alias(
+                "w_spell"
+            ),
         )
     )
     if r.height == 0 or r["w_spell"].sum() <= 0:
@@ -365,8 +373,13 @@ def fit_amounts(
     )
 
     # -- new-deal amounts --------------------------------------------------------------------
+    oc = oc.with_columns(
+        (pl.col(WEIGHT_COLUMN) * pl.Series(data.recency(oc["created_at"]))).alias(WEIGHT_COLUMN),
+        pl.Series("_in_progress", data.row_in_progress("outcomes")),
+    )
     new_all = oc.filter(
-        pl.col("amount_at_creation").is_not_null()
+        ~pl.col("_in_progress")
+        & pl.col("amount_at_creation").is_not_null()
         & pl.col("amount_at_creation").is_finite()
         & (pl.col("amount_at_creation") >= 0)
         & pl.col("created_at").is_not_null()

@@ -30,6 +30,15 @@ coefficient covariance is the quasi-Poisson one, ``phi (XᵀWX)⁻¹`` with
 **Entry stages.** The mix over open stages of the first stage of deals created
 since the start of the fiscal quarter ``mix_quarters`` quarters ago (pooled when
 a segment has fewer than ``min_segment_mix`` such deals).
+
+**Recency and logs that start mid-stream.** With a half-life
+(:meth:`FitData.with_half_life`) each quarter's count enters the likelihood with the
+recency weight ``ω_q`` of its midpoint, ``Σ ω_q (n_q log μ_q − μ_q)`` (a weighted
+level and trend), and the Pearson terms of the dispersion too, with ``N`` replaced
+by the effective number of quarters ``(Σ ω)² / Σ ω²``; the entry mix weighs each
+deal by the recency of its creation. Deals already in progress when the log
+started (:func:`forecast.fit.data.mid_stream_deals`) are not arrivals: they are not
+counted, and the exposure starts at the recording start (``data.history_start``).
 """
 
 from __future__ import annotations
@@ -62,9 +71,17 @@ MAX_ABS_COEFFICIENT = 10.0
 
 
 def poisson_glm(
-    y: np.ndarray, X: np.ndarray, offset: np.ndarray, max_iter: int = 100, tol: float = 1e-10
+    y: np.ndarray,
+    X: np.ndarray,
+    offset: np.ndarray,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Poisson log-linear GLM by iteratively reweighted least squares.
+
+    With prior ``weights`` ``ω`` the log-likelihood is ``Σ ω (y log μ − μ)``
+    (a weighted likelihood: each quarter's count counts ``ω`` times).
 
     Parameters
     ----------
@@ -76,50 +93,56 @@ def poisson_glm(
         Log exposure.
     max_iter, tol
         Iteration limit and convergence tolerance on the relative deviance change.
+    weights : ndarray, shape (n,), optional
+        Prior weights ``ω ≥ 0`` of the observations (default 1).
 
     Returns
     -------
     beta : ndarray, shape (p,)
     information : ndarray, shape (p, p)
-        Fisher information ``XᵀWX`` at ``beta`` (``W = diag(mu)``).
+        Fisher information ``XᵀWX`` at ``beta`` (``W = diag(ω mu)``).
     converged : bool
     """
     y = np.asarray(y, dtype=np.float64)
+    om = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
     beta = np.zeros(X.shape[1])
-    beta[0] = math.log(y.sum() / np.exp(offset).sum())
+    beta[0] = math.log((om * y).sum() / (om * np.exp(offset)).sum())
     dev_old = math.inf
     converged = False
     for _ in range(max_iter):
         eta = X @ beta + offset
         mu = np.exp(eta)
         z = eta - offset + (y - mu) / mu
-        info = X.T @ (mu[:, None] * X)
+        info = X.T @ ((om * mu)[:, None] * X)
         try:
-            beta = np.linalg.solve(info, X.T @ (mu * z))
+            beta = np.linalg.solve(info, X.T @ (om * mu * z))
         except np.linalg.LinAlgError:
             break
         if not np.all(np.isfinite(beta)):
             break
         mu = np.exp(X @ beta + offset)
         with np.errstate(divide="ignore", invalid="ignore"):
-            dev = 2.0 * float(np.sum(np.where(y > 0, y * np.log(y / mu), 0.0) - (y - mu)))
+            dev = 2.0 * float(np.sum(om * (np.where(y > 0, y * np.log(y / mu), 0.0) - (y - mu))))
         if abs(dev - dev_old) <= tol * (abs(dev) + 1.0):
             converged = True
             break
         dev_old = dev
     mu = np.exp(X @ beta + offset)
-    return beta, X.T @ (mu[:, None] * X), converged and bool(np.all(np.isfinite(mu)))
+    return beta, X.T @ ((om * mu)[:, None] * X), converged and bool(np.all(np.isfinite(mu)))
 
 
 #: Upper end of the search for the NB2 ``alpha`` (the estimate is capped there).
 _MAX_ALPHA = 1e12
 
 
-def _nb_alpha(y: np.ndarray, mu: np.ndarray, df: int) -> float:
-    """NB2 moment estimate of ``alpha = 1/shape``: Pearson χ²(alpha) = df (0 if not over-dispersed)."""
+def _nb_alpha(y: np.ndarray, mu: np.ndarray, df: float, weights: np.ndarray | None = None) -> float:
+    """NB2 moment estimate of ``alpha = 1/shape``: Pearson χ²(alpha) = df (0 if not over-dispersed).
+
+    ``weights`` (prior weights of the quarters, default 1) weigh each Pearson term."""
+    om = np.ones_like(y) if weights is None else weights
 
     def excess(a: float) -> float:
-        return float(np.sum((y - mu) ** 2 / (mu * (1.0 + a * mu)))) - df
+        return float(np.sum(om * (y - mu) ** 2 / (mu * (1.0 + a * mu)))) - df
 
     if df <= 0 or excess(0.0) <= 0:
         return 0.0
@@ -447,9 +470,11 @@ def _fit_terms(
     fiscal_q: np.ndarray,
     min_trend: int,
     min_season: int,
+    weights: np.ndarray | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray, bool, list[str]]:
     """The Poisson GLM of one segment's counts: terms kept, coefficients, information,
-    convergence, and notes on dropped terms (``y.sum() > 0``)."""
+    convergence, and notes on dropped terms (``y.sum() > 0``); ``weights`` are the
+    quarters' prior weights (:func:`_quarter_weights`, default 1)."""
     n = y.size
     n_full = int(np.sum(exposure >= FULL_QUARTER_EXPOSURE))
     terms = ["level"]
@@ -465,7 +490,7 @@ def _fit_terms(
     offset = np.log(exposure)
     while True:
         X = _design(terms, t_years, fiscal_q)
-        beta, info, ok = poisson_glm(y, X, offset)
+        beta, info, ok = poisson_glm(y, X, offset, weights=weights)
         diverged = (not ok) or np.any(np.abs(beta[1:]) > MAX_ABS_COEFFICIENT) or X.shape[1] > n
         if not diverged or len(terms) == 1:
             break
@@ -475,6 +500,15 @@ def _fit_terms(
     return terms, beta, info, ok, notes
 
 
+def _quarter_weights(weights: np.ndarray | None, n: int) -> tuple[np.ndarray, float]:
+    """Prior weights of ``n`` quarters (recency, default 1) scaled to sum to their
+    effective number ``(Σ ω)² / Σ ω²``, and that number (``n`` without weights)."""
+    om = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    n_eff = float(om.sum() ** 2 / (om * om).sum()) if om.sum() > 0 else 0.0
+    om = om * (n_eff / om.sum()) if om.sum() > 0 else om
+    return om, n_eff
+
+
 def _fit_segment(
     y: np.ndarray,
     exposure: np.ndarray,
@@ -482,8 +516,10 @@ def _fit_segment(
     fiscal_q: np.ndarray,
     min_trend: int,
     min_season: int,
+    weights: np.ndarray | None = None,
 ) -> tuple[SegmentArrivals, np.ndarray]:
     n = y.size
+    om, n_eff = _quarter_weights(weights, n)
     n_full = int(np.sum(exposure >= FULL_QUARTER_EXPOSURE))
     if y.sum() <= 0:
         empty = SegmentArrivals(
@@ -499,17 +535,19 @@ def _fit_segment(
             note="no deal created in the lookback: rate 0",
         )
         return empty, np.zeros(n)
-    terms, beta, info, ok, notes = _fit_terms(y, exposure, t_years, fiscal_q, min_trend, min_season)
+    terms, beta, info, ok, notes = _fit_terms(
+        y, exposure, t_years, fiscal_q, min_trend, min_season, om
+    )
     offset = np.log(exposure)
     X = _design(terms, t_years, fiscal_q)
     mu = np.exp(X @ beta + offset)
     p = len(terms)
-    df = n - p
-    chi2 = float(np.sum((y - mu) ** 2 / mu))
+    df = n_eff - p  # n - p without recency weights
+    chi2 = float(np.sum(om * (y - mu) ** 2 / mu))
     phi = chi2 / df if df > 0 else 1.0
     if df <= 0:
         notes.append("over-dispersion not estimable (no residual degrees of freedom)")
-    alpha = _nb_alpha(y, mu, df)
+    alpha = _nb_alpha(y, mu, df, om)
     try:
         cov = np.linalg.inv(info) * max(phi, 1.0)
     except np.linalg.LinAlgError:
@@ -522,7 +560,7 @@ def _fit_segment(
         math.inf if alpha <= 0 else 1.0 / alpha,
         n,
         n_full,
-        df,
+        math.floor(df + 1e-9),
         converged=bool(ok),
         note="; ".join(notes),
     )
@@ -581,7 +619,8 @@ def fit_arrivals(
     min_trend, min_season, min_mix = layout.min_trend, layout.min_season, layout.min_mix
     lookback, k_open = layout.lookback_quarters, layout.n_open
     counts = layout.counts(data.weights[None, :])[0]  # (G, Q)
-    w = data.weights[layout.deal]
+    # the entry mix weighs each deal by the recency of its creation
+    w = data.weights[layout.deal] * layout.recency
     seg_index, codes, created = layout.segment_index, layout.first_stage, layout.created
     current = calendar.quarter_of(t)
     mixq = layout.mix_quarters
@@ -590,7 +629,9 @@ def fit_arrivals(
     history: list[dict[str, Any]] = []
     for g, seg in enumerate(segments):
         y = counts[g]
-        fit, mu = _fit_segment(y, exp_arr, t_years, fiscal_q, min_trend, min_season)
+        fit, mu = _fit_segment(
+            y, exp_arr, t_years, fiscal_q, min_trend, min_season, layout.quarter_weight
+        )
         fits[seg] = fit
         for i, q in enumerate(quarters):
             history.append(
@@ -661,6 +702,14 @@ class ArrivalLayout:
         Its segment (into ``segments``) and lookback quarter (``-1``: outside).
     first_stage : ndarray of int64, shape (n,)
     created : ndarray of datetime64[us], shape (n,)
+    recency : ndarray of float64, shape (n,)
+        Recency weight of each deal by its creation (for the entry mix; all 1 without
+        a half-life, :meth:`FitData.recency`).
+    quarter_weight : ndarray of float64, shape (Q,)
+        Recency weight of each lookback quarter by its midpoint (the prior weight of
+        its count in the Poisson fit).
+
+    Deals in progress when the log started are not arrivals and are left out.
     """
 
     segments: tuple[str, ...]
@@ -673,6 +722,8 @@ class ArrivalLayout:
     quarter_index: np.ndarray
     first_stage: np.ndarray
     created: np.ndarray
+    recency: np.ndarray
+    quarter_weight: np.ndarray
     n_open: int
     as_of: dt.datetime
     calendar: FiscalCalendar
@@ -704,8 +755,12 @@ class ArrivalLayout:
         )
         min_mix = check_int(min_segment_mix, "min_segment_mix", caller, minimum=1)
         oc = data.frame("outcomes", caller, ["deal_id", "created_at", "first_stage_code"])
+        # deals in progress when the log started are not arrivals (their creation and
+        # first stage were not recorded)
         oc = oc.with_row_index("_row").filter(
-            pl.col("created_at").is_not_null() & (pl.col("created_at") <= t)
+            pl.col("created_at").is_not_null()
+            & (pl.col("created_at") <= t)
+            & ~pl.Series(data.row_in_progress("outcomes"))
         )
         if oc.height == 0:
             raise ModelError(
@@ -761,6 +816,8 @@ class ArrivalLayout:
             quarter_index=q_index.astype(np.int64),
             first_stage=oc["first_stage_code"].to_numpy(),
             created=created,
+            recency=data.recency(oc["created_at"]),
+            quarter_weight=data.recency(np.array([np.datetime64(m, "us") for m in mids])),
             n_open=k_open,
             as_of=t,
             calendar=calendar,
@@ -799,6 +856,7 @@ class ArrivalLayout:
         over-dispersion and covariance, which a draw does not keep.
         """
         counts = self.counts(weights)
+        om, _ = _quarter_weights(self.quarter_weight, len(self.quarters))
         out = np.zeros(counts.shape[:2])
         start, end = window
         pieces = _window_pieces(self.calendar, self.as_of, max(start, self.as_of), end)
@@ -808,7 +866,13 @@ class ArrivalLayout:
                 if y.sum() <= 0:
                     continue
                 terms, beta, *_ = _fit_terms(
-                    y, self.exposure, self.t_years, self.fiscal_q, self.min_trend, self.min_season
+                    y,
+                    self.exposure,
+                    self.t_years,
+                    self.fiscal_q,
+                    self.min_trend,
+                    self.min_season,
+                    om,
                 )
                 for frac, t_mid, fq in pieces:
                     x = _design(terms, t_mid, fq)[0]

@@ -292,6 +292,9 @@ class QuarterEndLayout:
     ----------
     deal : ndarray of int64, shape (n_wins,)
         Deal index (into ``FitData.deal_ids``) of each win, in time order.
+    recency : ndarray of float64, shape (n_wins,)
+        Recency weight of each win by its win time (all 1 without a half-life,
+        :meth:`FitData.recency`); a win weighs its deal's weight times it.
     bounds : ndarray of int64, shape (n_boundaries, 3)
         Per complete boundary, the positions in ``deal`` where its last-``W``-days
         window starts, where the boundary is and where its first-``W``-days window ends.
@@ -301,6 +304,7 @@ class QuarterEndLayout:
     """
 
     deal: np.ndarray
+    recency: np.ndarray
     bounds: np.ndarray
     boundaries: tuple[tuple[str, str], ...]
     window_days: int
@@ -320,6 +324,8 @@ class QuarterEndLayout:
         order = np.argsort(times, kind="stable")
         times = times[order]
         deal = data.deal_index("bookings")[frame["_row"].to_numpy()[order]]
+        # the recency of each win (docs/model.md, "Recency weighting")
+        recency = data.recency(frame[col])[order]
         if data.history_start is None:
             start = times[0].astype(dt.datetime) if times.size else t_cut
         else:
@@ -336,13 +342,14 @@ class QuarterEndLayout:
             q = calendar.shift(q, 1)
         return cls(
             deal=np.ascontiguousarray(deal, dtype=np.int64),
+            recency=np.ascontiguousarray(recency, dtype=np.float64),
             bounds=np.array(bounds, dtype=np.int64).reshape(-1, 3),
             boundaries=tuple(labels),
             window_days=w_days,
         )
 
     def _cumulative(self, weights: np.ndarray, power: int = 1) -> np.ndarray:
-        w = weights[:, self.deal]
+        w = weights[:, self.deal] * self.recency
         if power != 1:
             w = w**power
         cum = np.zeros((w.shape[0], w.shape[1] + 1))

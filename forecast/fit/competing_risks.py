@@ -89,6 +89,12 @@ class CensoredSpells:
     weights : array_like of float, shape (n,), optional
         Non-negative case weights, default 1 (the Bayesian bootstrap passes
         Dirichlet weights; an integer weight acts like repeated rows).
+    entries : array_like of float, shape (n,), optional
+        Delayed entry (left truncation), days on the sojourn clock: the spell was
+        first observed ``entries[i]`` days after it entered the stage, so it is at
+        risk only from then on (``0 ≤ entries ≤ durations``; default 0, observed from
+        the stage entry). A deal already in progress when the log started has its
+        stage time before the first record unobserved.
 
     Examples
     --------
@@ -102,6 +108,7 @@ class CensoredSpells:
     destinations: np.ndarray
     n_codes: int
     weights: np.ndarray | None = None
+    entries: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n_codes = check_int(self.n_codes, "n_codes", "CensoredSpells", minimum=1)
@@ -145,10 +152,27 @@ class CensoredSpells:
                 raise ParameterError(
                     f"`weights` must be finite and ≥ 0. Got {float(w[bad[0]])!r} at index {int(bad[0])}."
                 )
+        entries = None
+        if self.entries is not None:
+            e = np.array(self.entries, dtype=np.float64, copy=True)
+            if e.shape != d.shape:
+                raise ParameterError(
+                    f"`entries` must have the shape of `durations` {d.shape}. Got {e.shape}."
+                )
+            bad = np.flatnonzero(~np.isfinite(e) | (e < 0) | (e > d))
+            if bad.size:
+                i = int(bad[0])
+                raise ParameterError(
+                    "`entries` must be finite days in [0, duration] (the spell is observed "
+                    f"from its entry on). Got {float(e[i])!r} with duration {float(d[i])!r} "
+                    f"at index {i}."
+                )
+            entries = _readonly(e) if np.any(e > 0) else None
         object.__setattr__(self, "n_codes", int(n_codes))
         object.__setattr__(self, "durations", _readonly(d))
         object.__setattr__(self, "destinations", _readonly(j))
         object.__setattr__(self, "weights", _readonly(w))
+        object.__setattr__(self, "entries", entries)
 
     @classmethod
     def trusted(
@@ -157,20 +181,29 @@ class CensoredSpells:
         destinations: np.ndarray,
         n_codes: int,
         weights: np.ndarray,
+        entries: np.ndarray | None = None,
     ) -> CensoredSpells:
         """Spells from arrays that are already valid, without checking or copying them again.
 
         For callers that validated the arrays once for many fits (e.g. every
         bootstrap draw of :class:`forecast.fit.data.FitData`): ``durations`` float64
-        finite ≥ 0, ``destinations`` int64 in ``-1 .. n_codes - 1`` and ``weights``
-        float64 finite ≥ 0, all of shape (n,).
+        finite ≥ 0, ``destinations`` int64 in ``-1 .. n_codes - 1``, ``weights``
+        float64 finite ≥ 0 and ``entries`` (optional) float64 in ``[0, durations]``,
+        all of shape (n,).
         """
         obj = object.__new__(cls)
         object.__setattr__(obj, "n_codes", int(n_codes))
         object.__setattr__(obj, "durations", _readonly(durations))
         object.__setattr__(obj, "destinations", _readonly(destinations))
         object.__setattr__(obj, "weights", _readonly(weights))
+        has = entries is not None and bool(np.any(entries > 0))
+        object.__setattr__(obj, "entries", _readonly(entries) if has else None)
         return obj
+
+    @property
+    def entry_days(self) -> np.ndarray:
+        """float64 (n,): delayed entry of each spell (days; 0 when observed from its entry)."""
+        return np.zeros(self.n) if self.entries is None else self.entries
 
     @classmethod
     def right_censored(
@@ -213,12 +246,18 @@ class CensoredSpells:
     def subset(self, mask: Any) -> CensoredSpells:
         """The spells selected by a boolean mask or index array."""
         return CensoredSpells(
-            self.durations[mask], self.destinations[mask], self.n_codes, self.weights[mask]
+            self.durations[mask],
+            self.destinations[mask],
+            self.n_codes,
+            self.weights[mask],
+            None if self.entries is None else self.entries[mask],
         )
 
     def with_weights(self, weights: Any) -> CensoredSpells:
         """The same spells with new case weights, shape (n,)."""
-        return CensoredSpells(self.durations, self.destinations, self.n_codes, weights)
+        return CensoredSpells(
+            self.durations, self.destinations, self.n_codes, weights, self.entries
+        )
 
     def __str__(self) -> str:
         counts = self.event_counts
@@ -291,6 +330,8 @@ def aalen_johansen(spells: CensoredSpells) -> AalenJohansen:
     weights ``d_ij``: ``S(t_i) = Π_{k<=i} (1 − Σ_j d_kj / Y_k)`` and
     ``F_j(t_i) = Σ_{k<=i} S(t_{k−1}) d_kj / Y_k``. Ties: several exits at one
     time enter together; spells censored at an exit time are still at risk at it.
+    A spell with a delayed entry ``e`` (:attr:`CensoredSpells.entries`) is at risk
+    from ``e`` on: ``Y_i`` is the weight of the spells with ``e ≤ t_i ≤ T``.
     Fully vectorised (one sort, cumulative sums); 10⁶ spells take well under a
     second.
 
@@ -339,6 +380,12 @@ def aalen_johansen(spells: CensoredSpells) -> AalenJohansen:
     m = times.size
     exits = np.bincount(j[ev] * m + time_index, weights=w[ev], minlength=c * m).reshape(c, m)
     all_exits = np.bincount(time_index, weights=w[ev], minlength=m)
+    if spells.entries is not None:  # not yet at risk: entry > t (and then also T > t)
+        by_entry = np.argsort(spells.entries, kind="stable")
+        cum = np.r_[0.0, np.cumsum(spells.weights[by_entry])]
+        later = cum[-1] - cum[np.searchsorted(spells.entries[by_entry], times, side="right")]
+        # an exit at t is at risk at t (entry < T), so rounding never leaves Y below it
+        at_risk = np.maximum(at_risk - later, all_exits)
     hazard = np.minimum(all_exits / at_risk, 1.0)
     survival = np.cumprod(1.0 - hazard)
     lagged = np.r_[1.0, survival[:-1]]
@@ -929,6 +976,7 @@ def fit_exit_curves(
         spells.observed,
         tail_families,
         spells.weights,
+        entries=spells.entries,
         threshold=u,
         min_events=min_tail_events,
     )

@@ -17,6 +17,22 @@ re-weighting of deals — is the same data with another weight vector,
 :meth:`FitData.with_weights`: nothing is cut, labelled, validated or grouped
 again; each row's weight is its deal's weight, gathered through the deal index.
 
+**Recency.** With a half-life ``h`` (days; :meth:`FitData.with_half_life`) every
+estimator weighs what it reads from the past by ``2^(−age / h)``, ``age`` the days
+from the time of the observation to the as-of instant (``docs/model.md``,
+"Recency weighting"): a spell by its stage entry (:meth:`FitData.stratum_spells`
+applies it), a win by its win time, a creation by its creation quarter, a quarter
+by its midpoint (each fitter applies :meth:`FitData.recency` to its own times). The
+deal weights (bootstrap) multiply it.
+
+**Logs that start mid-stream.** A deal already in progress when the recording began
+(:func:`mid_stream_deals`: created before the recording start) is not a new deal
+(:meth:`FitData.row_in_progress`; the arrival and new-deal fits leave it out), and
+its first recorded stage visit started at an unknown time before its first event:
+that spell is left out of the exit curves — unless it is in the first open stage
+and the deal's creation time is known, when it entered the stage at creation and is
+a delayed entry (:attr:`SpellArrays.entry`).
+
 **Order.** Every frame keeps the row order of its :class:`DealLog` view, and the
 spells of a stratum keep that order too (the grouping is a stable sort), so the
 estimators see exactly the rows, in the order, of a direct filter of the view.
@@ -41,6 +57,7 @@ import polars as pl
 from forecast._validation import (
     as_datetime,
     check_as_of,
+    check_float,
     check_int,
     check_segment_by,
     require_columns,
@@ -52,7 +69,16 @@ from forecast.errors import ModelError, ParameterError
 from forecast.fit.competing_risks import CensoredSpells
 from forecast.segments import SEGMENT_COLUMN, segment_labels
 
-__all__ = ["FRAMES", "MAX_DAYS_AFTER_LAST_EVENT", "WEIGHT_COLUMN", "FitData", "SpellArrays"]
+__all__ = [
+    "FRAMES",
+    "MAX_DAYS_AFTER_LAST_EVENT",
+    "WEIGHT_COLUMN",
+    "FitData",
+    "SpellArrays",
+    "mid_stream_deals",
+    "recency_weights",
+    "recording_start",
+]
 
 #: Names of the frames a :class:`FitData` may hold.
 FRAMES: tuple[str, ...] = ("spells", "outcomes", "bookings")
@@ -60,10 +86,94 @@ FRAMES: tuple[str, ...] = ("spells", "outcomes", "bookings")
 WEIGHT_COLUMN = "weight"
 
 
+_US_PER_DAY = 86_400_000_000.0
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a)
     a.setflags(write=False)
     return a
+
+
+def recency_weights(days_before: Any, half_life: float | None) -> np.ndarray:
+    """Recency weights ``2^(−days_before / half_life)`` (all 1 when ``half_life`` is None).
+
+    Parameters
+    ----------
+    days_before : array_like of float
+        Days from each observation to the as-of instant (≥ 0 for the past).
+    half_life : float or None
+        Days after which an observation counts half; None: no weighting.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape of ``days_before``
+    """
+    d = np.asarray(days_before, dtype=np.float64)
+    if half_life is None:
+        return np.ones(d.shape)
+    return np.exp2(-np.maximum(d, 0.0) / float(half_life))
+
+
+def recording_start(log: DealLog, recorded_from: object | None = None) -> dt.datetime:
+    """When the recording of ``log`` began: ``recorded_from`` if given, else the first
+    export of a history rebuilt from exports, else the first event (naive UTC)."""
+    if recorded_from is not None:
+        return as_datetime(recorded_from, "recorded_from")
+    if log.source is not None and log.source.snapshot_dates:
+        return log.source.snapshot_dates[0]
+    return log.first_timestamp
+
+
+def mid_stream_deals(log: DealLog, recorded_from: object | None = None) -> pl.DataFrame:
+    """Per deal of ``log``: whether it was already in progress when the recording began.
+
+    A deal is *in progress at the start* when it was created before the recording
+    start :func:`recording_start` (its ``created_at`` is earlier), or — when
+    ``recorded_from`` is given explicitly, for logs without ``created_at`` — when its
+    first event is not after that start (the state recorded at the start). Such a
+    deal is not a new arrival, and its first recorded stage visit began at an unknown
+    time before its first event, except in the first open stage when its creation
+    time is known (it has been there since creation: ``entry_known``).
+
+    Returns
+    -------
+    polars.DataFrame
+        ``deal_id, first_event`` (Datetime), ``created_at`` (Datetime, the source's
+        creation time, null if none), ``in_progress`` (Boolean), ``entry_known``
+        (Boolean: in progress, first event in open stage 0, creation known and
+        earlier) and ``days_before_first_event`` (Float64, first event − creation,
+        days; null when unknown), in the event frame's deal order.
+    """
+    start = recording_start(log, recorded_from)
+    first_open = log.stages.open[0]
+    per = log.events.group_by("deal_id", maintain_order=True).agg(
+        pl.col("timestamp").first().alias("first_event"),
+        pl.col("created_at").min().alias("created_at"),
+        pl.col("stage").first().alias("_first_stage"),
+    )
+    created_before = pl.col("created_at").is_not_null() & (pl.col("created_at") < start)
+    in_progress = created_before
+    if recorded_from is not None:
+        in_progress = in_progress | (pl.col("first_event") <= start)
+    known = (
+        pl.col("in_progress")
+        & (pl.col("_first_stage") == first_open)
+        & pl.col("created_at").is_not_null()
+        & (pl.col("created_at") < pl.col("first_event"))
+    )
+    return (
+        per.with_columns(in_progress.alias("in_progress"))
+        .with_columns(
+            known.alias("entry_known"),
+            pl.when(pl.col("created_at") < pl.col("first_event"))
+            .then(
+                (pl.col("first_event") - pl.col("created_at")).dt.total_microseconds() / _US_PER_DAY
+            )
+            .alias("days_before_first_event"),
+        )
+        .drop("_first_stage")
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,13 +192,24 @@ class SpellArrays:
         Days in the stage (exit − entry, or as-of − entry when censored), ≥ 0.
     destination : ndarray of int64, shape (n,)
         Code of the next stage, ``-1`` when censored.
-    order : ndarray of int64, shape (n,)
+    order : ndarray of int64, shape (m,)
         Spell rows grouped by stratum ``stage * G + segment`` (stable: each group
         keeps the row order); group ``s`` is ``order[offsets[s]:offsets[s + 1]]``.
+        Rows of spells whose stage entry is unknown (``excluded``) are in no group.
     offsets : ndarray of int64, shape (K * G + 1,)
-    stage_order : ndarray of int64, shape (n,)
+    stage_order : ndarray of int64, shape (m,)
         Spell rows grouped by stage alone (stable), for the pooled fits.
     stage_offsets : ndarray of int64, shape (K + 1,)
+    entry : ndarray of float64, shape (n,)
+        Delayed entry, days on the sojourn clock (0: observed from the stage entry;
+        for the first visit of a deal in progress when the log started, in the first
+        open stage with a known creation, the days from creation to its first
+        event, and ``duration`` counts from creation).
+    days_before_as_of : ndarray of float64, shape (n,)
+        Days from the stage entry to the as-of instant (the age recency weights use).
+    excluded : ndarray of bool, shape (n,)
+        First visit of a deal in progress when the log started whose stage entry is
+        unknown: left out of the exit curves.
     """
 
     deal: np.ndarray
@@ -100,6 +221,9 @@ class SpellArrays:
     offsets: np.ndarray
     stage_order: np.ndarray
     stage_offsets: np.ndarray
+    entry: np.ndarray | None = None
+    days_before_as_of: np.ndarray | None = None
+    excluded: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -107,12 +231,18 @@ class SpellArrays:
         return int(self.stage.size)
 
 
-def _group(key: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable grouping of rows by an integer key in ``0 .. n_groups - 1``: (order, offsets)."""
+def _group(
+    key: np.ndarray, n_groups: int, keep: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stable grouping of rows by an integer key in ``0 .. n_groups - 1``: (order, offsets).
+
+    Rows with ``keep`` False are left out of every group."""
+    if keep is not None and not keep.all():
+        key = np.where(keep, key, n_groups)
     order = np.argsort(key, kind="stable").astype(np.int64)
     offsets = np.zeros(n_groups + 1, dtype=np.int64)
-    np.cumsum(np.bincount(key, minlength=n_groups), out=offsets[1:])
-    return _readonly(order), _readonly(offsets)
+    np.cumsum(np.bincount(key, minlength=n_groups)[:n_groups], out=offsets[1:])
+    return _readonly(order[: offsets[-1]]), _readonly(offsets)
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,6 +282,15 @@ class FitData:
         ``duration_days`` and ``destination_code`` and a stage count).
     cut : DealLog or None
         The log cut at ``as_of`` (None for hand-made frames).
+    half_life : float or None
+        Recency half-life in days (None: every observation counts fully); see
+        :meth:`with_half_life`.
+    recorded_from : datetime or None
+        When the recording of the log began (:func:`recording_start`); deals created
+        before it were in progress then.
+    in_progress : ndarray of bool, shape (n_deals,), or None
+        Per deal of the deal table: already in progress when the recording began
+        (:func:`mid_stream_deals`); None: none was.
     covariate_design : CovariateDesign or None
         The counting-process rows with the candidate covariates
         (:func:`forecast.fit.covariates.build_design`; set by
@@ -176,6 +315,10 @@ class FitData:
     covariate_design: Any = None
     _deal_index: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     _resampled: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    half_life: float | None = None
+    recorded_from: dt.datetime | None = None
+    in_progress: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    _spell_recency: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -187,6 +330,7 @@ class FitData:
         segment_by: Sequence[str] = (),
         calendar: FiscalCalendar | None = None,
         caller: str = "fit",
+        recorded_from: object | None = None,
     ) -> FitData:
         """Cut ``log`` at ``as_of`` and take the views every fitter reads.
 
@@ -202,6 +346,10 @@ class FitData:
             Default: fiscal year = calendar year.
         caller : str
             Function name for error messages.
+        recorded_from : date-like, optional
+            When the recording of the log began (default: its first event, or its
+            first export); deals created before it were already in progress
+            (:func:`mid_stream_deals`).
 
         Returns
         -------
@@ -232,16 +380,22 @@ class FitData:
         outcomes = cut.outcomes(t)
         _check_fittable(spells, outcomes, log.stages, t)
         bookings = cut.bookings(cut.first_timestamp, t + dt.timedelta(microseconds=1))
-        return cls._build(
+        if recorded_from is not None:
+            recorded_from = as_datetime(recorded_from, "recorded_from", caller)
+        start = recording_start(cut, recorded_from)
+        mid = mid_stream_deals(cut, recorded_from)
+        data = cls._build(
             as_of=t,
             calendar=calendar,
             segment_by=segment_by,
             stages=log.stages,
-            history_start=cut.first_timestamp,
+            history_start=start,
             frames={"spells": spells, "outcomes": outcomes, "bookings": bookings},
             cut=cut,
             caller=caller,
+            mid_stream=mid if mid["in_progress"].any() else None,
         )
+        return dataclasses.replace(data, recorded_from=start)
 
     @classmethod
     def from_frames(
@@ -335,6 +489,7 @@ class FitData:
         frames: dict[str, pl.DataFrame],
         cut: DealLog | None,
         caller: str,
+        mid_stream: pl.DataFrame | None = None,
     ) -> FitData:
         labelled = {name: segment_labels(f, segment_by) for name, f in frames.items()}
         # the deal table: sorted ids of every frame, then one entry per row of frames
@@ -377,11 +532,25 @@ class FitData:
         sp = labelled.get("spells")
         segments: tuple[str, ...] = ()
         arrays = None
+        in_progress = None
+        if mid_stream is not None:
+            flags = table.join(
+                mid_stream.select(pl.col("deal_id").cast(pl.Utf8), "in_progress"),
+                on="deal_id",
+                how="left",
+            )
+            in_progress = np.zeros(n, dtype=bool)
+            in_progress[flags["_deal"].to_numpy()] = (
+                flags["in_progress"].fill_null(False).to_numpy()
+            )
+            in_progress = _readonly(in_progress)
         if sp is not None:
             segments = tuple(sorted(sp[SEGMENT_COLUMN].unique().to_list()))
             needed = ("stage_code", "duration_days", "destination_code")
             if n_open is not None and all(c in sp.columns for c in needed):
-                arrays = _spell_arrays(sp, index["spells"], segments, n_open, n_codes, caller)
+                arrays = _spell_arrays(
+                    sp, index["spells"], segments, n_open, n_codes, caller, as_of, mid_stream
+                )
         return cls(
             as_of=as_of,
             calendar=calendar,
@@ -400,6 +569,7 @@ class FitData:
             cut=cut,
             _deal_index=index,
             _resampled=resampled,
+            in_progress=in_progress,
         )
 
     # -- weights --------------------------------------------------------------------------
@@ -442,6 +612,63 @@ class FitData:
                 f"Got {float(w[i])!r} for deal {self.deal_ids[i]!r} (index {i})."
             )
         return dataclasses.replace(self, weights=_readonly(w))
+
+    def with_half_life(self, half_life: float | None) -> FitData:
+        """The same data weighing the past by recency with this half-life (days; None: not).
+
+        Nothing is recomputed but the spells' recency weights; the deal weights are
+        kept (a bootstrap draw of a recency-weighted fit is
+        ``data.with_half_life(h).with_weights(w)``).
+        """
+        if half_life is not None:
+            half_life = check_float(
+                half_life, "half_life", "FitData.with_half_life", minimum=0.0, low_open=True
+            )
+        rec = None
+        if half_life is not None and self.spell_arrays is not None:
+            days = self.spell_arrays.days_before_as_of
+            if days is not None:
+                rec = _readonly(recency_weights(days, half_life))
+        return dataclasses.replace(self, half_life=half_life, _spell_recency=rec)
+
+    @property
+    def spell_recency(self) -> np.ndarray | None:
+        """float64 (n_spells,), read-only: the recency weight of each spell row by its
+        stage entry (None without a half-life); see :meth:`with_half_life`."""
+        return self._spell_recency
+
+    def recency(self, times: Any) -> np.ndarray:
+        """Recency weights of observations made at ``times`` (1 without a half-life).
+
+        Parameters
+        ----------
+        times : polars.Series or array_like of datetime64
+            Instants of the observations (naive UTC); null or NaT weigh 1.
+
+        Returns
+        -------
+        numpy.ndarray of float64, shape (n,)
+            ``2^(−(as_of − time) / half_life)``, days.
+        """
+        if isinstance(times, pl.Series):
+            us = times.cast(pl.Datetime("us")).dt.epoch("us").to_numpy().astype(np.float64)
+        else:
+            arr = np.asarray(times).astype("datetime64[us]")
+            us = np.where(np.isnat(arr), np.nan, arr.astype(np.int64).astype(np.float64))
+        if self.half_life is None:
+            return np.ones(us.shape)
+        t0 = (np.datetime64(self.as_of, "us") - np.datetime64(0, "us")).astype(np.float64)
+        days = (t0 - us) / _US_PER_DAY
+        return np.where(
+            np.isfinite(days), recency_weights(np.nan_to_num(days), self.half_life), 1.0
+        )
+
+    def row_in_progress(self, name: str) -> np.ndarray:
+        """bool (rows,): whether each row's deal was in progress when the recording began."""
+        idx = self._deal_index[name]
+        if self.in_progress is None:
+            return np.zeros(idx.size, dtype=bool)
+        return self.in_progress[idx]
 
     def with_covariate_design(self, design: Any) -> FitData:
         """The same data holding ``design`` (:func:`forecast.fit.covariates.build_design`)."""
@@ -499,7 +726,10 @@ class FitData:
         """The weighted spells of one open stage: of one segment, or pooled (``None``).
 
         Rows are in the spells frame's order. Built from the arrays validated at
-        construction, without checking them again.
+        construction, without checking them again. Each spell weighs its deal's
+        weight times its recency weight (by its stage entry, :meth:`with_half_life`);
+        spells whose stage entry is unknown are left out and delayed entries kept
+        (:class:`SpellArrays`).
 
         Parameters
         ----------
@@ -514,11 +744,15 @@ class FitData:
         else:
             s = stage * len(self.segments) + segment
             rows = a.order[a.offsets[s] : a.offsets[s + 1]]
+        w = self.weights[a.deal[rows]]
+        if self._spell_recency is not None:
+            w = w * self._spell_recency[rows]
         return CensoredSpells.trusted(
             a.duration[rows],
             a.destination[rows],
             int(self.n_codes),  # type: ignore[arg-type]
-            self.weights[a.deal[rows]],
+            w,
+            None if a.entry is None else a.entry[rows],
         )
 
     def strata(self) -> Iterator[tuple[int, int]]:
@@ -535,6 +769,8 @@ def _spell_arrays(
     n_open: int,
     n_codes: int | None,
     caller: str,
+    as_of: dt.datetime | None = None,
+    mid_stream: pl.DataFrame | None = None,
 ) -> SpellArrays:
     """Validate the spell columns once and group the rows by stratum."""
     stage = sp["stage_code"].to_numpy().astype(np.int64)
@@ -556,8 +792,38 @@ def _spell_arrays(
             )
     lookup = {g: i for i, g in enumerate(segments)}
     segment = sp[SEGMENT_COLUMN].replace_strict(lookup, return_dtype=pl.Int64).to_numpy()
-    order, offsets = _group(stage * len(segments) + segment, n_open * len(segments))
-    stage_order, stage_offsets = _group(stage, n_open)
+    days_before = None
+    if as_of is not None and "entered_at" in sp.columns:
+        entered = sp["entered_at"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy()
+        t0 = float((np.datetime64(as_of, "us") - np.datetime64(0, "us")).astype(np.int64))
+        days_before = np.nan_to_num((t0 - entered.astype(np.float64)) / _US_PER_DAY)
+    entry = excluded = None
+    if mid_stream is not None and "visit" in sp.columns and "deal_id" in sp.columns:
+        first = sp.select(pl.col("deal_id").cast(pl.Utf8), "visit").join(
+            mid_stream.select(
+                pl.col("deal_id").cast(pl.Utf8),
+                "in_progress",
+                "entry_known",
+                "days_before_first_event",
+            ),
+            on="deal_id",
+            how="left",
+            maintain_order="left",
+        )
+        truncated = (first["visit"] == 0).to_numpy() & first["in_progress"].fill_null(
+            False
+        ).to_numpy()
+        known = truncated & first["entry_known"].fill_null(False).to_numpy()
+        before = first["days_before_first_event"].fill_null(0.0).to_numpy().astype(np.float64)
+        entry = np.where(known, before, 0.0)
+        duration = duration + entry
+        if days_before is not None:
+            days_before = days_before + entry
+        excluded = _readonly(truncated & ~known)
+        entry = _readonly(entry)
+    keep = None if excluded is None else ~excluded
+    order, offsets = _group(stage * len(segments) + segment, n_open * len(segments), keep)
+    stage_order, stage_offsets = _group(stage, n_open, keep)
     return SpellArrays(
         deal=deal,
         stage=_readonly(stage),
@@ -568,6 +834,9 @@ def _spell_arrays(
         offsets=offsets,
         stage_order=stage_order,
         stage_offsets=stage_offsets,
+        entry=entry,
+        days_before_as_of=None if days_before is None else _readonly(days_before),
+        excluded=excluded,
     )
 
 

@@ -276,6 +276,12 @@ class ExitDrawLayout:
         Deal index (into ``FitData.deal_ids``) and destination code (``-1`` censored).
     duration : ndarray of float64, shape (n_rows,)
         Days in the stage, non-decreasing within each stratum.
+    recency : ndarray of float64, shape (n_rows,)
+        Recency weight of each spell by its stage entry (all 1 without a half-life,
+        :meth:`FitData.with_half_life`); a spell weighs its deal's weight times it.
+    entry : ndarray of float64, shape (n_rows,)
+        Delayed entry of each spell (days; :attr:`SpellArrays.entry`, 0 when observed
+        from the stage entry). Spells whose stage entry is unknown are not laid out.
     offsets : ndarray of int64, shape (K * G + K + 1,)
         Rows of stratum ``s``: ``offsets[s] .. offsets[s + 1] - 1``.
     tail_shares, eventual : ndarray of float64, shape (K * G + K, C)
@@ -293,6 +299,8 @@ class ExitDrawLayout:
     deal: np.ndarray
     destination: np.ndarray
     duration: np.ndarray
+    recency: np.ndarray
+    entry: np.ndarray
     offsets: np.ndarray
     tail_shares: np.ndarray
     eventual: np.ndarray
@@ -312,8 +320,11 @@ class ExitDrawLayout:
             )
         segments = data.segments
         n_open, n_seg = int(data.n_open or 0), len(segments)
-        # stable sorts: by duration, then (integer keys) by stratum
+        # stable sorts: by duration, then (integer keys) by stratum; spells whose stage
+        # entry is unknown are in no stratum (as in FitData.stratum_spells)
         by_duration = np.argsort(a.duration, kind="stable")
+        if a.excluded is not None:
+            by_duration = by_duration[~a.excluded[by_duration]]
         key = (a.stage * n_seg + a.segment)[by_duration]
         by_segment = by_duration[np.argsort(key, kind="stable")]
         pooled = by_duration[np.argsort(a.stage[by_duration], kind="stable")]
@@ -327,6 +338,12 @@ class ExitDrawLayout:
             deal=np.ascontiguousarray(a.deal[rows]),
             destination=np.ascontiguousarray(a.destination[rows]),
             duration=np.ascontiguousarray(a.duration[rows]),
+            recency=np.ascontiguousarray(
+                np.ones(rows.size) if data.spell_recency is None else data.spell_recency[rows]
+            ),
+            entry=np.ascontiguousarray(
+                np.zeros(rows.size) if a.entry is None else a.entry[rows], dtype=np.float64
+            ),
             offsets=np.ascontiguousarray(offsets, dtype=np.int64),
             tail_shares=np.stack([c.tail_shares for c in curves]),
             eventual=np.stack([c.eventual_shares() for c in curves]),
@@ -354,9 +371,11 @@ class ExitDrawLayout:
         of the weighted Aalen–Johansen fit of every stratum, for deal weights ``(B, n_deals)``.
 
         Equal to :func:`weighted_fit_summary` of each stratum's spells (the same
-        operations in the same order).
+        operations in the same order). The compiled sweep has no delayed entries: a
+        stratum holding some (deals in progress when the log started) is summarised
+        by :func:`weighted_fit_summary` per draw.
         """
-        return aj_summaries(
+        shares, median = aj_summaries(
             weights,
             self.deal,
             self.duration,
@@ -364,7 +383,22 @@ class ExitDrawLayout:
             self.offsets,
             self.tail_shares,
             threads=threads,
+            row_weight=self.recency,
         )
+        n_codes = self.tail_shares.shape[1]
+        delayed = np.r_[0, np.cumsum(self.entry > 0)]
+        for s in np.flatnonzero(delayed[self.offsets[1:]] > delayed[self.offsets[:-1]]):
+            lo, hi = self.offsets[s], self.offsets[s + 1]
+            for b in range(weights.shape[0]):
+                cs = CensoredSpells.trusted(
+                    self.duration[lo:hi],
+                    self.destination[lo:hi],
+                    n_codes,
+                    weights[b, self.deal[lo:hi]] * self.recency[lo:hi],
+                    self.entry[lo:hi],
+                )
+                shares[b, s], median[b, s] = weighted_fit_summary(cs, self.tail_shares[s])
+        return shares, median
 
     def ratios(
         self,

@@ -10,6 +10,7 @@ data (:func:`parameter_draws`). The estimators are written out in
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from forecast._version import __version__
 from forecast.calendar import FiscalCalendar
 from forecast.data.deal_level import closed_deals_left_out, deal_level_view
 from forecast.data.deal_log import DealLog
-from forecast.errors import ParameterError
+from forecast.errors import ModelError, ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
 from forecast.fit.arrivals import ArrivalLayout, ArrivalModel, fit_arrivals
 from forecast.fit.bootstrap import bootstrap_weight_block, bootstrap_weights
@@ -50,12 +51,22 @@ from forecast.fit.diagnostics import Diagnostic, tail_diagnostics
 from forecast.fit.exits import ExitDrawLayout, ExitFit, fit_exits, shrink_toward
 from forecast.fit.kinds import choose_model_kind
 from forecast.fit.model import ParameterDraws, PipelineModel
+from forecast.fit.recency import (
+    DEFAULT_HALF_LIFE_GRID,
+    HalfLifeChoice,
+    check_half_life,
+    select_half_life,
+)
 from forecast.fit.shocks import ShockLayout, ShockModel, fit_shocks
+from forecast.scores import crps_samples
+from forecast.simulate import simulate_quarter_totals
 
 __all__ = [
     "DRAW_BLOCK",
     "FitOptions",
     "PointFit",
+    "assemble_model",
+    "choose_half_life",
     "covariate_draws",
     "fit",
     "fit_components",
@@ -208,6 +219,8 @@ def fit(
     arrivals_lookback_quarters: int = 12,
     shrink: bool = True,
     model_kind: str = "auto",
+    half_life: float | str | None = "auto",
+    recorded_from: object | None = None,
     covariates: Sequence[str] = DEFAULT_COVARIATES,
 ) -> PipelineModel:
     """Fit the pipeline model to the history known at ``as_of``.
@@ -246,6 +259,21 @@ def fit(
         (:mod:`forecast.fit.kinds`); ``"auto"``: deal-level for a one-row-per-deal
         table (``log.source.shape == "deals"``), stages otherwise. The model says
         which it is and why (``model_kind``, ``model_description``).
+    half_life : "auto", float or None, default "auto"
+        Recency weighting of every estimator: an observation made ``a`` days before
+        ``as_of`` counts ``2^(−a / half_life)`` (``docs/model.md``, "Recency
+        weighting"). None: every observation counts fully. ``"auto"`` chooses among
+        :data:`~forecast.fit.recency.DEFAULT_HALF_LIFE_GRID` (None included) by a
+        rolling-origin backtest of this history (:func:`choose_half_life`; no
+        weighting when the history is too short to backtest). The choice and its
+        scores are kept in :attr:`PipelineModel.recency`.
+    recorded_from : date-like, optional
+        When the recording of the history began. Deals created before it (by their
+        ``created_at``) — or, when given, first seen at it — were already in progress:
+        they are not counted as new deals, and the stage time before their first
+        record is unknown (``docs/model.md``, "Logs that start mid-stream"). Default:
+        the first event of the log (the first export of a snapshot history).
+
     covariates : sequence of str, default ("amount",)
         Deal covariates the exit model considers (``docs/model.md``, "Deal
         covariates"); each is kept only where it lowers Akaike's criterion, so a
@@ -270,6 +298,7 @@ def fit(
     caller = "fit"
     n_draws = check_int(n_draws, "n_draws", caller, minimum=0)
     seed = check_seed(seed, caller)
+    half_life = check_half_life(half_life, caller)
     if isinstance(tail_families, str):
         raise ParameterError(
             f"The `tail_families` parameter of `{caller}` must be a list of family names "
@@ -288,19 +317,73 @@ def fit(
     kind, description = choose_model_kind(log, model_kind, caller)
     fitted_log = deal_level_view(log) if kind == "deal_level" else log
     names, numeric = check_covariates(covariates, fitted_log, caller)
+    data = FitData.from_log(
+        fitted_log,
+        as_of=as_of,
+        segment_by=segment_by,
+        calendar=calendar,
+        recorded_from=recorded_from,
+    )
+    if half_life == "auto":
+        choice = choose_half_life(
+            fitted_log, data=data, options=options, seed=seed, recorded_from=recorded_from
+        )
+    else:
+        choice = HalfLifeChoice(half_life, requested=half_life)  # type: ignore[arg-type]
+    data = data.with_half_life(choice.half_life)
     options = dataclasses.replace(options, covariates=names)
-    data = FitData.from_log(fitted_log, as_of=as_of, segment_by=segment_by, calendar=calendar)
     if names:
         data = data.with_covariate_design(build_design(data, names, numeric))
     point = fit_components(data, options)
     draws = parameter_draws(data, point, options, n_draws, seed) if n_draws > 0 else None
-    cov_model = point.covariates
-    if cov_model is not None and n_draws > 0:
+    if point.covariates is not None and n_draws > 0:
         draw_beta = covariate_draws(data, point, n_draws, seed)
         if draw_beta is not None:
-            cov_model = dataclasses.replace(cov_model, draw_beta=draw_beta)
+            point = dataclasses.replace(
+                point, covariates=dataclasses.replace(point.covariates, draw_beta=draw_beta)
+            )
+    return assemble_model(
+        data,
+        point,
+        draws,
+        options={
+            "segment_by": list(data.segment_by),
+            "n_draws": n_draws,
+            "seed": seed,
+            "tail_families": list(options.tail_families),
+            "quarter_end_window_days": options.quarter_end_window_days,
+            "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
+            "shrink": options.shrink,
+            "model_kind": model_kind,
+            "half_life": half_life,
+            "recorded_from": None if recorded_from is None else data.recorded_from.isoformat(),  # type: ignore[union-attr]
+            **({"covariates": list(names)} if names else {}),
+        },
+        recency=choice,
+        model_kind=kind,
+        model_description=description,
+        fingerprint=log.as_of(data.as_of).fingerprint if kind == "deal_level" else None,
+    )
+
+
+def assemble_model(
+    data: FitData,
+    point: PointFit,
+    draws: ParameterDraws | None,
+    *,
+    options: dict[str, Any],
+    recency: HalfLifeChoice | None = None,
+    model_kind: str = "stages",
+    model_description: str = "",
+    fingerprint: str | None = None,
+) -> PipelineModel:
+    """The :class:`PipelineModel` of a point fit (and its draws) on ``data`` (built from a log).
+
+    ``fingerprint`` is the data fingerprint of the log the user gave (default: that of
+    ``data.cut``, which is it for the stage model; the deal-level model is fitted on
+    a view of it).
+    """
     assert data.stages is not None and data.cut is not None  # built from a log
-    extra_options: dict[str, Any] = {"covariates": list(names)} if names else {}
     exits = point.exits
     diagnostics = tail_diagnostics(
         [
@@ -313,7 +396,7 @@ def fit(
         ],
         data.stages.open,
     )
-    if kind == "deal_level" and (left_out := closed_deals_left_out(data.cut, data.as_of)):
+    if model_kind == "deal_level" and (left_out := closed_deals_left_out(data.cut, data.as_of)):
         diagnostics = (
             Diagnostic("data", None, None, "closed_deals_left_out", left_out),
             *diagnostics,
@@ -332,21 +415,11 @@ def fit(
         quarter_end=point.quarter_end,
         shocks=point.shocks,
         draws=draws,
-        data_fingerprint=log.as_of(data.as_of).fingerprint,
+        data_fingerprint=data.cut.fingerprint if fingerprint is None else fingerprint,
         version=__version__,
-        options={
-            "segment_by": list(data.segment_by),
-            "n_draws": n_draws,
-            "seed": seed,
-            "tail_families": list(options.tail_families),
-            "quarter_end_window_days": options.quarter_end_window_days,
-            "arrivals_lookback_quarters": options.arrivals_lookback_quarters,
-            "shrink": options.shrink,
-            "model_kind": model_kind,
-            **extra_options,
-        },
-        model_kind=kind,
-        model_description=description,
+        options=options,
+        model_kind=model_kind,
+        model_description=model_description,
         diagnostics=(
             *(
                 exits.borrowed[k].diagnostic(data.stages.open, data.as_of)
@@ -358,7 +431,143 @@ def fit(
             data.stages.open[k]: info.to_dict(data.stages.open)
             for k, info in sorted(exits.borrowed.items())
         },
-        covariates=cov_model,
+        covariates=point.covariates,
+        recency=recency,
+    )
+
+
+#: Tail families of the fits :func:`choose_half_life` scores.
+SCORING_TAIL_FAMILIES: tuple[str, ...] = ("exponential",)
+
+
+def choose_half_life(
+    log: DealLog,
+    *,
+    data: FitData,
+    options: FitOptions,
+    seed: int = 0,
+    recorded_from: object | None = None,
+    grid: Sequence[float | None] = DEFAULT_HALF_LIFE_GRID,
+    n_origins: int = 4,
+    n_paths: int = 400,
+    min_history_quarters: int = 4,
+) -> HalfLifeChoice:
+    """Choose the recency half-life by a rolling-origin backtest of the history itself.
+
+    At each of the last ``n_origins`` fiscal quarter starts whose quarter ended by
+    ``data.as_of`` (with at least ``min_history_quarters`` quarters of history before
+    them), the log is cut there once (one :class:`FitData` per origin, shared by the
+    candidates: only the weights change), every candidate of ``grid`` is fitted
+    without parameter draws, and the quarter that followed is simulated with
+    ``n_paths`` paths (the same random numbers for every candidate) and scored by its
+    CRPS against what was booked. :func:`~forecast.fit.recency.select_half_life`
+    picks the least weighting within one standard error of the best mean. The scored
+    fits use exponential tails (:data:`SCORING_TAIL_FAMILIES`): the candidates differ
+    in the body of the curves, and the family beyond the longest observed stay
+    barely moves one quarter's forecast.
+
+    Cost: ``n_origins × len(grid)`` component fits and short simulations (measured
+    in ``benchmarks/bench_fit.py``); the choice is deterministic for a seed.
+
+    Parameters
+    ----------
+    log : DealLog
+        The history (only what ``data.as_of`` knows is used).
+    data : FitData
+        The fit input at the as-of instant (for the segments, calendar and cut).
+    options : FitOptions
+    seed : int
+        Seed of the scored simulations.
+    recorded_from : date-like, optional
+        As :func:`fit`.
+    grid : sequence of float or None
+        Candidate half-lives (days), least weighting first; None is no weighting.
+    n_origins, n_paths, min_history_quarters : int
+
+    Returns
+    -------
+    HalfLifeChoice
+        No weighting, with a ``note``, when no origin qualifies or no candidate
+        could be fitted at any origin.
+    """
+    candidates = tuple(None if h is None else float(h) for h in grid)
+    if None not in candidates:
+        candidates = (None, *candidates)
+    calendar = data.calendar
+    cut = data.cut if data.cut is not None else log.as_of(data.as_of)
+    # the origins' cuts and views are cached on a private copy of the log, not on the
+    # user's log: it would keep a copy of the events per origin for its lifetime and
+    # carry them wherever it is pickled (e.g. sent to a Dask worker)
+    cut = DealLog(
+        cut.events, cut.stages, cut.segment_columns, cut.report, cut=cut.cut, source=cut.source
+    )
+    start = data.history_start if data.history_start is not None else cut.first_timestamp
+    first = calendar.quarter_of(start)
+    if start > first.start:
+        first = calendar.shift(first, 1)
+    earliest = calendar.shift(first, min_history_quarters).start
+    origins: list[dt.datetime] = []
+    q = calendar.quarter_of(data.as_of)
+    while len(origins) < n_origins:
+        q = calendar.shift(q, -1)
+        if q.start < earliest:
+            break
+        if q.end <= data.as_of:
+            origins.append(q.start)
+    origins.reverse()
+
+    def fallback(note: str) -> HalfLifeChoice:
+        return HalfLifeChoice(None, "auto", candidates, (), (), (), None, n_paths, seed, note)
+
+    if not origins:
+        return fallback(
+            f"no weighting: fewer than {min_history_quarters} full quarters of history "
+            "before the last complete quarter, nothing to backtest"
+        )
+    scores: list[list[float]] = [[] for _ in candidates]
+    used: list[dt.datetime] = []
+    booked: list[float] = []
+    no_draws = {"n_draws": 0, "seed": seed}
+    # exponential tails: the candidates differ in the body of the curves, and a fitted
+    # family beyond the longest stay barely moves one quarter's forecast (4× cheaper)
+    scoring = dataclasses.replace(options, tail_families=SCORING_TAIL_FAMILIES)
+    for i, o in enumerate(origins):
+        quarter = calendar.quarter_of(o)
+        realised = cut.booked_amount(quarter.start, quarter.end)
+        try:
+            data_o = FitData.from_log(
+                cut,
+                as_of=o,
+                segment_by=data.segment_by,
+                calendar=calendar,
+                recorded_from=recorded_from,
+            )
+            row = []
+            for h in candidates:
+                d = data_o.with_half_life(h)
+                model = assemble_model(d, fit_components(d, scoring), None, options=no_draws)
+                total = simulate_quarter_totals(model, cut, n_paths, seed + i)
+                row.append(float(crps_samples(total, realised)))
+        except ModelError:
+            continue  # e.g. a stage not yet visited at this origin
+        for j, v in enumerate(row):
+            scores[j].append(v)
+        used.append(o)
+        booked.append(realised)
+    if not used:
+        return fallback("no weighting: the history could not be fitted at any backtest origin")
+    crps = np.asarray(scores)
+    index, _, _ = select_half_life(candidates, crps)
+    return HalfLifeChoice(
+        candidates[index],
+        "auto",
+        candidates,
+        tuple(used),
+        tuple(tuple(r) for r in crps.tolist()),
+        tuple(booked),
+        index,
+        n_paths,
+        seed,
     )
 
 
@@ -399,7 +608,7 @@ def parameter_draws(
     Parameters
     ----------
     data : FitData
-        The point fit's data (unit weights).
+        The point fit's data (unit deal weights; its half-life is kept by every draw).
     point : PointFit
         The point fit on ``data``.
     options : FitOptions

@@ -25,8 +25,11 @@ from forecast.fit.arrivals import ArrivalModel
 from forecast.fit.calendar_effects import QuarterEndEffect
 from forecast.fit.competing_risks import ExitCurves, win_probability
 from forecast.fit.covariates import CovariateModel, coefficient_table, effects_table
+from forecast.fit.data import FitData
 from forecast.fit.diagnostics import Diagnostic
+from forecast.fit.drift import drift_table
 from forecast.fit.exits import empty_shrinkage
+from forecast.fit.recency import HalfLifeChoice
 from forecast.fit.shocks import ShockModel
 from forecast.io import atomic_write_text
 from forecast.results import Forecast
@@ -213,6 +216,10 @@ class PipelineModel:
         What the fit could not do cleanly (e.g. a tail optimiser that stopped short),
         recorded instead of warned; empty for a clean fit. Saved in the JSON and
         counted per segment and stage by :meth:`summary`.
+    recency : HalfLifeChoice or None
+        The recency half-life every estimator was fitted with and, for
+        ``half_life="auto"``, the backtest scores behind the choice (None: a model
+        saved before recency weighting existed, fitted without it).
     covariates : CovariateModel or None
         The deal covariates' selection, coefficients and baseline curves
         (``docs/model.md``, "Deal covariates"); None when fitted without covariates.
@@ -248,6 +255,7 @@ class PipelineModel:
     model_kind: str = "stages"
     model_description: str = ""
     diagnostics: tuple[Diagnostic, ...] = ()
+    recency: HalfLifeChoice | None = None
     covariates: CovariateModel | None = None
     borrowed: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Derived arrays computed once per model (it is immutable), e.g. the exit
@@ -391,7 +399,10 @@ class PipelineModel:
         the entries say more. The first column, ``model_kind``, says which model this
         is (:attr:`model_description` says why); a deal-level model has one row per
         segment, its open state. ``exit_curves`` says whether a stage's curves were
-        fitted or borrowed (:attr:`borrowed`).
+        fitted or borrowed (:attr:`borrowed`). ``half_life_days`` is the recency
+        half-life of the fit (null: none) and ``half_life_scores`` the scores behind an
+        automatic choice (mean CRPS of the next quarter per candidate over the backtest
+        origins, the chosen one starred; :meth:`HalfLifeChoice.table` has them as a table).
         """
         rows = []
         segs = list(self.segments) if len(self.segments) > 1 else []
@@ -422,7 +433,13 @@ class PipelineModel:
                         "exit_curves": self._curves_origin(name),
                     }
                 )
-        out = pl.DataFrame(rows)
+        half_life = None if self.recency is None else self.recency.half_life
+        out = pl.DataFrame(rows).with_columns(
+            pl.lit(half_life, dtype=pl.Float64).alias("half_life_days"),
+            pl.lit("" if self.recency is None else self.recency.scores_text()).alias(
+                "half_life_scores"
+            ),
+        )
         if self.shrinkage.height:
             out = out.join(
                 self.shrinkage.select("segment", "stage", "credibility"),
@@ -486,6 +503,40 @@ class PipelineModel:
             for d in self.diagnostics
             if d.stage == stage and d.segment in labels
         )
+
+    def drift(
+        self, log: DealLog, *, recent_quarters: int = 2, n_draws: int = 100, seed: int = 0
+    ) -> pl.DataFrame:
+        """Is the market turning? Per segment and stage, the recent quarters against the rest.
+
+        Win probability of a deal entering each stage and median days in it, estimated
+        separately from the last ``recent_quarters`` fiscal quarters (up to the model's
+        as-of date) and from the earlier history, with 95 % intervals and a test of no
+        change (:func:`forecast.fit.drift.drift_table`).
+
+        Parameters
+        ----------
+        log : DealLog
+            The history the model was fitted on (only what the as-of date knows is read).
+        recent_quarters : int, default 2
+        n_draws : int, default 100
+            Bootstrap draws behind the intervals and tests.
+        seed : int, default 0
+
+        Returns
+        -------
+        polars.DataFrame
+            :data:`forecast.fit.drift.DRIFT_COLUMNS`, one row per segment and stage.
+        """
+        data = FitData.from_log(
+            self.view(log),
+            as_of=self.as_of,
+            segment_by=self.segment_by,
+            calendar=self.calendar,
+            caller="drift",
+            recorded_from=self.options.get("recorded_from"),
+        )
+        return drift_table(data, recent_quarters=recent_quarters, n_draws=n_draws, seed=seed)
 
     # -- simulation ---------------------------------------------------------------------------
     def simulate(
@@ -568,6 +619,7 @@ class PipelineModel:
             "model_kind": self.model_kind,
             "model_description": self.model_description,
             "diagnostics": [x.to_dict() for x in self.diagnostics],
+            "recency": None if self.recency is None else self.recency.to_dict(),
             "borrowed": self.borrowed,
         }
         if self.covariates is not None:
@@ -634,6 +686,7 @@ class PipelineModel:
             model_kind=kind,
             model_description=str(d.get("model_description", "")),
             diagnostics=tuple(Diagnostic.from_dict(x) for x in d.get("diagnostics", [])),
+            recency=None if d.get("recency") is None else HalfLifeChoice.from_dict(d["recency"]),
             borrowed={str(k): dict(v) for k, v in d.get("borrowed", {}).items()},
         )
 

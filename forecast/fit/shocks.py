@@ -87,39 +87,50 @@ def _baseline_strata(
     return stratum.ravel().astype(np.int64)
 
 
-def _reml_loglik(tau2: float, y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
-    w = 1.0 / (v + tau2)
+def _reml_loglik(
+    tau2: float, y: np.ndarray, v: np.ndarray, X: np.ndarray, om: np.ndarray | None = None
+) -> float:
+    om = np.ones_like(y) if om is None else om
+    w = om / (v + tau2)
     xtwx = X.T @ (w[:, None] * X)
     b = np.linalg.solve(xtwx, X.T @ (w * y))
     r = y - X @ b
     _, logdet = np.linalg.slogdet(xtwx)
-    return -0.5 * float(np.sum(np.log(v + tau2)) + logdet + np.sum(w * r * r))
+    return -0.5 * float(np.sum(om * np.log(v + tau2)) + logdet + np.sum(w * r * r))
 
 
-def _reml_nll_grid(s: np.ndarray, y: np.ndarray, v: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Minus the restricted log-likelihood at each ``sigma`` of ``s``, shape ``s.shape``."""
-    w = 1.0 / (v[None, :] + (s * s)[:, None])  # (m, n)
+def _reml_nll_grid(
+    s: np.ndarray, y: np.ndarray, v: np.ndarray, X: np.ndarray, om: np.ndarray | None = None
+) -> np.ndarray:
+    """Minus the restricted log-likelihood at each ``sigma`` of ``s``, shape ``s.shape``
+    (each period's term counted ``om`` times, default 1)."""
+    om = np.ones_like(y) if om is None else om
+    w = om[None, :] / (v[None, :] + (s * s)[:, None])  # (m, n)
     xtwx = np.einsum("mn,ni,nj->mij", w, X, X)
     xtwy = np.einsum("mn,ni,n->mi", w, X, y)
     b = np.linalg.solve(xtwx, xtwy[:, :, None])[:, :, 0]
     r = y[None, :] - b @ X.T
     _, logdet = np.linalg.slogdet(xtwx)
     return 0.5 * (
-        np.log(v[None, :] + (s * s)[:, None]).sum(axis=1) + logdet + (w * r * r).sum(axis=1)
+        (om[None, :] * np.log(v[None, :] + (s * s)[:, None])).sum(axis=1)
+        + logdet
+        + (w * r * r).sum(axis=1)
     )
 
 
-def _reml_sigma(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> tuple[float, float]:
+def _reml_sigma(
+    y: np.ndarray, v: np.ndarray, X: np.ndarray, om: np.ndarray | None = None
+) -> tuple[float, float]:
     """REML ``sigma`` (≥ 0) and the minimised ``-loglik``: a grid of 201 values, then a
-    bounded scalar search around the best one."""
+    bounded scalar search around the best one (periods weighted by ``om``, default 1)."""
     spread = float(np.var(y)) if y.size > 1 else 0.0
     s_max = math.sqrt(max(4.0 * spread, 1e-6)) + 1.0
 
     def nll(s: float) -> float:
-        return -_reml_loglik(s * s, y, v, X)
+        return -_reml_loglik(s * s, y, v, X, om)
 
     grid = np.linspace(0.0, s_max, 201)
-    vals = _reml_nll_grid(grid, y, v, X)
+    vals = _reml_nll_grid(grid, y, v, X, om)
     i = int(np.argmin(vals))
     if i == 0:
         s_hat, best = 0.0, nll(0.0)
@@ -137,9 +148,12 @@ def _reml_sigma(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> tuple[float, flo
 
 
 def reml_shock_variance(
-    y: np.ndarray, v: np.ndarray, X: np.ndarray
+    y: np.ndarray, v: np.ndarray, X: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[float, float, float, float]:
     """REML estimate of the between-period variance ``sigma²`` of ``y = X b + u + e``.
+
+    With prior ``weights`` ``ω`` (recency of the periods) each period's term of the
+    restricted log-likelihood counts ``ω`` times (a weighted likelihood).
 
     Parameters
     ----------
@@ -149,6 +163,8 @@ def reml_shock_variance(
         Their known sampling variances (> 0).
     X : ndarray, shape (n, p)
         Fixed-effect design (``n > p``).
+    weights : ndarray, shape (n,), optional
+        Prior weights ``ω > 0`` of the periods (default 1).
 
     Returns
     -------
@@ -158,11 +174,12 @@ def reml_shock_variance(
         Maximised restricted log-likelihood.
     """
     y, v = np.asarray(y, dtype=np.float64), np.asarray(v, dtype=np.float64)
-    s_hat, best = _reml_sigma(y, v, X)
+    om = None if weights is None else np.asarray(weights, dtype=np.float64)
+    s_hat, best = _reml_sigma(y, v, X, om)
     target = best + _HALF_CHI2_95
 
     def gap(s: float) -> float:
-        return -_reml_loglik(s * s, y, v, X) - target
+        return -_reml_loglik(s * s, y, v, X, om) - target
 
     ci_low = 0.0 if gap(0.0) <= 0 else float(brentq(gap, 0.0, s_hat)) if s_hat > 0 else 0.0
     hi = max(s_hat, 1e-3) * 2.0
@@ -331,13 +348,14 @@ def fit_shocks(
     y, v, wq, nq = (a[0] for a in layout.shifts(data.weights[None, :]))
     X, n = layout.design, layout.n_quarters
     lq = nq - wq
-    sigma, ci_low, ci_high, _ = reml_shock_variance(y, v, X)
+    om = layout.quarter_weight
+    sigma, ci_low, ci_high, _ = reml_shock_variance(y, v, X, om)
     # method of moments on OLS residuals (unbiased residual variance)
     b_ols, *_ = np.linalg.lstsq(X, y, rcond=None)
     resid_ols = y - X @ b_ols
     s2_mom = float(resid_ols @ resid_ols) / (n - X.shape[1]) - float(v.mean())
     # fixed effects at the REML estimate, for the per-quarter residuals
-    wts = 1.0 / (v + sigma * sigma)
+    wts = om / (v + sigma * sigma)
     b = np.linalg.solve(X.T @ (wts[:, None] * X), X.T @ (wts * y))
     resid = y - X @ b
     rows = tuple(
@@ -395,6 +413,10 @@ class ShockLayout:
         Cells of quarter ``q``: ``cell_offsets[q] .. cell_offsets[q + 1] - 1``.
     design : ndarray of float64, shape (Q, p)
         Fixed effects of the quarters (intercept, and the trend when fitted).
+    quarter_weight : ndarray of float64, shape (Q,)
+        Prior weight of each quarter in the REML fit: the recency of its midpoint
+        (:meth:`FitData.recency`), scaled to sum to the effective number of quarters
+        (all 1 without a half-life).
     labels : tuple of str
         Quarter labels.
     note : str
@@ -411,6 +433,7 @@ class ShockLayout:
     cell_stratum: np.ndarray
     cell_offsets: np.ndarray
     design: np.ndarray
+    quarter_weight: np.ndarray
     labels: tuple[str, ...]
     note: str
     fallback: ShockModel | None
@@ -521,6 +544,11 @@ class ShockLayout:
             note = f"trend not removed ({n} quarters < {min_q_trend})"
         design = np.column_stack([np.ones(n), t_years]) if use_trend else np.ones((n, 1))
         labels = tuple(calendar.quarter_of(s.astype(dt.datetime)).label for s in starts)
+        # recency: each quarter weighs the recency of its midpoint, scaled to sum to the
+        # effective number of quarters (all 1 without a half-life)
+        om = data.recency(mids)
+        if om.size:
+            om = om * (om.sum() / (om * om).sum())
         return cls(
             deal=np.ascontiguousarray(deal, dtype=np.int64),
             won=won,
@@ -531,6 +559,7 @@ class ShockLayout:
             cell_stratum=np.ascontiguousarray(cell_keys % max(n_strata, 1), dtype=np.int64),
             cell_offsets=cell_offsets,
             design=design,
+            quarter_weight=om,
             labels=labels,
             note=note,
             fallback=fallback,
@@ -577,4 +606,5 @@ class ShockLayout:
         if self.fallback is not None:
             return np.full(weights.shape[0], float(self.fallback.sigma))
         y, v, _, _ = self.shifts(weights, threads=threads)
-        return np.array([_reml_sigma(y[b], v[b], self.design)[0] for b in range(y.shape[0])])
+        om = self.quarter_weight
+        return np.array([_reml_sigma(y[b], v[b], self.design, om)[0] for b in range(y.shape[0])])

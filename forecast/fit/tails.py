@@ -390,7 +390,7 @@ class TailFit:
 
 def _fit_exponential(t, d, w, u):
     events = float(np.dot(w, d))
-    exposure = float(np.dot(w, t - u))
+    exposure = float(np.dot(w, t - u))  # u: truncation point of each spell (or one for all)
     scale = exposure / events
     ll = -events * math.log(scale) - exposure / scale
     return {"scale": scale}, ll, "ok", "ok"
@@ -402,16 +402,15 @@ def _fit_weibull(t, d, w, u):
     sum_dlogt = float(np.dot(w * d, log_t))
     log_tmax = float(log_t.max())
     rel = log_t - log_tmax  # ≤ 0, so exp(c * rel) never overflows
-    rel_u = (math.log(u) - log_tmax) if u > 0 else -math.inf
+    uu = np.broadcast_to(np.asarray(u, dtype=np.float64), t.shape)
+    with np.errstate(divide="ignore"):  # not truncated (u = 0): -inf, a factor of 1 below
+        rel_u = np.where(uu > 0, np.log(np.maximum(uu, 1e-300)) - log_tmax, -np.inf)
 
     def log_a(c: float) -> float:
         # log Σ w (t^c - u^c), relative to t_max^c; t^c - u^c = t^c (1 - (u/t)^c) with
         # expm1, so that spells just beyond u keep their (small, positive) share.
         with np.errstate(under="ignore"):  # short spells at a large shape weigh 0
-            if u > 0:
-                inner = float(np.dot(w, np.exp(c * rel) * -np.expm1(c * (rel_u - rel))))
-            else:
-                inner = float(np.dot(w, np.exp(c * rel)))
+            inner = float(np.dot(w, np.exp(c * rel) * -np.expm1(c * (rel_u - rel))))
         return c * log_tmax + math.log(inner)
 
     def neg_profile(log_c: float) -> float:
@@ -451,12 +450,14 @@ def _lognormal_mean_nll(
     exits: tuple[float, float, float],
     log_t: np.ndarray,
     w: np.ndarray,
-    log_u: float | None,
+    log_u: float | tuple[np.ndarray, np.ndarray] | None,
     wsum: float,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Mean (per unit weight) negative log-likelihood, gradient and Hessian in (mu, log sigma).
 
-    ``log L = Σ w d (log φ(z) − log σ − log t) + Σ w (1 − d) log Φ(−z) − W log Φ(−z_u)``
+    ``log L = Σ w d (log φ(z) − log σ − log t) + Σ w (1 − d) log Φ(−z) − Σ w log Φ(−z_u)``
+    (the last sum over the spells truncated at ``u > 0``; ``log_u`` is one ``log u``
+    for every spell, or the ``(log u, w)`` arrays of the truncated spells)
     with ``z = (log t − mu) / sigma``; every term is analytic. With the hazard of the
     standard normal ``λ(z) = φ(z) / Φ(−z)`` (``λ' = λ (λ − z)``), per exit
     ``∂/∂mu = z / σ``, ``∂/∂s = z² − 1`` (``s = log σ``), and per censored spell
@@ -491,17 +492,22 @@ def _lognormal_mean_nll(
         h_mm -= float(np.sum(w * dl)) / sigma**2
         h_ms -= float(np.dot(w, z * dl + lam)) / sigma
         h_ss -= float(np.dot(w, z * z * dl + z * lam))
-    if log_u is not None:
-        zu = (log_u - mu) / sigma
-        lsu = float(special.log_ndtr(-zu))
-        lu = math.exp(-0.5 * zu * zu - _LOG_SQRT_2PI - lsu)
+    if log_u is not None:  # − Σ w log Φ(−z_u) over the truncated spells
+        if isinstance(log_u, tuple):
+            log_uu, wu = log_u
+        else:  # one truncation point for every spell
+            log_uu, wu = np.array([float(log_u)]), np.array([wsum])
+        zu = (log_uu - mu) / sigma
+        lsu = special.log_ndtr(-zu)
+        with np.errstate(under="ignore"):
+            lu = np.exp(-0.5 * zu * zu - _LOG_SQRT_2PI - lsu)
         dlu = lu * (lu - zu)
-        ll -= wsum * lsu
-        g_mu -= wsum * lu / sigma
-        g_s -= wsum * lu * zu
-        h_mm += wsum * dlu / sigma**2
-        h_ms += wsum * (zu * dlu + lu) / sigma
-        h_ss += wsum * (zu * zu * dlu + zu * lu)
+        ll -= float(np.dot(wu, lsu))
+        g_mu -= float(np.dot(wu, lu)) / sigma
+        g_s -= float(np.dot(wu, lu * zu))
+        h_mm += float(np.dot(wu, dlu)) / sigma**2
+        h_ms += float(np.dot(wu, zu * dlu + lu)) / sigma
+        h_ss += float(np.dot(wu, zu * zu * dlu + zu * lu))
     grad = np.array([g_mu, g_s])
     hess = np.array([[h_mm, h_ms], [h_ms, h_ss]])
     return -ll / wsum, -grad / wsum, -hess / wsum
@@ -589,7 +595,9 @@ def _log_moments(log_t: np.ndarray, w: np.ndarray) -> np.ndarray:
 def _fit_lognormal(t, d, w, u):
     wsum = float(w.sum())
     log_t = np.log(t)
-    log_u = math.log(u) if u > 0 else None
+    uu = np.broadcast_to(np.asarray(u, dtype=np.float64), t.shape)
+    trunc = uu > 0
+    log_u = (np.log(uu[trunc]), w[trunc]) if np.any(trunc) else None
     const = float(np.dot(w * d, log_t))  # Σ w d log t, left out of the optimised value
     lower = np.array([float(log_t.min()) - _MU_MARGIN, _LOG_SIGMA_BOUNDS[0]])
     upper = np.array([float(log_t.max()) + _MU_MARGIN, _LOG_SIGMA_BOUNDS[1]])
@@ -641,6 +649,7 @@ def fit_tail(
     threshold: float = 0.0,
     min_events: int = 20,
     duration_floor: float = 1.0 / 24.0,
+    entries: Any = None,
 ) -> TailFit:
     """Fit sojourn-time tails by censored maximum likelihood and pick one by AIC.
 
@@ -662,6 +671,9 @@ def fit_tail(
     duration_floor : float, default 1/24
         Days. Durations below it (e.g. same-instant stage skips) are raised to it,
         since the Weibull and log-normal densities need t > 0.
+    entries : array_like of float, shape (n,), optional
+        Delayed entry of each spell (days, ``≤ duration``; default 0): a spell first
+        observed at ``e`` enters conditional on ``T > max(threshold, e)``.
 
     Returns
     -------
@@ -714,6 +726,14 @@ def fit_tail(
     if min_events < 1:
         raise ParameterError(f"`min_events` must be ≥ 1. Got {min_events!r}.")
 
+    if entries is None:
+        e = np.zeros_like(t)
+    else:
+        e = np.asarray(entries, dtype=np.float64)
+        if e.shape != t.shape or not np.all(np.isfinite(e) & (e >= 0) & (e <= t)):
+            raise ParameterError(
+                f"`entries` must be finite days in [0, duration], shape {t.shape}."
+            )
     keep_pos = w > 0
     u = float(threshold)
     beyond = keep_pos & (t > u)
@@ -721,6 +741,9 @@ def fit_tail(
         u = 0.0
     use = keep_pos & (t > u) if u > 0 else keep_pos
     tu, du, wu = np.maximum(t[use], duration_floor), obs[use].astype(np.float64), w[use]
+    # truncation point of each spell: the threshold, or its later delayed entry
+    trunc = np.minimum(np.maximum(u, e[use]), tu)
+    u_fit: float | np.ndarray = trunc if np.any(trunc != u) else u
     info = {
         "threshold": u,
         "requested_threshold": float(threshold),
@@ -752,7 +775,7 @@ def fit_tail(
                 )
             )
             continue
-        params, ll, code, message = _FITTERS[fam](tu, du, wu, u)
+        params, ll, code, message = _FITTERS[fam](tu, du, wu, u_fit)
         if not all(math.isfinite(v) and v > 0 for v in params.values()) or not math.isfinite(ll):
             candidates.append(
                 TailCandidate(fam, None, None, None, k, f"fit failed: {params}", "fit_failed")
@@ -761,7 +784,7 @@ def fit_tail(
         candidates.append(TailCandidate(fam, params, ll, 2 * k - 2 * ll, k, message, code))
     fitted = [c for c in candidates if c.aic is not None]
     if not fitted:  # too few distinct exits for the requested two-parameter families
-        params, ll, _, _ = _fit_exponential(tu, du, wu, u)
+        params, ll, _, _ = _fit_exponential(tu, du, wu, u_fit)
         fitted = [
             TailCandidate(
                 "exponential",
