@@ -57,7 +57,7 @@ from forecast._kernels import (
 from forecast._kernels import rng as krng
 from forecast._oracle import random_model_arrays, simulate_oracle
 
-#: The issue's bar, M deal-paths per second per core.
+#: The speed target of the sampling kernel, M deal-paths per second per core.
 TARGET = 100.0
 
 _COMPILE_SNIPPET = """

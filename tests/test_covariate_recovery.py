@@ -20,7 +20,7 @@ every stage (``truth.covariate_effects``, in the model's parametrisation).
   mean difference (sd over worlds / sqrt(worlds)), as in tests/test_calibration.py.
   With 20 worlds at half scale the standard error is ~8 % of a quarter's bookings,
   so the check catches biases of ~25 % or more (the model without covariates was
-  +23 % on the issue's size-effect history); benchmarks/accuracy.py ``--world size``
+  +23 % on a history with a size effect); benchmarks/accuracy.py ``--world size``
   gives the full-size figures.
 """
 
