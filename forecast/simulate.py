@@ -559,9 +559,12 @@ def exit_densities(model: PipelineModel, n_bins: int) -> np.ndarray:
 
 
 def model_arrays(
-    model: PipelineModel, log: DealLog, horizon: int
+    model: PipelineModel, log: DealLog, horizon: int, pipe: pl.DataFrame | None = None
 ) -> tuple[ModelArrays, pl.DataFrame, list[Any], np.ndarray, AgeMixture]:
     """Pack ``model`` and the open pipeline of ``log`` at ``model.as_of`` into kernel arrays.
+
+    ``pipe``, when given, is ``model.view(log).pipeline(model.as_of)`` computed before
+    (several models fitted at one instant share it).
 
     Returns
     -------
@@ -585,7 +588,7 @@ def model_arrays(
     quarters, qb = quarter_bins(model, horizon)
     W = int(model.quarter_end.window_days)
 
-    pipe = segment_labels(log.pipeline(t), model.segment_by)
+    pipe = segment_labels(log.pipeline(t) if pipe is None else pipe, model.segment_by)
     unknown = sorted(set(pipe[SEGMENT_COLUMN].unique().to_list()) - set(segs))
     if unknown:
         raise ParameterError(
@@ -669,7 +672,7 @@ def model_arrays(
 
 
 def prepare_simulation(
-    model: PipelineModel, log: DealLog, horizon: int
+    model: PipelineModel, log: DealLog, horizon: int, pipe: pl.DataFrame | None = None
 ) -> tuple[ModelArrays, OutcomeArrays, pl.DataFrame, list[Any], np.ndarray]:
     """Everything a simulation samples from: arrays, per-deal outcome probabilities.
 
@@ -683,9 +686,9 @@ def prepare_simulation(
     arrays : forecast._kernels.ModelArrays
     outcomes : forecast._kernels.OutcomeArrays
     pipe, quarters, booked
-        As :func:`model_arrays`.
+        As :func:`model_arrays` (``pipe`` given: as there).
     """
-    arrays, pipe, quarters, booked, mixture = model_arrays(model, log, horizon)
+    arrays, pipe, quarters, booked, mixture = model_arrays(model, log, horizon, pipe)
     cov_arrays = None
     if model.covariates is not None and model.covariates.active:
         cov_arrays, new_amounts = covariate_arrays(model, model.view(log), pipe, arrays)
@@ -727,19 +730,25 @@ def prepare_simulation(
 
 
 def simulate_quarter_totals(
-    model: PipelineModel, log: DealLog, n_paths: int, seed: int
+    model: PipelineModel,
+    log: DealLog,
+    n_paths: int,
+    seed: int,
+    pipe: pl.DataFrame | None = None,
 ) -> np.ndarray:
     """Simulated bookings of the quarter holding ``model.as_of`` (with what it booked before).
 
     A lean :func:`simulate` for scoring many fits (the half-life backtest): one
-    quarter, no per-deal output, no :class:`~forecast.results.Forecast`.
+    quarter, no per-deal output, no :class:`~forecast.results.Forecast`. ``pipe``: as
+    :func:`model_arrays` (the open pipeline, computed once for models fitted at one
+    instant).
 
     Returns
     -------
     ndarray of float64, shape (n_paths,)
         Currency.
     """
-    arrays, outcomes, _, _, booked = prepare_simulation(model, log, 1)
+    arrays, outcomes, _, _, booked = prepare_simulation(model, log, 1, pipe)
     samples = simulate_arrays(arrays, n_paths=n_paths, seed=seed, outcomes=outcomes)
     return samples.totals[:, 0].sum(axis=(1, 2)) + float(booked[0].sum())
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from forecast._validation import check_bool, check_int, check_seed
 from forecast._version import __version__
@@ -533,7 +534,7 @@ def choose_half_life(
     scoring = dataclasses.replace(options, tail_families=SCORING_TAIL_FAMILIES)
     for i, o in enumerate(origins):
         quarter = calendar.quarter_of(o)
-        realised = cut.booked_amount(quarter.start, quarter.end)
+        realised = _booked(data, cut, quarter.start, quarter.end)
         try:
             data_o = FitData.from_log(
                 cut,
@@ -542,11 +543,18 @@ def choose_half_life(
                 calendar=calendar,
                 recorded_from=recorded_from,
             )
+            # the log cut at the origin (cached by the cut above): its views are shared
+            # by every candidate's simulation, the open pipeline is taken once
+            log_o = cut.as_of(o)
+            pipe = log_o.pipeline(o)
             row = []
             for h in candidates:
                 d = data_o.with_half_life(h)
-                model = assemble_model(d, fit_components(d, scoring), None, options=no_draws)
-                total = simulate_quarter_totals(model, cut, n_paths, seed + i)
+                # no fingerprint: a scored model is never saved or compared
+                model = assemble_model(
+                    d, fit_components(d, scoring), None, options=no_draws, fingerprint=""
+                )
+                total = simulate_quarter_totals(model, log_o, n_paths, seed + i, pipe=pipe)
                 row.append(float(crps_samples(total, realised)))
         except ModelError:
             continue  # e.g. a stage not yet visited at this origin
@@ -569,6 +577,19 @@ def choose_half_life(
         n_paths,
         seed,
     )
+
+
+def _booked(data: FitData, cut: DealLog, start: dt.datetime, end: dt.datetime) -> float:
+    """Won amount (currency) booked in ``[start, end)`` (``end`` ≤ ``data.as_of``).
+
+    Read from the fit data's bookings (every win up to ``data.as_of``), which
+    :meth:`DealLog.booked_amount` would rebuild from the events.
+    """
+    b = data.bookings
+    if b is None or "won_at" not in b.columns:
+        return cut.booked_amount(start, end)
+    won = b.filter((pl.col("won_at") >= start) & (pl.col("won_at") < end))
+    return float(won["amount"].fill_null(0.0).sum())
 
 
 #: Parameter draws whose deal weights are held in memory at once (a block of draws is
