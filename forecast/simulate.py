@@ -20,6 +20,7 @@ import polars as pl
 from scipy import special
 from tqdm import tqdm
 
+from forecast._blas import one_blas_thread
 from forecast._kernels import (
     CovariateArrays,
     ModelArrays,
@@ -753,6 +754,7 @@ def simulate_quarter_totals(
     return samples.totals[:, 0].sum(axis=(1, 2)) + float(booked[0].sum())
 
 
+@one_blas_thread
 def simulate(
     model: PipelineModel,
     log: DealLog,

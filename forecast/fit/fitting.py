@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from forecast._blas import one_blas_thread
 from forecast._validation import check_bool, check_int, check_seed
 from forecast._version import __version__
 from forecast.calendar import FiscalCalendar
@@ -207,6 +208,7 @@ def covariate_draws(
     return out
 
 
+@one_blas_thread
 def fit(
     log: DealLog,
     *,
