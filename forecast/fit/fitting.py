@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,7 @@ from forecast.scores import crps_samples
 from forecast.simulate import simulate_quarter_totals
 
 __all__ = [
+    "BACKTEST_MAX_DEALS",
     "DRAW_BLOCK",
     "FitOptions",
     "PointFit",
@@ -439,6 +441,10 @@ def assemble_model(
     )
 
 
+#: Deals above which :func:`choose_half_life` scores a systematic sample of the history
+#: (every ``k``-th deal, ``k = ceil(n_deals / BACKTEST_MAX_DEALS)``).
+BACKTEST_MAX_DEALS = 50_000
+
 #: Tail families of the fits :func:`choose_half_life` scores.
 SCORING_TAIL_FAMILIES: tuple[str, ...] = ("exponential",)
 
@@ -454,6 +460,7 @@ def choose_half_life(
     n_origins: int = 4,
     n_paths: int = 400,
     min_history_quarters: int = 4,
+    max_deals: int | None = BACKTEST_MAX_DEALS,
 ) -> HalfLifeChoice:
     """Choose the recency half-life by a rolling-origin backtest of the history itself.
 
@@ -462,15 +469,27 @@ def choose_half_life(
     them), the log is cut there once (one :class:`FitData` per origin, shared by the
     candidates: only the weights change), every candidate of ``grid`` is fitted
     without parameter draws, and the quarter that followed is simulated with
-    ``n_paths`` paths (the same random numbers for every candidate) and scored by its
-    CRPS against what was booked. :func:`~forecast.fit.recency.select_half_life`
+    ``n_paths`` paths (the same random numbers for every candidate; the open pipeline
+    and the views of the origin's cut are taken once for all candidates) and scored
+    by its CRPS against what was booked. :func:`~forecast.fit.recency.select_half_life`
     picks the least weighting within one standard error of the best mean. The scored
     fits use exponential tails (:data:`SCORING_TAIL_FAMILIES`): the candidates differ
     in the body of the curves, and the family beyond the longest observed stay
     barely moves one quarter's forecast.
 
-    Cost: ``n_origins × len(grid)`` component fits and short simulations (measured
-    in ``benchmarks/bench_fit.py``); the choice is deterministic for a seed.
+    A history of more than ``max_deals`` deals is backtested on a systematic sample of
+    them: every ``k``-th deal in sorted deal-id order, ``k = ceil(n_deals /
+    max_deals)`` (:attr:`HalfLifeChoice.deal_step`), each with its whole history, and
+    scored against what those deals booked. The scores are then those of a history
+    ``k`` times smaller (noisier: on a 220,910-deal history, five disjoint samples of
+    every 5th deal chose 730 days three times and no weighting twice, where every deal
+    chose no weighting, with 365 days best by mean CRPS).
+
+    Cost: ``n_origins`` cuts of the log and ``n_origins × len(grid)`` component fits
+    and short simulations on at most ``max_deals`` deals. On the 1,050,332-event
+    history (220,910 deals) that is 2.9 CPU seconds, against 8.8 on every deal and
+    6.9 for the fit itself with 32 draws (``benchmarks/bench_fit.py`` measures it in
+    one run). The choice is deterministic for a seed.
 
     Parameters
     ----------
@@ -486,6 +505,8 @@ def choose_half_life(
     grid : sequence of float or None
         Candidate half-lives (days), least weighting first; None is no weighting.
     n_origins, n_paths, min_history_quarters : int
+    max_deals : int or None
+        Deals above which the backtest scores a sample (None: every deal).
 
     Returns
     -------
@@ -501,8 +522,17 @@ def choose_half_life(
     # the origins' cuts and views are cached on a private copy of the log, not on the
     # user's log: it would keep a copy of the events per origin for its lifetime and
     # carry them wherever it is pickled (e.g. sent to a Dask worker)
+    # a history of more than `max_deals` deals is scored on every `step`-th deal (sorted
+    # ids): the fits and simulations of the backtest cost in proportion to the deals
+    events, step, kept = cut.events, 1, None
+    if max_deals is not None:
+        ids = events["deal_id"].unique().sort()
+        step = max(1, math.ceil(ids.len() / max_deals))
+        if step > 1:
+            kept = ids.gather(np.arange(0, ids.len(), step))
+            events = events.filter(pl.col("deal_id").is_in(kept.implode()))
     cut = DealLog(
-        cut.events, cut.stages, cut.segment_columns, cut.report, cut=cut.cut, source=cut.source
+        events, cut.stages, cut.segment_columns, cut.report, cut=cut.cut, source=cut.source
     )
     start = data.history_start if data.history_start is not None else cut.first_timestamp
     first = calendar.quarter_of(start)
@@ -520,7 +550,9 @@ def choose_half_life(
     origins.reverse()
 
     def fallback(note: str) -> HalfLifeChoice:
-        return HalfLifeChoice(None, "auto", candidates, (), (), (), None, n_paths, seed, note)
+        return HalfLifeChoice(
+            None, "auto", candidates, (), (), (), None, n_paths, seed, note, deal_step=step
+        )
 
     if not origins:
         return fallback(
@@ -536,7 +568,7 @@ def choose_half_life(
     scoring = dataclasses.replace(options, tail_families=SCORING_TAIL_FAMILIES)
     for i, o in enumerate(origins):
         quarter = calendar.quarter_of(o)
-        realised = _booked(data, cut, quarter.start, quarter.end)
+        realised = _booked(data, cut, quarter.start, quarter.end, kept)
         try:
             data_o = FitData.from_log(
                 cut,
@@ -578,19 +610,29 @@ def choose_half_life(
         index,
         n_paths,
         seed,
+        deal_step=step,
     )
 
 
-def _booked(data: FitData, cut: DealLog, start: dt.datetime, end: dt.datetime) -> float:
-    """Won amount (currency) booked in ``[start, end)`` (``end`` ≤ ``data.as_of``).
+def _booked(
+    data: FitData,
+    cut: DealLog,
+    start: dt.datetime,
+    end: dt.datetime,
+    deals: pl.Series | None = None,
+) -> float:
+    """Won amount (currency) of ``cut`` booked in ``[start, end)`` (``end`` ≤ ``data.as_of``).
 
-    Read from the fit data's bookings (every win up to ``data.as_of``), which
-    :meth:`DealLog.booked_amount` would rebuild from the events.
+    Read from the fit data's bookings (every win up to ``data.as_of``; only those of
+    ``deals`` when ``cut`` holds only these), which :meth:`DealLog.booked_amount` would
+    rebuild from the events.
     """
     b = data.bookings
-    if b is None or "won_at" not in b.columns:
+    if b is None or "won_at" not in b.columns or "deal_id" not in b.columns:
         return cut.booked_amount(start, end)
     won = b.filter((pl.col("won_at") >= start) & (pl.col("won_at") < end))
+    if deals is not None:
+        won = won.filter(pl.col("deal_id").cast(pl.Utf8).is_in(deals.cast(pl.Utf8).implode()))
     return float(won["amount"].fill_null(0.0).sum())
 
 
