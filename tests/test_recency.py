@@ -26,6 +26,7 @@ from forecast.fit.fitting import (
     SCORING_TAIL_FAMILIES,
     FitOptions,
     assemble_model,
+    choose_half_life,
     fit_components,
 )
 from forecast.fit.recency import HalfLifeChoice, check_half_life, select_half_life
@@ -337,6 +338,33 @@ def test_auto_scores_equal_one_plain_fit_and_simulation_per_candidate(sample_log
             model = assemble_model(d, fit_components(d, options), None, options={"n_draws": 0})
             total = simulate_quarter_totals(model, sample_log, choice.n_paths, choice.seed + i)
             assert choice.crps[j][i] == pytest.approx(crps_samples(total, realised), rel=1e-12)
+
+
+def test_large_history_is_backtested_on_every_kth_deal(sample_log, sample_fit_arguments):
+    # with at most 1,000 deals scored, the 3,160-deal sample is backtested on every 4th
+    # deal id (sorted): the same scores as backtesting a log of only those deals
+    data = FitData.from_log(sample_log, as_of="2025-01-01", segment_by=["segment"])
+    sampled = choose_half_life(sample_log, data=data, options=FitOptions(), max_deals=1000)
+    step = math.ceil(sample_log.n_deals / 1000)
+    assert sampled.deal_step == step == 4
+    ids = sample_log.events["deal_id"].unique().sort()
+    kept = ids.gather(np.arange(0, ids.len(), step))
+    small = forecast.DealLog(
+        sample_log.events.filter(pl.col("deal_id").is_in(kept.implode())),
+        sample_log.stages,
+        sample_log.segment_columns,
+        sample_log.report,
+    )
+    small_data = FitData.from_log(small, as_of="2025-01-01", segment_by=["segment"])
+    plain = choose_half_life(small, data=small_data, options=FitOptions(), max_deals=None)
+    assert plain.deal_step == 1
+    assert sampled.origins == plain.origins and sampled.booked == plain.booked
+    assert sampled.crps == plain.crps and sampled.half_life == plain.half_life
+    assert "every 4th deal" in sampled.describe()
+    assert HalfLifeChoice.from_dict(sampled.to_dict()).deal_step == 4
+    # below the cap nothing is sampled
+    whole = choose_half_life(sample_log, data=data, options=FitOptions())
+    assert whole.deal_step == 1 and "deal_step" not in whole.to_dict()
 
 
 def test_given_half_life_is_used_by_every_draw(sample_log):
