@@ -486,10 +486,10 @@ def choose_half_life(
     chose no weighting, with 365 days best by mean CRPS).
 
     Cost: ``n_origins`` cuts of the log and ``n_origins × len(grid)`` component fits
-    and short simulations on at most ``max_deals`` deals. On the 1,050,332-event
-    history (220,910 deals) that is 2.9 CPU seconds, against 8.8 on every deal and
-    6.9 for the fit itself with 32 draws (``benchmarks/bench_fit.py`` measures it in
-    one run). The choice is deterministic for a seed.
+    and short simulations on at most ``max_deals`` deals. On a 1,050,332-event
+    history (220,910 deals) that was about 3 CPU seconds, against 9 on every deal;
+    ``benchmarks/bench_fit.py`` measures it against the fit with 32 draws in one run.
+    The choice is deterministic for a seed.
 
     Parameters
     ----------
