@@ -526,9 +526,10 @@ def choose_half_life(
     # ids): the fits and simulations of the backtest cost in proportion to the deals
     events, step, kept = cut.events, 1, None
     if max_deals is not None:
-        ids = events["deal_id"].unique().sort()
-        step = max(1, math.ceil(ids.len() / max_deals))
+        max_deals = check_int(max_deals, "max_deals", "choose_half_life", minimum=1)
+        step = max(1, math.ceil(events["deal_id"].n_unique() / max_deals))
         if step > 1:
+            ids = events["deal_id"].unique().sort()
             kept = ids.gather(np.arange(0, ids.len(), step))
             events = events.filter(pl.col("deal_id").is_in(kept.implode()))
     cut = DealLog(
