@@ -661,8 +661,13 @@ def model_arrays(
         shock_sigma=sigma,
     )
     booked = np.zeros((horizon, G))
+    # the wins up to t are those of the log cut at t (the same rows; its views are
+    # cached by the pipeline above), except in a history rebuilt from exports, where
+    # the cut holds only what the last export before t showed
+    snapshots = log.source is not None and bool(log.source.snapshot_dates)
+    known = log if snapshots else log.as_of(t)
     b = segment_labels(
-        log.bookings(quarters[0].start, t + dt.timedelta(microseconds=1)), model.segment_by
+        known.bookings(quarters[0].start, t + dt.timedelta(microseconds=1)), model.segment_by
     )
     for g_label, amt in (
         b.group_by(SEGMENT_COLUMN).agg(pl.col("amount").fill_null(0.0).sum()).rows()
