@@ -20,6 +20,7 @@ import polars as pl
 from scipy import special
 from tqdm import tqdm
 
+from forecast._blas import one_blas_thread
 from forecast._kernels import (
     CovariateArrays,
     ModelArrays,
@@ -559,9 +560,12 @@ def exit_densities(model: PipelineModel, n_bins: int) -> np.ndarray:
 
 
 def model_arrays(
-    model: PipelineModel, log: DealLog, horizon: int
+    model: PipelineModel, log: DealLog, horizon: int, pipe: pl.DataFrame | None = None
 ) -> tuple[ModelArrays, pl.DataFrame, list[Any], np.ndarray, AgeMixture]:
     """Pack ``model`` and the open pipeline of ``log`` at ``model.as_of`` into kernel arrays.
+
+    ``pipe``, when given, is ``model.view(log).pipeline(model.as_of)`` computed before
+    (several models fitted at one instant share it).
 
     Returns
     -------
@@ -585,7 +589,7 @@ def model_arrays(
     quarters, qb = quarter_bins(model, horizon)
     W = int(model.quarter_end.window_days)
 
-    pipe = segment_labels(log.pipeline(t), model.segment_by)
+    pipe = segment_labels(log.pipeline(t) if pipe is None else pipe, model.segment_by)
     unknown = sorted(set(pipe[SEGMENT_COLUMN].unique().to_list()) - set(segs))
     if unknown:
         raise ParameterError(
@@ -657,8 +661,13 @@ def model_arrays(
         shock_sigma=sigma,
     )
     booked = np.zeros((horizon, G))
+    # the wins up to t are those of the log cut at t (the same rows; its views are
+    # cached by the pipeline above), except in a history rebuilt from exports, where
+    # the cut holds only what the last export before t showed
+    snapshots = log.source is not None and bool(log.source.snapshot_dates)
+    known = log if snapshots else log.as_of(t)
     b = segment_labels(
-        log.bookings(quarters[0].start, t + dt.timedelta(microseconds=1)), model.segment_by
+        known.bookings(quarters[0].start, t + dt.timedelta(microseconds=1)), model.segment_by
     )
     for g_label, amt in (
         b.group_by(SEGMENT_COLUMN).agg(pl.col("amount").fill_null(0.0).sum()).rows()
@@ -669,7 +678,7 @@ def model_arrays(
 
 
 def prepare_simulation(
-    model: PipelineModel, log: DealLog, horizon: int
+    model: PipelineModel, log: DealLog, horizon: int, pipe: pl.DataFrame | None = None
 ) -> tuple[ModelArrays, OutcomeArrays, pl.DataFrame, list[Any], np.ndarray]:
     """Everything a simulation samples from: arrays, per-deal outcome probabilities.
 
@@ -683,9 +692,9 @@ def prepare_simulation(
     arrays : forecast._kernels.ModelArrays
     outcomes : forecast._kernels.OutcomeArrays
     pipe, quarters, booked
-        As :func:`model_arrays`.
+        As :func:`model_arrays` (``pipe`` given: as there).
     """
-    arrays, pipe, quarters, booked, mixture = model_arrays(model, log, horizon)
+    arrays, pipe, quarters, booked, mixture = model_arrays(model, log, horizon, pipe)
     cov_arrays = None
     if model.covariates is not None and model.covariates.active:
         cov_arrays, new_amounts = covariate_arrays(model, model.view(log), pipe, arrays)
@@ -727,23 +736,30 @@ def prepare_simulation(
 
 
 def simulate_quarter_totals(
-    model: PipelineModel, log: DealLog, n_paths: int, seed: int
+    model: PipelineModel,
+    log: DealLog,
+    n_paths: int,
+    seed: int,
+    pipe: pl.DataFrame | None = None,
 ) -> np.ndarray:
     """Simulated bookings of the quarter holding ``model.as_of`` (with what it booked before).
 
     A lean :func:`simulate` for scoring many fits (the half-life backtest): one
-    quarter, no per-deal output, no :class:`~forecast.results.Forecast`.
+    quarter, no per-deal output, no :class:`~forecast.results.Forecast`. ``pipe``: as
+    :func:`model_arrays` (the open pipeline, computed once for models fitted at one
+    instant).
 
     Returns
     -------
     ndarray of float64, shape (n_paths,)
         Currency.
     """
-    arrays, outcomes, _, _, booked = prepare_simulation(model, log, 1)
+    arrays, outcomes, _, _, booked = prepare_simulation(model, log, 1, pipe)
     samples = simulate_arrays(arrays, n_paths=n_paths, seed=seed, outcomes=outcomes)
     return samples.totals[:, 0].sum(axis=(1, 2)) + float(booked[0].sum())
 
 
+@one_blas_thread
 def simulate(
     model: PipelineModel,
     log: DealLog,

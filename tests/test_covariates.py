@@ -27,6 +27,7 @@ from forecast.fit.covariates import (
     baseline_steps,
     build_design,
     covariate_states,
+    deal_states,
     tilt_density,
 )
 from forecast.fit.cox import CoxRows, breslow_increments, fit_cox
@@ -237,6 +238,44 @@ def test_rows_split_at_changes_and_hold_the_values_known_then():
         pl.col("deal_id") == "d3"
     )
     assert d3["stop"].to_list() == [pytest.approx(18.0)] and d3["event"].to_list() == [-1]
+
+
+def test_deal_states_fill_within_each_deal_only():
+    # deal e2 starts with nothing known: the values of e1's last rows must not leak into
+    # it, and its close-date pushes count from its own first row
+    t = dt.datetime(2024, 1, 1)
+    day = dt.timedelta(days=1)
+    rows = [
+        ("e1", t, "A", 100.0, t + 30 * day, "Partner"),
+        ("e1", t + 2 * day, "A", None, t + 40 * day, None),
+        ("e1", t + 3 * day, "B", None, None, None),
+        ("e2", t + 1 * day, "A", None, None, None),
+        ("e2", t + 4 * day, "A", 70.0, t + 50 * day, "Inbound"),
+        ("e2", t + 5 * day, "A", None, t + 20 * day, None),
+        ("e2", t + 6 * day, "B", None, t + 60 * day, None),
+    ]
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "deal_id": pl.Utf8,
+            "timestamp": pl.Datetime("us"),
+            "stage": pl.Utf8,
+            "amount": pl.Float64,
+            "close_date": pl.Datetime("us"),
+            "source": pl.Utf8,
+        },
+        orient="row",
+    )
+    log = read_deal_log(frame, stages=STAGES, segment_columns=["source"])
+    st = deal_states(log, ["source"]).sort("deal_id", "timestamp")
+    e1, e2 = st.filter(pl.col("deal_id") == "e1"), st.filter(pl.col("deal_id") == "e2")
+    assert e1["_amount"].to_list() == [100.0, 100.0, 100.0]
+    assert e1["source"].to_list() == ["Partner"] * 3
+    assert e1["_pushes"].to_list() == [0, 1, 1]
+    assert e2["_amount"].to_list() == [None, 70.0, 70.0, 70.0]
+    assert e2["source"].to_list() == [None, "Inbound", "Inbound", "Inbound"]
+    assert e2["_close"].to_list() == [None, t + 50 * day, t + 20 * day, t + 60 * day]
+    assert e2["_pushes"].to_list() == [0, 0, 0, 1]  # a move earlier is not a push
 
 
 def test_rows_never_see_a_change_after_the_as_of_date():

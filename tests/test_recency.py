@@ -8,6 +8,7 @@ scipy's optimiser on the written-out weighted and truncated likelihoods.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 
@@ -21,9 +22,18 @@ from forecast.errors import ParameterError
 from forecast.fit.arrivals import poisson_glm
 from forecast.fit.competing_risks import CensoredSpells, aalen_johansen
 from forecast.fit.data import FitData, recency_weights
+from forecast.fit.fitting import (
+    SCORING_TAIL_FAMILIES,
+    FitOptions,
+    assemble_model,
+    choose_half_life,
+    fit_components,
+)
 from forecast.fit.recency import HalfLifeChoice, check_half_life, select_half_life
 from forecast.fit.shocks import reml_shock_variance
 from forecast.fit.tails import fit_tail
+from forecast.scores import crps_samples
+from forecast.simulate import simulate_quarter_totals
 
 
 def delayed_sample(seed: int, n: int = 300, n_codes: int = 4):
@@ -309,6 +319,52 @@ def test_auto_half_life_is_deterministic_and_saved(sample_log, sample_model, sam
     h = s["half_life_days"].unique().to_list()
     assert h == [choice.half_life]
     assert s["half_life_scores"][0] == choice.scores_text()
+
+
+def test_auto_scores_equal_one_plain_fit_and_simulation_per_candidate(sample_log, sample_model):
+    # the backtest shares the origin's cut, pipeline and bookings among the candidates;
+    # each score must equal fitting that candidate on its own and simulating it from
+    # the whole log, scored against the log's own booked amount
+    choice = sample_model.recency
+    options = dataclasses.replace(FitOptions(), tail_families=SCORING_TAIL_FAMILIES)
+    for i in (0, len(choice.origins) - 1):
+        origin = choice.origins[i]
+        quarter = sample_model.calendar.quarter_of(origin)
+        realised = sample_log.booked_amount(quarter.start, quarter.end)
+        assert choice.booked[i] == pytest.approx(realised, rel=1e-12)
+        data = FitData.from_log(sample_log, as_of=origin, segment_by=sample_model.segment_by)
+        for j, h in enumerate(choice.candidates):
+            d = data.with_half_life(h)
+            model = assemble_model(d, fit_components(d, options), None, options={"n_draws": 0})
+            total = simulate_quarter_totals(model, sample_log, choice.n_paths, choice.seed + i)
+            assert choice.crps[j][i] == pytest.approx(crps_samples(total, realised), rel=1e-12)
+
+
+def test_large_history_is_backtested_on_every_kth_deal(sample_log, sample_fit_arguments):
+    # with at most 1,000 deals scored, the 3,160-deal sample is backtested on every 4th
+    # deal id (sorted): the same scores as backtesting a log of only those deals
+    data = FitData.from_log(sample_log, as_of="2025-01-01", segment_by=["segment"])
+    sampled = choose_half_life(sample_log, data=data, options=FitOptions(), max_deals=1000)
+    step = math.ceil(sample_log.n_deals / 1000)
+    assert sampled.deal_step == step == 4
+    ids = sample_log.events["deal_id"].unique().sort()
+    kept = ids.gather(np.arange(0, ids.len(), step))
+    small = forecast.DealLog(
+        sample_log.events.filter(pl.col("deal_id").is_in(kept.implode())),
+        sample_log.stages,
+        sample_log.segment_columns,
+        sample_log.report,
+    )
+    small_data = FitData.from_log(small, as_of="2025-01-01", segment_by=["segment"])
+    plain = choose_half_life(small, data=small_data, options=FitOptions(), max_deals=None)
+    assert plain.deal_step == 1
+    assert sampled.origins == plain.origins and sampled.booked == plain.booked
+    assert sampled.crps == plain.crps and sampled.half_life == plain.half_life
+    assert "every 4th deal" in sampled.describe()
+    assert HalfLifeChoice.from_dict(sampled.to_dict()).deal_step == 4
+    # below the cap nothing is sampled
+    whole = choose_half_life(sample_log, data=data, options=FitOptions())
+    assert whole.deal_step == 1 and "deal_step" not in whole.to_dict()
 
 
 def test_given_half_life_is_used_by_every_draw(sample_log):

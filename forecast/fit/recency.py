@@ -128,6 +128,10 @@ class HalfLifeChoice:
         Seed of the scored simulations (the choice is deterministic for a seed).
     note : str
         Why the choice fell back to no weighting, if it did.
+    deal_step : int
+        The backtest scored every ``deal_step``-th deal of the history (in sorted
+        deal-id order; 1: every deal), a sample that bounds its cost on large
+        histories; the fit itself uses every deal.
     """
 
     half_life: float | None
@@ -140,6 +144,7 @@ class HalfLifeChoice:
     n_paths: int = 0
     seed: int = 0
     note: str = ""
+    deal_step: int = 1
 
     @property
     def scored(self) -> bool:
@@ -191,10 +196,11 @@ class HalfLifeChoice:
             return head + " (given)"
         if not self.scored:
             return f"{head} (auto: {self.note})"
+        sample = "" if self.deal_step == 1 else f" of every {self.deal_step}th deal"
         return (
-            f"{head} (auto: mean CRPS of the next quarter over {len(self.origins)} origins "
-            f"{self.origins[0]:%Y-%m-%d}..{self.origins[-1]:%Y-%m-%d}: {self.scores_text()}; "
-            "the least weighting within one standard error of the best)"
+            f"{head} (auto: mean CRPS of the next quarter{sample} over {len(self.origins)} "
+            f"origins {self.origins[0]:%Y-%m-%d}..{self.origins[-1]:%Y-%m-%d}: "
+            f"{self.scores_text()}; the least weighting within one standard error of the best)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +216,8 @@ class HalfLifeChoice:
             "n_paths": self.n_paths,
             "seed": self.seed,
             "note": self.note,
+            # only a sampled backtest says so (the JSON of one on every deal is unchanged)
+            **({"deal_step": self.deal_step} if self.deal_step != 1 else {}),
         }
 
     @classmethod
@@ -226,4 +234,5 @@ class HalfLifeChoice:
             n_paths=int(d.get("n_paths", 0)),
             seed=int(d.get("seed", 0)),
             note=str(d.get("note", "")),
+            deal_step=int(d.get("deal_step", 1)),
         )
