@@ -67,6 +67,7 @@ def run_phases(
     draws: int = 32,
     half_life: Any = "auto",
     paths: int = 10_000,
+    fit: bool = True,
     simulate: bool = True,
     write: bool = True,
 ) -> dict[str, Any]:
@@ -94,11 +95,12 @@ def run_phases(
             )
         peak_after_read = max_rss_mb()
         frame_mb = log.events.estimated_size("mb")
-        with mem.phase("fit"):
-            model = forecast.fit(
-                log, segment_by=list(segment), n_draws=draws, half_life=half_life
-            )
-        if simulate:
+        if fit:
+            with mem.phase("fit"):
+                model = forecast.fit(
+                    log, segment_by=list(segment), n_draws=draws, half_life=half_life
+                )
+        if fit and simulate:
             with mem.phase("simulate"):
                 fc = model.simulate(log, n_paths=paths, progress=False)
             if write:
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--half-life", default="auto")
     parser.add_argument("--paths", type=int, default=10_000)
     parser.add_argument("--no-simulate", action="store_true")
+    parser.add_argument("--read-only", action="store_true", help="read, do not fit")
     parser.add_argument("--json", help="write the result to this JSON file")
     args = parser.parse_args(argv)
     half_life: Any = args.half_life
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         draws=args.draws,
         half_life=half_life,
         paths=args.paths,
+        fit=not args.read_only,
         simulate=not args.no_simulate,
     )
     print(report(r))

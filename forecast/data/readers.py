@@ -316,9 +316,13 @@ def read_deal_log(
         )
     else:
         table = _load_needed_columns(source, shape, p, columns, (*segments, *numerics))
+    # handed over in a list so that `_canonical` holds the only reference and can let the
+    # loaded table go as soon as the typed frame exists (a copy less at the peak)
+    loaded = [table]
+    del table
     try:
         return _canonical(
-            table,
+            loaded,
             shape,
             p,
             columns,
@@ -347,7 +351,7 @@ def read_deal_log(
 
 
 def _canonical(
-    table: pl.DataFrame,
+    loaded: list[pl.DataFrame],
     shape: str,
     p: Preset | None,
     columns: Mapping[str, str | None] | None,
@@ -362,7 +366,12 @@ def _canonical(
     source: Any,
     numerics: tuple[str, ...] = (),
 ) -> DealLog:
-    """The reader's steps after loading: map, type, classify, build events."""
+    """The reader's steps after loading: map, type, classify, build events.
+
+    ``loaded`` holds the loaded table, taken out of it here: once the typed frame
+    exists nothing refers to the table any more and its memory is released.
+    """
+    table = loaded.pop()
     if _ROW in table.columns:  # pragma: no cover - defensive
         table = table.drop(_ROW)
     if table.height == 0:
@@ -415,6 +424,7 @@ def _canonical(
         *[pl.col(s) for s in numerics],
         pl.col(_ROW).alias("source_row"),
     )
+    del table  # columns not selected are released; the selected ones live on in `frame`
     frame = _numeric_typed(frame, numerics)
     frame = _typed(frame, found, shape, formats, epoch_unit, tally)
     stage_map = _stage_map(frame, stages, open_stages, found["stage"])
