@@ -230,7 +230,11 @@ class DealLog:
             if self.source is not None and self.source.snapshot_dates:
                 last_export = self.source.last_export_at_or_before(t)
                 known = last_export if last_export is not None else dt.datetime.min
-            ev = self.events.filter(pl.col("timestamp") <= known)
+            latest = self.events["timestamp"].max()
+            if latest is None or latest <= known:  # type: ignore[operator]
+                ev = self.events  # every row is known: the same frame, no copy
+            else:
+                ev = self.events.filter(pl.col("timestamp") <= known)
             self._cache[key] = DealLog(
                 ev,
                 self.stages,

@@ -41,6 +41,7 @@ from forecast.data.validation import (
     check_event_time_range,
     check_stages,
     check_terminal_transitions,
+    created_at_range_per_deal,
     deduplicate_and_sort,
     parse_amount_column,
     parse_datetime_column,
@@ -372,17 +373,18 @@ def _canonical(
     exists nothing refers to the table any more and its memory is released.
     """
     table = loaded.pop()
-    if _ROW in table.columns:  # pragma: no cover - defensive
-        table = table.drop(_ROW)
+    numbered = _ROW in table.columns  # numbered by the scan (`_collect_needed`)
     if table.height == 0:
         raise DataError(
-            f"{_what(source).capitalize()} has no rows (only the columns {table.columns}). "
+            f"{_what(source).capitalize()} has no rows (only the columns "
+            f"{[c for c in table.columns if c != _ROW]}). "
             "Expected a deal history: at least one row per deal.",
             expected="at least one row",
             found=0,
         )
     tally = RepairCounts(rows_read=table.height)
-    table = table.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW))
+    if not numbered:
+        table = table.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW))
     if p is not None:
         table = _drop_deleted(table, p, tally)
         if table.height == 0:
@@ -527,7 +529,14 @@ def _collect_needed(
         return lazy.collect()
     wanted = {c for cands in candidates.values() for c in cands}
     wanted |= set(segments) | set(p.extra_columns if p is not None else ())
-    return lazy.select([c for c in names if c in wanted]).collect()
+    # rows numbered while scanning: the numbers come in the same chunks as the columns,
+    # so selecting columns later does not copy (re-chunk) the whole table
+    return (
+        lazy.select([c for c in names if c in wanted])
+        .with_row_index(_ROW)
+        .with_columns(pl.col(_ROW).cast(pl.Int64))
+        .collect()
+    )
 
 
 def _is_folder(source: Any) -> bool:
@@ -832,12 +841,9 @@ def _stage_map(
 
 
 def _note_created_at(events: pl.DataFrame, tally: RepairCounts) -> None:
-    varying = (
-        events.group_by("deal_id")
-        .agg(pl.col("created_at").drop_nulls().n_unique().alias("n"))
-        .filter(pl.col("n") > 1)
-        .height
-    )
+    low, high = created_at_range_per_deal(events)
+    first_row = (pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True)
+    varying = int(events.select(first_row & (pl.lit(low) != pl.lit(high))).to_series().sum())
     if varying:
         tally.notes.append(
             f"{varying} deal(s) have `created_at` values that differ between rows; kept as "

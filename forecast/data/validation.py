@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from forecast.data.stages import StageMap
@@ -844,6 +845,48 @@ def check_stages(frame: pl.DataFrame, stages: StageMap, source: str | None = Non
     )
 
 
+def created_at_range_per_deal(events: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+    """Earliest and latest ``created_at`` of each row's deal, on every row of the deal.
+
+    The rows of a deal are adjacent (the events are sorted by deal), so the extremes
+    are reduced over contiguous blocks (``numpy.minimum.reduceat``) rather than
+    grouped by ``deal_id`` (a hash table of every deal).
+
+    Parameters
+    ----------
+    events : polars.DataFrame
+        ``deal_id`` and ``created_at`` (Datetime("us"), nullable), a deal's rows adjacent.
+
+    Returns
+    -------
+    (polars.Series, polars.Series)
+        Datetime("us") columns of shape ``(n_rows,)``; null where the deal has no
+        ``created_at`` at all.
+    """
+    n = events.height
+    dtype = pl.Datetime("us")
+    if n == 0:
+        return pl.Series("_low", [], dtype=dtype), pl.Series("_high", [], dtype=dtype)
+    starts = (
+        events.select((pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True))
+        .to_series()
+        .arg_true()
+        .to_numpy()
+        .astype(np.int64)
+    )
+    lengths = np.diff(np.append(starts, n))
+    micros = events["created_at"].cast(dtype).to_physical()
+    none = np.iinfo(np.int64)
+    low = np.minimum.reduceat(micros.fill_null(none.max).to_numpy(), starts)
+    high = np.maximum.reduceat(micros.fill_null(none.min).to_numpy(), starts)
+    known = low != none.max  # the deal has a created_at on some row
+    out = []
+    for name, ext in (("_low", low), ("_high", high)):
+        col = pl.Series(name, np.repeat(ext, lengths)).cast(dtype)
+        out.append(col.set(pl.Series(np.repeat(~known, lengths)), None))
+    return out[0], out[1]
+
+
 def check_creation_dates(
     events: pl.DataFrame, stages: StageMap, tally: RepairCounts, source: str | None = None
 ) -> None:
@@ -870,8 +913,8 @@ def check_creation_dates(
     TimestampError
         Naming the deal, the terminal row, its stage and both dates.
     """
-    created = pl.col("created_at").min().over("deal_id")
-    early = events.with_columns(created.alias("_created")).filter(
+    low, _ = created_at_range_per_deal(events)
+    early = events.with_columns(low.alias("_created")).filter(
         pl.col("timestamp") < pl.col("_created") - pl.duration(days=1)
     )
     if early.height == 0:
@@ -921,34 +964,45 @@ def deduplicate_and_sort(frame: pl.DataFrame, tally: RepairCounts) -> pl.DataFra
         Same columns, sorted.
     """
     subset = [c for c in frame.columns if c != "source_row"]
-    frame = frame.sort("source_row")
-    # Only rows whose hash is shared can be duplicates: compare those in full (a table of
-    # every row's values would take several times the frame's memory).
-    shared = frame.select(pl.struct(subset).hash(seed=0).is_duplicated()).to_series()
+    n_rows = frame.height
+    if not frame["source_row"].is_sorted():
+        frame = frame.sort("source_row")
+    if _is_sorted(frame):
+        events, late = frame, 0  # already in order (the usual CRM export): no sorted copy
+    else:
+        events = frame.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
+        # A row is late when an earlier row of its deal has a later timestamp: in the
+        # order of the rows as given (per deal), its rank in the sorted events is below
+        # the largest rank before it. Ranks grow with the deal, so a running maximum over
+        # the whole frame never carries one deal's ranks into the next.
+        late = -1
+    del frame
+    # Exact duplicates share deal_id and timestamp, so in this order they lie in runs of
+    # rows with the same (deal_id, timestamp): only the rows of such runs are compared in
+    # full (a table or hash set of every row's values would take several times the
+    # frame's memory).
+    same_key = (
+        pl.col("deal_id").eq_missing(pl.col("deal_id").shift(1))
+        & pl.col("timestamp").eq_missing(pl.col("timestamp").shift(1))
+    ).fill_null(False)
+    shared = events.select(same_key | same_key.shift(-1).fill_null(False)).to_series()
     if shared.any():
-        candidates = frame.filter(shared)
+        candidates = events.filter(shared).sort("source_row")
         kept = candidates.unique(subset=subset, keep="first", maintain_order=True)
         dropped = candidates["source_row"].filter(
             ~candidates["source_row"].is_in(kept["source_row"])
         )
-        deduped = frame.filter(~pl.col("source_row").is_in(dropped))
-    else:
-        deduped = frame
-    tally.exact_duplicates_removed += frame.height - deduped.height
-    if _is_sorted(deduped):
-        return deduped  # already in order (the usual CRM export): no sorted copy
-    events = deduped.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
-    # A row is late when an earlier row of its deal has a later timestamp: in the order
-    # of the rows as given (per deal), its rank in the sorted events is below the
-    # largest rank before it. Ranks grow with the deal, so a running maximum over the
-    # whole frame never carries one deal's ranks into the next.
-    late = (
-        events.select("deal_id", "source_row")
-        .with_row_index("_rank")
-        .sort(["deal_id", "source_row"])
-        .select((pl.col("_rank") < pl.col("_rank").cum_max().shift(1)).fill_null(False).sum())
-        .item()
-    )
+        if dropped.len():
+            events = events.filter(~pl.col("source_row").is_in(dropped))
+    tally.exact_duplicates_removed += n_rows - events.height
+    if late < 0:
+        late = (
+            events.select("deal_id", "source_row")
+            .with_row_index("_rank")
+            .sort(["deal_id", "source_row"])
+            .select((pl.col("_rank") < pl.col("_rank").cum_max().shift(1)).fill_null(False).sum())
+            .item()
+        )
     tally.rows_reordered += int(late)
     return events
 
