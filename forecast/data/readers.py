@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from forecast.data.deal_log import DealLog, LogSource
@@ -41,7 +42,7 @@ from forecast.data.validation import (
     check_event_time_range,
     check_stages,
     check_terminal_transitions,
-    created_at_range_per_deal,
+    created_at_extremes_per_deal,
     deduplicate_and_sort,
     parse_amount_column,
     parse_datetime_column,
@@ -841,9 +842,8 @@ def _stage_map(
 
 
 def _note_created_at(events: pl.DataFrame, tally: RepairCounts) -> None:
-    low, high = created_at_range_per_deal(events)
-    first_row = (pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True)
-    varying = int(events.select(first_row & (pl.lit(low) != pl.lit(high))).to_series().sum())
+    _, low, high = created_at_extremes_per_deal(events)
+    varying = int(np.count_nonzero(low < high))  # deals without created_at: low > high
     if varying:
         tally.notes.append(
             f"{varying} deal(s) have `created_at` values that differ between rows; kept as "

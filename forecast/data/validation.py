@@ -845,8 +845,10 @@ def check_stages(frame: pl.DataFrame, stages: StageMap, source: str | None = Non
     )
 
 
-def created_at_range_per_deal(events: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
-    """Earliest and latest ``created_at`` of each row's deal, on every row of the deal.
+def created_at_extremes_per_deal(
+    events: pl.DataFrame,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Earliest and latest ``created_at`` of each deal, and the deals' row counts.
 
     The rows of a deal are adjacent (the events are sorted by deal), so the extremes
     are reduced over contiguous blocks (``numpy.minimum.reduceat``) rather than
@@ -859,14 +861,16 @@ def created_at_range_per_deal(events: pl.DataFrame) -> tuple[pl.Series, pl.Serie
 
     Returns
     -------
-    (polars.Series, polars.Series)
-        Datetime("us") columns of shape ``(n_rows,)``; null where the deal has no
-        ``created_at`` at all.
+    lengths : numpy.ndarray
+        int64, shape ``(n_deals,)``: rows of each deal, in frame order.
+    low, high : numpy.ndarray
+        int64 microseconds since the epoch, shape ``(n_deals,)``; a deal without any
+        ``created_at`` has ``low = int64 max`` and ``high = int64 min``.
     """
     n = events.height
-    dtype = pl.Datetime("us")
     if n == 0:
-        return pl.Series("_low", [], dtype=dtype), pl.Series("_high", [], dtype=dtype)
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
     starts = (
         events.select((pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True))
         .to_series()
@@ -875,16 +879,11 @@ def created_at_range_per_deal(events: pl.DataFrame) -> tuple[pl.Series, pl.Serie
         .astype(np.int64)
     )
     lengths = np.diff(np.append(starts, n))
-    micros = events["created_at"].cast(dtype).to_physical()
-    none = np.iinfo(np.int64)
-    low = np.minimum.reduceat(micros.fill_null(none.max).to_numpy(), starts)
-    high = np.maximum.reduceat(micros.fill_null(none.min).to_numpy(), starts)
-    known = low != none.max  # the deal has a created_at on some row
-    out = []
-    for name, ext in (("_low", low), ("_high", high)):
-        col = pl.Series(name, np.repeat(ext, lengths)).cast(dtype)
-        out.append(col.set(pl.Series(np.repeat(~known, lengths)), None))
-    return out[0], out[1]
+    micros = events["created_at"].cast(pl.Datetime("us")).to_physical()
+    limit = np.iinfo(np.int64)
+    low = np.minimum.reduceat(micros.fill_null(limit.max).to_numpy(), starts)
+    high = np.maximum.reduceat(micros.fill_null(limit.min).to_numpy(), starts)
+    return lengths, low, high
 
 
 def check_creation_dates(
@@ -913,12 +912,17 @@ def check_creation_dates(
     TimestampError
         Naming the deal, the terminal row, its stage and both dates.
     """
-    low, _ = created_at_range_per_deal(events)
-    early = events.with_columns(low.alias("_created")).filter(
-        pl.col("timestamp") < pl.col("_created") - pl.duration(days=1)
-    )
-    if early.height == 0:
+    lengths, low, _ = created_at_extremes_per_deal(events)
+    slack = 86_400_000_000  # one day in microseconds
+    # a deal without created_at (low = int64 max) has no early row
+    cutoff = np.where(low == np.iinfo(np.int64).max, np.iinfo(np.int64).min, low - slack)
+    times = events["timestamp"].cast(pl.Datetime("us")).to_physical().to_numpy()
+    is_early = times < np.repeat(cutoff, lengths)
+    del times
+    if not is_early.any():
         return
+    created = pl.Series("_created", np.repeat(low, lengths)).cast(pl.Datetime("us"))
+    early = events.with_columns(created).filter(pl.Series(is_early))
     kinds = {s: stages.kind(s) for s in stages.names()}
     closed = early.filter(pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8) != "open")
     if closed.height:
