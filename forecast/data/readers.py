@@ -435,7 +435,10 @@ def _canonical(
 
     snapshot_dates: tuple[dt.datetime, ...] = ()
     if shape == "events":
-        events = deduplicate_and_sort(frame, tally)
+        # one chunk per column, as a sort leaves it: sums over the columns then add up in
+        # the same order whatever the source's row groups (no copy if already one chunk)
+        events = deduplicate_and_sort(frame, tally).rechunk()
+        del frame
         _note_created_at(events, tally)
     elif shape == "snapshots":
         events, stage_map, snapshot_dates = snapshots_to_events(

@@ -972,7 +972,9 @@ def deduplicate_and_sort(frame: pl.DataFrame, tally: RepairCounts) -> pl.DataFra
     if not frame["source_row"].is_sorted():
         frame = frame.sort("source_row")
     if _is_sorted(frame):
-        events, late = frame, 0  # already in order (the usual CRM export): no sorted copy
+        # already in order (the usual CRM export): no sorted copy; deal_id flagged sorted
+        # as the sort flags it (polars then groups by deal in order, deterministically)
+        events, late = frame.with_columns(pl.col("deal_id").set_sorted()), 0
     else:
         events = frame.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
         # A row is late when an earlier row of its deal has a later timestamp: in the
@@ -994,10 +996,10 @@ def deduplicate_and_sort(frame: pl.DataFrame, tally: RepairCounts) -> pl.DataFra
         candidates = events.filter(shared).sort("source_row")
         kept = candidates.unique(subset=subset, keep="first", maintain_order=True)
         dropped = candidates["source_row"].filter(
-            ~candidates["source_row"].is_in(kept["source_row"])
+            ~candidates["source_row"].is_in(kept["source_row"].implode())
         )
         if dropped.len():
-            events = events.filter(~pl.col("source_row").is_in(dropped))
+            events = events.filter(~pl.col("source_row").is_in(dropped.implode()))
     tally.exact_duplicates_removed += n_rows - events.height
     if late < 0:
         late = (
