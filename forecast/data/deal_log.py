@@ -47,6 +47,10 @@ CANONICAL_COLUMNS: dict[str, pl.DataType] = {
 
 _US_PER_DAY = 86_400_000_000.0
 
+#: Cuts (``DealLog.as_of``) a log keeps cached, most recently used: a fit and the
+#: simulation after it share one, a backtest moves from one origin to the next.
+_CUTS_KEPT = 2
+
 
 def _days(expr: pl.Expr) -> pl.Expr:
     """Duration expression -> float days."""
@@ -226,7 +230,8 @@ class DealLog:
         if self.cut is not None and t >= self.cut:
             return self
         key = f"as_of:{t.isoformat()}"
-        if key not in self._cache:
+        cut = self._cache.pop(key, None)
+        if cut is None:
             known = t
             if self.source is not None and self.source.snapshot_dates:
                 last_export = self.source.last_export_at_or_before(t)
@@ -236,7 +241,7 @@ class DealLog:
                 ev = self.events  # every row is known: the same frame, no copy
             else:
                 ev = self.events.filter(pl.col("timestamp") <= known)
-            self._cache[key] = DealLog(
+            cut = DealLog(
                 ev,
                 self.stages,
                 self.segment_columns,
@@ -245,7 +250,13 @@ class DealLog:
                 source=self.source,
                 numeric_columns=self.numeric_columns,
             )
-        return self._cache[key]
+        self._cache[key] = cut  # most recently used last
+        # keep the most recent cuts only: each holds its events and views, and a backtest
+        # cuts the log at one origin after another
+        cuts = [k for k in list(self._cache) if k.startswith("as_of:")]
+        for old_key in cuts[:-_CUTS_KEPT]:
+            self._cache.pop(old_key, None)
+        return cut
 
     def _resolve(self, as_of: object | None) -> tuple[DealLog, dt.datetime]:
         if as_of is None:
