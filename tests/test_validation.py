@@ -329,3 +329,89 @@ def test_exact_duplicates_removed_as_defined() -> None:
     got = deduplicate_and_sort(frame, tally)
     assert 0 < tally.exact_duplicates_removed == frame.height - want.height
     assert got.equals(want.sort(["deal_id", "timestamp", "source_row"]))
+
+
+def test_exact_duplicates_removed_as_defined_on_an_already_sorted_history() -> None:
+    """A history given in order (as most exports are) is not re-sorted, yet loses the same
+    duplicates as the definition (polars' ``unique``, earliest kept), counts no reordered
+    row, and comes out flagged sorted by deal like a sorted one."""
+    from forecast.data.validation import RepairCounts, deduplicate_and_sort
+
+    rng = np.random.default_rng(10)
+    n = 300
+    base = pl.DataFrame(
+        {
+            "deal_id": rng.choice([f"D{i}" for i in range(20)], n),
+            "timestamp": dt.datetime(2024, 1, 1)
+            + pl.Series(rng.integers(0, 10, n)).cast(pl.Duration("us")) * 86_400_000_000,
+            "stage": rng.choice(["A", "B"], n),
+            "amount": pl.Series(rng.choice([1.0, 2.0, np.nan], n)).fill_nan(None),
+        }
+    ).sort("deal_id", "timestamp")
+    frame = base.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"))
+    subset = [c for c in frame.columns if c != "source_row"]
+    want = frame.unique(subset=subset, keep="first", maintain_order=True)
+    tally = RepairCounts()
+    got = deduplicate_and_sort(frame, tally)
+    assert 0 < tally.exact_duplicates_removed == frame.height - want.height
+    assert tally.rows_reordered == 0
+    assert got.equals(want)
+    assert got["deal_id"].flags["SORTED_ASC"]
+
+
+def test_same_outcome_renamed_and_reopened_deals_counted() -> None:
+    """Worked by hand: deal a is won ('Won'), then 'Booked' (another won name): one
+    post-terminal update, renamed to 'Won'; deal b is lost, re-opened, then won: one
+    re-opened deal, nothing renamed."""
+    rows = [
+        ("a", "2024-01-01", "Prospecting", 10.0),
+        ("a", "2024-01-05", "Won", 10.0),
+        ("a", "2024-01-09", "Booked", 10.0),
+        ("b", "2024-01-02", "Prospecting", 5.0),
+        ("b", "2024-01-03", "Lost", 5.0),
+        ("b", "2024-01-04", "Prospecting", 5.0),
+        ("b", "2024-01-06", "Won", 5.0),
+    ]
+    stages = {"open": ["Prospecting"], "won": ["Won", "Booked"], "lost": ["Lost"]}
+    log = read_deal_log(frame(rows), stages=stages)
+    assert log.events["stage"].to_list() == [
+        "Prospecting",
+        "Won",
+        "Won",
+        "Prospecting",
+        "Lost",
+        "Prospecting",
+        "Won",
+    ]
+    assert log.report.post_terminal_updates == 1
+    assert log.report.reopened_deals == 1
+    assert any("'Booked' -> 'Won'" in note for note in log.report.notes)
+
+
+def test_created_at_extremes_per_deal_as_defined() -> None:
+    """Per-deal min and max of ``created_at`` over contiguous deals equal polars'
+    ``group_by`` (the definition), deals without any ``created_at`` included."""
+    from forecast.data.validation import created_at_extremes_per_deal
+
+    rng = np.random.default_rng(11)
+    n = 500
+    days = pl.Series(rng.integers(0, 30, n)).cast(pl.Duration("us")) * 86_400_000_000
+    events = pl.DataFrame(
+        {
+            "deal_id": np.sort(rng.choice([f"D{i:02d}" for i in range(60)], n)),
+            "created_at": (dt.datetime(2024, 1, 1) + days).set(
+                pl.Series(rng.random(n) < 0.4), None
+            ),
+        }
+    )
+    lengths, low, high = created_at_extremes_per_deal(events)
+    want = events.group_by("deal_id", maintain_order=True).agg(
+        pl.len().alias("n"),
+        pl.col("created_at").min().dt.epoch("us").alias("low"),
+        pl.col("created_at").max().dt.epoch("us").alias("high"),
+    )
+    none = np.iinfo(np.int64)
+    assert want["low"].null_count() > 0  # some deals have no created_at at all
+    assert lengths.tolist() == want["n"].to_list()
+    assert low.tolist() == want["low"].fill_null(none.max).to_list()
+    assert high.tolist() == want["high"].fill_null(none.min).to_list()

@@ -26,6 +26,7 @@ import polars as pl
 
 from forecast._validation import as_datetime
 from forecast.data.stages import StageMap
+from forecast.data.validation import created_at_extremes_per_deal
 from forecast.errors import ParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +46,10 @@ CANONICAL_COLUMNS: dict[str, pl.DataType] = {
 }
 
 _US_PER_DAY = 86_400_000_000.0
+
+#: Cuts (``DealLog.as_of``) a log keeps cached, most recently used: a fit and the
+#: simulation after it share one, a backtest moves from one origin to the next.
+_CUTS_KEPT = 2
 
 
 def _days(expr: pl.Expr) -> pl.Expr:
@@ -225,13 +230,18 @@ class DealLog:
         if self.cut is not None and t >= self.cut:
             return self
         key = f"as_of:{t.isoformat()}"
-        if key not in self._cache:
+        cut = self._cache.pop(key, None)
+        if cut is None:
             known = t
             if self.source is not None and self.source.snapshot_dates:
                 last_export = self.source.last_export_at_or_before(t)
                 known = last_export if last_export is not None else dt.datetime.min
-            ev = self.events.filter(pl.col("timestamp") <= known)
-            self._cache[key] = DealLog(
+            latest = self.events["timestamp"].max()
+            if latest is None or latest <= known:  # type: ignore[operator]
+                ev = self.events  # every row is known: the same frame, no copy
+            else:
+                ev = self.events.filter(pl.col("timestamp") <= known)
+            cut = DealLog(
                 ev,
                 self.stages,
                 self.segment_columns,
@@ -240,7 +250,13 @@ class DealLog:
                 source=self.source,
                 numeric_columns=self.numeric_columns,
             )
-        return self._cache[key]
+        self._cache[key] = cut  # most recently used last
+        # keep the most recent cuts only: each holds its events and views, and a backtest
+        # cuts the log at one origin after another
+        cuts = [k for k in list(self._cache) if k.startswith("as_of:")]
+        for old_key in cuts[:-_CUTS_KEPT]:
+            self._cache.pop(old_key, None)
+        return cut
 
     def _resolve(self, as_of: object | None) -> tuple[DealLog, dt.datetime]:
         if as_of is None:
@@ -290,33 +306,58 @@ class DealLog:
         def next_within_deal(col: str) -> pl.Expr:
             return pl.when(same_deal_next).then(pl.col(col).shift(-1))
 
-        visits = (
-            ev.group_by("_visit_id", maintain_order=True)
-            .agg(
-                pl.col("deal_id").first(),
-                pl.col("visit").first(),
-                pl.col("stage").first(),
-                pl.col("timestamp").first().alias("entered_at"),
-                pl.col("_amount").first().alias("amount_at_entry"),
-                pl.col("_amount").last().alias("amount_last"),
-                pl.col("_close").last().alias("close_date_last"),
-            )
-            .drop("_visit_id")
-            .with_columns(
-                pl.col("stage").replace_strict(codes, return_dtype=pl.Int32).alias("stage_code"),
-                pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8).alias("kind"),
-                next_within_deal("stage").alias("destination"),
-                next_within_deal("entered_at").alias("exited_at"),
-                next_within_deal("amount_at_entry").alias("amount_next"),
-            )
+        # A visit's rows are contiguous, and so are a deal's: its first values are those
+        # of its first row and its last values those of its last row, taken by masks
+        # (no grouping by visit or deal, whose hash tables outweigh the frame).
+        starts = pl.col("_visit_id") != pl.col("_visit_id").shift(1)
+        ends = pl.col("_visit_id") != pl.col("_visit_id").shift(-1)
+        first_rows = ev.filter(starts.fill_null(True)).select(
+            "deal_id",
+            "visit",
+            "stage",
+            pl.col("timestamp").alias("entered_at"),
+            pl.col("_amount").alias("amount_at_entry"),
         )
-        per_deal = ev.group_by("deal_id", maintain_order=True).agg(
-            pl.min_horizontal(pl.col("created_at").min(), pl.col("timestamp").min()).alias(
-                "created_at"
-            ),
-            *[pl.col(c).drop_nulls().last().alias(c) for c in seg],
+        last_rows = ev.filter(ends.fill_null(True)).select(
+            pl.col("_amount").alias("amount_last"),
+            pl.col("_close").alias("close_date_last"),
         )
-        visits = visits.join(per_deal, on="deal_id", how="left", maintain_order="left")
+        visits = pl.concat([first_rows, last_rows], how="horizontal").with_columns(
+            pl.col("stage").replace_strict(codes, return_dtype=pl.Int32).alias("stage_code"),
+            pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8).alias("kind"),
+            next_within_deal("stage").alias("destination"),
+            next_within_deal("entered_at").alias("exited_at"),
+            next_within_deal("amount_at_entry").alias("amount_next"),
+        )
+        del first_rows, last_rows
+        # per deal: creation (the earlier of its created_at and its first event) and the
+        # last known value of each segment column, at the deal's last row
+        deal_end = (pl.col("deal_id") != pl.col("deal_id").shift(-1)).fill_null(True)
+        per_deal = (
+            ev.select(*[ffill_within_deal(c).alias(c) for c in seg], deal_end.alias("_end"))
+            .filter("_end")
+            .drop("_end")
+        )
+        del ev
+        lengths, low, _ = created_at_extremes_per_deal(self.events)
+        starts = np.cumsum(lengths) - lengths
+        times = self.events["timestamp"].cast(pl.Datetime("us")).to_physical().to_numpy()
+        first_time = np.minimum.reduceat(times, starts) if len(starts) else low
+        del times
+        created = pl.Series("created_at", np.minimum(low, first_time)).cast(pl.Datetime("us"))
+        per_deal = per_deal.with_columns(created)
+        # each visit's deal, as an index into the deals (in frame order)
+        deal_of_visit = visits.select(
+            (pl.col("deal_id") != pl.col("deal_id").shift(1))
+            .fill_null(True)
+            .cum_sum()
+            .cast(pl.Int64)
+            - 1
+        ).to_series()
+        visits = pl.concat(
+            [visits, per_deal.select(pl.col("created_at", *seg).gather(deal_of_visit))],
+            how="horizontal",
+        )
         self._cache["visits"] = visits
         return visits
 

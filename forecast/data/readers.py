@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from forecast.data.deal_log import DealLog, LogSource
@@ -41,6 +42,7 @@ from forecast.data.validation import (
     check_event_time_range,
     check_stages,
     check_terminal_transitions,
+    created_at_extremes_per_deal,
     deduplicate_and_sort,
     parse_amount_column,
     parse_datetime_column,
@@ -316,9 +318,13 @@ def read_deal_log(
         )
     else:
         table = _load_needed_columns(source, shape, p, columns, (*segments, *numerics))
+    # handed over in a list so that `_canonical` holds the only reference and can let the
+    # loaded table go as soon as the typed frame exists (a copy less at the peak)
+    loaded = [table]
+    del table
     try:
         return _canonical(
-            table,
+            loaded,
             shape,
             p,
             columns,
@@ -347,7 +353,7 @@ def read_deal_log(
 
 
 def _canonical(
-    table: pl.DataFrame,
+    loaded: list[pl.DataFrame],
     shape: str,
     p: Preset | None,
     columns: Mapping[str, str | None] | None,
@@ -362,18 +368,24 @@ def _canonical(
     source: Any,
     numerics: tuple[str, ...] = (),
 ) -> DealLog:
-    """The reader's steps after loading: map, type, classify, build events."""
-    if _ROW in table.columns:  # pragma: no cover - defensive
-        table = table.drop(_ROW)
+    """The reader's steps after loading: map, type, classify, build events.
+
+    ``loaded`` holds the loaded table, taken out of it here: once the typed frame
+    exists nothing refers to the table any more and its memory is released.
+    """
+    table = loaded.pop()
+    numbered = _ROW in table.columns  # numbered by the scan (`_collect_needed`)
     if table.height == 0:
         raise DataError(
-            f"{_what(source).capitalize()} has no rows (only the columns {table.columns}). "
+            f"{_what(source).capitalize()} has no rows (only the columns "
+            f"{[c for c in table.columns if c != _ROW]}). "
             "Expected a deal history: at least one row per deal.",
             expected="at least one row",
             found=0,
         )
     tally = RepairCounts(rows_read=table.height)
-    table = table.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW))
+    if not numbered:
+        table = table.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW))
     if p is not None:
         table = _drop_deleted(table, p, tally)
         if table.height == 0:
@@ -415,6 +427,7 @@ def _canonical(
         *[pl.col(s) for s in numerics],
         pl.col(_ROW).alias("source_row"),
     )
+    del table  # columns not selected are released; the selected ones live on in `frame`
     frame = _numeric_typed(frame, numerics)
     frame = _typed(frame, found, shape, formats, epoch_unit, tally)
     stage_map = _stage_map(frame, stages, open_stages, found["stage"])
@@ -422,7 +435,10 @@ def _canonical(
 
     snapshot_dates: tuple[dt.datetime, ...] = ()
     if shape == "events":
-        events = deduplicate_and_sort(frame, tally)
+        # one chunk per column, as a sort leaves it: sums over the columns then add up in
+        # the same order whatever the source's row groups (no copy if already one chunk)
+        events = deduplicate_and_sort(frame, tally).rechunk()
+        del frame
         _note_created_at(events, tally)
     elif shape == "snapshots":
         events, stage_map, snapshot_dates = snapshots_to_events(
@@ -517,7 +533,14 @@ def _collect_needed(
         return lazy.collect()
     wanted = {c for cands in candidates.values() for c in cands}
     wanted |= set(segments) | set(p.extra_columns if p is not None else ())
-    return lazy.select([c for c in names if c in wanted]).collect()
+    # rows numbered while scanning: the numbers come in the same chunks as the columns,
+    # so selecting columns later does not copy (re-chunk) the whole table
+    return (
+        lazy.select([c for c in names if c in wanted])
+        .with_row_index(_ROW)
+        .with_columns(pl.col(_ROW).cast(pl.Int64))
+        .collect()
+    )
 
 
 def _is_folder(source: Any) -> bool:
@@ -822,12 +845,8 @@ def _stage_map(
 
 
 def _note_created_at(events: pl.DataFrame, tally: RepairCounts) -> None:
-    varying = (
-        events.group_by("deal_id")
-        .agg(pl.col("created_at").drop_nulls().n_unique().alias("n"))
-        .filter(pl.col("n") > 1)
-        .height
-    )
+    _, low, high = created_at_extremes_per_deal(events)
+    varying = int(np.count_nonzero(low < high))  # deals without created_at: low > high
     if varying:
         tally.notes.append(
             f"{varying} deal(s) have `created_at` values that differ between rows; kept as "

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from forecast.data.stages import StageMap
@@ -844,6 +845,47 @@ def check_stages(frame: pl.DataFrame, stages: StageMap, source: str | None = Non
     )
 
 
+def created_at_extremes_per_deal(
+    events: pl.DataFrame,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Earliest and latest ``created_at`` of each deal, and the deals' row counts.
+
+    The rows of a deal are adjacent (the events are sorted by deal), so the extremes
+    are reduced over contiguous blocks (``numpy.minimum.reduceat``) rather than
+    grouped by ``deal_id`` (a hash table of every deal).
+
+    Parameters
+    ----------
+    events : polars.DataFrame
+        ``deal_id`` and ``created_at`` (Datetime("us"), nullable), a deal's rows adjacent.
+
+    Returns
+    -------
+    lengths : numpy.ndarray
+        int64, shape ``(n_deals,)``: rows of each deal, in frame order.
+    low, high : numpy.ndarray
+        int64 microseconds since the epoch, shape ``(n_deals,)``; a deal without any
+        ``created_at`` has ``low = int64 max`` and ``high = int64 min``.
+    """
+    n = events.height
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    starts = (
+        events.select((pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True))
+        .to_series()
+        .arg_true()
+        .to_numpy()
+        .astype(np.int64)
+    )
+    lengths = np.diff(np.append(starts, n))
+    micros = events["created_at"].cast(pl.Datetime("us")).to_physical()
+    limit = np.iinfo(np.int64)
+    low = np.minimum.reduceat(micros.fill_null(limit.max).to_numpy(), starts)
+    high = np.maximum.reduceat(micros.fill_null(limit.min).to_numpy(), starts)
+    return lengths, low, high
+
+
 def check_creation_dates(
     events: pl.DataFrame, stages: StageMap, tally: RepairCounts, source: str | None = None
 ) -> None:
@@ -870,12 +912,17 @@ def check_creation_dates(
     TimestampError
         Naming the deal, the terminal row, its stage and both dates.
     """
-    created = pl.col("created_at").min().over("deal_id")
-    early = events.with_columns(created.alias("_created")).filter(
-        pl.col("timestamp") < pl.col("_created") - pl.duration(days=1)
-    )
-    if early.height == 0:
+    lengths, low, _ = created_at_extremes_per_deal(events)
+    slack = 86_400_000_000  # one day in microseconds
+    # a deal without created_at (low = int64 max) has no early row
+    cutoff = np.where(low == np.iinfo(np.int64).max, np.iinfo(np.int64).min, low - slack)
+    times = events["timestamp"].cast(pl.Datetime("us")).to_physical().to_numpy()
+    is_early = times < np.repeat(cutoff, lengths)
+    del times
+    if not is_early.any():
         return
+    created = pl.Series("_created", np.repeat(low, lengths)).cast(pl.Datetime("us"))
+    early = events.with_columns(created).filter(pl.Series(is_early))
     kinds = {s: stages.kind(s) for s in stages.names()}
     closed = early.filter(pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8) != "open")
     if closed.height:
@@ -921,34 +968,62 @@ def deduplicate_and_sort(frame: pl.DataFrame, tally: RepairCounts) -> pl.DataFra
         Same columns, sorted.
     """
     subset = [c for c in frame.columns if c != "source_row"]
-    frame = frame.sort("source_row")
-    # Only rows whose hash is shared can be duplicates: compare those in full (a table of
-    # every row's values would take several times the frame's memory).
-    shared = frame.select(pl.struct(subset).hash(seed=0).is_duplicated()).to_series()
+    n_rows = frame.height
+    if not frame["source_row"].is_sorted():
+        frame = frame.sort("source_row")
+    if _is_sorted(frame):
+        # already in order (the usual CRM export): no sorted copy; deal_id flagged sorted
+        # as the sort flags it (polars then groups by deal in order, deterministically)
+        events, late = frame.with_columns(pl.col("deal_id").set_sorted()), 0
+    else:
+        events = frame.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
+        # A row is late when an earlier row of its deal has a later timestamp: in the
+        # order of the rows as given (per deal), its rank in the sorted events is below
+        # the largest rank before it. Ranks grow with the deal, so a running maximum over
+        # the whole frame never carries one deal's ranks into the next.
+        late = -1
+    del frame
+    # Exact duplicates share deal_id and timestamp, so in this order they lie in runs of
+    # rows with the same (deal_id, timestamp): only the rows of such runs are compared in
+    # full (a table or hash set of every row's values would take several times the
+    # frame's memory).
+    same_key = (
+        pl.col("deal_id").eq_missing(pl.col("deal_id").shift(1))
+        & pl.col("timestamp").eq_missing(pl.col("timestamp").shift(1))
+    ).fill_null(False)
+    shared = events.select(same_key | same_key.shift(-1).fill_null(False)).to_series()
     if shared.any():
-        candidates = frame.filter(shared)
+        candidates = events.filter(shared).sort("source_row")
         kept = candidates.unique(subset=subset, keep="first", maintain_order=True)
         dropped = candidates["source_row"].filter(
-            ~candidates["source_row"].is_in(kept["source_row"])
+            ~candidates["source_row"].is_in(kept["source_row"].implode())
         )
-        deduped = frame.filter(~pl.col("source_row").is_in(dropped))
-    else:
-        deduped = frame
-    tally.exact_duplicates_removed += frame.height - deduped.height
-    events = deduped.sort(["deal_id", "timestamp", "source_row"], maintain_order=True)
-    # A row is late when an earlier row of its deal has a later timestamp: in the order
-    # of the rows as given (per deal), its rank in the sorted events is below the
-    # largest rank before it. Ranks grow with the deal, so a running maximum over the
-    # whole frame never carries one deal's ranks into the next.
-    late = (
-        events.select("deal_id", "source_row")
-        .with_row_index("_rank")
-        .sort(["deal_id", "source_row"])
-        .select((pl.col("_rank") < pl.col("_rank").cum_max().shift(1)).fill_null(False).sum())
-        .item()
-    )
+        if dropped.len():
+            events = events.filter(~pl.col("source_row").is_in(dropped.implode()))
+    tally.exact_duplicates_removed += n_rows - events.height
+    if late < 0:
+        late = (
+            events.select("deal_id", "source_row")
+            .with_row_index("_rank")
+            .sort(["deal_id", "source_row"])
+            .select((pl.col("_rank") < pl.col("_rank").cum_max().shift(1)).fill_null(False).sum())
+            .item()
+        )
     tally.rows_reordered += int(late)
     return events
+
+
+def _is_sorted(frame: pl.DataFrame) -> bool:
+    """Whether the rows are sorted by ``(deal_id, timestamp, source_row)`` (strictly,
+    since ``source_row`` is unique); one pass with the previous row, no sort."""
+    if frame.height < 2:
+        return True
+    prev = [pl.col(c).shift(1) for c in ("deal_id", "timestamp", "source_row")]
+    deal, ts, row = (pl.col(c) for c in ("deal_id", "timestamp", "source_row"))
+    after = (deal > prev[0]) | (
+        (deal == prev[0]) & ((ts > prev[1]) | ((ts == prev[1]) & (row > prev[2])))
+    )
+    return bool(frame.select(after.slice(1).fill_null(False).all()).item())
 
 
 def check_terminal_transitions(
@@ -981,52 +1056,53 @@ def check_terminal_transitions(
     TerminalEventError
         Naming the deal, both rows and both stages.
     """
-    kinds = {s: stages.kind(s) for s in stages.names()}
-    # the rows of a deal are adjacent: the previous row of the same deal is the previous
-    # row when its deal_id is the same (no grouping by deal needed)
-    same_deal = pl.col("deal_id") == pl.col("deal_id").shift(1)
-    ev = events.with_columns(
-        pl.col("stage").replace_strict(kinds, return_dtype=pl.Utf8).alias("_kind"),
-    ).with_columns(
-        pl.when(same_deal).then(pl.col(c).shift(1)).alias(alias)
-        for c, alias in (
-            ("_kind", "_prev_kind"),
-            ("stage", "_prev_stage"),
-            ("source_row", "_prev_row"),
-        )
-    )
-    prev_terminal = pl.col("_prev_kind").is_not_null() & (pl.col("_prev_kind") != "open")
-    is_terminal = pl.col("_kind") != "open"
-    conflict = ev.filter(prev_terminal & is_terminal & (pl.col("_kind") != pl.col("_prev_kind")))
-    if conflict.height:
-        r = conflict.row(0, named=True)
+    # kinds as small integer codes (one byte a row, not a text column a row); the rows of
+    # a deal are adjacent: the previous row of the same deal is the previous row when its
+    # deal_id is the same (no grouping by deal needed)
+    kind_names = ("open", "won", "lost", "no_decision")
+    code = {s: kind_names.index(stages.kind(s)) for s in stages.names()}
+    same_deal = events.select(
+        (pl.col("deal_id") == pl.col("deal_id").shift(1)).fill_null(False)
+    ).to_series()
+    kind = events["stage"].replace_strict(code, return_dtype=pl.UInt8)
+    prev_kind = pl.select(pl.when(same_deal).then(kind.shift(1))).to_series()
+    prev_terminal = (prev_kind.is_not_null() & (prev_kind != 0)).fill_null(False)
+    is_terminal = kind != 0
+    conflict = (prev_terminal & is_terminal & (kind != prev_kind)).fill_null(False)
+    if conflict.any():
+        i = int(conflict.arg_true()[0])
+        r = events.row(i, named=True)
+        before = events.row(i - 1, named=True)  # the deal's previous row
+        this_kind, prev_name = kind_names[kind[i]], kind_names[prev_kind[i]]
         raise TerminalEventError(
             f"Column `stage`, deal `{r['deal_id']}`, row {r['source_row']}: the deal goes from "
-            f"the terminal stage {r['_prev_stage']!r} (row {r['_prev_row']}, "
-            f"{r['_prev_kind']}) to the different terminal stage {r['stage']!r} "
-            f"({r['_kind']}) without being re-opened. A deal has one outcome at a time; if it "
+            f"the terminal stage {before['stage']!r} (row {before['source_row']}, "
+            f"{prev_name}) to the different terminal stage {r['stage']!r} "
+            f"({this_kind}) without being re-opened. A deal has one outcome at a time; if it "
             "was re-opened, the history needs a row in an open stage between the two, "
             "otherwise correct or remove one of the rows.",
             column="stage",
             deal_id=r["deal_id"],
             row=r["source_row"],
-            expected=f"{r['_prev_kind']} or an open stage after {r['_prev_stage']!r}",
+            expected=f"{prev_name} or an open stage after {before['stage']!r}",
             found=r["stage"],
         )
-    # runs of one kind, numbered over the whole frame (a deal's first row starts one)
-    ev = ev.with_columns(
-        (pl.col("_kind") != pl.col("_prev_kind")).fill_null(True).cum_sum().alias("_run")
-    )
-    ev = ev.with_columns(pl.col("stage").first().over("_run").alias("_run_stage"))
-    same_outcome = ev.select((prev_terminal & is_terminal).sum()).item()
-    renamed = ev.filter(is_terminal & (pl.col("stage") != pl.col("_run_stage")))
-    reopened = ev.filter(prev_terminal & ~is_terminal)["deal_id"].n_unique()
-    tally.post_terminal_updates += int(same_outcome)
-    tally.reopened_deals += int(reopened)
-    if renamed.height:
-        pairs = sorted(set(renamed.select("stage", "_run_stage").iter_rows()))
+    # runs of one kind (a deal's first row starts one); the stage a run started with, by
+    # the index of its first row (runs are contiguous: no grouping by run needed)
+    new_run = (kind != prev_kind).fill_null(True)
+    idx = pl.int_range(pl.len(), dtype=pl.UInt32)
+    run_stage = pl.col("stage").gather(pl.when(pl.lit(new_run)).then(idx).forward_fill())
+    renamed_mask = events.select(pl.lit(is_terminal) & (pl.col("stage") != run_stage)).to_series()
+    same_outcome = int((prev_terminal & is_terminal).sum())
+    reopened = int(events["deal_id"].filter(prev_terminal & ~is_terminal).n_unique())
+    tally.post_terminal_updates += same_outcome
+    tally.reopened_deals += reopened
+    n_renamed = int(renamed_mask.sum())
+    if n_renamed:
+        renamed = events.select("stage", run_stage.alias("_run_stage")).filter(renamed_mask)
+        pairs = sorted(set(renamed.iter_rows()))
         tally.notes.append(
-            f"{renamed.height} row(s) after a terminal outcome name the same outcome "
+            f"{n_renamed} row(s) after a terminal outcome name the same outcome "
             f"differently; renamed to the first name so the outcome is one visit: "
             + ", ".join(f"{a!r} -> {b!r}" for a, b in pairs)
             + "."
@@ -1036,6 +1112,8 @@ def check_terminal_transitions(
             f"{reopened} deal(s) re-open after a terminal outcome; kept as-is (closed until "
             "re-opened in the point-in-time views)."
         )
-    return ev.with_columns(
-        pl.when(is_terminal).then(pl.col("_run_stage")).otherwise(pl.col("stage")).alias("stage")
-    ).drop("_kind", "_prev_kind", "_prev_stage", "_prev_row", "_run", "_run_stage")
+    if not n_renamed:
+        return events  # nothing renamed: the same frame, no copy
+    return events.with_columns(
+        pl.when(pl.lit(is_terminal)).then(run_stage).otherwise(pl.col("stage")).alias("stage")
+    )
