@@ -54,6 +54,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from forecast._kernels import ahead
 from forecast._kernels._options import jit
 from forecast._kernels.lanes import LANES, pipeline_outcomes
 from forecast._kernels.rng import (
@@ -235,6 +236,7 @@ def sample_chunk(
         n_blocks,
     )
     outputs = (totals, block_wins, block_cents)
+    ahead.wait("_sample_block")  # if a second process is compiling it (forecast._kernels.ahead)
     if n_blocks <= 1:
         _sample_block(*blocks, np.int64(0), *outputs, *_block_scratch(p_win_t, new_counts))
         return 0
