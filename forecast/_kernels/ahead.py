@@ -49,11 +49,9 @@ def _signatures() -> list[tuple[Any, tuple[Any, ...]]]:
 
     f64, i64 = types.float64, types.int64
     f1, f2, f3, f4 = (arr(f64, n) for n in (1, 2, 3, 4))
-    i1, i2, i3, i4 = (arr(i64, n) for n in (1, 2, 3, 4))
-    u2 = arr(types.uint64, 2)
+    i1, i2, i3 = (arr(i64, n) for n in (1, 2, 3))
     sample = (f3, f2, f3, f1, i1, i2, f1, f3, f1, f4, f3, f4, i2, f1, f1)  # inputs
     sample += (i64,) * 5 + (f4, i3, i3)  # seed .. blk; outputs
-    sample += (u2, f2, arr(types.int32, 2), u2, f2, i4)  # working arrays
     rf1, ri1 = arr(f64, 1, True), arr(i64, 1, True)
     cox = (rf1, rf1, i1, f1, f2, f1, ri1, ri1, ri1, f1, f2)
     aj = (f2, i1, f1, f1, i1, i1, f2, i1, f3, f2)

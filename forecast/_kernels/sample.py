@@ -138,6 +138,131 @@ def _to_cents(x):
     return np.int64(x * 100.0 + 0.5)  # x >= 0: round half up to whole cents
 
 
+@jit
+def _pipeline_wins(
+    n_lanes,
+    wins,
+    outcome,
+    p_qe,
+    deal_amount,
+    deal_segment,
+    ratio_offsets,
+    ratio_values,
+    states,
+    cents,
+    wins_acc,
+    cents_acc,
+):
+    """Step 3 for the paths on lanes ``0 .. n_lanes - 1``: amounts of their winning deals.
+
+    Each path visits its winners in increasing ``n``; the paths take turns per word of
+    64 deals, so that the deals' data is read once for the group.
+
+    Parameters
+    ----------
+    n_lanes : int64
+        Number of paths in the group.
+    wins : ndarray of uint64, shape (ceil(N / 64), LANES)
+        Winner bits (from :func:`~forecast._kernels.lanes.pipeline_outcomes`).
+    outcome : ndarray of int32, shape (N, LANES)
+        Winning quarter of each winner.
+    p_qe : ndarray of float64, shape (N * H,)
+        The draw's P(QE window | win in q), flat ``[n * H + q]``.
+    deal_amount, deal_segment : ndarray, shape (N,)
+    ratio_offsets : ndarray of int64, shape (2 * (G + 1),)
+        CSR offsets of the ratio samples, flat: row ``in_qe * (G + 1) + g``.
+    ratio_values : ndarray of float64
+    states : ndarray of uint64, shape (4, LANES)
+        The paths' generator states after step 2; advanced.
+    cents : ndarray of int64, shape (LANES, H, G, 2)
+        The paths' won cents; ``[lane, q, g, 0]`` is added to.
+    wins_acc, cents_acc : ndarray of int64, shape (N * H,)
+        The block's per-deal sums, added to.
+    """
+    n_q = np.uint64(cents.shape[1])
+    stride = np.uint64(cents.shape[2] + 1)
+    for wd in range(wins.shape[0]):
+        base = np.uint64(wd) << _U6
+        for lane in range(n_lanes):
+            w = wins[wd, lane]
+            if w == 0:
+                continue
+            state = (states[0, lane], states[1, lane], states[2, lane], states[3, lane])
+            while w != 0:
+                n = base + _trailing_zeros(w)
+                w &= w - _U1
+                q = np.uint64(outcome[n, lane])
+                nq = n * n_q + q
+                g = np.uint64(deal_segment[n])
+                x, state = next_u64(state)
+                hi_bits, lo_bits = halves_u64(x)
+                row = _below(hi_bits, p_qe[nq]) * stride + g
+                first = ratio_offsets[row]
+                size = np.uint64(ratio_offsets[row + _U1] - first)
+                ratio = ratio_values[np.uint64(first) + _sample_index(lo_bits, size)]
+                c = _to_cents(deal_amount[n] * ratio)
+                cents[lane, q, g, 0] += c
+                wins_acc[nq] += 1
+                cents_acc[nq] += c
+            for word in range(4):
+                states[word, lane] = state[word]
+
+
+@jit
+def _new_deal_wins(
+    b,
+    m,
+    new_counts,
+    new_shape,
+    new_pmf,
+    new_none,
+    new_qe,
+    new_amount_offsets,
+    new_amount_values,
+    ratio_offsets,
+    ratio_values,
+    state,
+    cum,
+    cents,
+):
+    """Step 4 for one path: won cents of new deals into ``cents[q, g, 1]``; returns the state."""
+    n_q = cents.shape[0]
+    for g in range(cents.shape[1]):
+        shape = new_shape[g]
+        for cq in range(n_q):
+            lam = new_counts[b, g, cq]
+            if not lam > 0.0:
+                continue
+            if shape > 0.0 and shape < np.inf:
+                x, state = gamma(state, shape)
+                lam = lam * x / shape
+            # Poisson splitting: given the multiplier, the new deals of (g, cq) winning in
+            # quarter q are Poisson(lam * P'(q)), independently.
+            acc = 0.0
+            for q in range(n_q):
+                cum[q] = new_pmf[b, g, cq, q] * m[q]
+                acc += cum[q]
+            z_norm = acc + new_none[b, g, cq]
+            if not z_norm > 0.0:
+                continue
+            first = np.uint64(new_amount_offsets[0, g])
+            size = np.uint64(new_amount_offsets[0, g + 1]) - first
+            for q in range(n_q):
+                k, state = poisson(state, lam * cum[q] / z_norm)
+                p_qe_new = new_qe[b, g, cq, q]
+                won = 0  # exact integer sum: kept in a register
+                for _ in range(k):
+                    x, state = next_u64(state)
+                    hi_bits, lo_bits = halves_u64(x)
+                    u3, state = uniform(state)
+                    in_qe = _below(hi_bits, p_qe_new)
+                    amount = new_amount_values[first + _sample_index(lo_bits, size)]
+                    ratio = _pick(ratio_offsets, ratio_values, in_qe, g, u3)
+                    won += _to_cents(amount * ratio)
+                cents[q, g, 1] += won
+    return state
+
+
 def sample_chunk(
     p_win_t,
     p_none,
@@ -238,14 +363,9 @@ def sample_chunk(
     outputs = (totals, block_wins, block_cents)
     ahead.wait("_sample_block")  # if a second process is compiling it (forecast._kernels.ahead)
     if n_blocks <= 1:
-        _sample_block(*blocks, np.int64(0), *outputs, *_block_scratch(p_win_t, new_counts))
+        _sample_block(*blocks, 0, *outputs)
         return 0
-    futures = [
-        _pool().submit(
-            _sample_block, *blocks, np.int64(blk), *outputs, *_block_scratch(p_win_t, new_counts)
-        )
-        for blk in range(n_blocks)
-    ]
+    futures = [_pool().submit(_sample_block, *blocks, blk, *outputs) for blk in range(n_blocks)]
     try:
         for future in futures:
             future.result()
@@ -253,21 +373,6 @@ def sample_chunk(
         concurrent.futures.wait(futures)
         raise
     return 0
-
-
-def _block_scratch(p_win_t, new_counts):
-    """The working arrays of one block of :func:`_sample_block` (allocated here, not in
-    the kernel: each allocation shape and dtype compiled in a kernel is one more function
-    to compile on the first call)."""
-    n_q, n_deals = p_win_t.shape[1], p_win_t.shape[2]
-    return (
-        np.empty((4, LANES), dtype=np.uint64),  # generator states [word, lane]
-        np.empty((n_q, LANES)),  # shock multipliers [q, lane]
-        np.empty((n_deals, LANES), dtype=np.int32),  # outcome [deal, lane]
-        np.empty(((n_deals + 63) // 64, LANES), dtype=np.uint64),  # winner bits
-        np.empty((2, n_q)),  # one path's shock multipliers and tilted weights
-        np.empty((LANES, n_q, new_counts.shape[1], 2), dtype=np.int64),  # won cents
-    )
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
@@ -320,37 +425,31 @@ def _sample_block(
     totals,
     block_wins,
     block_cents,
-    states,
-    shocks,
-    outcome,
-    wins,
-    scratch,
-    cents,
 ):
-    """Block ``blk`` of :func:`sample_chunk`: its share of the paths, and its row of the deal sums.
-
-    ``states`` .. ``cents`` are the block's working arrays (:func:`_block_scratch`).
-    Steps 3 and 4 of the draw order are written out here rather than called: each
-    compiled callee would be optimised and compiled on its own and again inside this
-    kernel.
-    """
+    """Block ``blk`` of :func:`sample_chunk`: its share of the paths, and its row of the deal sums."""
     n_draws = p_win_t.shape[0]
     n_q = p_win_t.shape[1]
+    n_deals = p_win_t.shape[2]
     n_seg = new_counts.shape[1]
     n_paths = path_stop - path_start
     ratio_flat = ratio_offsets.reshape(-1)  # [in_qe * (G + 1) + g]
-    stride = np.uint64(n_seg + 1)
-    n_q_u = np.uint64(n_q)
     lo = path_start + (blk * n_paths) // n_blocks
     hi = path_start + ((blk + 1) * n_paths) // n_blocks
+    # Shapes as plain int64 (no literals): fewer variants of np.empty to compile.
+    lanes = np.int64(LANES)
+    states = np.empty((np.int64(4), lanes), dtype=np.uint64)
+    shocks = np.empty((n_q, lanes))
+    outcome = np.empty((n_deals, lanes), dtype=np.int32)
+    wins = np.empty(((n_deals + 63) // 64, lanes), dtype=np.uint64)
+    scratch = np.empty((np.int64(2), n_q))
     m = scratch[0]  # the path's shock multipliers
     cum = scratch[1]
+    cents = np.empty((lanes, n_q, n_seg, np.int64(2)), dtype=np.int64)  # zeroed per group
     wins_acc = block_wins[blk].reshape(-1)  # [n * H + q]
     cents_acc = block_cents[blk].reshape(-1)
     # Paths of draw b in [lo, hi): first, first + B, ...; LANES of them at a time.
     for b in range(n_draws):
         s = shock_sigma[b]
-        p_qe_b = p_qe[b].reshape(-1)  # [n * H + q]
         first = lo + (b - lo) % n_draws
         for p0 in range(first, hi, LANES * n_draws):
             n_lanes = min(LANES, (hi - 1 - p0) // n_draws + 1)
@@ -363,76 +462,44 @@ def _sample_block(
                     states[word, lane] = state[word]
             pipeline_outcomes(states, p_win_t[b], p_none[b], shocks, outcome, wins)
             cents[:] = 0
-            # Step 3: amounts of the winning deals; each path visits its winners in
-            # increasing n, the paths taking turns per word of 64 deals (the deals'
-            # data is read once for the group).
-            for wd in range(wins.shape[0]):
-                base = np.uint64(wd) << _U6
-                for lane in range(n_lanes):
-                    w = wins[wd, lane]
-                    if w == 0:
-                        continue
-                    state = (states[0, lane], states[1, lane], states[2, lane], states[3, lane])
-                    while w != 0:
-                        n_w = base + _trailing_zeros(w)
-                        w &= w - _U1
-                        q_w = np.uint64(outcome[n_w, lane])
-                        nq = n_w * n_q_u + q_w
-                        g_w = np.uint64(deal_segment[n_w])
-                        x, state = next_u64(state)
-                        hi_bits, lo_bits = halves_u64(x)
-                        row = _below(hi_bits, p_qe_b[nq]) * stride + g_w
-                        first_r = ratio_flat[row]
-                        size = np.uint64(ratio_flat[row + _U1] - first_r)
-                        ratio = ratio_values[np.uint64(first_r) + _sample_index(lo_bits, size)]
-                        c = _to_cents(deal_amount[n_w] * ratio)
-                        cents[lane, q_w, g_w, 0] += c
-                        wins_acc[nq] += 1
-                        cents_acc[nq] += c
-                    for word in range(4):
-                        states[word, lane] = state[word]
-            # Step 4, path by path: won cents of new deals into cents[lane, q, g, 1].
+            _pipeline_wins(
+                n_lanes,
+                wins,
+                outcome,
+                p_qe[b].reshape(-1),
+                deal_amount,
+                deal_segment,
+                ratio_flat,
+                ratio_values,
+                states,
+                cents,
+                wins_acc,
+                cents_acc,
+            )
             for lane in range(n_lanes):
                 state = (states[0, lane], states[1, lane], states[2, lane], states[3, lane])
                 for q in range(n_q):
                     m[q] = shocks[q, lane]
-                for g in range(n_seg):
-                    shape = new_shape[g]
-                    for cq in range(n_q):
-                        lam = new_counts[b, g, cq]
-                        if not lam > 0.0:
-                            continue
-                        if shape > 0.0 and shape < np.inf:
-                            xg, state = gamma(state, shape)
-                            lam = lam * xg / shape
-                        # Poisson splitting: given the multiplier, the new deals of
-                        # (g, cq) winning in quarter q are Poisson(lam * P'(q)),
-                        # independently.
-                        acc = 0.0
-                        for q in range(n_q):
-                            cum[q] = new_pmf[b, g, cq, q] * m[q]
-                            acc += cum[q]
-                        z_norm = acc + new_none[b, g, cq]
-                        if not z_norm > 0.0:
-                            continue
-                        first_a = np.uint64(new_amount_offsets[0, g])
-                        size_a = np.uint64(new_amount_offsets[0, g + 1]) - first_a
-                        for q in range(n_q):
-                            k, state = poisson(state, lam * cum[q] / z_norm)
-                            p_qe_new = new_qe[b, g, cq, q]
-                            won = 0  # exact integer sum: kept in a register
-                            for _ in range(k):
-                                x, state = next_u64(state)
-                                hi_bits, lo_bits = halves_u64(x)
-                                u3, state = uniform(state)
-                                in_qe = _below(hi_bits, p_qe_new)
-                                amount = new_amount_values[first_a + _sample_index(lo_bits, size_a)]
-                                ratio = _pick(ratio_offsets, ratio_values, in_qe, g, u3)
-                                won += _to_cents(amount * ratio)
-                            cents[lane, q, g, 1] += won
-                row_t = p0 + lane * n_draws - path_start
+                path_cents = cents[lane]
+                _new_deal_wins(
+                    b,
+                    m,
+                    new_counts,
+                    new_shape,
+                    new_pmf,
+                    new_none,
+                    new_qe,
+                    new_amount_offsets,
+                    new_amount_values,
+                    ratio_offsets,
+                    ratio_values,
+                    state,
+                    cum,
+                    path_cents,
+                )
+                row = p0 + lane * n_draws - path_start
                 for q in range(n_q):
                     for g in range(n_seg):
-                        totals[row_t, q, g, 0] = cents[lane, q, g, 0] / 100.0
-                        totals[row_t, q, g, 1] = cents[lane, q, g, 1] / 100.0
+                        totals[row, q, g, 0] = path_cents[q, g, 0] / 100.0
+                        totals[row, q, g, 1] = path_cents[q, g, 1] / 100.0
     return 0
