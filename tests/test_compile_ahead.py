@@ -28,11 +28,12 @@ def test_ahead_signatures_are_those_a_fit_and_simulation_compile(sample_model, s
 def test_wait_reads_the_reports_until_the_kernel_and_stops_at_the_end(monkeypatch):
     script = "print('_sample_block', flush=True); print('cox_efron', flush=True)"
     process = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0
     )
     done: set[str] = set()
     monkeypatch.setattr(ahead, "_PROCESS", process)
     monkeypatch.setattr(ahead, "_DONE", done)
+    monkeypatch.setattr(ahead, "_PENDING", [b""])
     try:
         ahead.wait("cox_efron")
         assert done == {"_sample_block", "cox_efron"}

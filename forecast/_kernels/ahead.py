@@ -21,6 +21,8 @@ kernel itself, as without it.
 from __future__ import annotations
 
 import atexit
+import os
+import select
 import subprocess
 import sys
 import threading
@@ -31,9 +33,13 @@ __all__ = ["KERNELS", "compile_all", "start", "wait"]
 #: The kernels compiled ahead, in the order a run first calls them, by name.
 KERNELS = ("_sample_block", "cox_efron", "aalen_johansen_summaries")
 
+#: Seconds a run waits for one kernel at most (a compilation takes seconds).
+WAIT_LIMIT = 300.0
+
 _LOCK = threading.Lock()
-_PROCESS: subprocess.Popen[str] | None = None
+_PROCESS: subprocess.Popen[bytes] | None = None
 _DONE: set[str] = set()
+_PENDING = [b""]  # the start of a report line not read to its end yet
 
 
 def _signatures() -> list[tuple[Any, tuple[Any, ...]]]:
@@ -85,7 +91,7 @@ def start() -> bool:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
-                text=True,
+                bufsize=0,
             )
         except OSError:
             _DONE.update(KERNELS)
@@ -103,12 +109,26 @@ def wait(name: str) -> None:
         process = _PROCESS
         if process is None or name in _DONE or process.stdout is None:
             return
+        fd = process.stdout.fileno()
         while name not in _DONE:
-            line = process.stdout.readline()
-            if not line:  # ended (or failed): the caller compiles what is missing
+            if not _readable(fd, WAIT_LIMIT):
+                _DONE.update(KERNELS)  # stuck: the caller compiles what it needs
+                break
+            chunk = os.read(fd, 4096)  # unbuffered: select sees every line not yet read
+            if not chunk:  # ended (or failed): the caller compiles what is missing
                 _DONE.update(KERNELS)
                 break
-            _DONE.add(line.strip())
+            *lines, _PENDING[0] = (_PENDING[0] + chunk).split(b"\n")
+            _DONE.update(line.decode().strip() for line in lines)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether file descriptor ``fd`` has data (or its end) within ``timeout`` seconds."""
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+    except (OSError, ValueError):  # no select on pipes (Windows): read and block
+        return True
+    return bool(ready)
 
 
 def _finish() -> None:
