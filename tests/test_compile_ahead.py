@@ -56,7 +56,7 @@ def test_wait_without_a_second_process_returns_at_once(monkeypatch):
 def test_the_second_process_compiles_every_kernel_into_the_cache(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "forecast._kernels.ahead"],
+        ahead.command(),
         capture_output=True,
         text=True,
         env=env,

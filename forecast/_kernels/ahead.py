@@ -5,7 +5,7 @@ disk for the next runs), one after another: Numba compiles under one global lock
 threads cannot share the work. A command line run (``forecast demo``, ``forecast run``)
 that finds the kernels it will need late — the sampling kernel, the Cox partial
 likelihood and the Aalen–Johansen summaries of the parameter draws — missing from the
-cache starts ``python -m forecast._kernels.ahead``, which compiles them, in that order,
+cache starts a second process (:func:`command`), which compiles them, in that order,
 into the same cache while the run imports, reads and starts fitting (which compiles the
 kernels it needs first). Before its first call of one of them, the run waits until
 the other process reports it compiled (:func:`wait`), then loads it from the cache.
@@ -13,9 +13,9 @@ the other process reports it compiled (:func:`wait`), then loads it from the cac
 Nothing else changes: the same kernels with the same signatures and options, so the
 same machine code and the same numbers. It only saves time on a machine with a core
 to spare; the CPU time is the same (plus the second process's start). If the second
-process fails, or compiles another signature than the run then needs (see
-:data:`KERNELS`: the argument types each call path passes), the run compiles the
-kernel itself, as without it.
+process fails, or compiles another signature than the run then needs (the argument
+types in ``_signatures``, which ``tests/test_compile_ahead.py`` checks against a fit and
+simulation), the run compiles the kernel itself, as without it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["KERNELS", "compile_all", "start", "wait"]
+__all__ = ["KERNELS", "command", "compile_all", "start", "wait"]
 
 #: The kernels compiled ahead, in the order a run first calls them, by name.
 KERNELS = ("_sample_block", "cox_efron", "aalen_johansen_summaries")
@@ -87,7 +87,7 @@ def start() -> bool:
             return False
         try:
             _PROCESS = subprocess.Popen(
-                [sys.executable, "-m", "forecast._kernels.ahead"],
+                command(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -143,12 +143,13 @@ def _finish() -> None:
         process.stdout.close()
 
 
+def command() -> list[str]:
+    """The command line of the second process: :func:`compile_all` in this interpreter."""
+    return [sys.executable, "-c", "from forecast._kernels.ahead import compile_all; compile_all()"]
+
+
 def compile_all() -> None:
     """Compile (and cache) every kernel of :data:`KERNELS`, printing each name when done."""
     for kernel, signature in _signatures():
         kernel.compile(signature)
         print(kernel.py_func.__name__, flush=True)
-
-
-if __name__ == "__main__":
-    compile_all()
