@@ -28,6 +28,12 @@ import sys
 import threading
 from typing import Any
 
+from numba import types
+
+from forecast._kernels.cox import cox_efron
+from forecast._kernels.estimators import aalen_johansen_summaries
+from forecast._kernels.sample import _sample_block
+
 __all__ = ["KERNELS", "command", "compile_all", "start", "wait"]
 
 #: The kernels compiled ahead, in the order a run first calls them, by name.
@@ -44,11 +50,6 @@ _PENDING = [b""]  # the start of a report line not read to its end yet
 
 def _signatures() -> list[tuple[Any, tuple[Any, ...]]]:
     """Each kernel of :data:`KERNELS` and the argument types its call path passes."""
-    from numba import types
-
-    from forecast._kernels.cox import cox_efron
-    from forecast._kernels.estimators import aalen_johansen_summaries
-    from forecast._kernels.sample import _sample_block
 
     def arr(dtype: Any, ndim: int, readonly: bool = False) -> Any:
         return types.Array(dtype, ndim, "C", readonly=readonly)

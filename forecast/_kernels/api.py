@@ -380,6 +380,7 @@ def sample_paths(
     )
     amount_off2, amount_val2 = _stack_csr([(inputs.new_amount_offsets, inputs.new_amount_values)])
 
+    ahead.wait("_sample_block")  # if a second process is compiling it
     previous_threads = numba.get_num_threads()
     if threads is not None:
         numba.set_num_threads(int(threads))

@@ -54,7 +54,6 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from forecast._kernels import ahead
 from forecast._kernels._options import jit
 from forecast._kernels.lanes import LANES, pipeline_outcomes
 from forecast._kernels.rng import (
@@ -361,7 +360,6 @@ def sample_chunk(
         n_blocks,
     )
     outputs = (totals, block_wins, block_cents)
-    ahead.wait("_sample_block")  # if a second process is compiling it (forecast._kernels.ahead)
     if n_blocks <= 1:
         _sample_block(*blocks, 0, *outputs)
         return 0
