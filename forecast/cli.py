@@ -36,6 +36,7 @@ from typing import Any
 
 import polars as pl
 
+from forecast._kernels import ahead
 from forecast._text import text_table
 from forecast.backtest import BASELINES, backtest
 from forecast.calendar import FiscalCalendar
@@ -685,6 +686,7 @@ def _print_risk(fc: Any, n: int = 5) -> None:
 
 
 def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by: Any) -> Any:
+    ahead.start()  # first run after installing: a second process compiles the late kernels
     _status("Fitting the model ...")
     model = fit(
         log,

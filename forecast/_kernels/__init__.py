@@ -12,7 +12,9 @@ Every ``@njit`` of the package lives in this sub-package, split by role:
   equations on the day grid; path sampling; the counter-based generator), and
   :mod:`forecast._kernels.estimators` (the weighted estimators of the fit's parameter
   draws, many draws per pass), with
-  their Numba options in :mod:`forecast._kernels._options`.
+  their Numba options in :mod:`forecast._kernels._options`;
+- :mod:`forecast._kernels.ahead` — on a first run, a second process compiling the
+  kernels a run calls late.
 
 The kernels never raise; the wrappers turn status codes into
 :mod:`forecast.errors` exceptions. Array contracts: ``docs/internals.md`` §5; the

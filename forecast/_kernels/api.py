@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from forecast._kernels import ahead
 from forecast._kernels.arrays import (
     CovariateArrays,
     ModelArrays,
@@ -379,6 +380,7 @@ def sample_paths(
     )
     amount_off2, amount_val2 = _stack_csr([(inputs.new_amount_offsets, inputs.new_amount_values)])
 
+    ahead.wait("_sample_block")  # if a second process is compiling it
     previous_threads = numba.get_num_threads()
     if threads is not None:
         numba.set_num_threads(int(threads))
@@ -523,6 +525,7 @@ def aj_summaries(
         row_weight = np.ones(deal.shape[0])
     row_weight = np.ascontiguousarray(row_weight, dtype=np.float64)
     n_threads = max(1, min(int(threads or numba.get_num_threads()), n_strata))
+    ahead.wait("aalen_johansen_summaries")  # if a second process is compiling it
     by_size = np.argsort(-np.diff(offsets), kind="stable")
     parts = [np.sort(by_size[i::n_threads]).astype(np.int64) for i in range(n_threads)]
 

@@ -360,7 +360,6 @@ def deal_quarter_probs(first, fresh, curve, age, qb, window, pull_in, p_win, p_q
     return STATUS_OK
 
 
-@jit
 def outcome_block(
     dens,
     n_days,
@@ -384,6 +383,10 @@ def outcome_block(
     Per draw and segment: :func:`fresh_win_density`, then :func:`deal_quarter_probs`
     for the segment's distinct (stage, age) groups and :func:`new_deal_quarter_probs`.
 
+    A plain Python loop over the three kernels (each releases the GIL): a compiled
+    loop would compile all three a second time inside itself, for a loop of B × G
+    iterations whose every step is long.
+
     Parameters
     ----------
     dens : ndarray of float64, shape (B, G, K, C, L)
@@ -396,7 +399,7 @@ def outcome_block(
         Segment ``g`` has the groups ``group_offsets[g] .. group_offsets[g + 1] - 1``.
     group_stage, group_age : ndarray of int64, shape (U,)
         Stage and age of each group.
-    b0, b1 : int64
+    b0, b1 : int
     fresh : ndarray of float64, shape (B, K, n_days)
         Scratch for the win-time densities (each draw its own).
     p_win, p_qe : ndarray of float64, shape (B, U, H)
@@ -406,18 +409,18 @@ def outcome_block(
 
     Returns
     -------
-    status : int64
+    status : int
         :data:`STATUS_OK`, or ``1 + b * G + g`` of the first (draw, segment) whose
         renewal system is singular.
     """
     n_seg = dens.shape[1]
-    for b in range(b0, b1):
+    for b in range(int(b0), int(b1)):
         for g in range(n_seg):
             status = fresh_win_density(dens[b, g], n_days, fresh[b])
             if status != STATUS_OK:
                 return 1 + b * n_seg + g
-            lo = group_offsets[g]
-            hi = group_offsets[g + 1]
+            lo = int(group_offsets[g])
+            hi = int(group_offsets[g + 1])
             if hi > lo:
                 deal_quarter_probs(
                     dens[b, g],
