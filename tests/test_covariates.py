@@ -22,10 +22,11 @@ import forecast
 from forecast.data.readers import read_deal_log
 from forecast.data.stages import StageMap
 from forecast.errors import ParameterError
-from forecast.fit.competing_risks import CensoredSpells, aalen_johansen
+from forecast.fit.competing_risks import CensoredSpells, aalen_johansen, fit_exit_curves
 from forecast.fit.covariates import (
     baseline_steps,
     build_design,
+    chain_win_probabilities,
     covariate_states,
     deal_states,
     tilt_density,
@@ -354,3 +355,19 @@ def test_selection_is_reported_and_round_trips(close_date_model):
     eff = sample_model.effects()
     assert eff.filter(pl.col("kept")).height == len(cov.columns)
     assert eff.filter(~pl.col("kept")).height == len(cov.candidates) - len(cov.kept)
+
+
+def test_chain_win_probabilities_of_stages_that_never_close() -> None:
+    # two open stages (codes 0, 1; won 2, lost 3, no decision 4)
+    def curves(dest0: int, dest1: list[int]) -> list:
+        first = fit_exit_curves(CensoredSpells([3.0, 5.0, 7.0], [dest0] * 3, n_codes=5))
+        second = fit_exit_curves(CensoredSpells([2.0, 4.0, 6.0, 8.0], dest1, n_codes=5))
+        return [first, second]
+
+    ones = np.ones((1, 2, 5))
+    # stage 0 always moves on; stage 1 wins half and loses half: 0.5 from stage 0
+    closing = curves(1, [2, 3, 2, 3])
+    assert chain_win_probabilities(closing, ones, 2) == pytest.approx([0.5])
+    # stage 0 and stage 1 only move to each other: I − Q is singular, never a win
+    looping = curves(1, [0, 0, 0, 0])
+    assert chain_win_probabilities(looping, ones, 2) == pytest.approx([0.0], abs=1e-12)

@@ -27,6 +27,7 @@ from forecast._kernels import (
     simulate_arrays,
 )
 from forecast._kernels import rng as krng
+from forecast._kernels.arrays import PROB_TOL, _check_outcomes
 from forecast._kernels.lanes import LANES, pipeline_outcomes
 from forecast._kernels.outcomes import fresh_win_density
 from forecast._kernels.sample import _below, _sample_index
@@ -729,3 +730,16 @@ def test_validation_names_the_parameter(model):
         ModelArrays(dens=dens, **dict(base, deal_stage=base["deal_stage"] + 10))
     with pytest.raises(ParameterError, match="`new_entry_mix`"):
         ModelArrays(dens=dens, new_entry_mix=np.ones(dens.shape[2]), **base)
+
+
+def test_outcome_checks_allow_rounding_above_one_and_nothing_more() -> None:
+    # a mixture of exact probabilities can land one ulp above 1; it is accepted, while
+    # anything beyond the tolerance of the row sums is refused
+    pmf = np.zeros((1, 1, 2, 2))
+    qe = np.zeros((1, 1, 2, 2))
+    rounded = np.array([[[np.nextafter(1.0, 2.0), 0.0]]])
+    p_win, _, _, _ = _check_outcomes(rounded, np.zeros_like(rounded), pmf, qe, 1)
+    assert p_win[0, 0, 0] > 1.0
+    too_big = np.array([[[1.0 + 10 * PROB_TOL, 0.0]]])
+    with pytest.raises(ParameterError, match="p_win"):
+        _check_outcomes(too_big, np.zeros_like(too_big), pmf, qe, 1)

@@ -408,15 +408,17 @@ def _check_outcomes(
     p_win_a = as_array("p_win", p_win, np.float64, 3)
     p_qe_a = as_array("p_qe", p_qe, np.float64, 3)
     check_shape("p_qe", p_qe_a, p_win_a.shape)
-    check_range("p_win", p_win_a, 0.0, 1.0)
-    check_range("p_qe", p_qe_a, 0.0, 1.0)
+    # probabilities may exceed 1 by rounding (a mixture or a renormalisation of exact
+    # values): PROB_TOL, as for the row sums below
+    check_range("p_win", p_win_a, 0.0, 1.0 + PROB_TOL)
+    check_range("p_qe", p_qe_a, 0.0, 1.0 + PROB_TOL)
     sums = p_win_a.sum(axis=-1)
     if np.any(sums > 1.0 + PROB_TOL):
         raise ParameterError(f"The `p_win` rows must sum to at most 1. Got {float(sums.max())!r}.")
     n_draws, _, n_q = p_win_a.shape
     pmf = as_array("new_pmf", new_pmf, np.float64, 4)
     check_shape("new_pmf", pmf, (n_draws, n_seg, n_q, n_q))
-    check_range("new_pmf", pmf, 0.0, 1.0)
+    check_range("new_pmf", pmf, 0.0, 1.0 + PROB_TOL)
     pmf_sums = pmf.sum(axis=-1)
     if np.any(pmf_sums > 1.0 + PROB_TOL):
         raise ParameterError(

@@ -1266,7 +1266,12 @@ def chain_win_probabilities(
         shares[:, k] = tot + left[:, None] * curves[k].tail_shares[None, :]
     q_blk, r_blk = shares[:, :, :n_open], shares[:, :, n_open:]
     eye = np.eye(n_open)[None, :, :]
-    b = np.linalg.solve(eye - q_blk, r_blk)  # (n, K, 3)
+    try:
+        b = np.linalg.solve(eye - q_blk, r_blk)  # (n, K, 3)
+    except np.linalg.LinAlgError:
+        # open stages that only ever move among themselves (I − Q singular): they
+        # never close, and the pseudo-inverse gives them no win probability
+        b = np.linalg.pinv(eye - q_blk) @ r_blk
     return b[:, 0, 0]
 
 
