@@ -294,6 +294,9 @@ class ExitDrawLayout:
         Weight ``Z`` of each segment's own curves.
     own : ndarray of bool, shape (G, K)
         Whether a segment's ratios come from its own spells (it has spells and ``Z > 0``).
+    tail_concentration : ndarray of float64, shape (K * G + K,)
+        Per stratum, the exits later than half its longest stay (at least 1): the
+        Dirichlet concentration of a draw's tail shares (:meth:`tail_share_draws`).
     """
 
     deal: np.ndarray
@@ -307,6 +310,7 @@ class ExitDrawLayout:
     point_median: np.ndarray
     credibility: np.ndarray
     own: np.ndarray
+    tail_concentration: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def from_fit(cls, data: FitData, exits: ExitFit) -> ExitDrawLayout:
@@ -352,7 +356,34 @@ class ExitDrawLayout:
             own=has & (z.reshape(n_seg, n_open) > 0),
         )
         _, median = layout.summaries(np.ones((1, data.n_deals)), threads=1)
-        return dataclasses.replace(layout, point_median=median[0])
+        late = np.ones(offsets.size - 1)
+        for s in range(late.size):
+            dur = layout.duration[offsets[s] : offsets[s + 1]]
+            if dur.size:
+                exited = layout.destination[offsets[s] : offsets[s + 1]] >= 0
+                late[s] = max(1.0, float(np.count_nonzero(exited & (dur > 0.5 * dur[-1]))))
+        return dataclasses.replace(layout, point_median=median[0], tail_concentration=late)
+
+    def tail_share_draws(self, seed: int, draws: Sequence[int]) -> np.ndarray:
+        """Tail shares of each draw and stratum, shape ``(len(draws), S, C)``.
+
+        Where the mass still in a stage after its longest observed stay goes is seen
+        in no exit; the point fit extrapolates it (:func:`~forecast.fit.competing_risks.tail_destination_shares`).
+        A draw takes ``Dirichlet(a · shares)`` over the destinations with a positive
+        share, ``a`` the stratum's :attr:`tail_concentration` (as uncertain as a
+        destination mix estimated from that many exits), from a stream seeded by
+        ``(seed, draw)``.
+        """
+        out = np.empty((len(draws), *self.tail_shares.shape))
+        for i, b in enumerate(draws):
+            rng = np.random.default_rng([int(seed), int(b), 0x7A11])
+            for s in range(self.tail_shares.shape[0]):
+                point = self.tail_shares[s]
+                pos = point > 0
+                out[i, s] = point
+                if np.count_nonzero(pos) > 1:
+                    out[i, s, pos] = rng.dirichlet(self.tail_concentration[s] * point[pos])
+        return out
 
     @property
     def n_open(self) -> int:
@@ -365,7 +396,10 @@ class ExitDrawLayout:
         return int(self.credibility.shape[0])
 
     def summaries(
-        self, weights: np.ndarray, threads: int | None = None
+        self,
+        weights: np.ndarray,
+        threads: int | None = None,
+        tail_draws: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Eventual destination shares ``(B, S, C)`` and median sojourns ``(B, S)`` (days)
         of the weighted Aalen–Johansen fit of every stratum, for deal weights ``(B, n_deals)``.
@@ -373,19 +407,27 @@ class ExitDrawLayout:
         Equal to :func:`weighted_fit_summary` of each stratum's spells (the same
         operations in the same order). The compiled sweep has no delayed entries: a
         stratum holding some (deals in progress when the log started) is summarised
-        by :func:`weighted_fit_summary` per draw.
+        by :func:`weighted_fit_summary` per draw. With ``tail_draws`` ``(B, S, C)``
+        the mass still in the stage after the last exit goes by each draw's own tail
+        shares instead of the point fit's.
         """
+        n_codes = self.tail_shares.shape[1]
+        tail = self.tail_shares
+        if tail_draws is not None:  # one more column: the mass left after the last exit
+            tail = np.concatenate([tail, np.ones((tail.shape[0], 1))], axis=1)
         shares, median = aj_summaries(
             weights,
             self.deal,
             self.duration,
             self.destination,
             self.offsets,
-            self.tail_shares,
+            tail,
             threads=threads,
             row_weight=self.recency,
         )
-        n_codes = self.tail_shares.shape[1]
+        if tail_draws is not None:
+            left = shares[:, :, n_codes]
+            shares = shares[:, :, :n_codes] + left[:, :, None] * (tail_draws - self.tail_shares)
         delayed = np.r_[0, np.cumsum(self.entry > 0)]
         for s in np.flatnonzero(delayed[self.offsets[1:]] > delayed[self.offsets[:-1]]):
             lo, hi = self.offsets[s], self.offsets[s + 1]
@@ -397,7 +439,8 @@ class ExitDrawLayout:
                     weights[b, self.deal[lo:hi]] * self.recency[lo:hi],
                     self.entry[lo:hi],
                 )
-                shares[b, s], median[b, s] = weighted_fit_summary(cs, self.tail_shares[s])
+                own_tail = self.tail_shares[s] if tail_draws is None else tail_draws[b, s]
+                shares[b, s], median[b, s] = weighted_fit_summary(cs, own_tail)
         return shares, median
 
     def ratios(
@@ -405,6 +448,7 @@ class ExitDrawLayout:
         weights: np.ndarray,
         threads: int | None = None,
         adjust_pooled: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        tail_draws: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """What a parameter draw keeps of the exit curves, for a block of draws.
 
@@ -425,6 +469,8 @@ class ExitDrawLayout:
             destination multipliers ``m`` ``(B, K, C)`` and time factors ``f`` ``(B, K)``,
             before they are mixed; may change them in place (a stage whose curves were
             borrowed takes its source's ratios, :func:`forecast.fit.borrowing.borrowed_draw`).
+        tail_draws : ndarray, shape (B, S, C), optional
+            Each draw's tail shares (:meth:`tail_share_draws`); default the point fit's.
 
         Returns
         -------
@@ -432,7 +478,7 @@ class ExitDrawLayout:
         time_factor : ndarray, shape (B, G, K)
         """
         n_open, n_seg = self.n_open, self.n_segments
-        shares_b, med_b = self.summaries(weights, threads=threads)
+        shares_b, med_b = self.summaries(weights, threads=threads, tail_draws=tail_draws)
         with np.errstate(divide="ignore", invalid="ignore"):
             m = np.where(self.eventual > 0, shares_b / self.eventual, 1.0)  # (B, S, C)
             tf = med_b / self.point_median
