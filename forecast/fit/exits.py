@@ -12,7 +12,7 @@ segment's own speed and destination level (:func:`shrink_toward`). See
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,21 +98,43 @@ def weighted_fit_summary(cs: CensoredSpells, tail_shares: np.ndarray) -> tuple[n
     return shares, median
 
 
+#: Prior of a segment's destination effect (person-time standardisation): a
+#: Gamma(a, a) ratio, so the estimate is ``(O + a) / (E + a)`` — as if ``a`` exits had
+#: been both expected and seen. A segment with no win yet among 3 expected gets
+#: 0.4, not 0 (it would never win); with tens of expected exits the prior fades.
+EFFECT_PRIOR_EXITS = 2.0
+
+
 def segment_destination_effects(
     raw: dict[tuple[str, int], ExitCurves],
     pooled: dict[int, ExitCurves],
     exits: dict[tuple[str, int], float],
     segments: Sequence[str],
     n_open: int,
+    spells: Mapping[int, Mapping[str, CensoredSpells]] | None = None,
 ) -> dict[str, np.ndarray | None]:
     """Per segment, how much more often its exits go to each destination, over all stages.
 
-    An indirectly standardised ratio per destination ``j`` (observed over expected):
-    ``m_gj = Σ_k n_gk F_gkj(∞) / Σ_k n_gk P_kj(∞)``, with ``n_gk`` the segment's
-    observed exits from stage ``k``, ``F_gk`` its own eventual destination shares and
-    ``P_k`` the pooled ones. Pooling the stages makes it far steadier than any one
-    stage's mix (on the synthetic generator the Enterprise segment has ~280 exits in
-    all but 20 in Negotiation). Ratios are 1 where nothing is expected.
+    An indirectly standardised ratio per destination ``j`` (observed over expected),
+    pooling the stages, which makes it far steadier than any one stage's mix (on the
+    synthetic generator the Enterprise segment has ~280 exits in all but 20 in
+    Negotiation). Ratios are 1 where nothing is expected.
+
+    With ``spells`` (per stage, per segment) the expected count is that of the
+    segment's own spells over the time each was at risk (Breslow 1972's person-time
+    standardisation): ``m_gj = O_gj / E_gj``, ``O_gj`` the weighted exits of segment
+    ``g`` to ``j`` and ``E_gj = Σ_k Σ_i w_i (Λ_kj(T_i / f_gk) − Λ_kj(e_i / f_gk))``,
+    ``Λ_kj`` the pooled cumulative cause-specific hazard of stage ``k`` (Nelson–Aalen,
+    from the pooled curves' grid, constant beyond it), ``T_i`` and ``e_i`` the spell's
+    stay and delayed entry, and ``f_gk`` the segment's time factor of
+    :func:`shrink_toward` (its median stay over the pooled one). Censored stays count
+    only as long as they were seen, so a slow segment whose slow exits (losses) are
+    still to come is not read as one that rarely loses. Each ratio is shrunk toward 1
+    by a Gamma prior (Clayton & Kaldor 1987), ``(O_gj + a) / (E_gj + a)`` with
+    ``a =`` :data:`EFFECT_PRIOR_EXITS`. Without ``spells``, the
+    eventual shares are compared, ``m_gj = Σ_k n_gk F_gkj(∞) / Σ_k n_gk P_kj(∞)``
+    (``n_gk`` its exits from stage ``k``, ``F_gk`` its own eventual destination shares,
+    ``P_k`` the pooled ones), which reads the censored slow exits by the tail's mix.
 
     Returns
     -------
@@ -120,23 +142,57 @@ def segment_destination_effects(
         None for a segment without any observed exit.
     """
     n_codes = pooled[0].n_codes
+    hazards = {k: _cumulative_hazards(c) for k, c in pooled.items()} if spells else {}
     out: dict[str, np.ndarray | None] = {}
     for g in segments:
         observed = np.zeros(n_codes)
         expected = np.zeros(n_codes)
         for k in range(n_open):
             n = exits[(g, k)]
-            if n > 0:
+            if not n > 0:
+                continue
+            if spells is None or k not in hazards:
                 observed += n * raw[(g, k)].eventual_shares()
                 expected += n * pooled[k].eventual_shares()
+                continue
+            cs = spells[k][g]
+            seen = cs.observed & (cs.weights > 0)
+            observed += np.bincount(
+                cs.destinations[seen], weights=cs.weights[seen], minlength=n_codes
+            )
+            m_own, m_pool = raw[(g, k)].median(), pooled[k].median()
+            f = (
+                m_own / m_pool
+                if np.isfinite(m_own) and np.isfinite(m_pool) and m_pool > 0 and m_own > 0
+                else 1.0
+            )
+            grid = np.arange(hazards[k].shape[1], dtype=np.float64)
+            entries = np.zeros(cs.n) if cs.entries is None else cs.entries
+            for j in np.flatnonzero(hazards[k][:, -1] > 0):
+                lam = hazards[k][j]
+                at_risk = np.interp(cs.durations / f, grid, lam) - np.interp(entries / f, grid, lam)
+                expected[j] += float(np.dot(cs.weights, at_risk))
         if not expected.sum() > 0:
             out[g] = None
             continue
         ratio = np.ones(n_codes)
         has = expected > 0
-        ratio[has] = observed[has] / expected[has]
+        a = 0.0 if spells is None else EFFECT_PRIOR_EXITS
+        ratio[has] = (observed[has] + a) / (expected[has] + a)
         out[g] = ratio
     return out
+
+
+def _cumulative_hazards(curves: ExitCurves) -> np.ndarray:
+    """Cause-specific cumulative hazards ``(C, D + 1)`` of the grid of ``curves`` (Nelson–Aalen:
+    the increment of ``F_j`` over a day divided by the survival at its start)."""
+    cif = curves.cif_grid
+    surv = 1.0 - cif.sum(axis=0)
+    d_cif = np.diff(cif, axis=1, prepend=0.0)
+    start = np.r_[1.0, surv[:-1]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_lam = np.where(start > 1e-12, d_cif / np.maximum(start, 1e-12), 0.0)
+    return np.cumsum(np.clip(d_lam, 0.0, None), axis=1)
 
 
 def shrink_toward(
@@ -230,7 +286,7 @@ def fit_exits(
                 if exits[(g, k)] > 0
                 else pooled[k]
             )
-    effects = segment_destination_effects(raw, pooled, exits, segments, n_open)
+    effects = segment_destination_effects(raw, pooled, exits, segments, n_open, stage_spells)
     curves: dict[tuple[str, int], ExitCurves] = {}
     credibility: dict[tuple[str, int], float] = {}
     rows: list[dict[str, Any]] = []
