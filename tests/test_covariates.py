@@ -21,12 +21,15 @@ from lifelines import CoxPHFitter, CoxTimeVaryingFitter
 import forecast
 from forecast.data.readers import read_deal_log
 from forecast.data.stages import StageMap
+from forecast.datasets import SYNTHETIC_STAGES, generate_crm
 from forecast.errors import ParameterError
 from forecast.fit.competing_risks import CensoredSpells, aalen_johansen
 from forecast.fit.covariates import (
     baseline_steps,
     build_design,
     covariate_states,
+    destination_groups,
+    fit_covariate_coefficients,
     tilt_density,
 )
 from forecast.fit.cox import CoxRows, breslow_increments, fit_cox
@@ -315,3 +318,48 @@ def test_selection_is_reported_and_round_trips(close_date_model):
     eff = sample_model.effects()
     assert eff.filter(pl.col("kept")).height == len(cov.columns)
     assert eff.filter(~pl.col("kept")).height == len(cov.candidates) - len(cov.kept)
+
+
+def test_cox_fit_carries_recency_weights_and_delayed_entries():
+    """On a log recorded mid-stream with a half-life, the coefficients are lifelines'
+    on the same rows with each row weighted by the recency of its stage entry (computed
+    here from the spells frame) and the delayed spells at risk from their entry on."""
+    crm = generate_crm(seed=4, end="2024-07-01", scale=0.5, recorded_from="2023-07-01",
+                       size_effect=True)  # fmt: skip
+    log = forecast.read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+    as_of, half_life = dt.datetime(2024, 7, 1), 182.0
+    data = FitData.from_log(
+        log, as_of=as_of, segment_by=["segment"], recorded_from="2023-07-01"
+    ).with_half_life(half_life)
+    design = build_design(data, ["amount"])
+    a = data.spell_arrays
+    entry = a.entry[design.spell]
+    delayed = entry > 0
+    assert delayed.any() and np.all(design.start[delayed] >= entry[delayed])
+    assert a.excluded.any() and not a.excluded[design.spell].any()
+    coef = fit_covariate_coefficients(data, design, ["amount"], penalty=0.0)
+    age = (as_of - data.spells["entered_at"]).dt.total_seconds().to_numpy() / 86400.0
+    recency = 2.0 ** (-age / half_life)
+    n_open = SYNTHETIC_STAGES.n_open
+    won = destination_groups(n_open)[SYNTHETIC_STAGES.WON]
+    for k in (2, 3):
+        r = design.stage == k
+        df = pd.DataFrame({
+            "id": design.spell[r], "start": design.start[r], "stop": design.stop[r],
+            "event": (design.event[r] == SYNTHETIC_STAGES.WON).astype(int),
+            "x": design.x[r, 0], "s": design.segment[r], "w": recency[design.spell[r]],
+        })  # fmt: skip
+        assert df.w.min() < 0.5 < df.w.max()
+        ctv = CoxTimeVaryingFitter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lifelines' notes on weights and ties
+            ctv.fit(df, id_col="id", event_col="event", start_col="start", stop_col="stop",
+                    weights_col="w", strata=["s"])  # fmt: skip
+        np.testing.assert_allclose(coef.beta[k, won], ctv.params_.values, rtol=1e-6, atol=1e-9)
+        # unweighted rows give another coefficient: the check above sees the weights
+        flat = CoxTimeVaryingFitter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flat.fit(df.drop(columns="w"), id_col="id", event_col="event", start_col="start",
+                     stop_col="stop", strata=["s"])  # fmt: skip
+        assert abs(float(flat.params_.values[0]) - float(coef.beta[k, won][0])) > 1e-3
