@@ -593,20 +593,25 @@ def build_design(
     start = states["start"].to_numpy().astype(np.float64)
     stop = states["stop"].to_numpy().astype(np.float64)
     first = states["first"].to_numpy().astype(bool)
-    keep = np.ones(spell.size, dtype=bool)
+    rows_kept = np.ones(spell.size, dtype=bool)
     if arrays.excluded is not None:  # stage entry unknown: left out, as from the exit curves
-        keep &= ~arrays.excluded[spell]
+        rows_kept &= ~arrays.excluded[spell]
     if arrays.entry is not None:  # delayed entry: at risk from the first observation on
         entry = arrays.entry[spell]
         delayed = entry > 0
-        keep &= ~(delayed & (stop <= entry))
+        rows_kept &= ~(delayed & (stop <= entry))
         start = np.where(delayed, np.maximum(start, entry), start)
         first &= ~delayed
     close_offset = states["_close_offset"].fill_null(float("nan")).to_numpy().astype(np.float64)
-    if not keep.all():
-        spell, start, stop, first = spell[keep], start[keep], stop[keep], first[keep]
-        x, close_offset = np.ascontiguousarray(x[keep]), close_offset[keep]
-        states = states.filter(pl.Series(keep))
+    if not rows_kept.all():
+        spell, start, stop, first = (
+            spell[rows_kept],
+            start[rows_kept],
+            stop[rows_kept],
+            first[rows_kept],
+        )
+        x, close_offset = np.ascontiguousarray(x[rows_kept]), close_offset[rows_kept]
+        states = states.filter(pl.Series(rows_kept))
     return CovariateDesign(
         candidates=tuple(covariates),
         specs=tuple(keep),
