@@ -59,7 +59,7 @@ def refit_draws(data: FitData, point: Any, options: FitOptions) -> dict[str, np.
             point_tail = curves.tail_shares
             tails[b, s] = point_tail
             pos = point_tail > 0
-            if np.count_nonzero(pos) > 1:
+            if np.count_nonzero(pos) > 1 and sp.n:
                 late = sp.observed & (sp.durations > 0.5 * sp.durations.max()) if sp.n else []
                 a = max(1.0, float(np.count_nonzero(late)))
                 tails[b, s, pos] = rng.dirichlet(a * point_tail[pos])

@@ -863,7 +863,10 @@ class ExitCurves:
                 f"`destination_multipliers` must be {self.n_codes} finite numbers ≥ 0. Got {m!r}."
             )
         shares = cur.eventual_shares()
-        total, new_total = float(shares.sum()), float(np.dot(m, shares))
+        # over the reachable codes only: codes no exit reaches (e.g. a stage no deal was
+        # in) add nothing but would change the sums' rounding
+        nz = shares > 0
+        total, new_total = float(shares[nz].sum()), float(np.dot(m[nz], shares[nz]))
         if total <= 0:
             return cur
         if new_total <= 0:
@@ -874,7 +877,8 @@ class ExitCurves:
         cif_new = cur.cif_grid * (c * m)[:, None]
         pieces = []
         for p in cur.tail_pieces:
-            sm = float(np.dot(m, p.shares))
+            on = p.shares > 0
+            sm = float(np.dot(m[on], p.shares[on]))
             if sm > 0:
                 pieces.append(TailPiece(c * sm * p.mass, p.offset, p.fit, m * p.shares / sm))
             else:

@@ -187,7 +187,9 @@ def _cumulative_hazards(curves: ExitCurves) -> np.ndarray:
     """Cause-specific cumulative hazards ``(C, D + 1)`` of the grid of ``curves`` (Nelson–Aalen:
     the increment of ``F_j`` over a day divided by the survival at its start)."""
     cif = curves.cif_grid
-    surv = 1.0 - cif.sum(axis=0)
+    # codes never reached (e.g. a stage no deal was in) are left out of the sum, so
+    # that they do not change its rounding
+    surv = 1.0 - cif[np.any(cif > 0, axis=1)].sum(axis=0)
     d_cif = np.diff(cif, axis=1, prepend=0.0)
     start = np.r_[1.0, surv[:-1]]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -428,7 +430,7 @@ class ExitDrawLayout:
         A draw takes ``Dirichlet(a · shares)`` over the destinations with a positive
         share, ``a`` the stratum's :attr:`tail_concentration` (as uncertain as a
         destination mix estimated from that many exits), from a stream seeded by
-        ``(seed, draw)``.
+        ``(seed, draw)`` that the strata with spells read in turn.
         """
         out = np.empty((len(draws), *self.tail_shares.shape))
         for i, b in enumerate(draws):
@@ -437,7 +439,9 @@ class ExitDrawLayout:
                 point = self.tail_shares[s]
                 pos = point > 0
                 out[i, s] = point
-                if np.count_nonzero(pos) > 1:
+                # a stratum without spells keeps its shares and draws nothing, so
+                # that a stage no deal was in leaves the other strata's draws alone
+                if np.count_nonzero(pos) > 1 and self.offsets[s + 1] > self.offsets[s]:
                     out[i, s, pos] = rng.dirichlet(self.tail_concentration[s] * point[pos])
         return out
 
