@@ -21,6 +21,7 @@ from lifelines import CoxPHFitter, CoxTimeVaryingFitter
 import forecast
 from forecast.data.readers import read_deal_log
 from forecast.data.stages import StageMap
+from forecast.datasets import SYNTHETIC_STAGES, generate_crm
 from forecast.errors import ParameterError
 from forecast.fit.competing_risks import CensoredSpells, aalen_johansen, fit_exit_curves
 from forecast.fit.covariates import (
@@ -29,6 +30,8 @@ from forecast.fit.covariates import (
     chain_win_probabilities,
     covariate_states,
     deal_states,
+    destination_groups,
+    fit_covariate_coefficients,
     tilt_density,
 )
 from forecast.fit.cox import CoxRows, breslow_increments, fit_cox
@@ -371,3 +374,48 @@ def test_chain_win_probabilities_of_stages_that_never_close() -> None:
     # stage 0 and stage 1 only move to each other: I − Q is singular, never a win
     looping = curves(1, [0, 0, 0, 0])
     assert chain_win_probabilities(looping, ones, 2) == pytest.approx([0.0], abs=1e-12)
+
+
+def test_cox_fit_carries_recency_weights_and_delayed_entries():
+    """On a log recorded mid-stream with a half-life, the coefficients are lifelines'
+    on the same rows with each row weighted by the recency of its stage entry (computed
+    here from the spells frame) and the delayed spells at risk from their entry on."""
+    crm = generate_crm(seed=4, end="2024-07-01", scale=0.5, recorded_from="2023-07-01",
+                       size_effect=True)  # fmt: skip
+    log = forecast.read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+    as_of, half_life = dt.datetime(2024, 7, 1), 182.0
+    data = FitData.from_log(
+        log, as_of=as_of, segment_by=["segment"], recorded_from="2023-07-01"
+    ).with_half_life(half_life)
+    design = build_design(data, ["amount"])
+    a = data.spell_arrays
+    entry = a.entry[design.spell]
+    delayed = entry > 0
+    assert delayed.any() and np.all(design.start[delayed] >= entry[delayed])
+    assert a.excluded.any() and not a.excluded[design.spell].any()
+    coef = fit_covariate_coefficients(data, design, ["amount"], penalty=0.0)
+    age = (as_of - data.spells["entered_at"]).dt.total_seconds().to_numpy() / 86400.0
+    recency = 2.0 ** (-age / half_life)
+    n_open = SYNTHETIC_STAGES.n_open
+    won = destination_groups(n_open)[SYNTHETIC_STAGES.WON]
+    for k in (2, 3):
+        r = design.stage == k
+        df = pd.DataFrame({
+            "id": design.spell[r], "start": design.start[r], "stop": design.stop[r],
+            "event": (design.event[r] == SYNTHETIC_STAGES.WON).astype(int),
+            "x": design.x[r, 0], "s": design.segment[r], "w": recency[design.spell[r]],
+        })  # fmt: skip
+        assert df.w.min() < 0.5 < df.w.max()
+        ctv = CoxTimeVaryingFitter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lifelines' notes on weights and ties
+            ctv.fit(df, id_col="id", event_col="event", start_col="start", stop_col="stop",
+                    weights_col="w", strata=["s"])  # fmt: skip
+        np.testing.assert_allclose(coef.beta[k, won], ctv.params_.values, rtol=1e-6, atol=1e-9)
+        # unweighted rows give another coefficient: the check above sees the weights
+        flat = CoxTimeVaryingFitter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flat.fit(df.drop(columns="w"), id_col="id", event_col="event", start_col="start",
+                     stop_col="stop", strata=["s"])  # fmt: skip
+        assert abs(float(flat.params_.values[0]) - float(coef.beta[k, won][0])) > 1e-3

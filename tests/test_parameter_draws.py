@@ -47,9 +47,29 @@ def refit_draws(data: FitData, point: Any, options: FitOptions) -> dict[str, np.
         "shock_sigma": np.empty(N_DRAWS),
     }
 
-    def ratios(curves: Any, spells: Any, point_spells: Any) -> tuple[np.ndarray, float]:
+    # each draw's tail shares: Dirichlet(a · point shares), a the stratum's exits later
+    # than half its longest stay (at least 1); strata in layout order, one stream a draw
+    strata = [(exits.raw[(g, k)], data.stratum_spells(k, gi)) for k in range(n_open)
+              for gi, g in enumerate(segments)]  # fmt: skip
+    strata += [(exits.pooled[k], data.stratum_spells(k)) for k in range(n_open)]
+    tails = np.empty((N_DRAWS, len(strata), n_codes))
+    for b in range(N_DRAWS):
+        rng = np.random.default_rng([SEED, b, 0x7A11])
+        for s, (curves, sp) in enumerate(strata):
+            point_tail = curves.tail_shares
+            tails[b, s] = point_tail
+            pos = point_tail > 0
+            if np.count_nonzero(pos) > 1 and sp.n:
+                late = sp.observed & (sp.durations > 0.5 * sp.durations.max()) if sp.n else []
+                a = max(1.0, float(np.count_nonzero(late)))
+                tails[b, s, pos] = rng.dirichlet(a * point_tail[pos])
+    assert np.any(np.abs(tails - tails[:1]) > 1e-3)  # the tails do vary between draws
+
+    def ratios(
+        curves: Any, spells: Any, point_spells: Any, tail: np.ndarray
+    ) -> tuple[np.ndarray, float]:
         # the point median on the point fit's own weights (unit deal weights, recency)
-        shares_b, med_b = weighted_fit_summary(spells, curves.tail_shares)
+        shares_b, med_b = weighted_fit_summary(spells, tail)
         _, med_pt = weighted_fit_summary(point_spells, curves.tail_shares)
         shares_pt = curves.eventual_shares()
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -61,13 +81,18 @@ def refit_draws(data: FitData, point: Any, options: FitOptions) -> dict[str, np.
         data_b = data.with_weights(bootstrap_weights(data, SEED, b))
         for k in range(n_open):
             m_pool, tf_pool = ratios(
-                exits.pooled[k], data_b.stratum_spells(k), data.stratum_spells(k)
+                exits.pooled[k],
+                data_b.stratum_spells(k),
+                data.stratum_spells(k),
+                tails[b, n_open * G + k],
             )
             for gi, g in enumerate(segments):
                 z = exits.credibility[(g, k)]
                 sg = data_b.stratum_spells(k, gi)
                 if sg.n and z > 0:
-                    m_g, tf_g = ratios(exits.raw[(g, k)], sg, data.stratum_spells(k, gi))
+                    m_g, tf_g = ratios(
+                        exits.raw[(g, k)], sg, data.stratum_spells(k, gi), tails[b, k * G + gi]
+                    )
                 else:
                     m_g, tf_g = m_pool, tf_pool
                 out["destination_multiplier"][b, gi, k] = z * m_g + (1 - z) * m_pool

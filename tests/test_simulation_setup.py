@@ -98,17 +98,18 @@ def test_fingerprint_follows_the_content(sample_model: PipelineModel) -> None:
 
 
 def test_fingerprint_and_exit_densities_follow_the_half_life(
-    sample_log: Any, sample_model: PipelineModel, sample_fit_arguments: dict[str, Any]
+    sample_log: Any, sample_fit_arguments: dict[str, Any]
 ) -> None:
     """What recency changes is in the fingerprint and in the cached densities."""
-    assert sample_model.recency is not None and sample_model.recency.half_life is not None
-    fp = sample_model.fingerprint
+    weighted = forecast.fit(sample_log, **{**sample_fit_arguments, "half_life": 365.0})
+    assert weighted.recency is not None and weighted.recency.half_life == 365.0
+    fp = weighted.fingerprint
     # the same fitted values said to come from another half-life: another model
-    relabelled = sample_model.replace(recency=HalfLifeChoice(None, requested=None))
+    relabelled = weighted.replace(recency=HalfLifeChoice(None, requested=None))
     assert relabelled.fingerprint != fp
     plain = forecast.fit(sample_log, **{**sample_fit_arguments, "half_life": None})
     assert plain.fingerprint != fp
-    assert not np.array_equal(exit_densities(plain, 64), exit_densities(sample_model, 64))
+    assert not np.array_equal(exit_densities(plain, 64), exit_densities(weighted, 64))
 
 
 def test_compiled_set_up_averages_mid_stream_deals_over_their_ages() -> None:

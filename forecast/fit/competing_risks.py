@@ -863,7 +863,10 @@ class ExitCurves:
                 f"`destination_multipliers` must be {self.n_codes} finite numbers ≥ 0. Got {m!r}."
             )
         shares = cur.eventual_shares()
-        total, new_total = float(shares.sum()), float(np.dot(m, shares))
+        # over the reachable codes only: codes no exit reaches (e.g. a stage no deal was
+        # in) add nothing but would change the sums' rounding
+        nz = shares > 0
+        total, new_total = float(shares[nz].sum()), float(np.dot(m[nz], shares[nz]))
         if total <= 0:
             return cur
         if new_total <= 0:
@@ -874,7 +877,8 @@ class ExitCurves:
         cif_new = cur.cif_grid * (c * m)[:, None]
         pieces = []
         for p in cur.tail_pieces:
-            sm = float(np.dot(m, p.shares))
+            on = p.shares > 0
+            sm = float(np.dot(m[on], p.shares[on]))
             if sm > 0:
                 pieces.append(TailPiece(c * sm * p.mass, p.offset, p.fit, m * p.shares / sm))
             else:
@@ -907,6 +911,108 @@ class ExitCurves:
             f"ExitCurves(C={self.n_codes}, D={self.max_day} days, exits={int(self.counts.sum())}, "
             f"censored={self.n_censored}, median={self.median():.4g} days, tail={self.tail.family})"
         )
+
+
+#: EM iterations of the destination-mixture fit behind the tail's destination mix.
+_TAIL_MIX_ITERATIONS = 40
+#: Tail mass (probability still in the stage at the grid end) below which the late
+#: exits' mix is kept: the mixture fit would change the curves by less than this.
+_TAIL_MIX_MIN_MASS = 0.01
+
+
+def tail_destination_shares(
+    spells: CensoredSpells, grid_end: float, late_shares: np.ndarray
+) -> np.ndarray:
+    """Destination mix ``(C,)`` of the mass still in the stage at the grid end.
+
+    Destinations do not leave at the same pace (advances early, losses late), so
+    the mix of the exits seen so far overstates the fast ones among the deals that
+    stay longer than any seen: on a short history nearly all of the slow exits are
+    still to come. A parametric **destination mixture** (Larson & Dinse 1985) is
+    fitted to the stage's spells: a spell ends in ``j`` with probability ``p_j``
+    after a Weibull sojourn ``G_j``, so ``F_j(t) = p_j G_j(t)``, by weighted
+    maximum likelihood with censoring (EM: a censored spell at ``c`` belongs to
+    ``j`` with responsibility ``∝ p_j (1 − G_j(c))``). The mass left at
+    ``D = grid_end`` leaves to ``j`` with probability
+    ``p_j (1 − G_j(D)) / Σ_i p_i (1 − G_i(D))``. Destinations with fewer than 2
+    exits keep their share of ``late_shares`` (the late exits' mix); delayed
+    entries are treated as entries at 0 (an approximation of the mixture only).
+    """
+    obs = spells.observed & (spells.weights > 0)
+    cens = ~spells.observed & (spells.weights > 0)
+    codes = [int(j) for j in np.flatnonzero(late_shares > 0)]
+    exits = {j: obs & (spells.destinations == j) for j in codes}
+    mixed = [j for j in codes if np.count_nonzero(exits[j]) >= 2]
+    if len(mixed) < 2 or not np.any(cens):
+        return late_shares
+    t = np.maximum(spells.durations, 1.0 / 24.0)
+    w = spells.weights
+    t_c, w_c = t[cens], w[cens]
+    total = float(w[obs].sum() + w_c.sum())
+    n_exit = np.array([float(w[exits[j]].sum()) for j in mixed])
+    p = n_exit / total
+    params = []
+    for j in mixed:
+        te = t[exits[j]]
+        params.append(_weighted_weibull(te, np.ones(te.size, bool), w[exits[j]]))
+    resp = np.zeros((len(mixed), t_c.size))
+    for _ in range(_TAIL_MIX_ITERATIONS):
+        for i, (shape, scale) in enumerate(params):
+            resp[i] = p[i] * np.exp(-((t_c / scale) ** shape))
+        # censored mass not explained by the exits' destinations stays unassigned
+        norm = resp.sum(axis=0) + (1.0 - p.sum())
+        resp /= np.maximum(norm, 1e-300)
+        p_new = (n_exit + resp @ w_c) / total
+        for i, j in enumerate(mixed):
+            te, we = t[exits[j]], w[exits[j]]
+            tt = np.concatenate([te, t_c])
+            dd = np.concatenate([np.ones(te.size, bool), np.zeros(t_c.size, bool)])
+            params[i] = _weighted_weibull(tt, dd, np.concatenate([we, w_c * resp[i]]))
+        done = float(np.max(np.abs(p_new - p))) < 1e-5
+        p = p_new
+        if done:
+            break
+    d0 = float(grid_end)
+    left = np.array(
+        [p[i] * math.exp(-((d0 / scale) ** shape)) for i, (shape, scale) in enumerate(params)]
+    )
+    if not left.sum() > 0:
+        return late_shares
+    out = np.zeros_like(late_shares)
+    rest = [j for j in codes if j not in mixed]
+    kept = float(sum(late_shares[j] for j in rest))
+    out[mixed] = left / left.sum() * (1.0 - kept)
+    for j in rest:
+        out[j] = late_shares[j]
+    return out / out.sum()
+
+
+def _weighted_weibull(t: np.ndarray, d: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """(shape, scale) of a weighted censored Weibull fit (profile likelihood over the shape)."""
+    events = float(np.dot(w, d))
+    log_t = np.log(t)
+    log_tmax = float(log_t.max())
+    rel = log_t - log_tmax
+    sum_dlogt = float(np.dot(w * d, log_t))
+
+    def log_a(c: float) -> float:
+        return c * log_tmax + math.log(float(np.dot(w, np.exp(c * rel))))
+
+    def neg_profile(log_c: float) -> float:
+        c = math.exp(log_c)
+        return -(
+            c * 0
+            + events * math.log(c)
+            - events * (log_a(c) - math.log(events))
+            + (c - 1) * sum_dlogt
+            - events
+        )
+
+    res = optimize.minimize_scalar(
+        neg_profile, bounds=(math.log(0.05), math.log(20.0)), method="bounded"
+    )
+    c = math.exp(float(res.x))
+    return c, math.exp((log_a(c) - math.log(events)) / c)
 
 
 def fit_exit_curves(
@@ -971,6 +1077,8 @@ def fit_exit_curves(
     ).astype(np.float64)
     if shares.sum() > 0:
         shares /= shares.sum()
+    if s_end > _TAIL_MIX_MIN_MASS and shares.sum() > 0:
+        shares = tail_destination_shares(spells, big_d, shares)
     tail = fit_tail(
         spells.durations,
         spells.observed,

@@ -622,6 +622,28 @@ def build_design(
         pos += n
     spell = states["_spell"].to_numpy().astype(np.int64)
     arrays = data.spell_arrays
+    start = states["start"].to_numpy().astype(np.float64)
+    stop = states["stop"].to_numpy().astype(np.float64)
+    first = states["first"].to_numpy().astype(bool)
+    rows_kept = np.ones(spell.size, dtype=bool)
+    if arrays.excluded is not None:  # stage entry unknown: left out, as from the exit curves
+        rows_kept &= ~arrays.excluded[spell]
+    if arrays.entry is not None:  # delayed entry: at risk from the first observation on
+        entry = arrays.entry[spell]
+        delayed = entry > 0
+        rows_kept &= ~(delayed & (stop <= entry))
+        start = np.where(delayed, np.maximum(start, entry), start)
+        first &= ~delayed
+    close_offset = states["_close_offset"].fill_null(float("nan")).to_numpy().astype(np.float64)
+    if not rows_kept.all():
+        spell, start, stop, first = (
+            spell[rows_kept],
+            start[rows_kept],
+            stop[rows_kept],
+            first[rows_kept],
+        )
+        x, close_offset = np.ascontiguousarray(x[rows_kept]), close_offset[rows_kept]
+        states = states.filter(pl.Series(rows_kept))
     return CovariateDesign(
         candidates=tuple(covariates),
         specs=tuple(keep),
@@ -629,16 +651,25 @@ def build_design(
         blocks=blocks,
         columns=tuple(columns),
         x=x,
-        start=states["start"].to_numpy().astype(np.float64),
-        stop=states["stop"].to_numpy().astype(np.float64),
+        start=start,
+        stop=stop,
         event=states["event"].to_numpy().astype(np.int64),
-        first=states["first"].to_numpy().astype(bool),
+        first=first,
         stage=arrays.stage[spell],
         segment=arrays.segment[spell],
         deal=arrays.deal[spell],
         spell=spell,
-        close_offset=states["_close_offset"].fill_null(float("nan")).to_numpy().astype(np.float64),
+        close_offset=close_offset,
     )
+
+
+def row_weights(data: FitData, design: CovariateDesign) -> np.ndarray:
+    """Weight of each design row, shape ``(n,)``: its deal's weight times its spell's
+    recency weight by the stage entry (:attr:`FitData.spell_recency`; as for the exit
+    curves, the factor a row's calendar time adds is common to its risk set)."""
+    w = data.weights[design.deal]
+    rec = data.spell_recency
+    return w if rec is None else w * rec[design.spell]
 
 
 # ============================================================================================
@@ -711,7 +742,7 @@ def fit_covariate_coefficients(
     n_events = np.zeros((n_open, 4))
     loglik = 0.0
     edf = 0.0
-    w_row = data.weights[design.deal]
+    w_row = row_weights(data, design)
     for k in range(n_open):
         idx, rows = design.stage_rows(k)
         sub = CoxRows(rows.start, rows.stop, np.ascontiguousarray(rows.x[:, cols]), rows.offsets,
@@ -859,7 +890,7 @@ def _stage_steps(
     idx, rows = design.stage_rows(stage, pooled)
     x = rows.x[:, cols]
     dest = rows.take(design.event[idx])
-    w = rows.take(data.weights[design.deal[idx]])
+    w = rows.take(row_weights(data, design)[idx])
     inc = np.zeros(rows.n)
     for grp in range(4):
         ev = np.zeros(rows.n, dtype=np.int64)

@@ -12,7 +12,7 @@ segment's own speed and destination level (:func:`shrink_toward`). See
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,21 +98,43 @@ def weighted_fit_summary(cs: CensoredSpells, tail_shares: np.ndarray) -> tuple[n
     return shares, median
 
 
+#: Prior of a segment's destination effect (person-time standardisation): a
+#: Gamma(a, a) ratio, so the estimate is ``(O + a) / (E + a)`` — as if ``a`` exits had
+#: been both expected and seen. A segment with no win yet among 3 expected gets
+#: 0.4, not 0 (it would never win); with tens of expected exits the prior fades.
+EFFECT_PRIOR_EXITS = 2.0
+
+
 def segment_destination_effects(
     raw: dict[tuple[str, int], ExitCurves],
     pooled: dict[int, ExitCurves],
     exits: dict[tuple[str, int], float],
     segments: Sequence[str],
     n_open: int,
+    spells: Mapping[int, Mapping[str, CensoredSpells]] | None = None,
 ) -> dict[str, np.ndarray | None]:
     """Per segment, how much more often its exits go to each destination, over all stages.
 
-    An indirectly standardised ratio per destination ``j`` (observed over expected):
-    ``m_gj = Σ_k n_gk F_gkj(∞) / Σ_k n_gk P_kj(∞)``, with ``n_gk`` the segment's
-    observed exits from stage ``k``, ``F_gk`` its own eventual destination shares and
-    ``P_k`` the pooled ones. Pooling the stages makes it far steadier than any one
-    stage's mix (on the synthetic generator the Enterprise segment has ~280 exits in
-    all but 20 in Negotiation). Ratios are 1 where nothing is expected.
+    An indirectly standardised ratio per destination ``j`` (observed over expected),
+    pooling the stages, which makes it far steadier than any one stage's mix (on the
+    synthetic generator the Enterprise segment has ~280 exits in all but 20 in
+    Negotiation). Ratios are 1 where nothing is expected.
+
+    With ``spells`` (per stage, per segment) the expected count is that of the
+    segment's own spells over the time each was at risk (Breslow 1972's person-time
+    standardisation): ``m_gj = O_gj / E_gj``, ``O_gj`` the weighted exits of segment
+    ``g`` to ``j`` and ``E_gj = Σ_k Σ_i w_i (Λ_kj(T_i / f_gk) − Λ_kj(e_i / f_gk))``,
+    ``Λ_kj`` the pooled cumulative cause-specific hazard of stage ``k`` (Nelson–Aalen,
+    from the pooled curves' grid, constant beyond it), ``T_i`` and ``e_i`` the spell's
+    stay and delayed entry, and ``f_gk`` the segment's time factor of
+    :func:`shrink_toward` (its median stay over the pooled one). Censored stays count
+    only as long as they were seen, so a slow segment whose slow exits (losses) are
+    still to come is not read as one that rarely loses. Each ratio is shrunk toward 1
+    by a Gamma prior (Clayton & Kaldor 1987), ``(O_gj + a) / (E_gj + a)`` with
+    ``a =`` :data:`EFFECT_PRIOR_EXITS`. Without ``spells``, the
+    eventual shares are compared, ``m_gj = Σ_k n_gk F_gkj(∞) / Σ_k n_gk P_kj(∞)``
+    (``n_gk`` its exits from stage ``k``, ``F_gk`` its own eventual destination shares,
+    ``P_k`` the pooled ones), which reads the censored slow exits by the tail's mix.
 
     Returns
     -------
@@ -120,23 +142,59 @@ def segment_destination_effects(
         None for a segment without any observed exit.
     """
     n_codes = pooled[0].n_codes
+    hazards = {k: _cumulative_hazards(c) for k, c in pooled.items()} if spells else {}
     out: dict[str, np.ndarray | None] = {}
     for g in segments:
         observed = np.zeros(n_codes)
         expected = np.zeros(n_codes)
         for k in range(n_open):
             n = exits[(g, k)]
-            if n > 0:
+            if not n > 0:
+                continue
+            if spells is None or k not in hazards:
                 observed += n * raw[(g, k)].eventual_shares()
                 expected += n * pooled[k].eventual_shares()
+                continue
+            cs = spells[k][g]
+            seen = cs.observed & (cs.weights > 0)
+            observed += np.bincount(
+                cs.destinations[seen], weights=cs.weights[seen], minlength=n_codes
+            )
+            m_own, m_pool = raw[(g, k)].median(), pooled[k].median()
+            f = (
+                m_own / m_pool
+                if np.isfinite(m_own) and np.isfinite(m_pool) and m_pool > 0 and m_own > 0
+                else 1.0
+            )
+            grid = np.arange(hazards[k].shape[1], dtype=np.float64)
+            entries = np.zeros(cs.n) if cs.entries is None else cs.entries
+            for j in np.flatnonzero(hazards[k][:, -1] > 0):
+                lam = hazards[k][j]
+                at_risk = np.interp(cs.durations / f, grid, lam) - np.interp(entries / f, grid, lam)
+                expected[j] += float(np.dot(cs.weights, at_risk))
         if not expected.sum() > 0:
             out[g] = None
             continue
         ratio = np.ones(n_codes)
         has = expected > 0
-        ratio[has] = observed[has] / expected[has]
+        a = 0.0 if spells is None else EFFECT_PRIOR_EXITS
+        ratio[has] = (observed[has] + a) / (expected[has] + a)
         out[g] = ratio
     return out
+
+
+def _cumulative_hazards(curves: ExitCurves) -> np.ndarray:
+    """Cause-specific cumulative hazards ``(C, D + 1)`` of the grid of ``curves`` (Nelson–Aalen:
+    the increment of ``F_j`` over a day divided by the survival at its start)."""
+    cif = curves.cif_grid
+    # codes never reached (e.g. a stage no deal was in) are left out of the sum, so
+    # that they do not change its rounding
+    surv = 1.0 - cif[np.any(cif > 0, axis=1)].sum(axis=0)
+    d_cif = np.diff(cif, axis=1, prepend=0.0)
+    start = np.r_[1.0, surv[:-1]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_lam = np.where(start > 1e-12, d_cif / np.maximum(start, 1e-12), 0.0)
+    return np.cumsum(np.clip(d_lam, 0.0, None), axis=1)
 
 
 def shrink_toward(
@@ -230,7 +288,7 @@ def fit_exits(
                 if exits[(g, k)] > 0
                 else pooled[k]
             )
-    effects = segment_destination_effects(raw, pooled, exits, segments, n_open)
+    effects = segment_destination_effects(raw, pooled, exits, segments, n_open, stage_spells)
     curves: dict[tuple[str, int], ExitCurves] = {}
     credibility: dict[tuple[str, int], float] = {}
     rows: list[dict[str, Any]] = []
@@ -294,6 +352,9 @@ class ExitDrawLayout:
         Weight ``Z`` of each segment's own curves.
     own : ndarray of bool, shape (G, K)
         Whether a segment's ratios come from its own spells (it has spells and ``Z > 0``).
+    tail_concentration : ndarray of float64, shape (K * G + K,)
+        Per stratum, the exits later than half its longest stay (at least 1): the
+        Dirichlet concentration of a draw's tail shares (:meth:`tail_share_draws`).
     """
 
     deal: np.ndarray
@@ -307,6 +368,7 @@ class ExitDrawLayout:
     point_median: np.ndarray
     credibility: np.ndarray
     own: np.ndarray
+    tail_concentration: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def from_fit(cls, data: FitData, exits: ExitFit) -> ExitDrawLayout:
@@ -352,7 +414,36 @@ class ExitDrawLayout:
             own=has & (z.reshape(n_seg, n_open) > 0),
         )
         _, median = layout.summaries(np.ones((1, data.n_deals)), threads=1)
-        return dataclasses.replace(layout, point_median=median[0])
+        late = np.ones(offsets.size - 1)
+        for s in range(late.size):
+            dur = layout.duration[offsets[s] : offsets[s + 1]]
+            if dur.size:
+                exited = layout.destination[offsets[s] : offsets[s + 1]] >= 0
+                late[s] = max(1.0, float(np.count_nonzero(exited & (dur > 0.5 * dur[-1]))))
+        return dataclasses.replace(layout, point_median=median[0], tail_concentration=late)
+
+    def tail_share_draws(self, seed: int, draws: Sequence[int]) -> np.ndarray:
+        """Tail shares of each draw and stratum, shape ``(len(draws), S, C)``.
+
+        Where the mass still in a stage after its longest observed stay goes is seen
+        in no exit; the point fit extrapolates it (:func:`~forecast.fit.competing_risks.tail_destination_shares`).
+        A draw takes ``Dirichlet(a · shares)`` over the destinations with a positive
+        share, ``a`` the stratum's :attr:`tail_concentration` (as uncertain as a
+        destination mix estimated from that many exits), from a stream seeded by
+        ``(seed, draw)`` that the strata with spells read in turn.
+        """
+        out = np.empty((len(draws), *self.tail_shares.shape))
+        for i, b in enumerate(draws):
+            rng = np.random.default_rng([int(seed), int(b), 0x7A11])
+            for s in range(self.tail_shares.shape[0]):
+                point = self.tail_shares[s]
+                pos = point > 0
+                out[i, s] = point
+                # a stratum without spells keeps its shares and draws nothing, so
+                # that a stage no deal was in leaves the other strata's draws alone
+                if np.count_nonzero(pos) > 1 and self.offsets[s + 1] > self.offsets[s]:
+                    out[i, s, pos] = rng.dirichlet(self.tail_concentration[s] * point[pos])
+        return out
 
     @property
     def n_open(self) -> int:
@@ -365,7 +456,10 @@ class ExitDrawLayout:
         return int(self.credibility.shape[0])
 
     def summaries(
-        self, weights: np.ndarray, threads: int | None = None
+        self,
+        weights: np.ndarray,
+        threads: int | None = None,
+        tail_draws: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Eventual destination shares ``(B, S, C)`` and median sojourns ``(B, S)`` (days)
         of the weighted Aalen–Johansen fit of every stratum, for deal weights ``(B, n_deals)``.
@@ -373,19 +467,27 @@ class ExitDrawLayout:
         Equal to :func:`weighted_fit_summary` of each stratum's spells (the same
         operations in the same order). The compiled sweep has no delayed entries: a
         stratum holding some (deals in progress when the log started) is summarised
-        by :func:`weighted_fit_summary` per draw.
+        by :func:`weighted_fit_summary` per draw. With ``tail_draws`` ``(B, S, C)``
+        the mass still in the stage after the last exit goes by each draw's own tail
+        shares instead of the point fit's.
         """
+        n_codes = self.tail_shares.shape[1]
+        tail = self.tail_shares
+        if tail_draws is not None:  # one more column: the mass left after the last exit
+            tail = np.concatenate([tail, np.ones((tail.shape[0], 1))], axis=1)
         shares, median = aj_summaries(
             weights,
             self.deal,
             self.duration,
             self.destination,
             self.offsets,
-            self.tail_shares,
+            tail,
             threads=threads,
             row_weight=self.recency,
         )
-        n_codes = self.tail_shares.shape[1]
+        if tail_draws is not None:
+            left = shares[:, :, n_codes]
+            shares = shares[:, :, :n_codes] + left[:, :, None] * (tail_draws - self.tail_shares)
         delayed = np.r_[0, np.cumsum(self.entry > 0)]
         for s in np.flatnonzero(delayed[self.offsets[1:]] > delayed[self.offsets[:-1]]):
             lo, hi = self.offsets[s], self.offsets[s + 1]
@@ -397,7 +499,8 @@ class ExitDrawLayout:
                     weights[b, self.deal[lo:hi]] * self.recency[lo:hi],
                     self.entry[lo:hi],
                 )
-                shares[b, s], median[b, s] = weighted_fit_summary(cs, self.tail_shares[s])
+                own_tail = self.tail_shares[s] if tail_draws is None else tail_draws[b, s]
+                shares[b, s], median[b, s] = weighted_fit_summary(cs, own_tail)
         return shares, median
 
     def ratios(
@@ -405,6 +508,7 @@ class ExitDrawLayout:
         weights: np.ndarray,
         threads: int | None = None,
         adjust_pooled: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        tail_draws: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """What a parameter draw keeps of the exit curves, for a block of draws.
 
@@ -425,6 +529,8 @@ class ExitDrawLayout:
             destination multipliers ``m`` ``(B, K, C)`` and time factors ``f`` ``(B, K)``,
             before they are mixed; may change them in place (a stage whose curves were
             borrowed takes its source's ratios, :func:`forecast.fit.borrowing.borrowed_draw`).
+        tail_draws : ndarray, shape (B, S, C), optional
+            Each draw's tail shares (:meth:`tail_share_draws`); default the point fit's.
 
         Returns
         -------
@@ -432,7 +538,7 @@ class ExitDrawLayout:
         time_factor : ndarray, shape (B, G, K)
         """
         n_open, n_seg = self.n_open, self.n_segments
-        shares_b, med_b = self.summaries(weights, threads=threads)
+        shares_b, med_b = self.summaries(weights, threads=threads, tail_draws=tail_draws)
         with np.errstate(divide="ignore", invalid="ignore"):
             m = np.where(self.eventual > 0, shares_b / self.eventual, 1.0)  # (B, S, C)
             tf = med_b / self.point_median

@@ -719,12 +719,15 @@ def parameter_draws(
                     m_pool[i, k], tf_pool[i, k] = draw
 
         dest_mult[lo:hi], time_factor[lo:hi] = exits.ratios(
-            weights, threads=threads, adjust_pooled=borrow
+            weights,
+            threads=threads,
+            adjust_pooled=borrow,
+            tail_draws=exits.tail_share_draws(seed, range(lo, hi)),
         )
         counts = arrivals.expected_in_window(weights, window)  # (block, G_arr)
         for i, g in enumerate(arrivals.segments):
             if g in segments and base.get(g, 0.0) > 0:
                 arrival_mult[lo:hi, segments.index(g)] = counts[:, i] / base[g]
         pull_in[lo:hi] = quarter_end.pull_in(weights)
-        sigma[lo:hi] = shocks.sigmas(weights, threads=threads)
+        sigma[lo:hi] = shocks.sigmas(weights, threads=threads, seed=seed, draws=range(lo, hi))
     return ParameterDraws(time_factor, dest_mult, arrival_mult, pull_in, sigma, seed)

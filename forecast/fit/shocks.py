@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,11 +56,39 @@ from forecast.fit.calendar_effects import month_index_to_datetime, quarter_start
 from forecast.fit.data import FitData
 from forecast.segments import SEGMENT_COLUMN
 
-__all__ = ["ShockLayout", "ShockModel", "fit_shocks", "reml_shock_variance"]
+__all__ = [
+    "SHOCK_SIGMA_PRIOR_SCALE",
+    "ShockLayout",
+    "ShockModel",
+    "fit_shocks",
+    "prior_sigma_draws",
+    "reml_shock_variance",
+]
 
 _DAYS_PER_YEAR = 365.25
+#: Scale of the half-normal prior of the shock sigma (log-odds) that the parameter
+#: draws take when too few quarters are seen to estimate it: its root mean square,
+#: 0.3, is a typical fitted sigma (win odds moving by a factor of about 1.35 from
+#: one quarter to the next).
+SHOCK_SIGMA_PRIOR_SCALE = 0.3
 #: Half the 95% quantile of χ² with 1 degree of freedom (profile-likelihood interval).
 _HALF_CHI2_95 = 0.5 * 3.841458820694124
+
+
+def prior_sigma_draws(seed: int, draws: Sequence[int]) -> np.ndarray:
+    """Shock sigmas of parameter draws ``draws`` from the prior, shape ``(len(draws),)``.
+
+    Half-normal with scale :data:`SHOCK_SIGMA_PRIOR_SCALE`, draw ``b`` from a stream
+    seeded by ``(seed, b)``: what the parameter draws use when the history has too
+    few complete quarters to estimate the sigma (``docs/model.md``, "Shared shocks").
+    """
+    return np.array(
+        [
+            SHOCK_SIGMA_PRIOR_SCALE
+            * abs(np.random.default_rng([int(seed), int(b), 0x5C0C]).standard_normal())
+            for b in draws
+        ]
+    )
 
 
 def _expit(x: np.ndarray) -> np.ndarray:
@@ -601,9 +630,25 @@ class ShockLayout:
             won_q = closed_q = np.zeros((n_draws, 0))
         return y, v, won_q, closed_q
 
-    def sigmas(self, weights: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """The REML shock sigma of :func:`fit_shocks` for each weight vector, shape (B,)."""
+    def sigmas(
+        self,
+        weights: np.ndarray,
+        threads: int | None = None,
+        *,
+        seed: int | None = None,
+        draws: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """The REML shock sigma of :func:`fit_shocks` for each weight vector, shape (B,).
+
+        When too few quarters qualify, the sigma is not estimable: with ``seed`` and
+        ``draws`` (the draw indices of the rows of ``weights``) each draw then takes
+        its sigma from the prior (:func:`prior_sigma_draws`), so that the forecast's
+        intervals carry shocks of a typical size rather than none; without them, the
+        fallback's 0.
+        """
         if self.fallback is not None:
+            if seed is not None and draws is not None:
+                return prior_sigma_draws(seed, draws)
             return np.full(weights.shape[0], float(self.fallback.sigma))
         y, v, _, _ = self.shifts(weights, threads=threads)
         om = self.quarter_weight

@@ -27,6 +27,7 @@ section 5 (the mixture target is built in :mod:`forecast.fit.exits`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -196,7 +197,16 @@ def credibility_weights(
         band = np.searchsorted(cuts, s.durations[obs], side="left")
         cell = s.destinations[obs] * n_bands + band
         rows.append(np.bincount(cell, weights=s.weights[obs], minlength=c * n_bands))
-    return credibility_from_counts(np.stack(rows))
+    counts = np.stack(rows)
+    # cells no exit reached add nothing but would change the sums' rounding (e.g. the
+    # codes of a stage no deal was in): computed without them, reported with them (0)
+    hit = counts.sum(axis=0) > 0
+    cred = credibility_from_counts(counts[:, hit])
+    means = np.zeros(counts.shape)
+    means[:, hit] = cred.segment_means
+    overall = np.zeros(counts.shape[1])
+    overall[hit] = cred.overall_mean
+    return dataclasses.replace(cred, segment_means=means, overall_mean=overall)
 
 
 def shrink_curves(
