@@ -1022,6 +1022,7 @@ def fit_exit_curves(
     tail_quantile: float = 0.75,
     min_tail_events: int = 20,
     steps: AalenJohansen | None = None,
+    tail_mixture: bool = True,
 ) -> ExitCurves:
     """Fit the exit curves of one stage: Aalen–Johansen on a day grid plus a tail.
 
@@ -1046,6 +1047,11 @@ def fit_exit_curves(
         ``spells`` (e.g. the covariate model's baseline at ``x = 0``,
         :func:`forecast.fit.covariates.baseline_steps`); the tail is fitted on
         ``spells`` as usual.
+    tail_mixture : bool, default True
+        Where more than ``_TAIL_MIX_MIN_MASS`` of the stage's mass is left at the grid
+        end, split it by a destination-mixture fit
+        (:func:`tail_destination_shares`); False keeps the late exits' mix (the
+        cheaper curves the half-life backtest scores with).
 
     Returns
     -------
@@ -1077,7 +1083,7 @@ def fit_exit_curves(
     ).astype(np.float64)
     if shares.sum() > 0:
         shares /= shares.sum()
-    if s_end > _TAIL_MIX_MIN_MASS and shares.sum() > 0:
+    if tail_mixture and s_end > _TAIL_MIX_MIN_MASS and shares.sum() > 0:
         shares = tail_destination_shares(spells, big_d, shares)
     tail = fit_tail(
         spells.durations,

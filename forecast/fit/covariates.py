@@ -921,6 +921,7 @@ def baseline_curves(
     tail_families: Sequence[str],
     shrink_toward: Any,
     borrowed: Mapping[int, tuple[Mapping[tuple[str, int], ExitCurves], ExitCurves]] | None = None,
+    tail_mixture: bool = True,
 ) -> tuple[dict[tuple[str, int], ExitCurves], dict[int, ExitCurves]]:
     """The exit curves of a deal with ``x = 0`` per (segment, stage), and pooled per stage.
 
@@ -931,7 +932,8 @@ def baseline_curves(
     :func:`forecast.fit.exits.shrink_toward`). A stage without any exit
     (``borrowed``: stage code -> its exit curves per (segment, stage) and pooled,
     borrowed by :mod:`forecast.fit.borrowing`) keeps those curves as its baseline
-    (its coefficients are zero: no exit to fit them on).
+    (its coefficients are zero: no exit to fit them on). ``tail_mixture`` as
+    :func:`~forecast.fit.competing_risks.fit_exit_curves`.
     """
     n_open = int(data.n_open or 0)
     curves: dict[tuple[str, int], ExitCurves] = {}
@@ -944,7 +946,10 @@ def baseline_curves(
             continue
         pooled_steps = _stage_steps(data, design, coef, names, k, pooled=True)
         pooled[k] = fit_exit_curves(
-            data.stratum_spells(k), tail_families=tail_families, steps=pooled_steps.get(0)
+            data.stratum_spells(k),
+            tail_families=tail_families,
+            steps=pooled_steps.get(0),
+            tail_mixture=tail_mixture,
         )
         seg_steps = _stage_steps(data, design, coef, names, k, pooled=False)
         for gi, g in enumerate(data.segments):
@@ -952,7 +957,9 @@ def baseline_curves(
             if cs.n == 0 or gi not in seg_steps:
                 raw = pooled[k]
             else:
-                raw = fit_exit_curves(cs, tail_families=tail_families, steps=seg_steps[gi])
+                raw = fit_exit_curves(
+                    cs, tail_families=tail_families, steps=seg_steps[gi], tail_mixture=tail_mixture
+                )
             z = float(credibility.get((g, k), 1.0))
             curves[(g, k)] = shrink_toward(raw, pooled[k], z, destination_effects.get(g))
     return curves, pooled

@@ -242,6 +242,7 @@ def fit_exits(
     *,
     tail_families: Sequence[str] = ("exponential", "weibull", "lognormal"),
     shrink: bool = True,
+    tail_mixture: bool = True,
 ) -> ExitFit:
     """Fit the exit curves of every (segment, open stage) of ``data``.
 
@@ -253,6 +254,8 @@ def fit_exits(
         Candidate families for the tail beyond the last observed sojourn (AIC).
     shrink : bool, default True
         Shrink segment fits toward the pooled fit (with more than one segment).
+    tail_mixture : bool, default True
+        As :func:`~forecast.fit.competing_risks.fit_exit_curves`.
 
     Returns
     -------
@@ -276,7 +279,7 @@ def fit_exits(
     pooled_spells = [data.stratum_spells(k) for k in range(n_open)]
     for k, cs in enumerate(pooled_spells):
         if np.any(cs.observed & (cs.weights > 0)):
-            pooled[k] = fit_exit_curves(cs, tail_families=tail_families)
+            pooled[k] = fit_exit_curves(cs, tail_families=tail_families, tail_mixture=tail_mixture)
     borrowed = borrow_missing_stages(pooled, pooled_spells, names, data.as_of)
     for k in range(n_open):
         stage_spells[k] = {g: data.stratum_spells(k, gi) for gi, g in enumerate(segments)}
@@ -284,7 +287,7 @@ def fit_exits(
             seg = stage_spells[k][g]
             exits[(g, k)] = float(np.sum(seg.weights[seg.destinations >= 0]))
             raw[(g, k)] = (
-                fit_exit_curves(seg, tail_families=tail_families)
+                fit_exit_curves(seg, tail_families=tail_families, tail_mixture=tail_mixture)
                 if exits[(g, k)] > 0
                 else pooled[k]
             )
