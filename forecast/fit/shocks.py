@@ -67,9 +67,10 @@ __all__ = [
 
 _DAYS_PER_YEAR = 365.25
 #: Scale of the half-normal prior of the shock sigma (log-odds) that the parameter
-#: draws take when too few quarters are seen to estimate it: its root mean square,
-#: 0.3, is a typical fitted sigma (win odds moving by a factor of about 1.35 from
-#: one quarter to the next).
+#: draws take when too few quarters are seen to estimate it: root mean square 0.3
+#: (win odds moving by a factor of about 1.35 from one quarter to the next). It is
+#: also the synthetic generator's true sigma, so the young-history checks on the
+#: generator do not test the prior's scale (docs/model.md, "Shared shocks").
 SHOCK_SIGMA_PRIOR_SCALE = 0.3
 #: Half the 95% quantile of χ² with 1 degree of freedom (profile-likelihood interval).
 _HALF_CHI2_95 = 0.5 * 3.841458820694124
