@@ -8,7 +8,6 @@ scipy's optimiser on the written-out weighted and truncated likelihoods.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import math
 
@@ -23,11 +22,11 @@ from forecast.fit.arrivals import poisson_glm
 from forecast.fit.competing_risks import CensoredSpells, aalen_johansen
 from forecast.fit.data import FitData, recency_weights
 from forecast.fit.fitting import (
-    SCORING_TAIL_FAMILIES,
     FitOptions,
     assemble_model,
     choose_half_life,
     fit_components,
+    scoring_options,
 )
 from forecast.fit.recency import HalfLifeChoice, check_half_life, select_half_life
 from forecast.fit.shocks import reml_shock_variance
@@ -326,7 +325,7 @@ def test_auto_scores_equal_one_plain_fit_and_simulation_per_candidate(sample_log
     # each score must equal fitting that candidate on its own and simulating it from
     # the whole log, scored against the log's own booked amount
     choice = sample_model.recency
-    options = dataclasses.replace(FitOptions(), tail_families=SCORING_TAIL_FAMILIES)
+    options = scoring_options(FitOptions())
     for i in (0, len(choice.origins) - 1):
         origin = choice.origins[i]
         quarter = sample_model.calendar.quarter_of(origin)

@@ -460,6 +460,16 @@ BACKTEST_MAX_DEALS = 50_000
 SCORING_TAIL_FAMILIES: tuple[str, ...] = ("exponential",)
 
 
+def scoring_options(options: FitOptions) -> FitOptions:
+    """The options of the fits :func:`choose_half_life` scores: ``options`` with
+    exponential tails (:data:`SCORING_TAIL_FAMILIES`) and the late exits' destination
+    mix beyond the longest stay (no destination mixture): the candidates differ in the
+    body of the curves, and the tail barely moves one quarter's forecast (the tail
+    families cost 4×, the mixture's EM about a quarter of the backtest on a
+    1M-event history)."""
+    return dataclasses.replace(options, tail_families=SCORING_TAIL_FAMILIES, tail_mixture=False)
+
+
 def choose_half_life(
     log: DealLog,
     *,
@@ -576,11 +586,7 @@ def choose_half_life(
     used: list[dt.datetime] = []
     booked: list[float] = []
     no_draws = {"n_draws": 0, "seed": seed}
-    # exponential tails and the late exits' destination mix: the candidates differ in
-    # the body of the curves, and the family and mix beyond the longest stay barely
-    # move one quarter's forecast (the tail families 4× cheaper; the destination
-    # mixture's EM was ~25% of the backtest on a 1M-event history)
-    scoring = dataclasses.replace(options, tail_families=SCORING_TAIL_FAMILIES, tail_mixture=False)
+    scoring = scoring_options(options)
     for i, o in enumerate(origins):
         quarter = calendar.quarter_of(o)
         realised = _booked(data, cut, quarter.start, quarter.end, kept)
