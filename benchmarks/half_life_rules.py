@@ -181,7 +181,11 @@ def table(frame: pl.DataFrame) -> pl.DataFrame:
             if w.len() > 1
             else math.nan
         )
-        a, b = d["crps"].to_numpy(), d["crps_none"].to_numpy()
+        # the CRPS ratio's standard error with the worlds as clusters (delta method)
+        pw = d.group_by("world").agg(pl.col("crps").sum(), pl.col("crps_none").sum())
+        a, b = pw["crps"].to_numpy(), pw["crps_none"].to_numpy()
+        ratio, k = a.sum() / b.sum(), len(a)
+        se = math.sqrt(k / max(k - 1, 1) * np.sum((a - ratio * b) ** 2)) / b.sum()
         out.append(
             {
                 "generator": gen,
@@ -191,7 +195,8 @@ def table(frame: pl.DataFrame) -> pl.DataFrame:
                 "cov50": float(d["hit50"].mean()),  # type: ignore[arg-type]
                 "bias": float((d["mean"] - d["realised"]).sum() / d["realised"].sum()),
                 "bias_z": z,
-                "crps/none": a.sum() / b.sum(),
+                "crps/none": ratio,
+                "se": se,
             }
         )
     return pl.DataFrame(out).sort("generator", "variant")
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--save", default=None, help="write the rows to this Parquet file")
     ap.add_argument("--load", nargs="*", default=None, help="only tabulate these saved rows")
+    ap.add_argument("--by-origin", action="store_true", help="also tabulate per origin")
     args = ap.parse_args(argv)
     if args.load:
         frame = pl.concat([pl.read_parquet(p) for p in args.load], how="vertical_relaxed")
@@ -234,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         frame = pl.DataFrame(rows, infer_schema_length=None)
     with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200, float_precision=3):
         print(table(frame))
+        if args.by_origin:
+            for origin, d in frame.group_by("origin", maintain_order=True):
+                print(origin)
+                print(table(d))
     return 0
 
 
