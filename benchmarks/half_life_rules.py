@@ -36,6 +36,7 @@ from forecast._validation import as_datetime
 from forecast.backtest import _score_origin, origin_seed
 from forecast.calendar import FiscalCalendar
 from forecast.datasets import SYNTHETIC_STAGES
+from forecast.fit.recency import select_half_life
 
 fitting = importlib.import_module("forecast.fit.fitting")  # `forecast.fit` is the function
 
@@ -119,6 +120,9 @@ def _world_rows(
 
 
 def _one_se(mean: np.ndarray, crps: np.ndarray, scale: float = 1.0) -> int:
+    """Least weighting within ``scale`` standard errors of the best (1: ``select_half_life``)."""
+    if scale == 1.0:
+        return select_half_life([None] * len(mean), crps)[0]
     best = int(np.argmin(mean))
     n = crps.shape[1]
     se = (crps - crps[best]).std(axis=1, ddof=1) / math.sqrt(n) if n > 1 else np.zeros(len(mean))
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(frame))
         if args.by_origin:
             for origin, d in frame.group_by("origin", maintain_order=True):
-                print(origin)
+                print(f"origin {origin[0]}")
                 print(table(d))
     return 0
 
