@@ -14,7 +14,10 @@ clusters), and the mean CRPS over that of no weighting on the same cases.
 Usage::
 
     python benchmarks/half_life_rules.py --generator step --worlds 12 --save step.parquet
-    python benchmarks/half_life_rules.py --load step.parquet smooth.parquet default.parquet
+    python benchmarks/half_life_rules.py --generator step --worlds 12 --first-world 12 --save step_b.parquet
+    python benchmarks/half_life_rules.py --generator step --fixed 61 45 --save step_61_45.parquet
+    python benchmarks/half_life_rules.py --load step.parquet step_b.parquet step_61_45.parquet
+    python benchmarks/half_life_rules.py --load step.parquet --by-origin
 """
 
 from __future__ import annotations
