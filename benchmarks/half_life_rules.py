@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                 if args.save:
                     pl.DataFrame(rows, infer_schema_length=None).write_parquet(args.save)
         frame = pl.DataFrame(rows, infer_schema_length=None)
+        if args.fixed:
+            print("fixed half-lives only: tabulate with --load, alongside a run of the grid")
+            return 0
     with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200, float_precision=3):
         print(table(frame))
         if args.by_origin:
