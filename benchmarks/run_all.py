@@ -50,6 +50,7 @@ NOT_BENCHMARKS = (
     "_common.py",
     "_memory.py",
     "compile_profile.py",
+    "half_life_rules.py",
     "make_sample.py",
     "profile_memory.py",
     "run_all.py",
