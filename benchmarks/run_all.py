@@ -32,9 +32,11 @@ from typing import Any
 from _common import describe, machine
 
 HERE = Path(__file__).resolve().parent
-#: Every benchmark of this directory: name -> script (``make_sample.py`` regenerates
-#: the bundled sample, ``profile_memory.py`` profiles a given history's memory by phase;
-#: neither is a benchmark).
+#: Every benchmark of this directory: name -> script. :data:`NOT_BENCHMARKS` are not
+#: benchmarks: ``make_sample.py`` regenerates the bundled sample; ``profile_memory.py``
+#: (memory by phase of a given history), ``compile_profile.py`` (Numba compile time of a
+#: first call) and ``half_life_rules.py`` (rules of ``half_life="auto"``) are studies
+#: run by hand.
 BENCHMARKS = {
     "simulate": "bench_simulate.py",
     "setup": "bench_setup.py",
