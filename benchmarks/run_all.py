@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = "quick (smoke) sizes" if args.quick else "full sizes"
     command = "benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    if args.only:
+        command += " --only " + " ".join(names)
     note = (
         f"`{command}` ({mode}), {dt.date.today():%Y-%m-%d}. {describe(info)}. "
         "Each ratio is the value over a reference measured in the same run."
