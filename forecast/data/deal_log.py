@@ -57,6 +57,42 @@ def _days(expr: pl.Expr) -> pl.Expr:
     return expr.dt.total_microseconds().cast(pl.Float64) / _US_PER_DAY
 
 
+# Within-deal expressions on an events frame sorted by deal (as every ``DealLog``'s
+# is): fills and differences on whole columns with deal-boundary masks, many times
+# faster than ``.over("deal_id")`` with hundreds of thousands of deals.
+
+
+def first_row_of_deal() -> pl.Expr:
+    """Boolean: the row is its deal's first."""
+    return (pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True)
+
+
+def deal_start() -> pl.Expr:
+    """Int64: row index of the first row of each row's deal."""
+    return pl.when(first_row_of_deal()).then(pl.int_range(pl.len(), dtype=pl.Int64)).forward_fill()
+
+
+def ffill_within_deal(col: str, start: pl.Expr | None = None) -> pl.Expr:
+    """``col`` forward-filled within each deal (null before the deal's first value).
+
+    ``start``: the deal-start row index (:func:`deal_start`), e.g. a column already
+    computed.
+    """
+    start = deal_start() if start is None else start
+    last_set = pl.when(pl.col(col).is_not_null()).then(pl.int_range(pl.len(), dtype=pl.Int64))
+    return pl.when(last_set.forward_fill() >= start).then(pl.col(col).forward_fill())
+
+
+def previous_close_date() -> pl.Expr:
+    """The latest close date given before each row of the same deal (null on its first)."""
+    return pl.when(~first_row_of_deal()).then(ffill_within_deal("close_date").shift(1))
+
+
+def close_date_pushed() -> pl.Expr:
+    """Int32: 1 where the row moves its deal's close date later (a push)."""
+    return (pl.col("close_date") > previous_close_date()).fill_null(False).cast(pl.Int32)
+
+
 @dataclass(frozen=True)
 class LogSource:
     """How a reader built a log: the source's layout, column mapping and export dates.
@@ -277,23 +313,18 @@ class DealLog:
         # The frame is sorted by deal: within-deal operations are done on whole
         # columns with deal-boundary masks (much faster than `.over("deal_id")`
         # with hundreds of thousands of deals).
-        idx = pl.int_range(pl.len(), dtype=pl.Int64)
-        first_row = (pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True)
-
-        def ffill_within_deal(col: str) -> pl.Expr:
-            last_set = pl.when(pl.col(col).is_not_null()).then(idx).forward_fill()
-            return pl.when(last_set >= pl.col("_deal_start")).then(pl.col(col).forward_fill())
-
+        first_row = first_row_of_deal()
+        start = pl.col("_deal_start")
         ev = (
             self.events.with_columns(
-                pl.when(first_row).then(idx).forward_fill().alias("_deal_start"),
+                deal_start().alias("_deal_start"),
                 (first_row | (pl.col("stage") != pl.col("stage").shift(1)).fill_null(True))
                 .cum_sum()
                 .alias("_visit_id"),
             )
             .with_columns(
-                ffill_within_deal("amount").alias("_amount"),
-                ffill_within_deal("close_date").alias("_close"),
+                ffill_within_deal("amount", start).alias("_amount"),
+                ffill_within_deal("close_date", start).alias("_close"),
             )
             .with_columns(
                 (pl.col("_visit_id") - pl.col("_visit_id").gather(pl.col("_deal_start")))
@@ -334,7 +365,7 @@ class DealLog:
         # last known value of each segment column, at the deal's last row
         deal_end = (pl.col("deal_id") != pl.col("deal_id").shift(-1)).fill_null(True)
         per_deal = (
-            ev.select(*[ffill_within_deal(c).alias(c) for c in seg], deal_end.alias("_end"))
+            ev.select(*[ffill_within_deal(c, start).alias(c) for c in seg], deal_end.alias("_end"))
             .filter("_end")
             .drop("_end")
         )
@@ -420,20 +451,8 @@ class DealLog:
         tlit = pl.lit(t, dtype=pl.Datetime("us"))
         last = log._visits().group_by("deal_id", maintain_order=True).last()
         open_ = last.filter(pl.col("kind") == "open")
-        # the events are sorted by deal: the latest close date given before each row of
-        # the same deal, by deal-boundary masks (no grouping by deal_id)
-        idx = pl.int_range(pl.len(), dtype=pl.Int64)
-        first_row = (pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True)
-        deal_start = pl.when(first_row).then(idx).forward_fill()
-        last_given = pl.when(pl.col("close_date").is_not_null()).then(idx).forward_fill()
-        known = pl.when(last_given >= deal_start).then(pl.col("close_date").forward_fill())
         pushes = (
-            log.events.select(
-                "deal_id",
-                (pl.col("close_date") > pl.when(~first_row).then(known.shift(1)))
-                .fill_null(False)
-                .alias("_pushed"),
-            )
+            log.events.select("deal_id", close_date_pushed().alias("_pushed"))
             .group_by("deal_id")
             .agg(pl.col("_pushed").sum().cast(pl.Int32).alias("close_date_pushes"))
         )

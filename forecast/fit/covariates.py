@@ -54,7 +54,13 @@ import polars as pl
 
 from forecast._kernels.tilt import baseline_hazards, tilted_totals
 from forecast._kernels.tilt import tilt_density as kernel_tilt
-from forecast.data.deal_log import DealLog
+from forecast.data.deal_log import (
+    DealLog,
+    close_date_pushed,
+    deal_start,
+    ffill_within_deal,
+    previous_close_date,
+)
 from forecast.errors import ParameterError
 from forecast.fit.competing_risks import AalenJohansen, CensoredSpells, ExitCurves, fit_exit_curves
 from forecast.fit.cox import CoxRows, breslow_increments, fit_cox
@@ -128,45 +134,17 @@ def deal_states(cut: DealLog, columns: Sequence[str]) -> pl.DataFrame:
         to a later date so far, as in ``DealLog.pipeline``) and each of
         ``columns`` forward-filled within the deal.
     """
-    ffill = _ffill_within_deal
-    total = _pushed().cum_sum()  # 0 at each deal's first row: minus its value there
+    ffill = ffill_within_deal
+    total = close_date_pushed().cum_sum()  # 0 at each deal's first row: minus its value there
     return cut.events.select(
         "deal_id",
         "timestamp",
         "source_row",
         ffill("amount").alias("_amount"),
         ffill("close_date").alias("_close"),
-        (total - total.gather(_deal_start())).alias("_pushes"),
+        (total - total.gather(deal_start())).alias("_pushes"),
         *[ffill(c).alias(c) for c in columns],
     )
-
-
-# The events are sorted by deal: within-deal fills and sums on whole columns with
-# deal-boundary masks, as in ``DealLog`` (``.over("deal_id")`` with hundreds of
-# thousands of deals is many times slower).
-def _first_row_of_deal() -> pl.Expr:
-    return (pl.col("deal_id") != pl.col("deal_id").shift(1)).fill_null(True)
-
-
-def _deal_start() -> pl.Expr:
-    """Row index of the first row of each row's deal."""
-    return pl.when(_first_row_of_deal()).then(pl.int_range(pl.len(), dtype=pl.Int64)).forward_fill()
-
-
-def _ffill_within_deal(col: str) -> pl.Expr:
-    """``col`` forward-filled within each deal (null before the deal's first value)."""
-    last_set = pl.when(pl.col(col).is_not_null()).then(pl.int_range(pl.len(), dtype=pl.Int64))
-    return pl.when(last_set.forward_fill() >= _deal_start()).then(pl.col(col).forward_fill())
-
-
-def _previous_close_date() -> pl.Expr:
-    """The latest close date known before each row of the same deal (null on its first)."""
-    return pl.when(~_first_row_of_deal()).then(_ffill_within_deal("close_date").shift(1))
-
-
-def _pushed() -> pl.Expr:
-    """Int32: 1 where the row moves its deal's close date later (as ``DealLog.pipeline``)."""
-    return (pl.col("close_date") > _previous_close_date()).fill_null(False).cast(pl.Int32)
 
 
 def covariate_states(
@@ -1161,7 +1139,7 @@ def push_intervals(data: FitData) -> dict[str, float]:
         "deal_id",
         "timestamp",
         "close_date",
-        _previous_close_date().alias("_prev"),
+        previous_close_date().alias("_prev"),
     ).filter(pl.col("close_date") > pl.col("_prev"))
     ev = ev.with_columns(
         _days(pl.col("close_date") - pl.col("timestamp")).clip(lower_bound=0.0).alias("_d")
