@@ -305,13 +305,11 @@ def test_reordered_rows_counted_as_defined_on_a_shuffled_history() -> None:
     assert out.sort(["deal_id", "timestamp", "source_row"]).equals(out)
 
 
-def test_exact_duplicates_removed_as_defined() -> None:
-    """Rows equal in every column but ``source_row`` are removed, the earliest kept: checked
-    against polars' ``unique`` over all those columns (the definition) on a history with
-    duplicates, near-duplicates (one value apart) and missing values."""
-    from forecast.data.validation import RepairCounts, deduplicate_and_sort
-
-    rng = np.random.default_rng(9)
+def _history_with_duplicates(seed: int, *, in_order: bool) -> pl.DataFrame:
+    """300 rows over 20 deals and 10 days with duplicates, near-duplicates (one value
+    apart) and missing amounts; ``source_row`` numbers them in the order given
+    (``in_order``: sorted by deal and time first)."""
+    rng = np.random.default_rng(seed)
     n = 300
     base = pl.DataFrame(
         {
@@ -322,7 +320,18 @@ def test_exact_duplicates_removed_as_defined() -> None:
             "amount": pl.Series(rng.choice([1.0, 2.0, np.nan], n)).fill_nan(None),
         }
     )
-    frame = base.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"))
+    if in_order:
+        base = base.sort("deal_id", "timestamp")
+    return base.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"))
+
+
+def test_exact_duplicates_removed_as_defined() -> None:
+    """Rows equal in every column but ``source_row`` are removed, the earliest kept: checked
+    against polars' ``unique`` over all those columns (the definition) on a history with
+    duplicates, near-duplicates (one value apart) and missing values."""
+    from forecast.data.validation import RepairCounts, deduplicate_and_sort
+
+    frame = _history_with_duplicates(9, in_order=False)
     subset = [c for c in frame.columns if c != "source_row"]
     want = frame.unique(subset=subset, keep="first", maintain_order=True)
     tally = RepairCounts()
@@ -337,18 +346,7 @@ def test_exact_duplicates_removed_as_defined_on_an_already_sorted_history() -> N
     row, and comes out flagged sorted by deal like a sorted one."""
     from forecast.data.validation import RepairCounts, deduplicate_and_sort
 
-    rng = np.random.default_rng(10)
-    n = 300
-    base = pl.DataFrame(
-        {
-            "deal_id": rng.choice([f"D{i}" for i in range(20)], n),
-            "timestamp": dt.datetime(2024, 1, 1)
-            + pl.Series(rng.integers(0, 10, n)).cast(pl.Duration("us")) * 86_400_000_000,
-            "stage": rng.choice(["A", "B"], n),
-            "amount": pl.Series(rng.choice([1.0, 2.0, np.nan], n)).fill_nan(None),
-        }
-    ).sort("deal_id", "timestamp")
-    frame = base.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("source_row"))
+    frame = _history_with_duplicates(10, in_order=True)
     subset = [c for c in frame.columns if c != "source_row"]
     want = frame.unique(subset=subset, keep="first", maintain_order=True)
     tally = RepairCounts()
