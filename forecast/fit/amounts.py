@@ -233,7 +233,7 @@ def _ratio_part(
     ratio = r["ratio"].to_numpy()
     w = r["w_spell"].to_numpy()
     qe = r["quarter_end"].to_numpy()
-    deals = r.group_by("deal_id").agg(
+    deals = r.group_by("deal_id", maintain_order=True).agg(
         ((pl.col("ratio") * pl.col("w_spell")).sum() / pl.col("w_spell").sum()).alias("x"),
         pl.col("w_spell").sum().alias("w"),
         pl.col("quarter_end").first(),
