@@ -5,8 +5,8 @@ For each world and origin of ``benchmarks/accuracy.py`` (generator ``default``,
 seeds of ``accuracy.py``), simulates the next fiscal quarter and splits both the
 forecast mean and what was booked into the deals open at the origin (``pipeline``)
 and the deals created after it (``new``). The table gives, per generator, origin
-and half-life, each part's relative bias (forecast mean over booked, minus 1) and
-its z with the worlds as clusters.
+and half-life (and over every origin: ``origin`` null), each part's relative bias
+(forecast mean over booked, minus 1) and its z with the worlds as clusters.
 
 Usage::
 
@@ -97,7 +97,8 @@ def table(frame: pl.DataFrame) -> pl.DataFrame:
     )
     out = []
     keys = ["generator", "origin", "half_life"]
-    for key, d in frame.group_by(keys, maintain_order=True):
+    every = frame.with_columns(pl.lit(None, dtype=frame["origin"].dtype).alias("origin"))
+    for key, d in pl.concat([frame, every]).group_by(keys, maintain_order=True):
         row = dict(zip(keys, key))
         row["n"] = d.height
         row["booked_new_share"] = float(d["booked_new"].sum() / d["booked_total"].sum())
@@ -106,7 +107,7 @@ def table(frame: pl.DataFrame) -> pl.DataFrame:
             row[f"{part}_bias"] = rel
             row[f"{part}_z"] = z
         out.append(row)
-    return pl.DataFrame(out).sort(keys)
+    return pl.DataFrame(out).sort(keys, nulls_last=True)
 
 
 def main(argv: list[str] | None = None) -> int:
