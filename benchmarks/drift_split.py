@@ -1,8 +1,10 @@
 """Where does a drifting market's forecast bias come from: open deals or new deals?
 
 For each world and origin of ``benchmarks/accuracy.py`` (generator ``default``,
-``smooth`` or ``step``) and each half-life asked for, this fits at the origin (the
-seeds of ``accuracy.py``), simulates the next fiscal quarter and splits both the
+``smooth`` or ``step``; ``settled``: the step change made before the history starts,
+a stationary market with slow stays and low win odds) and each half-life asked for,
+this fits at the origin (the seeds of ``accuracy.py``), simulates the next fiscal
+quarter and splits both the
 forecast mean and what was booked into the deals open at the origin (``pipeline``)
 and the deals created after it (``new``). The table gives, per generator, origin
 and half-life (and over every origin: ``origin`` null), each part's relative bias
@@ -20,15 +22,25 @@ import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import polars as pl
-from accuracy import _worlds
+from accuracy import END, ORIGINS, _worlds
 
 import forecast
 from forecast._validation import as_datetime
 from forecast.backtest import origin_seed
 from forecast.calendar import FiscalCalendar
-from forecast.datasets import SYNTHETIC_STAGES
+from forecast.datasets import SYNTHETIC_STAGES, MarketDrift, generate_crm
+
+
+def _histories(generator: str, world: int) -> list[tuple[Any, tuple[str, ...]]]:
+    """``accuracy.py``'s worlds, and ``settled``: the step change of ``step`` made
+    before the history starts (every visit follows the changed market)."""
+    if generator == "settled":
+        drift = MarketDrift.step("2000-01-01")
+        return [(generate_crm(seed=1000 + world, end=END, drift=drift), ORIGINS)]
+    return _worlds(generator, world)
 
 
 def _half_life(text: str) -> float | None:
@@ -41,7 +53,7 @@ def _world_rows(
     """Forecast and booked amounts of one world, split into pipeline and new deals."""
     cal = FiscalCalendar()
     rows = []
-    for crm, origins in _worlds(generator, world):
+    for crm, origins in _histories(generator, world):
         log = forecast.read_deal_log(
             crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"]
         )
@@ -113,7 +125,7 @@ def table(frame: pl.DataFrame) -> pl.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     """Run (or load) the fits and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--generator", choices=("default", "smooth", "step"), default="step")
+    ap.add_argument("--generator", choices=("default", "smooth", "step", "settled"), default="step")
     ap.add_argument("--worlds", type=int, default=8)
     ap.add_argument("--first-world", type=int, default=0)
     ap.add_argument("--half-lives", nargs="+", default=["none", "91"])
