@@ -35,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 #: Every benchmark of this directory: name -> script. :data:`NOT_BENCHMARKS` are not
 #: benchmarks: ``make_sample.py`` regenerates the bundled sample; ``profile_memory.py``
 #: (memory by phase of a given history), ``compile_profile.py`` (Numba compile time of a
-#: first call) and ``half_life_rules.py`` (rules of ``half_life="auto"``) are studies
+#: first call), ``half_life_rules.py`` (rules of ``half_life="auto"``) and
+#: ``drift_split.py`` (a drifting market's bias from open and new deals) are studies
 #: run by hand.
 BENCHMARKS = {
     "simulate": "bench_simulate.py",
@@ -52,6 +53,7 @@ NOT_BENCHMARKS = (
     "_common.py",
     "_memory.py",
     "compile_profile.py",
+    "drift_split.py",
     "half_life_rules.py",
     "make_sample.py",
     "profile_memory.py",

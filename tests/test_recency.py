@@ -141,6 +141,61 @@ def test_entry_weights_equal_calendar_time_weighted_hazards():
     np.testing.assert_allclose(aj.cif.T, np.array(ref_f), rtol=1e-9, atol=1e-14)
 
 
+@pytest.mark.filterwarnings("ignore:It looks like your weights are not integers")
+def test_entry_weights_equal_lifelines_on_calendar_pieces():
+    """The same identity against lifelines, with weights that change with calendar time.
+
+    Each spell (delayed entries included) is split between consecutive exit times
+    into pieces that each hold one exit time ``t_k`` it is at risk at; a piece
+    weighs the recency of the calendar instant ``entered + t_k``, the spell's weight
+    at that exit time. lifelines' weighted Aalen–Johansen with delayed entry on the
+    pieces must give the curves of the per-spell entry weights.
+    """
+    lifelines = pytest.importorskip("lifelines")
+    rng = np.random.default_rng(3)
+    n, h, t0 = 120, 90.0, 600.0
+    entered = rng.uniform(0.0, 560.0, n)  # calendar day of the stage entry
+    t = rng.gamma(1.4, 25.0, n)
+    dest = rng.integers(1, 3, n)
+    late = np.where(rng.random(n) < 0.3, rng.uniform(0.0, 20.0, n), 0.0)  # delayed entry
+    keep = (t > late) & (t0 - entered > late)
+    entered, t, dest, late = entered[keep], t[keep], dest[keep], late[keep]
+    # a spell still in the stage long after every other: lifelines' at-risk weights,
+    # sums of entries minus exits, never round to a tiny negative number
+    entered, t = np.append(entered, -400.0), np.append(t, 2000.0)
+    dest, late = np.append(dest, 1), np.append(late, 0.0)
+    c = t0 - entered  # censored at the as-of instant
+    obs = t <= c
+    dur = np.where(obs, t, c)
+    j = np.where(obs, dest, -1)
+    assert np.unique(dur).size == dur.size  # no ties: lifelines would jitter them
+    spells = CensoredSpells(dur, j, 3, recency_weights(t0 - entered, h), late)
+    aj = aalen_johansen(spells)
+    grid = np.unique(dur[obs])
+    start, stop, event, weight = [], [], [], []
+    for i in range(dur.size):
+        at = grid[(grid > late[i]) & (grid <= dur[i])]  # the exit times it is at risk at
+        # cut between consecutive exit times (at a point of its own, so that lifelines
+        # never sees every spell leave and re-enter at once)
+        cuts = at[:-1] + rng.uniform(0.1, 0.9) * np.diff(at)
+        start.extend(np.concatenate(([late[i]], cuts)))
+        stop.extend(np.append(cuts, dur[i]))
+        event.extend([0] * cuts.size + [max(int(j[i]), 0)])
+        weight.extend(2.0 ** (-(t0 - entered[i] - at) / h) if at.size else [1.0])
+    start, stop = np.asarray(start), np.asarray(stop)
+    event, weight = np.asarray(event), np.asarray(weight)
+    surv, cif = aj.evaluate(grid)
+    total = np.zeros(grid.size)
+    for k in (1, 2):
+        ajf = lifelines.AalenJohansenFitter(calculate_variance=False).fit(
+            stop, event, event_of_interest=k, entry=start, weights=weight
+        )
+        ref_k = ajf.cumulative_density_.loc[grid].iloc[:, 0].to_numpy()
+        np.testing.assert_allclose(cif[k], ref_k, rtol=1e-9, atol=1e-12)
+        total += ref_k
+    np.testing.assert_allclose(surv, 1.0 - total, rtol=1e-9, atol=1e-12)
+
+
 def test_recency_weights_halve_every_half_life():
     np.testing.assert_allclose(recency_weights([0.0, 100.0, 200.0], 100.0), [1.0, 0.5, 0.25])
     np.testing.assert_array_equal(recency_weights([0.0, 1e4], None), [1.0, 1.0])
