@@ -177,18 +177,24 @@ def covariate_states(
     """
     states = deal_states(cut, columns)
     end = pl.coalesce(pl.col("exited_at"), pl.lit(as_of, dtype=pl.Datetime("us")))
-    sp = spells.with_row_index("_spell").select(
-        pl.col("_spell").cast(pl.Int64),
-        "deal_id",
-        "entered_at",
-        end.alias("_end"),
-        "duration_days",
-        pl.col("destination_code").cast(pl.Int64),
-        pl.col("stage_code").cast(pl.Int64),
-        SEGMENT_COLUMN,
+    # one lazy query: the join (every spell with every state of its deal, ~6 rows per
+    # piece kept) is not materialised beside its filtered and sorted copies
+    sp = (
+        spells.lazy()
+        .with_row_index("_spell")
+        .select(
+            pl.col("_spell").cast(pl.Int64),
+            "deal_id",
+            "entered_at",
+            end.alias("_end"),
+            "duration_days",
+            pl.col("destination_code").cast(pl.Int64),
+            pl.col("stage_code").cast(pl.Int64),
+            SEGMENT_COLUMN,
+        )
     )
     j = (
-        sp.join(states, on="deal_id", how="inner")
+        sp.join(states.lazy(), on="deal_id", how="inner")
         .filter(pl.col("timestamp") < pl.col("_end"))
         .sort(["_spell", "timestamp", "source_row"])
     )
@@ -226,7 +232,7 @@ def covariate_states(
         _days(pl.col("_close") - pl.col("entered_at")).alias("_close_offset"),
         pl.col("_pushes").cast(pl.Float64),
         *columns,
-    )
+    ).collect()
 
 
 # ============================================================================================
