@@ -39,6 +39,19 @@ def rss_mb() -> float:
         return 0.0
 
 
+def anon_mb() -> float:
+    """Current anonymous resident memory of this process (MB): the resident set minus
+    its file-backed and shared pages (``/proc/self/statm``), i.e. the data without the
+    pages of the mapped libraries, whose count depends on the page cache (0 where
+    ``/proc`` is missing)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            fields = fh.read().split()
+        return (int(fields[1]) - int(fields[2])) * _PAGE_MB
+    except OSError:  # pragma: no cover - not Linux
+        return 0.0
+
+
 def max_rss_mb() -> float:
     """Peak resident set size of this process so far (``ru_maxrss``, MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -58,6 +71,8 @@ class PhaseMemory:
         self.baseline_mb = rss_mb()
         self._stack: list[str] = ["(outside phases)"]
         self._peak: dict[str, float] = {}
+        #: Peak sampled anonymous memory (MB, :func:`anon_mb`) while sampling.
+        self.anon_peak_mb = 0.0
         self._start_rss: dict[str, float] = {}
         self._end_rss: dict[str, float] = {}
         self._seconds: dict[str, float] = {}
@@ -84,6 +99,7 @@ class PhaseMemory:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._note(rss_mb())
+            self.anon_peak_mb = max(self.anon_peak_mb, anon_mb())
             time.sleep(self.interval_s)
 
     # -- phases -----------------------------------------------------------------------

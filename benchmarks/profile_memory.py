@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-from _memory import PhaseMemory, max_rss_mb, rss_mb
+from _memory import PhaseMemory, anon_mb, max_rss_mb, rss_mb
 
 
 def instrument(mem: PhaseMemory) -> None:
@@ -78,12 +78,15 @@ def run_phases(
     dict
         ``import_mb`` (RSS after importing the package), ``frame_mb`` (event frame,
         ``estimated_size``), ``peak_mb`` (``ru_maxrss``), ``peak_after_read_mb``,
+        ``import_anon_mb`` and ``peak_anon_mb`` (anonymous memory after the imports and
+        its sampled peak, :func:`_memory.anon_mb`),
         ``events``, ``deals``, ``table`` (text) and ``phases`` (rows).
     """
     import forecast
     from forecast.io import write_forecast
 
     import_mb = rss_mb()
+    import_anon_mb = anon_mb()
     mem = PhaseMemory()
     mem.baseline_mb = import_mb
     instrument(mem)
@@ -114,6 +117,8 @@ def run_phases(
         "frame_mb": frame_mb,
         "peak_after_read_mb": peak_after_read,
         "peak_mb": max_rss_mb(),
+        "import_anon_mb": import_anon_mb,
+        "peak_anon_mb": mem.anon_peak_mb,
         "seconds": seconds,
         "phases": mem.rows(),
         "table": mem.table(frame_mb, import_mb),
@@ -134,6 +139,10 @@ def report(r: dict[str, Any]) -> str:
             f"peak RSS (ru_maxrss) overall: {r['peak_mb']:,.0f} MB = "
             f"{r['peak_mb'] / frame:.2f}× the frame, "
             f"{(r['peak_mb'] - r['import_mb']) / frame:.2f}× above imports",
+            f"peak anonymous memory (sampled; RSS without the libraries' file pages): "
+            f"{r['peak_anon_mb']:,.0f} MB = {r['peak_anon_mb'] / frame:.2f}× the frame, "
+            f"{(r['peak_anon_mb'] - r['import_anon_mb']) / frame:.2f}× above imports "
+            f"({r['import_anon_mb']:,.0f} MB)",
         ]
     )
 

@@ -50,6 +50,8 @@ _US_PER_DAY = 86_400_000_000.0
 #: Cuts (``DealLog.as_of``) a log keeps cached, most recently used: a fit and the
 #: simulation after it share one, a backtest moves from one origin to the next.
 _CUTS_KEPT = 2
+#: Rows of a column hashed at a time by :attr:`DealLog.fingerprint`.
+_FINGERPRINT_ROWS = 1 << 18
 
 
 def _days(expr: pl.Expr) -> pl.Expr:
@@ -236,10 +238,15 @@ class DealLog:
                 continue
             col = self.events[name]
             h.update(name.encode())
-            if col.dtype == pl.Utf8:
-                h.update("\x1f".join(col.fill_null("\x00").to_list()).encode())
-            else:
-                h.update(col.to_physical().fill_null(-(2**62)).to_numpy().tobytes())
+            # hashed a slice at a time (the digest of the bytes fed in pieces is that of
+            # the whole): a column is never copied whole as Python strings or bytes
+            for lo in range(0, col.len(), _FINGERPRINT_ROWS):
+                part = col.slice(lo, _FINGERPRINT_ROWS)
+                if col.dtype == pl.Utf8:
+                    text = "\x1f".join(part.fill_null("\x00").to_list())
+                    h.update((text if lo == 0 else "\x1f" + text).encode())
+                else:
+                    h.update(part.to_physical().fill_null(-(2**62)).to_numpy().tobytes())
         return h.hexdigest()[:16]
 
     # -- the time cut ---------------------------------------------------------------

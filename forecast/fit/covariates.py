@@ -59,6 +59,7 @@ from forecast.data.deal_log import (
     close_date_pushed,
     deal_start,
     ffill_within_deal,
+    first_row_of_deal,
     previous_close_date,
 )
 from forecast.errors import ParameterError
@@ -177,26 +178,25 @@ def covariate_states(
     """
     states = deal_states(cut, columns)
     end = pl.coalesce(pl.col("exited_at"), pl.lit(as_of, dtype=pl.Datetime("us")))
-    sp = spells.with_row_index("_spell").select(
-        pl.col("_spell").cast(pl.Int64),
-        "deal_id",
-        "entered_at",
-        end.alias("_end"),
+    sp = spells.select(
+        pl.col("deal_id").cast(pl.Utf8),
+        pl.col("entered_at").cast(pl.Datetime("us")),
+        end.cast(pl.Datetime("us")).alias("_end"),
         "duration_days",
         pl.col("destination_code").cast(pl.Int64),
         pl.col("stage_code").cast(pl.Int64),
         SEGMENT_COLUMN,
     )
-    j = (
-        sp.join(states, on="deal_id", how="inner")
-        .filter(pl.col("timestamp") < pl.col("_end"))
-        .sort(["_spell", "timestamp", "source_row"])
-    )
+    state_rows, spell_rows = _piece_rows(states, sp)
+    j = pl.concat(
+        [
+            pl.DataFrame({"_spell": spell_rows}),
+            sp.drop("deal_id")[spell_rows],
+            states.drop("deal_id")[state_rows],
+        ],
+        how="horizontal",
+    ).lazy()
     same_next = pl.col("_spell").shift(-1) == pl.col("_spell")
-    before = pl.col("timestamp") <= pl.col("entered_at")
-    j = j.with_columns(before.alias("_before")).filter(
-        ~pl.col("_before") | ~(same_next & pl.col("_before").shift(-1)).fill_null(False)
-    )
     j = j.with_columns(
         _days(pl.col("timestamp") - pl.col("entered_at")).clip(lower_bound=0.0).alias("start")
     )
@@ -226,7 +226,46 @@ def covariate_states(
         _days(pl.col("_close") - pl.col("entered_at")).alias("_close_offset"),
         pl.col("_pushes").cast(pl.Float64),
         *columns,
+    ).collect()
+
+
+def _piece_rows(states: pl.DataFrame, spells: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The state rows each spell is split at, and the spell of each: int64 (n,) twice.
+
+    For spell ``i`` of deal ``d`` (entered at ``e``, ended or censored at ``x``) the
+    rows of ``d`` in ``states`` (the event frame's order: by deal, then time) before
+    ``x``, from the last one at or before ``e`` (the state at entry; the first row
+    when none is) on; grouped by spell, in time order. Found by binary search on
+    (deal, time) keys, without joining every spell to every state of its deal.
+    """
+    n_states = states.height
+    first = np.flatnonzero(states.select(first_row_of_deal())["deal_id"].to_numpy())
+    table = pl.DataFrame(
+        {"deal_id": states["deal_id"].gather(first), "_deal": np.arange(first.size)}
     )
+    deal = spells.select("deal_id").join(table, on="deal_id", how="left", maintain_order="left")[
+        "_deal"
+    ]
+    found = deal.is_not_null().to_numpy()
+    deal = deal.fill_null(0).to_numpy().astype(np.int64)
+    # times as ranks among every time involved, so that (deal, time) is one int64 key
+    state_t = states["timestamp"].to_physical().to_numpy()
+    entry_t = spells["entered_at"].to_physical().to_numpy()
+    end_t = spells["_end"].to_physical().to_numpy()
+    times, rank = np.unique(np.concatenate([state_t, entry_t, end_t]), return_inverse=True)
+    span = np.int64(times.size + 1)
+    state_deal = np.repeat(np.arange(first.size), np.diff(np.append(first, n_states)))
+    key = state_deal * span + rank[:n_states]
+    n = entry_t.size
+    hi = np.searchsorted(key, deal * span + rank[n_states + n :], side="left")
+    after_entry = np.searchsorted(key, deal * span + rank[n_states : n_states + n], side="right")
+    start = first[deal] if first.size else np.zeros(n, dtype=np.int64)
+    lo = np.maximum(start, np.minimum(after_entry, hi) - 1)
+    lengths = np.where(found, np.maximum(hi - lo, 0), 0)
+    spell_rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    offsets = np.cumsum(lengths) - lengths
+    state_rows = np.repeat(lo, lengths) + np.arange(spell_rows.size) - np.repeat(offsets, lengths)
+    return state_rows.astype(np.int64), spell_rows
 
 
 # ============================================================================================
