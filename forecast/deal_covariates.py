@@ -10,8 +10,8 @@ module packs what the outcome kernel needs (:class:`forecast._kernels.CovariateA
   pushes so far, the user's columns) give its own hazard ratios for its current
   stage, per parameter draw; its first exit is conditioned on its age.
 - **Later stages, by profile.** After its next move a deal enters a stage whose
-  close-date values are not known today: they are set to the segment's median at
-  entry of that stage, while the amount, the pushes so far and the user's columns
+  close-date values are not known today: they are drawn from the segment's spread
+  at entry of that stage (:func:`entry_close_at`), while the amount, the pushes so far and the user's columns
   carry over. Solving the renewal equations per deal would cost
   ``O(K² n_days²)`` per deal and draw, so deals are grouped into at most
   :data:`MAX_PROFILES` profiles per segment (k-means on the linear predictors
@@ -223,22 +223,49 @@ def covariate_paths(
     return x, starts
 
 
+#: Step of the low-discrepancy sequence that gives each row its level of the close
+#: date at a future stage entry (the golden ratio's fractional part).
+_LEVEL_STEP = 0.6180339887498949
+
+
+def entry_close_at(cov: CovariateModel, n: int, g: int) -> np.ndarray:
+    """Days from each row's future entry into every stage to its close date then, (n, K).
+
+    Row ``i`` takes the level ``frac((i + 1) φ)`` (``φ`` the golden ratio's
+    fractional part) of the segment's quantiles at entry
+    (``CovariateModel.entry_close_days``), the same level in every stage: over
+    many rows the close dates at entry follow the history's spread rather than
+    all sitting at its median (with a proportional effect, the median deal is
+    not the average deal). :data:`DEFAULT_PUSH_INTERVAL_DAYS` without quantiles.
+    """
+    q = cov.entry_close_days
+    n_open = cov.beta.shape[0]
+    if q.size == 0:
+        return np.full((n, n_open), DEFAULT_PUSH_INTERVAL_DAYS)
+    n_levels = q.shape[2]
+    frac = np.modf((np.arange(n) + 1.0) * _LEVEL_STEP)[0]
+    level = np.minimum((frac * n_levels).astype(np.int64), n_levels - 1)
+    return np.ascontiguousarray(q[g][:, level].T)
+
+
 def entry_values(
     cov: CovariateModel, x: np.ndarray, stage: np.ndarray | None, g: int
 ) -> np.ndarray:
     """Each row's expected covariates at a fresh entry into every stage, shape (n, K, d).
 
     The time-invariant values (amount, user columns) carry over; the close date is
-    the stage's median at entry; pushes so far grow by the typical number a deal
-    collects between entering its current stage and entering the later one (the
-    difference of the stage means at entry, if positive). ``stage`` is each row's
-    current stage (None: rows are new deals, whose pushes at entry are the stage
-    means at entry).
+    drawn from the stage's spread at entry (:func:`entry_close_at`); pushes so far
+    grow by the typical number a deal collects between entering its current stage
+    and entering the later one (the difference of the stage means at entry, if
+    positive). ``stage`` is each row's current stage (None: rows are new deals,
+    whose pushes at entry are the stage means at entry).
     """
-    ip, _ = _path_columns(cov)
+    ip, idc = _path_columns(cov)
     tv = cov.time_varying_columns()
     typical = cov.entry_values[g]  # (K, d)
     out = np.where(tv[None, None, :], typical[None], x[:, None, :])
+    if idc is not None and cov.entry_close_days.size:
+        out[:, :, idc] = np.clip(entry_close_at(cov, x.shape[0], g) / DAYS_PER_MONTH, *CLOSE_CLIP)
     if ip is not None:
         if stage is None:
             out[:, :, ip] = np.maximum(typical[None, :, ip], out[:, :, ip])
@@ -260,8 +287,8 @@ def _profiles(
     Rows are grouped (:func:`group_profiles`) on the linear predictors
     ``β_{k,G} · x_k`` of their values at entry into every stage; a profile's values
     are its members' mean, and its path in each stage starts from the entry
-    (:func:`covariate_paths` with the segment's median days from entry to close
-    date).
+    (:func:`covariate_paths` with its members' mean days from entry to close date,
+    :func:`entry_close_at`).
 
     Returns
     -------
@@ -276,14 +303,13 @@ def _profiles(
     n_prof = int(labels.max()) + 1 if labels.size else 1
     x_path = np.zeros((n_prof, n_open, PATH_PIECES, d))
     starts = np.zeros((n_prof, n_open, PATH_PIECES))
-    close = (
-        cov.entry_close_days[g]
-        if cov.entry_close_days.size
-        else np.full(n_open, DEFAULT_PUSH_INTERVAL_DAYS)
-    )
+    close_at = entry_close_at(cov, n, g)
+    if close_at.shape[0] == 0:
+        close_at = np.full((1, n_open), DEFAULT_PUSH_INTERVAL_DAYS)
     for p in range(n_prof):
         members = labels == p
         mean = at_entry[members].mean(axis=0) if members.any() else np.zeros((n_open, d))
+        close = close_at[members].mean(axis=0) if members.any() else close_at.mean(axis=0)
         xp, sp = covariate_paths(cov, mean, close, np.zeros(n_open), interval)
         x_path[p], starts[p] = xp, sp
     return labels, x_path, starts

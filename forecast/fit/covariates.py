@@ -983,9 +983,11 @@ class CovariateModel:
         Mean days from a push of the close date to the new close date (``"*"``:
         all segments); how the close date is expected to move once it passes
         (:mod:`forecast.deal_covariates`).
-    entry_close_days : ndarray, shape (G, K)
-        Median days from a stage entry to the close date then (when a deal enters a
-        stage in the future, when its close date is expected to pass).
+    entry_close_days : ndarray, shape (G, K, Q)
+        Quantiles (levels ``(q + 0.5) / Q``) of the days from a stage entry to the
+        close date then: a deal entering a stage in the future gets one of them
+        (its ``days_to_close`` there, and when its close date is expected to pass;
+        :func:`forecast.deal_covariates.entry_close_at`).
     """
 
     candidates: tuple[str, ...]
@@ -1003,7 +1005,7 @@ class CovariateModel:
     penalty: float = RIDGE_PENALTY
     draw_beta: np.ndarray | None = None
     push_interval: dict[str, float] = field(default_factory=dict)
-    entry_close_days: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    entry_close_days: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
 
     @property
     def active(self) -> bool:
@@ -1117,10 +1119,16 @@ class CovariateModel:
                 len(d["draw_beta"]), n_open, 4, dd
             ),
             push_interval={str(g): float(v) for g, v in d.get("push_interval", {}).items()},
-            entry_close_days=np.asarray(d.get("entry_close_days", []), dtype=np.float64).reshape(
-                len(d.get("entry_close_days", [])), n_open
-            ),
+            entry_close_days=_entry_close_array(d.get("entry_close_days", []), n_open),
         )
+
+
+def _entry_close_array(v: Any, n_open: int) -> np.ndarray:
+    """``entry_close_days`` from JSON, shape (G, K, Q) (one level per stratum: the median)."""
+    a = np.asarray(v, dtype=np.float64)
+    if a.size == 0:
+        return np.zeros((0, n_open, 0))
+    return a.reshape(a.shape[0], n_open, -1)
 
 
 #: Push interval (days) assumed when the history has no push to measure it from.
@@ -1152,22 +1160,30 @@ def push_intervals(data: FitData) -> dict[str, float]:
     return out
 
 
-def entry_close_days(data: FitData, design: CovariateDesign) -> np.ndarray:
-    """Median days from a stage entry to the close date known then, per (segment, stage).
+#: Quantile levels ``(q + 0.5) / Q`` of the days from a stage entry to the close date
+#: kept per (segment, stage): a future stage entry's close date is drawn from them.
+ENTRY_CLOSE_LEVELS = 16
 
-    Shape (G, K); a stratum without close dates takes its stage's median over all
-    segments, and a stage without any :data:`DEFAULT_PUSH_INTERVAL_DAYS`.
+
+def entry_close_days(data: FitData, design: CovariateDesign) -> np.ndarray:
+    """Days from a stage entry to the close date known then, per (segment, stage): quantiles.
+
+    Shape (G, K, :data:`ENTRY_CLOSE_LEVELS`), the quantiles at levels ``(q + 0.5) / Q``
+    (the middle ones bracket the median); a stratum without close dates takes its
+    stage's quantiles over all segments, and a stage without any
+    :data:`DEFAULT_PUSH_INTERVAL_DAYS`.
     """
     n_open = int(data.n_open or 0)
-    out = np.full((len(data.segments), n_open), DEFAULT_PUSH_INTERVAL_DAYS)
+    levels = (np.arange(ENTRY_CLOSE_LEVELS) + 0.5) / ENTRY_CLOSE_LEVELS
+    out = np.full((len(data.segments), n_open, ENTRY_CLOSE_LEVELS), DEFAULT_PUSH_INTERVAL_DAYS)
     ok = design.first & np.isfinite(design.close_offset)
     for k in range(n_open):
         stage_rows = ok & (design.stage == k)
-        pooled = float(np.median(design.close_offset[stage_rows])) if stage_rows.any() else None
+        pooled = np.quantile(design.close_offset[stage_rows], levels) if stage_rows.any() else None
         for g in range(len(data.segments)):
             sel = stage_rows & (design.segment == g)
             if sel.any():
-                out[g, k] = float(np.median(design.close_offset[sel]))
+                out[g, k] = np.quantile(design.close_offset[sel], levels)
             elif pooled is not None:
                 out[g, k] = pooled
     return out
