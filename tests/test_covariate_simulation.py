@@ -21,9 +21,9 @@ from forecast._kernels import (
     tilted_outcome_probabilities,
 )
 from forecast._oracle import random_model_arrays
-from forecast.deal_covariates import covariate_paths, group_profiles
+from forecast.deal_covariates import covariate_paths, entry_close_at, entry_values, group_profiles
 from forecast.errors import ParameterError
-from forecast.fit.covariates import tilt_density
+from forecast.fit.covariates import CLOSE_CLIP, DAYS_PER_MONTH, tilt_density
 
 GROUP_OF = np.array([0, 0, 0, 1, 2, 3])  # K = 3 open stages, then won, lost, no decision
 
@@ -163,6 +163,30 @@ def test_paths_push_the_close_date_when_it_passes(close_date_model):
     # no close date: the values stay
     x, starts = covariate_paths(cov, x0[:1], np.array([np.nan]), age[:1], 30.0, n_pieces=4)
     assert np.all(np.isinf(starts[0, 1:])) and np.all(x[0] == x0[0])
+
+
+def test_future_entries_take_the_spread_of_close_dates_at_entry(close_date_model):
+    cov = close_date_model.covariates
+    quantiles = cov.entry_close_days  # (G, K, Q), days
+    n_levels = quantiles.shape[2]
+    assert n_levels > 1 and np.all(np.diff(quantiles, axis=2) >= 0)
+    n = 64 * n_levels
+    close = entry_close_at(cov, n, 0)
+    assert close.shape == (n, quantiles.shape[1])
+    # every level taken about equally often (low-discrepancy), the same one in every stage
+    level = np.array([np.searchsorted(quantiles[0, 0], v) for v in close[:, 0]])
+    strictly = np.all(np.diff(quantiles[0, 0]) > 0)
+    if strictly:
+        counts = np.bincount(level, minlength=n_levels)
+        assert counts.min() >= 60 and counts.max() <= 68
+        for k in range(quantiles.shape[1]):
+            np.testing.assert_array_equal(close[:, k], quantiles[0, k][level])
+    np.testing.assert_allclose(close.mean(axis=0), quantiles[0].mean(axis=1), rtol=0.02)
+    # the design column of the close date at a future entry is that value, in months
+    idc = cov.columns.index("days_to_close")
+    x = np.zeros((n, len(cov.columns)))
+    at_entry = entry_values(cov, x, None, 0)
+    np.testing.assert_allclose(at_entry[:, :, idc], np.clip(close / DAYS_PER_MONTH, *CLOSE_CLIP))
 
 
 def test_profiles_are_exact_for_few_values_and_deterministic():
