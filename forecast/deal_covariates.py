@@ -37,11 +37,10 @@ from forecast._kernels.tilt import baseline_hazards, tilt_pieces
 from forecast.errors import ParameterError
 from forecast.fit.amounts import weighted_quantile_grid
 from forecast.fit.covariates import (
-    CLOSE_CLIP,
-    DAYS_PER_MONTH,
     DEFAULT_PUSH_INTERVAL_DAYS,
     PUSH_CAP,
     CovariateModel,
+    CovariateSpec,
     chain_win_probabilities,
     covariate_states,
     destination_groups,
@@ -165,12 +164,18 @@ def _path_columns(cov: CovariateModel) -> tuple[int | None, int | None]:
     return ip, idc
 
 
+def _close_spec(cov: CovariateModel) -> CovariateSpec:
+    """The spec of ``days_to_close`` (kept)."""
+    return next(s for s in cov.specs if s.kind == "days_to_close")
+
+
 def covariate_paths(
     cov: CovariateModel,
     x0: np.ndarray,
     close_days: np.ndarray,
     age: np.ndarray,
     interval: float,
+    stage: np.ndarray,
     n_pieces: int = PATH_PIECES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected covariate paths: the values now, then after each expected push.
@@ -194,6 +199,8 @@ def covariate_paths(
         Days since the stage entry.
     interval : float
         ``I``, days.
+    stage : ndarray of int, shape (n,)
+        Each row's stage (the ``days_to_close`` encoding is per stage).
     n_pieces : int
 
     Returns
@@ -209,7 +216,6 @@ def covariate_paths(
     ip, idc = _path_columns(cov)
     if ip is None and idc is None:
         return x, starts
-    lo, hi = CLOSE_CLIP
     known = np.isfinite(close_days)
     for m in range(1, n_pieces):
         when = np.maximum(close_days, 0.0) + (m - 1) * interval
@@ -217,8 +223,8 @@ def covariate_paths(
         if ip is not None:
             x[known, m, ip] = np.minimum(x0[known, ip] + m, PUSH_CAP)
         if idc is not None:
-            x[known, m, idc] = np.clip(
-                (age[known] + when[known] + interval) / DAYS_PER_MONTH, lo, hi
+            x[known, m, idc] = _close_spec(cov).close_months(
+                age[known] + when[known] + interval, stage[known]
             )
     return x, starts
 
@@ -265,7 +271,9 @@ def entry_values(
     typical = cov.entry_values[g]  # (K, d)
     out = np.where(tv[None, None, :], typical[None], x[:, None, :])
     if idc is not None and cov.entry_close_days.size:
-        out[:, :, idc] = np.clip(entry_close_at(cov, x.shape[0], g) / DAYS_PER_MONTH, *CLOSE_CLIP)
+        out[:, :, idc] = _close_spec(cov).close_months(
+            entry_close_at(cov, x.shape[0], g), np.arange(out.shape[1])[None, :]
+        )
     if ip is not None:
         if stage is None:
             out[:, :, ip] = np.maximum(typical[None, :, ip], out[:, :, ip])
@@ -310,7 +318,7 @@ def _profiles(
         members = labels == p
         mean = at_entry[members].mean(axis=0) if members.any() else np.zeros((n_open, d))
         close = close_at[members].mean(axis=0) if members.any() else close_at.mean(axis=0)
-        xp, sp = covariate_paths(cov, mean, close, np.zeros(n_open), interval)
+        xp, sp = covariate_paths(cov, mean, close, np.zeros(n_open), interval, np.arange(n_open))
         x_path[p], starts[p] = xp, sp
     return labels, x_path, starts
 
@@ -374,9 +382,9 @@ def covariate_arrays(
         ]
     )
     deal_x, deal_starts = (
-        covariate_paths(cov, x, close_days.reshape(-1), age, 0.0)
+        covariate_paths(cov, x, close_days.reshape(-1), age, 0.0, np.zeros(0, np.int64))
         if x.shape[0] == 0
-        else _deal_paths(cov, x, close_days, age, interval[seg_of])
+        else _deal_paths(cov, x, close_days, age, interval[seg_of], np.asarray(arrays.deal_stage))
     )
     labels = np.zeros(x.shape[0], dtype=np.int64)
     prof: list[tuple[np.ndarray, np.ndarray]] = []
@@ -432,6 +440,7 @@ def _deal_paths(
     close_days: np.ndarray,
     age: np.ndarray,
     interval: np.ndarray,
+    stage: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`covariate_paths` of today's deals, each with its segment's push interval."""
     out_x = np.empty((x.shape[0], PATH_PIECES, x.shape[1]))
@@ -439,7 +448,7 @@ def _deal_paths(
     for value in np.unique(interval):
         sel = interval == value
         out_x[sel], out_s[sel] = covariate_paths(
-            cov, x[sel], close_days[sel], age[sel], float(value)
+            cov, x[sel], close_days[sel], age[sel], float(value), stage[sel]
         )
     return out_x, out_s
 
@@ -530,7 +539,9 @@ def eventual_outcome_probabilities(
             chains[p] = np.linalg.solve(np.eye(n_open) - shares[:, :n_open], shares[:, n_open:])[
                 :, :3
             ]
-        deal_x, deal_s = covariate_paths(cov, x[idx], close_days[idx], age_days[idx], interval)
+        deal_x, deal_s = covariate_paths(
+            cov, x[idx], close_days[idx], age_days[idx], interval, stage[idx]
+        )
         for row, i in enumerate(idx):
             k = int(stage[i])
             r = np.exp(deal_x[row] @ cov.beta[k].T)[:, group_of]

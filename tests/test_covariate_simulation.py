@@ -153,15 +153,23 @@ def test_paths_push_the_close_date_when_it_passes(close_date_model):
     x0[:, idc] = [0.5, 0.5]
     close = np.array([10.0, -3.0])  # close date in 10 days; passed 3 days ago
     age = np.array([5.0, 20.0])
-    x, starts = covariate_paths(cov, x0, close, age, 30.0, n_pieces=4)
+    stage = np.array([0, 2])
+    x, starts = covariate_paths(cov, x0, close, age, 30.0, stage, n_pieces=4)
     np.testing.assert_allclose(starts[0], [0.0, 10.0, 40.0, 70.0])
     np.testing.assert_allclose(starts[1], [0.0, 0.0, 30.0, 60.0])
     np.testing.assert_allclose(x[0, :, ip], [1.0, 2.0, 3.0, 4.0])
     np.testing.assert_allclose(x[1, :, ip], [4.0, 5.0, 5.0, 5.0])  # capped at 5 pushes
-    # after a push the close date is 30 days out: (age + push time + 30) / 30 months
-    np.testing.assert_allclose(x[0, 1:, idc], (5.0 + np.array([10.0, 40.0, 70.0]) + 30.0) / 30.0)
+    # after a push the close date is 30 days out: (age + push time + 30) / 30 months,
+    # centred on the stage's median at entry
+    spec = next(s for s in cov.specs if s.name == "days_to_close")
+    assert spec.centered
+    center = min(max(spec.fill[0], -6.0), 12.0)
+    months = (5.0 + np.array([10.0, 40.0, 70.0]) + 30.0) / 30.0
+    np.testing.assert_allclose(x[0, 1:, idc], months - center)
     # no close date: the values stay
-    x, starts = covariate_paths(cov, x0[:1], np.array([np.nan]), age[:1], 30.0, n_pieces=4)
+    x, starts = covariate_paths(
+        cov, x0[:1], np.array([np.nan]), age[:1], 30.0, stage[:1], n_pieces=4
+    )
     assert np.all(np.isinf(starts[0, 1:])) and np.all(x[0] == x0[0])
 
 
@@ -186,7 +194,11 @@ def test_future_entries_take_the_spread_of_close_dates_at_entry(close_date_model
     idc = cov.columns.index("days_to_close")
     x = np.zeros((n, len(cov.columns)))
     at_entry = entry_values(cov, x, None, 0)
-    np.testing.assert_allclose(at_entry[:, :, idc], np.clip(close / DAYS_PER_MONTH, *CLOSE_CLIP))
+    spec = next(s for s in cov.specs if s.name == "days_to_close")
+    center = np.clip(np.asarray(spec.fill), *CLOSE_CLIP)
+    np.testing.assert_allclose(
+        at_entry[:, :, idc], np.clip(close / DAYS_PER_MONTH, *CLOSE_CLIP) - center
+    )
 
 
 def test_profiles_are_exact_for_few_values_and_deterministic():

@@ -257,6 +257,10 @@ class CovariateSpec:
     fill : tuple of float
         ``days_to_close``: per open stage, the months used when the close date is
         unknown (the stage's median at entry).
+    centered : bool
+        ``days_to_close``: the column is the months minus the stage's ``fill``, so
+        ``x = 0`` (the baseline deal) is the typical deal at entry rather than one
+        whose close date is its stage entry (models saved before this have False).
     """
 
     name: str
@@ -268,6 +272,7 @@ class CovariateSpec:
     centers: Mapping[str, float] = field(default_factory=dict)
     scale: float = 1.0
     fill: tuple[float, ...] = ()
+    centered: bool = False
 
     @property
     def time_varying(self) -> bool:
@@ -296,11 +301,9 @@ class CovariateSpec:
                 v = np.where(np.isfinite(a) & (a > 0), np.log2(a) - center, 0.0)
             return np.clip(v, -AMOUNT_CLIP, AMOUNT_CLIP)[:, None]
         if self.kind == "days_to_close":
-            d = raw["_close_offset"].to_numpy().astype(np.float64) / DAYS_PER_MONTH
+            d = raw["_close_offset"].to_numpy().astype(np.float64)
             k = raw["stage_code"].to_numpy().astype(np.int64)
-            fill = np.asarray(self.fill, dtype=np.float64)[k] if n else np.zeros(0)
-            v = np.where(np.isfinite(d), d, fill)
-            return np.clip(v, *CLOSE_CLIP)[:, None]
+            return self.close_months(d, k)[:, None]
         if self.kind == "pushes":
             p = raw["_pushes"].to_numpy().astype(np.float64)
             return np.clip(np.nan_to_num(p, nan=0.0), 0.0, PUSH_CAP)[:, None]
@@ -317,6 +320,19 @@ class CovariateSpec:
             return np.clip(np.nan_to_num(z, nan=0.0), -NUMERIC_CLIP, NUMERIC_CLIP)[:, None]
         raise ParameterError(f"Unknown covariate kind {self.kind!r}.")  # pragma: no cover
 
+    def close_months(self, days: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """``days_to_close`` values: close date minus stage entry (``days``, NaN unknown) in stage.
+
+        Months of :data:`DAYS_PER_MONTH` days clipped to :data:`CLOSE_CLIP` (unknown:
+        the stage's ``fill``), minus the clipped ``fill`` when :attr:`centered`.
+        ``days`` and ``stage`` broadcast together.
+        """
+        days, stage = np.broadcast_arrays(np.asarray(days, np.float64), np.asarray(stage))
+        fill = np.asarray(self.fill, dtype=np.float64)
+        f = fill[stage.astype(np.int64)] if days.size else np.zeros(days.shape)
+        v = np.clip(np.where(np.isfinite(days), days / DAYS_PER_MONTH, f), *CLOSE_CLIP)
+        return v - np.clip(f, *CLOSE_CLIP) if self.centered else v
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe description."""
         return {
@@ -329,6 +345,7 @@ class CovariateSpec:
             "centers": {k: float(v) for k, v in self.centers.items()},
             "scale": float(self.scale),
             "fill": [float(x) for x in self.fill],
+            "centered": bool(self.centered),
         }
 
     @classmethod
@@ -344,6 +361,7 @@ class CovariateSpec:
             centers={str(k): float(v) for k, v in d.get("centers", {}).items()},
             scale=float(d.get("scale", 1.0)),
             fill=tuple(float(x) for x in d.get("fill", ())),
+            centered=bool(d.get("centered", False)),
         )
 
 
@@ -393,6 +411,7 @@ def _spec_for(
                 ("days_to_close",),
                 "close date a month later",
                 fill=tuple(fill),
+                centered=True,
             ),
             "",
         )
