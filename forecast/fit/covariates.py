@@ -22,7 +22,7 @@ coefficient vector per stage and destination group, shared across segments.
 - **Covariates** (:class:`CovariateSpec`): ``amount`` — log₂ of the amount, centred on
   the segment's mean log₂ amount at creation (one unit = twice the amount);
   ``days_to_close`` — the rep's current close date minus the stage entry, in
-  months of 30 days (at a given time in stage this is the signed time until, or
+  months of 30 days, centred on the stage's median at entry (at a given time in stage this is the signed time until, or
   past, the close date plus a constant, and the constant's effect is absorbed by
   the baseline, so the coefficient reads "per month later close date");
   ``pushes`` — how often the close date has moved later so far; and the user's
