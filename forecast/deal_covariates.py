@@ -10,8 +10,8 @@ module packs what the outcome kernel needs (:class:`forecast._kernels.CovariateA
   pushes so far, the user's columns) give its own hazard ratios for its current
   stage, per parameter draw; its first exit is conditioned on its age.
 - **Later stages, by profile.** After its next move a deal enters a stage whose
-  close-date values are not known today: they are set to the segment's median at
-  entry of that stage, while the amount, the pushes so far and the user's columns
+  close-date values are not known today: they are drawn from the segment's spread
+  at entry of that stage (:func:`entry_close_at`), while the amount, the pushes so far and the user's columns
   carry over. Solving the renewal equations per deal would cost
   ``O(K² n_days²)`` per deal and draw, so deals are grouped into at most
   :data:`MAX_PROFILES` profiles per segment (k-means on the linear predictors
@@ -37,11 +37,10 @@ from forecast._kernels.tilt import baseline_hazards, tilt_pieces
 from forecast.errors import ParameterError
 from forecast.fit.amounts import weighted_quantile_grid
 from forecast.fit.covariates import (
-    CLOSE_CLIP,
-    DAYS_PER_MONTH,
     DEFAULT_PUSH_INTERVAL_DAYS,
     PUSH_CAP,
     CovariateModel,
+    CovariateSpec,
     chain_win_probabilities,
     covariate_states,
     destination_groups,
@@ -165,12 +164,18 @@ def _path_columns(cov: CovariateModel) -> tuple[int | None, int | None]:
     return ip, idc
 
 
+def _close_spec(cov: CovariateModel) -> CovariateSpec:
+    """The spec of ``days_to_close`` (kept)."""
+    return next(s for s in cov.specs if s.kind == "days_to_close")
+
+
 def covariate_paths(
     cov: CovariateModel,
     x0: np.ndarray,
     close_days: np.ndarray,
     age: np.ndarray,
     interval: float,
+    stage: np.ndarray,
     n_pieces: int = PATH_PIECES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected covariate paths: the values now, then after each expected push.
@@ -194,6 +199,8 @@ def covariate_paths(
         Days since the stage entry.
     interval : float
         ``I``, days.
+    stage : ndarray of int, shape (n,)
+        Each row's stage (the ``days_to_close`` encoding is per stage).
     n_pieces : int
 
     Returns
@@ -209,7 +216,6 @@ def covariate_paths(
     ip, idc = _path_columns(cov)
     if ip is None and idc is None:
         return x, starts
-    lo, hi = CLOSE_CLIP
     known = np.isfinite(close_days)
     for m in range(1, n_pieces):
         when = np.maximum(close_days, 0.0) + (m - 1) * interval
@@ -217,10 +223,35 @@ def covariate_paths(
         if ip is not None:
             x[known, m, ip] = np.minimum(x0[known, ip] + m, PUSH_CAP)
         if idc is not None:
-            x[known, m, idc] = np.clip(
-                (age[known] + when[known] + interval) / DAYS_PER_MONTH, lo, hi
+            x[known, m, idc] = _close_spec(cov).close_months(
+                age[known] + when[known] + interval, stage[known]
             )
     return x, starts
+
+
+#: Step of the low-discrepancy sequence that gives each row its level of the close
+#: date at a future stage entry (the golden ratio's fractional part).
+_LEVEL_STEP = 0.6180339887498949
+
+
+def entry_close_at(cov: CovariateModel, n: int, g: int) -> np.ndarray:
+    """Days from each row's future entry into every stage to its close date then, (n, K).
+
+    Row ``i`` takes the level ``frac((i + 1) φ)`` (``φ`` the golden ratio's
+    fractional part) of the segment's quantiles at entry
+    (``CovariateModel.entry_close_days``), the same level in every stage: over
+    many rows the close dates at entry follow the history's spread rather than
+    all sitting at its median (with a proportional effect, the median deal is
+    not the average deal). :data:`DEFAULT_PUSH_INTERVAL_DAYS` without quantiles.
+    """
+    q = cov.entry_close_days
+    n_open = cov.beta.shape[0]
+    if q.size == 0:
+        return np.full((n, n_open), DEFAULT_PUSH_INTERVAL_DAYS)
+    n_levels = q.shape[2]
+    frac = np.modf((np.arange(n) + 1.0) * _LEVEL_STEP)[0]
+    level = np.minimum((frac * n_levels).astype(np.int64), n_levels - 1)
+    return np.ascontiguousarray(q[g][:, level].T)
 
 
 def entry_values(
@@ -229,16 +260,20 @@ def entry_values(
     """Each row's expected covariates at a fresh entry into every stage, shape (n, K, d).
 
     The time-invariant values (amount, user columns) carry over; the close date is
-    the stage's median at entry; pushes so far grow by the typical number a deal
-    collects between entering its current stage and entering the later one (the
-    difference of the stage means at entry, if positive). ``stage`` is each row's
-    current stage (None: rows are new deals, whose pushes at entry are the stage
-    means at entry).
+    drawn from the stage's spread at entry (:func:`entry_close_at`); pushes so far
+    grow by the typical number a deal collects between entering its current stage
+    and entering the later one (the difference of the stage means at entry, if
+    positive). ``stage`` is each row's current stage (None: rows are new deals,
+    whose pushes at entry are the stage means at entry).
     """
-    ip, _ = _path_columns(cov)
+    ip, idc = _path_columns(cov)
     tv = cov.time_varying_columns()
     typical = cov.entry_values[g]  # (K, d)
     out = np.where(tv[None, None, :], typical[None], x[:, None, :])
+    if idc is not None and cov.entry_close_days.size:
+        out[:, :, idc] = _close_spec(cov).close_months(
+            entry_close_at(cov, x.shape[0], g), np.arange(out.shape[1])[None, :]
+        )
     if ip is not None:
         if stage is None:
             out[:, :, ip] = np.maximum(typical[None, :, ip], out[:, :, ip])
@@ -260,8 +295,8 @@ def _profiles(
     Rows are grouped (:func:`group_profiles`) on the linear predictors
     ``β_{k,G} · x_k`` of their values at entry into every stage; a profile's values
     are its members' mean, and its path in each stage starts from the entry
-    (:func:`covariate_paths` with the segment's median days from entry to close
-    date).
+    (:func:`covariate_paths` with its members' mean days from entry to close date,
+    :func:`entry_close_at`).
 
     Returns
     -------
@@ -276,15 +311,14 @@ def _profiles(
     n_prof = int(labels.max()) + 1 if labels.size else 1
     x_path = np.zeros((n_prof, n_open, PATH_PIECES, d))
     starts = np.zeros((n_prof, n_open, PATH_PIECES))
-    close = (
-        cov.entry_close_days[g]
-        if cov.entry_close_days.size
-        else np.full(n_open, DEFAULT_PUSH_INTERVAL_DAYS)
-    )
+    close_at = entry_close_at(cov, n, g)
+    if close_at.shape[0] == 0:
+        close_at = np.full((1, n_open), DEFAULT_PUSH_INTERVAL_DAYS)
     for p in range(n_prof):
         members = labels == p
         mean = at_entry[members].mean(axis=0) if members.any() else np.zeros((n_open, d))
-        xp, sp = covariate_paths(cov, mean, close, np.zeros(n_open), interval)
+        close = close_at[members].mean(axis=0) if members.any() else close_at.mean(axis=0)
+        xp, sp = covariate_paths(cov, mean, close, np.zeros(n_open), interval, np.arange(n_open))
         x_path[p], starts[p] = xp, sp
     return labels, x_path, starts
 
@@ -348,9 +382,9 @@ def covariate_arrays(
         ]
     )
     deal_x, deal_starts = (
-        covariate_paths(cov, x, close_days.reshape(-1), age, 0.0)
+        covariate_paths(cov, x, close_days.reshape(-1), age, 0.0, np.zeros(0, np.int64))
         if x.shape[0] == 0
-        else _deal_paths(cov, x, close_days, age, interval[seg_of])
+        else _deal_paths(cov, x, close_days, age, interval[seg_of], np.asarray(arrays.deal_stage))
     )
     labels = np.zeros(x.shape[0], dtype=np.int64)
     prof: list[tuple[np.ndarray, np.ndarray]] = []
@@ -406,6 +440,7 @@ def _deal_paths(
     close_days: np.ndarray,
     age: np.ndarray,
     interval: np.ndarray,
+    stage: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`covariate_paths` of today's deals, each with its segment's push interval."""
     out_x = np.empty((x.shape[0], PATH_PIECES, x.shape[1]))
@@ -413,7 +448,7 @@ def _deal_paths(
     for value in np.unique(interval):
         sel = interval == value
         out_x[sel], out_s[sel] = covariate_paths(
-            cov, x[sel], close_days[sel], age[sel], float(value)
+            cov, x[sel], close_days[sel], age[sel], float(value), stage[sel]
         )
     return out_x, out_s
 
@@ -504,7 +539,9 @@ def eventual_outcome_probabilities(
             chains[p] = np.linalg.solve(np.eye(n_open) - shares[:, :n_open], shares[:, n_open:])[
                 :, :3
             ]
-        deal_x, deal_s = covariate_paths(cov, x[idx], close_days[idx], age_days[idx], interval)
+        deal_x, deal_s = covariate_paths(
+            cov, x[idx], close_days[idx], age_days[idx], interval, stage[idx]
+        )
         for row, i in enumerate(idx):
             k = int(stage[i])
             r = np.exp(deal_x[row] @ cov.beta[k].T)[:, group_of]

@@ -21,9 +21,9 @@ from forecast._kernels import (
     tilted_outcome_probabilities,
 )
 from forecast._oracle import random_model_arrays
-from forecast.deal_covariates import covariate_paths, group_profiles
+from forecast.deal_covariates import covariate_paths, entry_close_at, entry_values, group_profiles
 from forecast.errors import ParameterError
-from forecast.fit.covariates import tilt_density
+from forecast.fit.covariates import CLOSE_CLIP, DAYS_PER_MONTH, tilt_density
 
 GROUP_OF = np.array([0, 0, 0, 1, 2, 3])  # K = 3 open stages, then won, lost, no decision
 
@@ -153,16 +153,52 @@ def test_paths_push_the_close_date_when_it_passes(close_date_model):
     x0[:, idc] = [0.5, 0.5]
     close = np.array([10.0, -3.0])  # close date in 10 days; passed 3 days ago
     age = np.array([5.0, 20.0])
-    x, starts = covariate_paths(cov, x0, close, age, 30.0, n_pieces=4)
+    stage = np.array([0, 2])
+    x, starts = covariate_paths(cov, x0, close, age, 30.0, stage, n_pieces=4)
     np.testing.assert_allclose(starts[0], [0.0, 10.0, 40.0, 70.0])
     np.testing.assert_allclose(starts[1], [0.0, 0.0, 30.0, 60.0])
     np.testing.assert_allclose(x[0, :, ip], [1.0, 2.0, 3.0, 4.0])
     np.testing.assert_allclose(x[1, :, ip], [4.0, 5.0, 5.0, 5.0])  # capped at 5 pushes
-    # after a push the close date is 30 days out: (age + push time + 30) / 30 months
-    np.testing.assert_allclose(x[0, 1:, idc], (5.0 + np.array([10.0, 40.0, 70.0]) + 30.0) / 30.0)
+    # after a push the close date is 30 days out: (age + push time + 30) / 30 months,
+    # centred on the stage's median at entry
+    spec = next(s for s in cov.specs if s.name == "days_to_close")
+    assert spec.centered
+    center = min(max(spec.fill[0], -6.0), 12.0)
+    months = (5.0 + np.array([10.0, 40.0, 70.0]) + 30.0) / 30.0
+    np.testing.assert_allclose(x[0, 1:, idc], months - center)
     # no close date: the values stay
-    x, starts = covariate_paths(cov, x0[:1], np.array([np.nan]), age[:1], 30.0, n_pieces=4)
+    x, starts = covariate_paths(
+        cov, x0[:1], np.array([np.nan]), age[:1], 30.0, stage[:1], n_pieces=4
+    )
     assert np.all(np.isinf(starts[0, 1:])) and np.all(x[0] == x0[0])
+
+
+def test_future_entries_take_the_spread_of_close_dates_at_entry(close_date_model):
+    cov = close_date_model.covariates
+    quantiles = cov.entry_close_days  # (G, K, Q), days
+    n_levels = quantiles.shape[2]
+    assert n_levels > 1 and np.all(np.diff(quantiles, axis=2) >= 0)
+    n = 64 * n_levels
+    close = entry_close_at(cov, n, 0)
+    assert close.shape == (n, quantiles.shape[1])
+    # every level taken about equally often (low-discrepancy), the same one in every stage
+    level = np.array([np.searchsorted(quantiles[0, 0], v) for v in close[:, 0]])
+    strictly = np.all(np.diff(quantiles[0, 0]) > 0)
+    if strictly:
+        counts = np.bincount(level, minlength=n_levels)
+        assert counts.min() >= 60 and counts.max() <= 68
+        for k in range(quantiles.shape[1]):
+            np.testing.assert_array_equal(close[:, k], quantiles[0, k][level])
+    np.testing.assert_allclose(close.mean(axis=0), quantiles[0].mean(axis=1), rtol=0.02)
+    # the design column of the close date at a future entry is that value, in months
+    idc = cov.columns.index("days_to_close")
+    x = np.zeros((n, len(cov.columns)))
+    at_entry = entry_values(cov, x, None, 0)
+    spec = next(s for s in cov.specs if s.name == "days_to_close")
+    center = np.clip(np.asarray(spec.fill), *CLOSE_CLIP)
+    np.testing.assert_allclose(
+        at_entry[:, :, idc], np.clip(close / DAYS_PER_MONTH, *CLOSE_CLIP) - center
+    )
 
 
 def test_profiles_are_exact_for_few_values_and_deterministic():

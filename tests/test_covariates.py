@@ -308,7 +308,9 @@ def test_design_encodes_each_covariate():
     )
     assert set(design.x[:, 2]) == {0.0, 1.0, 2.0}
     d1 = design.x[design.stage == 0][:3]
-    np.testing.assert_allclose(d1[:, 1], np.array([3.0, 20.0, 30.0]) / 30.0)
+    # months from the entry to the close date, centred on stage A's median at entry
+    # (close dates 3, 38 and 8 days after the entries of d1, d2 and d3)
+    np.testing.assert_allclose(d1[:, 1], (np.array([3.0, 20.0, 30.0]) - 8.0) / 30.0)
 
 
 def test_unknown_covariates_are_named(sample_log):

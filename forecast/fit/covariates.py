@@ -22,7 +22,7 @@ coefficient vector per stage and destination group, shared across segments.
 - **Covariates** (:class:`CovariateSpec`): ``amount`` — log₂ of the amount, centred on
   the segment's mean log₂ amount at creation (one unit = twice the amount);
   ``days_to_close`` — the rep's current close date minus the stage entry, in
-  months of 30 days (at a given time in stage this is the signed time until, or
+  months of 30 days, centred on the stage's median at entry (at a given time in stage this is the signed time until, or
   past, the close date plus a constant, and the constant's effect is absorbed by
   the baseline, so the coefficient reads "per month later close date");
   ``pushes`` — how often the close date has moved later so far; and the user's
@@ -296,6 +296,10 @@ class CovariateSpec:
     fill : tuple of float
         ``days_to_close``: per open stage, the months used when the close date is
         unknown (the stage's median at entry).
+    centered : bool
+        ``days_to_close``: the column is the months minus the stage's ``fill``, so
+        ``x = 0`` (the baseline deal) is the typical deal at entry rather than one
+        whose close date is its stage entry (models saved before this have False).
     """
 
     name: str
@@ -307,6 +311,7 @@ class CovariateSpec:
     centers: Mapping[str, float] = field(default_factory=dict)
     scale: float = 1.0
     fill: tuple[float, ...] = ()
+    centered: bool = False
 
     @property
     def time_varying(self) -> bool:
@@ -335,11 +340,9 @@ class CovariateSpec:
                 v = np.where(np.isfinite(a) & (a > 0), np.log2(a) - center, 0.0)
             return np.clip(v, -AMOUNT_CLIP, AMOUNT_CLIP)[:, None]
         if self.kind == "days_to_close":
-            d = raw["_close_offset"].to_numpy().astype(np.float64) / DAYS_PER_MONTH
+            d = raw["_close_offset"].to_numpy().astype(np.float64)
             k = raw["stage_code"].to_numpy().astype(np.int64)
-            fill = np.asarray(self.fill, dtype=np.float64)[k] if n else np.zeros(0)
-            v = np.where(np.isfinite(d), d, fill)
-            return np.clip(v, *CLOSE_CLIP)[:, None]
+            return self.close_months(d, k)[:, None]
         if self.kind == "pushes":
             p = raw["_pushes"].to_numpy().astype(np.float64)
             return np.clip(np.nan_to_num(p, nan=0.0), 0.0, PUSH_CAP)[:, None]
@@ -356,6 +359,19 @@ class CovariateSpec:
             return np.clip(np.nan_to_num(z, nan=0.0), -NUMERIC_CLIP, NUMERIC_CLIP)[:, None]
         raise ParameterError(f"Unknown covariate kind {self.kind!r}.")  # pragma: no cover
 
+    def close_months(self, days: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """``days_to_close`` values: close date minus stage entry (``days``, NaN unknown) in stage.
+
+        Months of :data:`DAYS_PER_MONTH` days clipped to :data:`CLOSE_CLIP` (unknown:
+        the stage's ``fill``), minus the clipped ``fill`` when :attr:`centered`.
+        ``days`` and ``stage`` broadcast together.
+        """
+        days, stage = np.broadcast_arrays(np.asarray(days, np.float64), np.asarray(stage))
+        fill = np.asarray(self.fill, dtype=np.float64)
+        f = fill[stage.astype(np.int64)] if days.size else np.zeros(days.shape)
+        v = np.clip(np.where(np.isfinite(days), days / DAYS_PER_MONTH, f), *CLOSE_CLIP)
+        return v - np.clip(f, *CLOSE_CLIP) if self.centered else v
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe description."""
         return {
@@ -368,6 +384,7 @@ class CovariateSpec:
             "centers": {k: float(v) for k, v in self.centers.items()},
             "scale": float(self.scale),
             "fill": [float(x) for x in self.fill],
+            "centered": bool(self.centered),
         }
 
     @classmethod
@@ -383,6 +400,7 @@ class CovariateSpec:
             centers={str(k): float(v) for k, v in d.get("centers", {}).items()},
             scale=float(d.get("scale", 1.0)),
             fill=tuple(float(x) for x in d.get("fill", ())),
+            centered=bool(d.get("centered", False)),
         )
 
 
@@ -432,6 +450,7 @@ def _spec_for(
                 ("days_to_close",),
                 "close date a month later",
                 fill=tuple(fill),
+                centered=True,
             ),
             "",
         )
@@ -1022,9 +1041,11 @@ class CovariateModel:
         Mean days from a push of the close date to the new close date (``"*"``:
         all segments); how the close date is expected to move once it passes
         (:mod:`forecast.deal_covariates`).
-    entry_close_days : ndarray, shape (G, K)
-        Median days from a stage entry to the close date then (when a deal enters a
-        stage in the future, when its close date is expected to pass).
+    entry_close_days : ndarray, shape (G, K, Q)
+        Quantiles (levels ``(q + 0.5) / Q``) of the days from a stage entry to the
+        close date then: a deal entering a stage in the future gets one of them
+        (its ``days_to_close`` there, and when its close date is expected to pass;
+        :func:`forecast.deal_covariates.entry_close_at`).
     """
 
     candidates: tuple[str, ...]
@@ -1042,7 +1063,7 @@ class CovariateModel:
     penalty: float = RIDGE_PENALTY
     draw_beta: np.ndarray | None = None
     push_interval: dict[str, float] = field(default_factory=dict)
-    entry_close_days: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    entry_close_days: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
 
     @property
     def active(self) -> bool:
@@ -1156,10 +1177,16 @@ class CovariateModel:
                 len(d["draw_beta"]), n_open, 4, dd
             ),
             push_interval={str(g): float(v) for g, v in d.get("push_interval", {}).items()},
-            entry_close_days=np.asarray(d.get("entry_close_days", []), dtype=np.float64).reshape(
-                len(d.get("entry_close_days", [])), n_open
-            ),
+            entry_close_days=_entry_close_array(d.get("entry_close_days", []), n_open),
         )
+
+
+def _entry_close_array(v: Any, n_open: int) -> np.ndarray:
+    """``entry_close_days`` from JSON, shape (G, K, Q) (one level per stratum: the median)."""
+    a = np.asarray(v, dtype=np.float64)
+    if a.size == 0:
+        return np.zeros((0, n_open, 0))
+    return a.reshape(a.shape[0], n_open, -1)
 
 
 #: Push interval (days) assumed when the history has no push to measure it from.
@@ -1191,22 +1218,30 @@ def push_intervals(data: FitData) -> dict[str, float]:
     return out
 
 
-def entry_close_days(data: FitData, design: CovariateDesign) -> np.ndarray:
-    """Median days from a stage entry to the close date known then, per (segment, stage).
+#: Quantile levels ``(q + 0.5) / Q`` of the days from a stage entry to the close date
+#: kept per (segment, stage): a future stage entry's close date is drawn from them.
+ENTRY_CLOSE_LEVELS = 16
 
-    Shape (G, K); a stratum without close dates takes its stage's median over all
-    segments, and a stage without any :data:`DEFAULT_PUSH_INTERVAL_DAYS`.
+
+def entry_close_days(data: FitData, design: CovariateDesign) -> np.ndarray:
+    """Days from a stage entry to the close date known then, per (segment, stage): quantiles.
+
+    Shape (G, K, :data:`ENTRY_CLOSE_LEVELS`), the quantiles at levels ``(q + 0.5) / Q``
+    (the middle ones bracket the median); a stratum without close dates takes its
+    stage's quantiles over all segments, and a stage without any
+    :data:`DEFAULT_PUSH_INTERVAL_DAYS`.
     """
     n_open = int(data.n_open or 0)
-    out = np.full((len(data.segments), n_open), DEFAULT_PUSH_INTERVAL_DAYS)
+    levels = (np.arange(ENTRY_CLOSE_LEVELS) + 0.5) / ENTRY_CLOSE_LEVELS
+    out = np.full((len(data.segments), n_open, ENTRY_CLOSE_LEVELS), DEFAULT_PUSH_INTERVAL_DAYS)
     ok = design.first & np.isfinite(design.close_offset)
     for k in range(n_open):
         stage_rows = ok & (design.stage == k)
-        pooled = float(np.median(design.close_offset[stage_rows])) if stage_rows.any() else None
+        pooled = np.quantile(design.close_offset[stage_rows], levels) if stage_rows.any() else None
         for g in range(len(data.segments)):
             sel = stage_rows & (design.segment == g)
             if sel.any():
-                out[g, k] = float(np.median(design.close_offset[sel]))
+                out[g, k] = np.quantile(design.close_offset[sel], levels)
             elif pooled is not None:
                 out[g, k] = pooled
     return out
