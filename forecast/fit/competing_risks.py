@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
+from forecast._kernels.densities import scaled_day_densities
 from forecast._validation import check_int
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.tails import TailFit, fit_tail
@@ -676,32 +677,21 @@ class ExitCurves:
         if total <= 0:
             scale = np.ones_like(m)
         t = np.arange(1, max_days + 1, dtype=np.float64)[None, :] / f[:, None]  # (B, L)
-        flat = t.reshape(-1)
         big_d = self.max_day
-        inside = flat <= big_d
-        grid_part = np.empty((n_codes, flat.size))
-        if big_d == 0:
-            grid_part[:, inside] = self.cif_grid[:, :1]
-        else:
-            grid = np.arange(big_d + 1, dtype=np.float64)
-            for j in range(n_codes):
-                grid_part[j, inside] = np.interp(flat[inside], grid, self.cif_grid[j])
-        grid_part[:, ~inside] = self.cif_grid[:, -1:]
-        cif = grid_part.reshape(n_codes, n_rows, max_days) * scale.T[:, :, None]
-        if not np.all(inside):
-            out_t = flat[~inside]
-            for p in self.tail_pieces:
-                left = np.zeros(flat.size)
-                left[~inside] = p.mass - p.remaining(out_t, big_d)
-                sm = m @ np.asarray(p.shares)  # (B,)
-                piece_scale = np.where(sm[:, None] > 0, scale, 1.0)  # (B, C)
-                cif += (
-                    np.asarray(p.shares)[:, None, None]
-                    * piece_scale.T[:, :, None]
-                    * left.reshape(n_rows, max_days)[None, :, :]
-                )
-        dens = np.diff(cif, axis=2, prepend=0.0)
-        return np.maximum(dens, 0.0).transpose(1, 0, 2)
+        beyond = t > big_d
+        pieces = self.tail_pieces if np.any(beyond) else ()
+        piece_scale = np.empty((len(pieces), n_rows, n_codes))
+        piece_left = np.zeros((len(pieces), n_rows, max_days))
+        for i, p in enumerate(pieces):
+            piece_left[i][beyond] = p.mass - p.remaining(t[beyond], big_d)
+            sm = m @ np.asarray(p.shares)  # (B,)
+            piece_scale[i] = np.asarray(p.shares)[None, :] * np.where(sm[:, None] > 0, scale, 1.0)
+        out = np.empty((n_rows, n_codes, max_days))
+        # the grid read as numpy.interp, the pieces added in order, differenced per day
+        scaled_day_densities(
+            np.ascontiguousarray(self.cif_grid), t, scale, piece_scale, piece_left, out
+        )
+        return out
 
     def eventual_shares(self) -> np.ndarray:
         """``F_j(∞)``, float64 (C,): probability of eventually leaving to each destination.
