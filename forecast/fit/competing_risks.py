@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
+from forecast._kernels import ahead
 from forecast._kernels.densities import scaled_day_densities
 from forecast._validation import check_int
 from forecast.errors import ModelError, ParameterError
@@ -688,6 +689,7 @@ class ExitCurves:
             piece_scale[i] = np.asarray(p.shares)[None, :] * np.where(sm[:, None] > 0, scale, 1.0)
         out = np.empty((n_rows, n_codes, max_days))
         # the grid read as numpy.interp, the pieces added in order, differenced per day
+        ahead.wait("scaled_day_densities")  # if a second process is compiling it
         scaled_day_densities(
             np.ascontiguousarray(self.cif_grid), t, scale, piece_scale, piece_left, out
         )
