@@ -68,7 +68,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from forecast._validation import as_datetime
 from forecast.calendar import FiscalCalendar, FiscalQuarter
@@ -327,6 +326,8 @@ def _snapshot_of_output(root: str | os.PathLike[str], as_of: object | None) -> _
     quarterly = read_forecast(root, "quarterly", as_of=day).sort("quarter_index")
     deals = read_forecast(root, "deals", as_of=day)
     files = table_files(root, "quarterly", as_of=day)
+    import pyarrow.parquet as pq  # deferred: it loads OpenSSL (~0.1 s) for its file systems
+
     meta = {k.decode(): v.decode() for k, v in (pq.read_schema(files[0]).metadata or {}).items()}
     cal = json.loads(meta.get("forecast.calendar", "{}") or "{}")
     as_of_instant = (

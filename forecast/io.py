@@ -65,7 +65,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from forecast._validation import check_bool
 from forecast._version import __version__
@@ -513,6 +512,8 @@ def _path_batches(fc: Forecast, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
 def _write_parquet(
     path: Path, schema: pa.Schema, batches: Iterator[pa.RecordBatch], table: str
 ) -> None:
+    import pyarrow.parquet as pq  # deferred: it loads OpenSSL (~0.1 s) for its file systems
+
     with open(path, "wb") as fh:
         with pq.ParquetWriter(fh, schema, compression="zstd") as writer:
             for batch in batches:

@@ -411,6 +411,7 @@ def mid_stream_ages(
     pipe: pl.DataFrame,
     deal_segment: np.ndarray,
     deal_age: np.ndarray,
+    shared: dict[Any, Any] | None = None,
 ) -> tuple[np.ndarray, AgeMixture]:
     """Ages in stage of open deals that were already in progress when the log started.
 
@@ -424,6 +425,9 @@ def mid_stream_ages(
     deal's outcome is the mixture over :data:`MIXTURE_AGES` equally likely ages at the
     midpoints of that density's quantiles.
 
+    ``shared``: as :func:`model_arrays` (the deals in progress when the log started are
+    found once for the models sharing it).
+
     Returns
     -------
     deal_age : ndarray of int64, shape (N,)
@@ -434,7 +438,12 @@ def mid_stream_ages(
         return deal_age, AgeMixture.empty()
     recorded = model.options.get("recorded_from")
     t = model.as_of
-    mid = mid_stream_deals(log.as_of(t), recorded)
+    key = ("mid_stream_deals", model.model_kind, t, recorded)
+    mid = None if shared is None else shared.get(key)
+    if mid is None:
+        mid = mid_stream_deals(log.as_of(t), recorded)
+        if shared is not None:
+            shared[key] = mid
     if not mid["in_progress"].any():
         return deal_age, AgeMixture.empty()
     first = pipe.select(pl.col("deal_id").cast(pl.Utf8), "entered_stage_at", "stage_code").join(
@@ -560,12 +569,20 @@ def exit_densities(model: PipelineModel, n_bins: int) -> np.ndarray:
 
 
 def model_arrays(
-    model: PipelineModel, log: DealLog, horizon: int, pipe: pl.DataFrame | None = None
+    model: PipelineModel,
+    log: DealLog,
+    horizon: int,
+    pipe: pl.DataFrame | None = None,
+    shared: dict[Any, Any] | None = None,
 ) -> tuple[ModelArrays, pl.DataFrame, list[Any], np.ndarray, AgeMixture]:
     """Pack ``model`` and the open pipeline of ``log`` at ``model.as_of`` into kernel arrays.
 
     ``pipe``, when given, is ``model.view(log).pipeline(model.as_of)`` computed before
-    (several models fitted at one instant share it).
+    (several models fitted at one instant share it). ``shared``, when given, is a dict
+    that models fitted at one instant on ``log`` with the same segments pass to each
+    call (the half-life backtest's candidates): what depends only on the log at that
+    instant (the open pipeline's segment labels, the deals in progress when the log
+    started, the wins booked so far) is computed on the first call and kept in it.
 
     Returns
     -------
@@ -589,7 +606,13 @@ def model_arrays(
     quarters, qb = quarter_bins(model, horizon)
     W = int(model.quarter_end.window_days)
 
-    pipe = segment_labels(log.pipeline(t) if pipe is None else pipe, model.segment_by)
+    key = ("pipeline", model.model_kind, t, tuple(model.segment_by))
+    labelled = None if shared is None else shared.get(key)
+    if labelled is None:
+        labelled = segment_labels(log.pipeline(t) if pipe is None else pipe, model.segment_by)
+        if shared is not None:
+            shared[key] = labelled
+    pipe = labelled
     unknown = sorted(set(pipe[SEGMENT_COLUMN].unique().to_list()) - set(segs))
     if unknown:
         raise ParameterError(
@@ -602,7 +625,7 @@ def model_arrays(
     deal_age = np.minimum(
         np.floor(pipe["days_in_stage"].to_numpy() + 0.5).astype(np.int64), MAX_AGE_DAYS
     )
-    deal_age, mixture = mid_stream_ages(model, log, pipe, deal_seg, deal_age)
+    deal_age, mixture = mid_stream_ages(model, log, pipe, deal_seg, deal_age, shared)
     amount = pipe["amount"].to_numpy().astype(np.float64)
     missing = ~np.isfinite(amount)
     if missing.any():  # no amount ever given: use the segment's typical new-deal amount
@@ -664,11 +687,16 @@ def model_arrays(
     # the wins up to t are those of the log cut at t (the same rows; its views are
     # cached by the pipeline above), except in a history rebuilt from exports, where
     # the cut holds only what the last export before t showed
-    snapshots = log.source is not None and bool(log.source.snapshot_dates)
-    known = log if snapshots else log.as_of(t)
-    b = segment_labels(
-        known.bookings(quarters[0].start, t + dt.timedelta(microseconds=1)), model.segment_by
-    )
+    key = ("booked", model.model_kind, t, quarters[0].start, tuple(model.segment_by))
+    b = None if shared is None else shared.get(key)
+    if b is None:
+        snapshots = log.source is not None and bool(log.source.snapshot_dates)
+        known = log if snapshots else log.as_of(t)
+        b = segment_labels(
+            known.bookings(quarters[0].start, t + dt.timedelta(microseconds=1)), model.segment_by
+        )
+        if shared is not None:
+            shared[key] = b
     for g_label, amt in (
         b.group_by(SEGMENT_COLUMN).agg(pl.col("amount").fill_null(0.0).sum()).rows()
     ):
@@ -678,7 +706,11 @@ def model_arrays(
 
 
 def prepare_simulation(
-    model: PipelineModel, log: DealLog, horizon: int, pipe: pl.DataFrame | None = None
+    model: PipelineModel,
+    log: DealLog,
+    horizon: int,
+    pipe: pl.DataFrame | None = None,
+    shared: dict[Any, Any] | None = None,
 ) -> tuple[ModelArrays, OutcomeArrays, pl.DataFrame, list[Any], np.ndarray]:
     """Everything a simulation samples from: arrays, per-deal outcome probabilities.
 
@@ -692,9 +724,9 @@ def prepare_simulation(
     arrays : forecast._kernels.ModelArrays
     outcomes : forecast._kernels.OutcomeArrays
     pipe, quarters, booked
-        As :func:`model_arrays` (``pipe`` given: as there).
+        As :func:`model_arrays` (``pipe`` and ``shared`` given: as there).
     """
-    arrays, pipe, quarters, booked, mixture = model_arrays(model, log, horizon, pipe)
+    arrays, pipe, quarters, booked, mixture = model_arrays(model, log, horizon, pipe, shared)
     cov_arrays = None
     if model.covariates is not None and model.covariates.active:
         cov_arrays, new_amounts = covariate_arrays(model, model.view(log), pipe, arrays)
@@ -741,20 +773,21 @@ def simulate_quarter_totals(
     n_paths: int,
     seed: int,
     pipe: pl.DataFrame | None = None,
+    shared: dict[Any, Any] | None = None,
 ) -> np.ndarray:
     """Simulated bookings of the quarter holding ``model.as_of`` (with what it booked before).
 
     A lean :func:`simulate` for scoring many fits (the half-life backtest): one
-    quarter, no per-deal output, no :class:`~forecast.results.Forecast`. ``pipe``: as
-    :func:`model_arrays` (the open pipeline, computed once for models fitted at one
-    instant).
+    quarter, no per-deal output, no :class:`~forecast.results.Forecast`. ``pipe`` and
+    ``shared``: as :func:`model_arrays` (the open pipeline and what else depends only on
+    the log at that instant, computed once for models fitted at one instant).
 
     Returns
     -------
     ndarray of float64, shape (n_paths,)
         Currency.
     """
-    arrays, outcomes, _, _, booked = prepare_simulation(model, log, 1, pipe)
+    arrays, outcomes, _, _, booked = prepare_simulation(model, log, 1, pipe, shared)
     samples = simulate_arrays(arrays, n_paths=n_paths, seed=seed, outcomes=outcomes)
     return samples.totals[:, 0].sum(axis=(1, 2)) + float(booked[0].sum())
 

@@ -24,6 +24,8 @@ OPTIONAL = {"matplotlib", "distributed", "dask", "pandas"}
 DEFERRED = {
     "scipy.stats": "half a second at import; only the synthetic generator uses it",
     "pyarrow.dataset": "imports pandas (about a second); only reading a forecast back uses it",
+    "pyarrow.parquet": "loads OpenSSL for its file systems (about 0.1 s); only writing a "
+    "forecast's tables and comparing forecasts use it",
 }
 
 

@@ -11,7 +11,8 @@ Every ``@njit`` of the package lives in this sub-package, split by role:
   :mod:`forecast._kernels.rng` — the kernels (exact outcome probabilities by renewal
   equations on the day grid; path sampling; the counter-based generator), and
   :mod:`forecast._kernels.estimators` (the weighted estimators of the fit's parameter
-  draws, many draws per pass), with
+  draws, many draws per pass) and :mod:`forecast._kernels.densities` (the day-binned
+  exit densities of every parameter draw's curves), with
   their Numba options in :mod:`forecast._kernels._options`;
 - :mod:`forecast._kernels.ahead` — on a first run, a second process compiling the
   kernels a run calls late.

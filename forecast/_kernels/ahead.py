@@ -4,7 +4,8 @@ The first run after installing compiles every kernel it calls (Numba caches them
 disk for the next runs), one after another: Numba compiles under one global lock, so
 threads cannot share the work. A command line run (``forecast demo``, ``forecast run``)
 that finds the kernels it will need late — the sampling kernel, the Cox partial
-likelihood and the Aalen–Johansen summaries of the parameter draws — missing from the
+likelihood, the Aalen–Johansen summaries of the parameter draws and the exit densities
+of every draw's curves — missing from the
 cache starts a second process (:func:`command`), which compiles them, in that order,
 into the same cache while the run imports, reads and starts fitting (which compiles the
 kernels it needs first). Before its first call of one of them, the run waits until
@@ -31,13 +32,14 @@ from typing import Any
 from numba import types
 
 from forecast._kernels.cox import cox_efron
+from forecast._kernels.densities import scaled_day_densities
 from forecast._kernels.estimators import aalen_johansen_summaries
 from forecast._kernels.sample import _sample_block
 
 __all__ = ["KERNELS", "command", "compile_all", "start", "wait"]
 
 #: The kernels compiled ahead, in the order a run first calls them, by name.
-KERNELS = ("_sample_block", "cox_efron", "aalen_johansen_summaries")
+KERNELS = ("_sample_block", "cox_efron", "aalen_johansen_summaries", "scaled_day_densities")
 
 #: Seconds a run waits for one kernel at most (a compilation takes seconds).
 WAIT_LIMIT = 300.0
@@ -62,7 +64,13 @@ def _signatures() -> list[tuple[Any, tuple[Any, ...]]]:
     rf1, ri1 = arr(f64, 1, True), arr(i64, 1, True)
     cox = (rf1, rf1, i1, f1, f2, f1, ri1, ri1, ri1, f1, f2)
     aj = (f2, i1, f1, f1, i1, i1, f2, i1, f3, f2)
-    return [(_sample_block, sample), (cox_efron, cox), (aalen_johansen_summaries, aj)]
+    dens = (arr(f64, 2, True), f2, f2, f3, f3, f3)
+    return [
+        (_sample_block, sample),
+        (cox_efron, cox),
+        (aalen_johansen_summaries, aj),
+        (scaled_day_densities, dens),
+    ]
 
 
 def _cached(kernel: Any, signature: tuple[Any, ...]) -> bool:

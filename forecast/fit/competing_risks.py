@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
+from forecast._kernels import ahead
+from forecast._kernels.densities import scaled_day_densities
 from forecast._validation import check_int
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.tails import TailFit, fit_tail
@@ -515,6 +517,20 @@ class ExitCurves:
         object.__setattr__(self, "counts", _readonly(counts))
         object.__setattr__(self, "n_censored", int(self.n_censored))
 
+    @classmethod
+    def _derived(
+        cls, cif_grid: np.ndarray, tail_pieces: Sequence[TailPiece], counts: Any, n_censored: int
+    ) -> ExitCurves:
+        """Curves derived from valid ones (:meth:`mixed`, :meth:`scaled`): the same
+        normalisation as the constructor (clipped at 0, read-only) without its checks, which
+        such curves pass by construction (shrinkage derives a dozen per fit)."""
+        out = object.__new__(cls)
+        object.__setattr__(out, "cif_grid", _readonly(np.maximum(cif_grid, 0.0)))
+        object.__setattr__(out, "tail_pieces", tuple(tail_pieces))
+        object.__setattr__(out, "counts", _readonly(np.asarray(counts, dtype=np.int64)))
+        object.__setattr__(out, "n_censored", int(n_censored))
+        return out
+
     # -- basic properties -------------------------------------------------------------------
 
     @property
@@ -574,6 +590,10 @@ class ExitCurves:
         numpy.ndarray of float64, shape ``(C,) + t.shape``
         """
         t = _check_time("t", t)
+        return self._cif(t)
+
+    def _cif(self, t: np.ndarray) -> np.ndarray:
+        """:meth:`cif` at float64 days ``t`` ≥ 0 known to be valid (not checked again)."""
         flat = t.reshape(-1)
         out = np.empty((self.n_codes, flat.size))
         big_d = self.max_day
@@ -676,32 +696,22 @@ class ExitCurves:
         if total <= 0:
             scale = np.ones_like(m)
         t = np.arange(1, max_days + 1, dtype=np.float64)[None, :] / f[:, None]  # (B, L)
-        flat = t.reshape(-1)
         big_d = self.max_day
-        inside = flat <= big_d
-        grid_part = np.empty((n_codes, flat.size))
-        if big_d == 0:
-            grid_part[:, inside] = self.cif_grid[:, :1]
-        else:
-            grid = np.arange(big_d + 1, dtype=np.float64)
-            for j in range(n_codes):
-                grid_part[j, inside] = np.interp(flat[inside], grid, self.cif_grid[j])
-        grid_part[:, ~inside] = self.cif_grid[:, -1:]
-        cif = grid_part.reshape(n_codes, n_rows, max_days) * scale.T[:, :, None]
-        if not np.all(inside):
-            out_t = flat[~inside]
-            for p in self.tail_pieces:
-                left = np.zeros(flat.size)
-                left[~inside] = p.mass - p.remaining(out_t, big_d)
-                sm = m @ np.asarray(p.shares)  # (B,)
-                piece_scale = np.where(sm[:, None] > 0, scale, 1.0)  # (B, C)
-                cif += (
-                    np.asarray(p.shares)[:, None, None]
-                    * piece_scale.T[:, :, None]
-                    * left.reshape(n_rows, max_days)[None, :, :]
-                )
-        dens = np.diff(cif, axis=2, prepend=0.0)
-        return np.maximum(dens, 0.0).transpose(1, 0, 2)
+        beyond = t > big_d
+        pieces = self.tail_pieces if np.any(beyond) else ()
+        piece_scale = np.empty((len(pieces), n_rows, n_codes))
+        piece_left = np.zeros((len(pieces), n_rows, max_days))
+        for i, p in enumerate(pieces):
+            piece_left[i][beyond] = p.mass - p.remaining(t[beyond], big_d)
+            sm = m @ np.asarray(p.shares)  # (B,)
+            piece_scale[i] = np.asarray(p.shares)[None, :] * np.where(sm[:, None] > 0, scale, 1.0)
+        out = np.empty((n_rows, n_codes, max_days))
+        # the grid read as numpy.interp, the pieces added in order, differenced per day
+        ahead.wait("scaled_day_densities")  # if a second process is compiling it
+        scaled_day_densities(
+            np.ascontiguousarray(self.cif_grid), t, scale, piece_scale, piece_left, out
+        )
+        return out
 
     def eventual_shares(self) -> np.ndarray:
         """``F_j(∞)``, float64 (C,): probability of eventually leaving to each destination.
@@ -815,7 +825,7 @@ class ExitCurves:
             )
         big_d = max(self.max_day, other.max_day)
         grid = np.arange(big_d + 1, dtype=np.float64)
-        cif_new = weight * self.cif(grid) + (1.0 - weight) * other.cif(grid)
+        cif_new = weight * self._cif(grid) + (1.0 - weight) * other._cif(grid)
         pieces = [
             TailPiece(weight * p.mass, p.offset, p.fit, p.shares) for p in self._pieces_at(big_d)
         ] + [
@@ -823,7 +833,7 @@ class ExitCurves:
             for p in other._pieces_at(big_d)
         ]
         pieces = [p for p in pieces if p.mass > 0] or pieces[:1]
-        return ExitCurves(cif_new, tuple(pieces), self.counts, self.n_censored)
+        return ExitCurves._derived(cif_new, pieces, self.counts, self.n_censored)
 
     def scaled(self, time_factor: float = 1.0, destination_multipliers: Any = None) -> ExitCurves:
         """Perturbed curves for a parameter draw.
@@ -848,13 +858,13 @@ class ExitCurves:
         if time_factor != 1.0:
             new_d = math.ceil(self.max_day * time_factor)
             grid = np.arange(new_d + 1, dtype=np.float64)
-            cif_new = self.cif(grid / time_factor)
+            cif_new = self._cif(grid / time_factor)
             base = self._pieces_at(max(new_d / time_factor, float(self.max_day)))
             pieces = [
                 TailPiece(p.mass, p.offset * time_factor, p.fit.rescaled(time_factor), p.shares)
                 for p in base
             ]
-            cur = ExitCurves(cif_new, tuple(pieces), self.counts, self.n_censored)
+            cur = ExitCurves._derived(cif_new, pieces, self.counts, self.n_censored)
         if destination_multipliers is None:
             return cur
         m = np.asarray(destination_multipliers, dtype=np.float64)
@@ -883,7 +893,7 @@ class ExitCurves:
                 pieces.append(TailPiece(c * sm * p.mass, p.offset, p.fit, m * p.shares / sm))
             else:
                 pieces.append(p)
-        return ExitCurves(cif_new, tuple(pieces), self.counts, self.n_censored)
+        return ExitCurves._derived(cif_new, pieces, self.counts, self.n_censored)
 
     # -- serialisation -----------------------------------------------------------------------
 

@@ -602,6 +602,7 @@ def choose_half_life(
             # by every candidate's simulation, the open pipeline is taken once
             log_o = cut.as_of(o)
             pipe = log_o.pipeline(o)
+            shared: dict[Any, Any] = {}  # what every candidate's simulation reads of log_o
             row = []
             for h in candidates:
                 d = data_o.with_half_life(h)
@@ -609,7 +610,9 @@ def choose_half_life(
                 model = assemble_model(
                     d, fit_components(d, scoring), None, options=no_draws, fingerprint=""
                 )
-                total = simulate_quarter_totals(model, log_o, n_paths, seed + i, pipe=pipe)
+                total = simulate_quarter_totals(
+                    model, log_o, n_paths, seed + i, pipe=pipe, shared=shared
+                )
                 row.append(float(crps_samples(total, realised)))
         except ModelError:
             continue  # e.g. a stage not yet visited at this origin
