@@ -35,9 +35,10 @@ HERE = Path(__file__).resolve().parent
 #: Every benchmark of this directory: name -> script. :data:`NOT_BENCHMARKS` are not
 #: benchmarks: ``make_sample.py`` regenerates the bundled sample; ``profile_memory.py``
 #: (memory by phase of a given history), ``compile_profile.py`` (Numba compile time of a
-#: first call), ``half_life_rules.py`` (rules of ``half_life="auto"``) and
-#: ``drift_split.py`` (a drifting market's bias from open and new deals) are studies
-#: run by hand.
+#: first call), ``half_life_rules.py`` (rules of ``half_life="auto"``),
+#: ``drift_split.py`` (a drifting market's bias from open and new deals) and
+#: ``new_deal_drift.py`` (which fitted component carries the new deals' bias) are
+#: studies run by hand.
 BENCHMARKS = {
     "simulate": "bench_simulate.py",
     "setup": "bench_setup.py",
@@ -56,6 +57,7 @@ NOT_BENCHMARKS = (
     "drift_split.py",
     "half_life_rules.py",
     "make_sample.py",
+    "new_deal_drift.py",
     "profile_memory.py",
     "run_all.py",
 )
