@@ -20,7 +20,7 @@ import pytest
 
 import forecast
 from forecast.datasets.synthetic import SYNTHETIC_STAGES, generate_crm
-from forecast.fit.arrivals import fit_arrivals
+from forecast.fit.arrivals import ArrivalLayout, fit_arrivals
 from forecast.fit.bootstrap import bootstrap_weight_block, bootstrap_weights
 from forecast.fit.calendar_effects import fit_quarter_end_effect
 from forecast.fit.data import FitData
@@ -169,3 +169,23 @@ def test_draws_in_one_pass_equal_refitting_each_draw(
         np.testing.assert_allclose(have, want[name], rtol=1e-9, atol=1e-12, err_msg=name)
     # the shock sigma comes out of a bounded search (xatol 1e-9 on sigma)
     np.testing.assert_allclose(got.shock_sigma, want["shock_sigma"], rtol=0, atol=1e-8)
+
+
+def test_arrival_counts_of_a_block_are_each_draws_bincount(sample_log: Any) -> None:
+    """The block's weighted creations per (segment, quarter) equal, to the bit, the plain
+    ``np.bincount`` of each draw's weights (what a refit of one draw sums)."""
+    data = _case_data("unweighted", sample_log)
+    layout = ArrivalLayout.from_data(data)
+    block = bootstrap_weight_block(data, SEED, range(4), threads=2)
+    counts = layout.counts(block)
+    n_q = len(layout.quarters)
+    inside = layout.quarter_index >= 0
+    assert counts.shape == (4, len(layout.segments), n_q)
+    for b in range(4):
+        for g in range(len(layout.segments)):
+            sel = inside & (layout.segment_index == g)
+            plain = np.bincount(
+                layout.quarter_index[sel], weights=block[b, layout.deal[sel]], minlength=n_q
+            )
+            np.testing.assert_array_equal(counts[b, g], plain)
+    assert counts.sum() > 0

@@ -838,12 +838,18 @@ class ArrivalLayout:
         """
         n_q, n_seg = len(self.quarters), len(self.segments)
         out = np.zeros((weights.shape[0], n_seg, n_q))
-        inside = self.quarter_index >= 0
-        for g in range(n_seg):
-            sel = (self.segment_index == g) & inside
-            q, d = self.quarter_index[sel], self.deal[sel]
-            for b in range(weights.shape[0]):
-                out[b, g] = np.bincount(q, weights=weights[b, d], minlength=n_q)
+        # creations grouped by (segment, quarter) cell, in their order within a cell; each
+        # cell's weights are summed in that order for all draws at once (a cumulative sum
+        # adds them one by one from 0, as ``np.bincount`` of one draw does: the same bits)
+        inside = np.flatnonzero(self.quarter_index >= 0)
+        cell = self.segment_index[inside] * n_q + self.quarter_index[inside]
+        by_cell = np.argsort(cell, kind="stable")
+        bounds = np.searchsorted(cell[by_cell], np.arange(n_seg * n_q + 1))
+        # (n, B): for the deal-major weights of a block, each deal's draws are one row
+        rows = np.asarray(weights).T[self.deal[inside[by_cell]]]
+        for c in np.flatnonzero(bounds[1:] > bounds[:-1]):
+            g, q = divmod(int(c), n_q)
+            out[:, g, q] = np.cumsum(rows[bounds[c] : bounds[c + 1]], axis=0)[-1]
         return out
 
     def expected_in_window(

@@ -49,8 +49,11 @@ def bootstrap_weights(data: FitData, seed: int, draw: int) -> np.ndarray:
     of those ids.
     """
     mask = data.resampled_deals
+    n = int(np.count_nonzero(mask))
+    if n == data.n_deals:  # every deal is resampled (a log that starts with its history)
+        return dirichlet_weights(n, seed, draw)
     w = np.zeros(data.n_deals)
-    w[mask] = dirichlet_weights(int(mask.sum()), seed, draw)
+    w[mask] = dirichlet_weights(n, seed, draw)
     return w
 
 
@@ -64,14 +67,16 @@ def bootstrap_weight_block(
     adjacent, as the compiled estimators read them); the draws' generators run on
     threads (they release the GIL).
     """
-    out = np.empty((data.n_deals, len(draws)))
+    rows = np.empty((len(draws), data.n_deals))
 
     def run(lo: int, hi: int) -> None:
         for i in range(lo, hi):
-            out[:, i] = bootstrap_weights(data, seed, int(draws[i]))
+            rows[i] = bootstrap_weights(data, seed, int(draws[i]))
 
     over_threads(run, len(draws), threads)
-    return out.T
+    # one transposing copy into the deal-major buffer (cheaper than writing each draw's
+    # weights with a stride of the block size)
+    return np.ascontiguousarray(rows.T).T
 
 
 def dirichlet_deal_weights(
