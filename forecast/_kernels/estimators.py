@@ -28,8 +28,12 @@ from forecast._kernels._options import jit
 __all__ = ["aalen_johansen_summaries", "exit_cell_sums", "logistic_shifts"]
 
 
-#: Spell rows whose weights :func:`aalen_johansen_summaries` gathers at once.
+#: Spell rows whose weights :func:`aalen_johansen_summaries` gathers at once (at least).
 _CHUNK = 2048
+
+#: Weights (rows × draws) that :func:`aalen_johansen_summaries` gathers at once (at most,
+#: beyond ``_CHUNK`` rows): two buffers of this many float64 per call (8 MiB each).
+_GATHER = 1 << 20
 
 
 @jit
@@ -49,8 +53,11 @@ def aalen_johansen_summaries(
 
     All draws are swept together (a spell's weights for every draw are one row of
     ``weights_t``), in chunks of rows: the at-risk weights are sums from the end of
-    the stratum, so a first pass keeps them at the chunk boundaries, and each chunk
-    then gathers its rows' weights into a small buffer and sums them from its end.
+    the stratum, so a first pass keeps them at the chunk boundaries after the first
+    chunk, and each chunk then gathers its rows' weights into a buffer and sums them
+    from its end. A chunk is as many rows as ``_GATHER`` weights (at least ``_CHUNK``
+    rows), so a stratum of up to that many rows is read once; the sums are the same
+    whatever the chunk size (each adds the rows one by one from the stratum's end).
 
     Parameters
     ----------
@@ -78,10 +85,11 @@ def aalen_johansen_summaries(
     longest = 0
     for s in strata:
         longest = max(longest, offsets[s + 1] - offsets[s])
-    n_chunks_max = (longest + _CHUNK - 1) // _CHUNK
+    chunk = max(_CHUNK, min(longest, _GATHER // max(n_draws, 1)))
+    n_chunks_max = (longest + chunk - 1) // chunk
     boundary = np.empty((n_chunks_max + 1, n_draws))
-    gathered = np.empty((_CHUNK, n_draws))
-    suffix = np.empty((_CHUNK + 1, n_draws))
+    gathered = np.empty((chunk, n_draws))
+    suffix = np.empty((chunk + 1, n_draws))
     acc = np.empty(n_draws)
     # per-draw state; the loops over draws have no branches, so they vectorise
     cif = np.empty((n_codes, n_draws))
@@ -96,15 +104,16 @@ def aalen_johansen_summaries(
     for s in strata:
         lo = offsets[s]
         n = offsets[s + 1] - lo
-        n_chunks = (n + _CHUNK - 1) // _CHUNK
+        n_chunks = (n + chunk - 1) // chunk
         # weight of the rows from each chunk start on, summed from the end (the
-        # reversed cumulative sum of the Python estimator)
+        # reversed cumulative sum of the Python estimator); the first chunk's is
+        # never read, so its rows are gathered only by the sweep below
         acc[:] = 0.0
         boundary[n_chunks, :] = 0.0
         # rows copied element by element: assigning an array to a slice compiles a
         # shape check whose error message (string formatting) doubles the first call
-        for c in range(n_chunks - 1, -1, -1):
-            for i in range(min(n, (c + 1) * _CHUNK) - 1, c * _CHUNK - 1, -1):
+        for c in range(n_chunks - 1, 0, -1):
+            for i in range(min(n, (c + 1) * chunk) - 1, c * chunk - 1, -1):
                 row = weights_t[deal[lo + i]]
                 f = row_weight[lo + i]
                 for b in range(n_draws):
@@ -120,8 +129,8 @@ def aalen_johansen_summaries(
             # gather the rows up to the next chunk boundary (a tie group that runs past
             # it reads its further rows directly, and the next chunk starts after it)
             c0 = i
-            k = c0 // _CHUNK
-            c1 = min(n, (k + 1) * _CHUNK)
+            k = c0 // chunk
+            c1 = min(n, (k + 1) * chunk)
             for r in range(c0, c1):
                 row = weights_t[deal[lo + r]]
                 f = row_weight[lo + r]
