@@ -13,6 +13,7 @@ progress not counted as arrivals).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,24 @@ def test_draws_in_one_pass_equal_refitting_each_draw(
         np.testing.assert_allclose(have, want[name], rtol=1e-9, atol=1e-12, err_msg=name)
     # the shock sigma comes out of a bounded search (xatol 1e-9 on sigma)
     np.testing.assert_allclose(got.shock_sigma, want["shock_sigma"], rtol=0, atol=1e-8)
+
+
+def test_draws_on_the_point_fits_layouts_equal_draws_on_fresh_layouts(
+    fitted: tuple[FitData, Any, FitOptions],
+) -> None:
+    """The draws reuse the layouts the point fit laid its data out on; they must be the
+    layouts the draws would build (same options), so the draws are the same bits."""
+    data, point, options = fitted
+    assert point.arrival_layout is not None and point.shock_layout is not None
+    assert point.quarter_end_layout is not None
+    fresh = dataclasses.replace(
+        point, arrival_layout=None, quarter_end_layout=None, shock_layout=None
+    )
+    got = parameter_draws(data, point, options, N_DRAWS, SEED, threads=2)
+    want = parameter_draws(data, fresh, options, N_DRAWS, SEED, threads=2)
+    for name in ("time_factor", "destination_multiplier", "arrival_multiplier", "pull_in"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    np.testing.assert_array_equal(got.shock_sigma, want.shock_sigma)
 
 
 def test_arrival_counts_of_a_block_are_each_draws_bincount(sample_log: Any) -> None:

@@ -575,6 +575,7 @@ def fit_arrivals(
     min_full_quarters_trend: int = 4,
     min_full_quarters_season: int = 8,
     min_segment_mix: int = 20,
+    layout: ArrivalLayout | None = None,
 ) -> ArrivalModel:
     """Fit per-segment new-deal arrival rates and entry-stage mixes.
 
@@ -594,6 +595,9 @@ def fit_arrivals(
         Full quarters needed to fit a trend / fiscal-quarter seasonality.
     min_segment_mix : int, default 20
         Fewer recent deals in a segment: it uses the pooled entry mix.
+    layout : ArrivalLayout, optional
+        The creations of ``data`` already laid out by :meth:`ArrivalLayout.from_data`
+        with these options (the fit's parameter draws reuse it); built here by default.
 
     Returns
     -------
@@ -604,14 +608,15 @@ def fit_arrivals(
     ModelError
         No deal was created before ``as_of``, or none entered an open stage.
     """
-    layout = ArrivalLayout.from_data(
-        data,
-        lookback_quarters=lookback_quarters,
-        mix_quarters=mix_quarters,
-        min_full_quarters_trend=min_full_quarters_trend,
-        min_full_quarters_season=min_full_quarters_season,
-        min_segment_mix=min_segment_mix,
-    )
+    if layout is None:
+        layout = ArrivalLayout.from_data(
+            data,
+            lookback_quarters=lookback_quarters,
+            mix_quarters=mix_quarters,
+            min_full_quarters_trend=min_full_quarters_trend,
+            min_full_quarters_season=min_full_quarters_season,
+            min_segment_mix=min_segment_mix,
+        )
     caller = "fit_arrivals"
     t, calendar = data.as_of, data.calendar
     segments, quarters, exp_arr = layout.segments, layout.quarters, layout.exposure

@@ -222,6 +222,7 @@ def fit_quarter_end_effect(
     *,
     window_days: int = 14,
     time_column: str | None = None,
+    layout: QuarterEndLayout | None = None,
 ) -> QuarterEndEffect:
     """Estimate the quarter-end pull-in probability ``pi`` from past wins.
 
@@ -239,6 +240,9 @@ def fit_quarter_end_effect(
     time_column : str, optional
         Column of win times (default: the first of ``won_at``, ``closed_at``,
         ``exited_at`` present).
+    layout : QuarterEndLayout, optional
+        The wins of ``data`` already laid out by :meth:`QuarterEndLayout.from_data` with
+        these options (the fit's parameter draws reuse it); built here by default.
 
     Returns
     -------
@@ -257,7 +261,8 @@ def fit_quarter_end_effect(
     >>> round(e.pi, 4), e.n_last, e.n_first
     (0.3333, 2.0, 1.0)
     """
-    layout = QuarterEndLayout.from_data(data, window_days=window_days, time_column=time_column)
+    if layout is None:
+        layout = QuarterEndLayout.from_data(data, window_days=window_days, time_column=time_column)
     n_last, n_first, sum_w2 = layout.window_weights(data.weights[None, :])
     last_b, first_b = layout.boundary_weights(data.weights)
     rows = tuple(

@@ -120,6 +120,11 @@ class PointFit:
     shocks: ShockModel
     covariates: CovariateModel | None = None
     coefficients: CoefficientFit | None = None
+    #: The data of the arrivals, quarter-end effect and shocks as their fits laid it out
+    #: (:func:`parameter_draws` estimates its draws on the same layouts).
+    arrival_layout: ArrivalLayout | None = None
+    quarter_end_layout: QuarterEndLayout | None = None
+    shock_layout: ShockLayout | None = None
 
 
 def fit_components(data: FitData, options: FitOptions) -> PointFit:
@@ -134,14 +139,24 @@ def fit_components(data: FitData, options: FitOptions) -> PointFit:
     covariates, coefficients = (
         fit_covariates(data, exits, options) if data.covariate_design is not None else (None, None)
     )
+    amounts = fit_amounts(data, window_days=window)
+    lookback = options.arrivals_lookback_quarters
+    arrival_layout = ArrivalLayout.from_data(data, lookback_quarters=lookback)
+    arrivals = fit_arrivals(data, lookback_quarters=lookback, layout=arrival_layout)
+    quarter_end_layout = QuarterEndLayout.from_data(data, window_days=window)
+    quarter_end = fit_quarter_end_effect(data, window_days=window, layout=quarter_end_layout)
+    shock_layout = ShockLayout.from_data(data)
     return PointFit(
         exits=exits,
-        amounts=fit_amounts(data, window_days=window),
-        arrivals=fit_arrivals(data, lookback_quarters=options.arrivals_lookback_quarters),
-        quarter_end=fit_quarter_end_effect(data, window_days=window),
-        shocks=fit_shocks(data),
+        amounts=amounts,
+        arrivals=arrivals,
+        quarter_end=quarter_end,
+        shocks=fit_shocks(data, layout=shock_layout),
         covariates=covariates,
         coefficients=coefficients,
+        arrival_layout=arrival_layout,
+        quarter_end_layout=quarter_end_layout,
+        shock_layout=shock_layout,
     )
 
 
@@ -716,9 +731,14 @@ def parameter_draws(
     G = len(segments)
     window_days = options.quarter_end_window_days
     exits = ExitDrawLayout.from_fit(data, point.exits)
-    arrivals = ArrivalLayout.from_data(data, lookback_quarters=options.arrivals_lookback_quarters)
-    quarter_end = QuarterEndLayout.from_data(data, window_days=window_days)
-    shocks = ShockLayout.from_data(data)
+    # the point fit's layouts (fit_components), or the same built here
+    arrivals = point.arrival_layout or ArrivalLayout.from_data(
+        data, lookback_quarters=options.arrivals_lookback_quarters
+    )
+    quarter_end = point.quarter_end_layout or QuarterEndLayout.from_data(
+        data, window_days=window_days
+    )
+    shocks = point.shock_layout or ShockLayout.from_data(data)
     qb = calendar.quarters(t, 1)[0]
     window = (qb.start, calendar.shift(qb, 4).end)
     base_counts = point.arrivals.expected_counts([window], t)[:, 0]

@@ -331,6 +331,7 @@ def fit_shocks(
     min_closed_per_quarter: int = 10,
     min_quarters: int = 3,
     min_quarters_trend: int = 6,
+    layout: ShockLayout | None = None,
 ) -> ShockModel:
     """Estimate the between-quarter shock ``sigma`` on win log-odds.
 
@@ -359,20 +360,24 @@ def fit_shocks(
         so that short histories can still be fitted; check :attr:`ShockModel.estimated`).
     min_quarters_trend : int, default 6
         Quarters needed to also fit the trend.
+    layout : ShockLayout, optional
+        The exits of ``data`` already laid out by :meth:`ShockLayout.from_data` with
+        these options (the fit's parameter draws reuse it); built here by default.
 
     Returns
     -------
     ShockModel
     """
-    layout = ShockLayout.from_data(
-        data,
-        baseline=baseline,
-        n_duration_bins=n_duration_bins,
-        detrend=detrend,
-        min_closed_per_quarter=min_closed_per_quarter,
-        min_quarters=min_quarters,
-        min_quarters_trend=min_quarters_trend,
-    )
+    if layout is None:
+        layout = ShockLayout.from_data(
+            data,
+            baseline=baseline,
+            n_duration_bins=n_duration_bins,
+            detrend=detrend,
+            min_closed_per_quarter=min_closed_per_quarter,
+            min_quarters=min_quarters,
+            min_quarters_trend=min_quarters_trend,
+        )
     if layout.fallback is not None:
         return layout.fallback
     y, v, wq, nq = (a[0] for a in layout.shifts(data.weights[None, :]))
