@@ -474,9 +474,7 @@ def covariate_arrays(
     for g, label in enumerate(segs):
         idx = np.flatnonzero(seg_of == g)
         at_entry = entry_values(cov, x[idx], np.asarray(arrays.deal_stage)[idx], g)
-        lab, xp, sp = _profiles(
-            cov, at_entry, g, float(interval[g]), MAX_PROFILES, float(delay[g])
-        )
+        lab, xp, sp = _profiles(cov, at_entry, g, float(interval[g]), MAX_PROFILES, float(delay[g]))
         labels[idx] = lab
         prof.append((xp, sp))
         sample = cov.new_deal_x.get(label, np.zeros((0, x.shape[1])))
