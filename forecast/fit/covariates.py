@@ -1112,7 +1112,7 @@ class CovariateModel:
     push_delay : dict segment -> float
         Mean days from the instant a close date passes to its push (``"*"``: all
         segments): how long a deal stays ``overdue`` before the push
-        (:func:`push_delays`; empty in models saved before it: 0).
+        (:func:`push_delays`; empty, 0, without ``overdue`` among the candidates).
     """
 
     candidates: tuple[str, ...]
@@ -1191,7 +1191,12 @@ class CovariateModel:
             "draw_beta": None if self.draw_beta is None else self.draw_beta.tolist(),
             "push_interval": {g: float(v) for g, v in sorted(self.push_interval.items())},
             "entry_close_days": self.entry_close_days.tolist(),
-            "push_delay": {g: float(v) for g, v in sorted(self.push_delay.items())},
+            # only with `overdue` among the candidates (the JSON of other models unchanged)
+            **(
+                {"push_delay": {g: float(v) for g, v in sorted(self.push_delay.items())}}
+                if self.push_delay
+                else {}
+            ),
         }
 
     @classmethod

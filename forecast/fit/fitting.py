@@ -187,7 +187,7 @@ def fit_covariates(
         new_deal_amount=new_a,
         push_interval=push_intervals(data),
         entry_close_days=entry_close_days(data, design),
-        push_delay=push_delays(data),
+        push_delay=push_delays(data) if "overdue" in design.candidates else {},
     )
     return model, coef
 
