@@ -25,7 +25,8 @@ coefficient vector per stage and destination group, shared across segments.
   months of 30 days, centred on the stage's median at entry (at a given time in stage this is the signed time until, or
   past, the close date plus a constant, and the constant's effect is absorbed by
   the baseline, so the coefficient reads "per month later close date");
-  ``pushes`` — how often the close date has moved later so far; and the user's
+  ``pushes`` — how often the close date has moved later so far; ``overdue`` — 1
+  once the current close date has passed (rows split there); and the user's
   columns: categorical (segment columns; indicators against the most common
   level) or numeric (numeric columns, per standard deviation).
 - **Estimation.** Per stage and destination group, a Cox model stratified by
@@ -333,8 +334,8 @@ class CovariateSpec:
     Attributes
     ----------
     name : str
-        ``"amount"``, ``"days_to_close"``, ``"pushes"`` or a user column.
-    kind : {"amount", "days_to_close", "pushes", "categorical", "numeric"}
+        ``"amount"``, ``"days_to_close"``, ``"pushes"``, ``"overdue"`` or a user column.
+    kind : {"amount", "days_to_close", "pushes", "overdue", "categorical", "numeric"}
     columns : tuple of str
         Design column labels (one, or one per non-reference level).
     unit : str
@@ -1522,6 +1523,8 @@ def _contrast_label(spec: CovariateSpec, column: int) -> str:
         return "close date a month later"
     if spec.kind == "pushes":
         return "one more close-date push"
+    if spec.kind == "overdue":
+        return "close date passed (overdue) instead of ahead"
     if spec.kind == "categorical":
         return f"{spec.name} {spec.levels[column]!r} instead of {spec.reference!r}"
     return f"{spec.name} one standard deviation ({spec.scale:.4g}) higher"
