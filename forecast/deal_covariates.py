@@ -152,12 +152,6 @@ def group_profiles(features: np.ndarray, max_profiles: int, n_iter: int = 25) ->
 PATH_PIECES = 9
 
 
-def _path_columns(cov: CovariateModel) -> tuple[int | None, int | None]:
-    """Design columns of ``pushes`` and ``days_to_close`` (None when not kept)."""
-    ip, idc, _ = _timing_columns(cov)
-    return ip, idc
-
-
 def _timing_columns(cov: CovariateModel) -> tuple[int | None, int | None, int | None]:
     """Design columns of ``pushes``, ``days_to_close`` and ``overdue`` (None when not kept)."""
     pos = 0
