@@ -22,7 +22,11 @@ import forecast
 from forecast.data.readers import read_deal_log
 from forecast.data.stages import StageMap
 from forecast.datasets import SYNTHETIC_STAGES, generate_crm
-from forecast.deal_covariates import covariate_paths
+from forecast.deal_covariates import (
+    covariate_paths,
+    deal_covariate_values,
+    eventual_outcome_probabilities,
+)
 from forecast.errors import ParameterError
 from forecast.fit.competing_risks import CensoredSpells, aalen_johansen, fit_exit_curves
 from forecast.fit.covariates import (
@@ -544,3 +548,24 @@ def test_simulated_overdue_switches_when_the_data_rule_does():
     assert st["_pushes"].to_list()[:9] == x[0, :, 0].tolist()
     enc = cov.specs[2].close_months(st["_close_offset"].to_numpy()[:9], np.zeros(9, np.int64))
     np.testing.assert_allclose(enc[2:], x[0, 2:, 2], atol=1e-6)
+
+
+def test_open_deals_start_overdue_when_their_close_date_has_passed():
+    """A fit that keeps ``overdue``: each open deal's value at the as-of date (the
+    simulation's start) is 1 exactly when its current close date lies before it, and
+    its eventual outcome probabilities are a distribution."""
+    crm = generate_crm(seed=1000, end="2024-10-01")
+    log = forecast.read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+    model = forecast.fit(
+        log, as_of="2024-09-30", covariates=("pushes", "overdue"), n_draws=0, segment_by=["segment"]
+    )
+    cov = model.covariates
+    assert cov is not None and "overdue" in cov.kept
+    assert 0.0 < cov.push_delay["*"] < 3.0  # the generator pushes U(0, 3) days after
+    pipe = segment_labels(log.pipeline(model.as_of), ("segment",))
+    x = deal_covariate_values(cov, log, model.as_of, model.segment_by, pipe)
+    passed = (pipe["close_date"] < model.as_of).fill_null(False).to_numpy()
+    assert 0 < passed.sum() < pipe.height
+    np.testing.assert_array_equal(x[:, cov.columns.index("overdue")], passed.astype(float))
+    p = eventual_outcome_probabilities(model, log, pipe)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
