@@ -38,6 +38,9 @@ closed deals: of a history starting on 2022-01-01 (origins 2022-07-01 and
   columns);
 - ``close_dates``   the built-in candidates with the close-date ones
   (``amount``, ``days_to_close``, ``pushes``; plus the world's user columns).
+- ``overdue``       ``close_dates`` and the timing covariate ``overdue`` (1 once the
+  current close date has passed);
+- ``overdue_pushes`` ``amount``, ``pushes`` and ``overdue``.
 
 Worlds (``--world``): ``default`` (the generator's defaults), or with the deal
 covariate traps of :func:`forecast.datasets.generate_crm`: ``size``
@@ -183,6 +186,10 @@ def _variant(name: str, n_draws: int) -> tuple[dict[str, Any], Any, int]:
         return {"covariates": ("amount",)}, None, n_draws
     if name == "close_dates":
         return {"covariates": ("amount", "days_to_close", "pushes")}, None, n_draws
+    if name == "overdue":
+        return {"covariates": ("amount", "days_to_close", "pushes", "overdue")}, None, n_draws
+    if name == "overdue_pushes":
+        return {"covariates": ("amount", "pushes", "overdue")}, None, n_draws
     return {}, None, n_draws
 
 

@@ -22,7 +22,11 @@ from forecast.errors import (
     TimestampError,
     UnknownStageError,
 )
-from forecast.fit.covariates import CLOSE_DATE_COVARIATES, DEFAULT_COVARIATES
+from forecast.fit.covariates import (
+    CLOSE_DATE_COVARIATES,
+    DEFAULT_COVARIATES,
+    TIMING_COVARIATES,
+)
 from forecast.fit.fitting import fit
 from forecast.fit.model import PipelineModel
 from forecast.metrics import SalesMetrics, compute_metrics, fit_and_compute_metrics
@@ -35,6 +39,7 @@ __all__ = [
     "CLOSE_DATE_COVARIATES",
     "DEFAULT_COVARIATES",
     "POOLED_SEGMENT",
+    "TIMING_COVARIATES",
     "AmountError",
     "BacktestResult",
     "DataError",

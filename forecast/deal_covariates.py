@@ -99,7 +99,8 @@ def deal_covariate_values(
         )
     cut = log.as_of(as_of)
     spells = segment_labels(cut.spells(as_of), segment_by).filter(pl.col("censored"))
-    states = covariate_states(cut, spells, as_of, user)
+    overdue = any(spec.kind == "overdue" for spec in cov.specs)
+    states = covariate_states(cut, spells, as_of, user, split_at_close=overdue)
     last = states.group_by("_spell", maintain_order=True).last()
     x = cov.encode(last)
     ids = spells["deal_id"].to_numpy()[last["_spell"].to_numpy()]
@@ -151,17 +152,19 @@ def group_profiles(features: np.ndarray, max_profiles: int, n_iter: int = 25) ->
 PATH_PIECES = 9
 
 
-def _path_columns(cov: CovariateModel) -> tuple[int | None, int | None]:
-    """Design columns of ``pushes`` and ``days_to_close`` (None when not kept)."""
+def _timing_columns(cov: CovariateModel) -> tuple[int | None, int | None, int | None]:
+    """Design columns of ``pushes``, ``days_to_close`` and ``overdue`` (None when not kept)."""
     pos = 0
-    ip = idc = None
+    ip = idc = io = None
     for spec in cov.specs:
         if spec.kind == "pushes":
             ip = pos
         elif spec.kind == "days_to_close":
             idc = pos
+        elif spec.kind == "overdue":
+            io = pos
         pos += len(spec.columns)
-    return ip, idc
+    return ip, idc, io
 
 
 def _close_spec(cov: CovariateModel) -> CovariateSpec:
@@ -177,6 +180,7 @@ def covariate_paths(
     interval: float,
     stage: np.ndarray,
     n_pieces: int = PATH_PIECES,
+    delay: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected covariate paths: the values now, then after each expected push.
 
@@ -186,7 +190,8 @@ def covariate_paths(
     ``I`` days after the push. So after it ``pushes = pushes now + m`` (capped as
     in the encoding) and ``days_to_close`` (close date minus stage entry, months)
     ``= (age + push time + I) / 30``. Rows without a close date, or a model without
-    close-date covariates, keep their values (one piece).
+    close-date covariates, keep their values (one piece). With ``overdue`` kept the
+    deal is first overdue for ``D`` days before each push (:func:`_overdue_paths`).
 
     Parameters
     ----------
@@ -202,6 +207,9 @@ def covariate_paths(
     stage : ndarray of int, shape (n,)
         Each row's stage (the ``days_to_close`` encoding is per stage).
     n_pieces : int
+    delay : float
+        ``D``, days from the instant the close date passes to its push (only with
+        ``overdue`` kept, :func:`_overdue_paths`).
 
     Returns
     -------
@@ -213,7 +221,10 @@ def covariate_paths(
     x = np.repeat(x0[:, None, :], n_pieces, axis=1)
     starts = np.full((n, n_pieces), np.inf)
     starts[:, 0] = 0.0
-    ip, idc = _path_columns(cov)
+    ip, idc, io = _timing_columns(cov)
+    if io is not None:
+        _overdue_paths(cov, x, starts, x0, close_days, age, interval, delay, stage, io)
+        return x, starts
     if ip is None and idc is None:
         return x, starts
     known = np.isfinite(close_days)
@@ -227,6 +238,56 @@ def covariate_paths(
                 age[known] + when[known] + interval, stage[known]
             )
     return x, starts
+
+
+def _overdue_paths(
+    cov: CovariateModel,
+    x: np.ndarray,
+    starts: np.ndarray,
+    x0: np.ndarray,
+    close_days: np.ndarray,
+    age: np.ndarray,
+    interval: float,
+    delay: float,
+    stage: np.ndarray,
+    io: int,
+) -> None:
+    """Fill ``x`` (n, Q, d) and ``starts`` (n, Q) with the paths of a model with ``overdue``.
+
+    The data rule, on the clock of days from now: the deal is overdue from the
+    instant its close date passes (``c``, days until it; already when ``c <= 0``)
+    until the push, expected ``D`` days after it passed (the segment's mean delay,
+    ``CovariateModel.push_delay``), at ``max(c + D, 0)``; the push moves the close
+    date ``I`` days on, which passes in turn. So piece ``2m − 1`` (overdue again)
+    starts when the ``m``-th close date passes and piece ``2m`` (not overdue, one
+    more push, ``days_to_close`` the new close date) at the ``m``-th push: the
+    ``m``-th push is at ``max(c + D, 0) + (m − 1)(I + D)``. Rows without a close date
+    keep their values.
+    """
+    ip, idc, _ = _timing_columns(cov)
+    known = np.isfinite(close_days)
+    first_push = np.maximum(close_days + delay, 0.0)
+    n_pieces = x.shape[1]
+    for piece in range(1, n_pieces):
+        m = (piece + 1) // 2  # the push this piece leads to (odd) or follows (even)
+        push = first_push + (m - 1) * (interval + delay)
+        if piece % 2:  # the m-th close date passes: overdue until the m-th push
+            when = np.maximum(close_days, 0.0) if m == 1 else push - delay
+            pushes_done = m - 1
+            overdue = 1.0
+        else:  # the m-th push
+            when = push
+            pushes_done = m
+            overdue = 0.0
+        starts[known, piece] = when[known]
+        x[known, piece, io] = overdue
+        if ip is not None:
+            x[known, piece, ip] = np.minimum(x0[known, ip] + pushes_done, PUSH_CAP)
+        if idc is not None and pushes_done > 0:
+            last_push = first_push + (pushes_done - 1) * (interval + delay)
+            x[known, piece, idc] = _close_spec(cov).close_months(
+                age[known] + last_push[known] + interval, stage[known]
+            )
 
 
 #: Step of the low-discrepancy sequence that gives each row its level of the close
@@ -260,13 +321,14 @@ def entry_values(
     """Each row's expected covariates at a fresh entry into every stage, shape (n, K, d).
 
     The time-invariant values (amount, user columns) carry over; the close date is
-    drawn from the stage's spread at entry (:func:`entry_close_at`); pushes so far
+    drawn from the stage's spread at entry (:func:`entry_close_at`), and with it
+    whether the deal is ``overdue`` at entry; pushes so far
     grow by the typical number a deal collects between entering its current stage
     and entering the later one (the difference of the stage means at entry, if
     positive). ``stage`` is each row's current stage (None: rows are new deals,
     whose pushes at entry are the stage means at entry).
     """
-    ip, idc = _path_columns(cov)
+    ip, idc, io = _timing_columns(cov)
     tv = cov.time_varying_columns()
     typical = cov.entry_values[g]  # (K, d)
     out = np.where(tv[None, None, :], typical[None], x[:, None, :])
@@ -274,6 +336,8 @@ def entry_values(
         out[:, :, idc] = _close_spec(cov).close_months(
             entry_close_at(cov, x.shape[0], g), np.arange(out.shape[1])[None, :]
         )
+    if io is not None and cov.entry_close_days.size:  # overdue at entry: close date passed
+        out[:, :, io] = (entry_close_at(cov, x.shape[0], g) <= 0.0).astype(np.float64)
     if ip is not None:
         if stage is None:
             out[:, :, ip] = np.maximum(typical[None, :, ip], out[:, :, ip])
@@ -289,6 +353,7 @@ def _profiles(
     g: int,
     interval: float,
     max_profiles: int,
+    delay: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Profiles of rows for fresh stage entries, from their values at entry (n, K, d).
 
@@ -318,7 +383,9 @@ def _profiles(
         members = labels == p
         mean = at_entry[members].mean(axis=0) if members.any() else np.zeros((n_open, d))
         close = close_at[members].mean(axis=0) if members.any() else close_at.mean(axis=0)
-        xp, sp = covariate_paths(cov, mean, close, np.zeros(n_open), interval, np.arange(n_open))
+        xp, sp = covariate_paths(
+            cov, mean, close, np.zeros(n_open), interval, np.arange(n_open), delay=delay
+        )
         x_path[p], starts[p] = xp, sp
     return labels, x_path, starts
 
@@ -381,10 +448,19 @@ def covariate_arrays(
             for g in segs
         ]
     )
+    delay = np.array([cov.push_delay.get(g, cov.push_delay.get("*", 0.0)) for g in segs])
     deal_x, deal_starts = (
         covariate_paths(cov, x, close_days.reshape(-1), age, 0.0, np.zeros(0, np.int64))
         if x.shape[0] == 0
-        else _deal_paths(cov, x, close_days, age, interval[seg_of], np.asarray(arrays.deal_stage))
+        else _deal_paths(
+            cov,
+            x,
+            close_days,
+            age,
+            interval[seg_of],
+            np.asarray(arrays.deal_stage),
+            delay[seg_of],
+        )
     )
     labels = np.zeros(x.shape[0], dtype=np.int64)
     prof: list[tuple[np.ndarray, np.ndarray]] = []
@@ -392,14 +468,16 @@ def covariate_arrays(
     for g, label in enumerate(segs):
         idx = np.flatnonzero(seg_of == g)
         at_entry = entry_values(cov, x[idx], np.asarray(arrays.deal_stage)[idx], g)
-        lab, xp, sp = _profiles(cov, at_entry, g, float(interval[g]), MAX_PROFILES)
+        lab, xp, sp = _profiles(cov, at_entry, g, float(interval[g]), MAX_PROFILES, float(delay[g]))
         labels[idx] = lab
         prof.append((xp, sp))
         sample = cov.new_deal_x.get(label, np.zeros((0, x.shape[1])))
         if sample.shape[0] == 0:
             sample = np.zeros((1, x.shape[1]))
         at_entry_n = entry_values(cov, sample, None, g)
-        lab_n, xn, sn = _profiles(cov, at_entry_n, g, float(interval[g]), MAX_NEW_PROFILES)
+        lab_n, xn, sn = _profiles(
+            cov, at_entry_n, g, float(interval[g]), MAX_NEW_PROFILES, float(delay[g])
+        )
         news.append((xn, sn, np.bincount(lab_n, minlength=xn.shape[0]) / lab_n.size))
     d = x.shape[1]
     n_prof = max(p[0].shape[0] for p in prof)
@@ -441,14 +519,18 @@ def _deal_paths(
     age: np.ndarray,
     interval: np.ndarray,
     stage: np.ndarray,
+    delay: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`covariate_paths` of today's deals, each with its segment's push interval."""
+    """:func:`covariate_paths` of today's deals, each with its segment's push interval
+    and delay."""
     out_x = np.empty((x.shape[0], PATH_PIECES, x.shape[1]))
     out_s = np.empty((x.shape[0], PATH_PIECES))
-    for value in np.unique(interval):
-        sel = interval == value
+    delay = np.zeros_like(interval) if delay is None else delay
+    pairs = np.unique(np.stack([interval, delay], axis=1), axis=0)
+    for value, wait in pairs:
+        sel = (interval == value) & (delay == wait)
         out_x[sel], out_s[sel] = covariate_paths(
-            cov, x[sel], close_days[sel], age[sel], float(value), stage[sel]
+            cov, x[sel], close_days[sel], age[sel], float(value), stage[sel], delay=float(wait)
         )
     return out_x, out_s
 
@@ -518,6 +600,7 @@ def eventual_outcome_probabilities(
         interval = cov.push_interval.get(
             label, cov.push_interval.get("*", DEFAULT_PUSH_INTERVAL_DAYS)
         )
+        delay = cov.push_delay.get(label, cov.push_delay.get("*", 0.0))
         curves = [cov.baseline[(label, k)] for k in range(n_open)]
         n_long = max(c.max_day for c in curves) * 3 + 30
         length = int(age[idx].max()) + n_long
@@ -525,7 +608,7 @@ def eventual_outcome_probabilities(
         for k in range(n_open):
             baseline_hazards(np.ascontiguousarray(curves[k].exit_density(length)), hazards[k])
         at_entry = entry_values(cov, x[idx], stage[idx], g)
-        labels, prof_x, prof_s = _profiles(cov, at_entry, g, interval, MAX_PROFILES)
+        labels, prof_x, prof_s = _profiles(cov, at_entry, g, interval, MAX_PROFILES, delay)
         buf = np.empty((group_of.size, length))
         chains = np.empty((prof_x.shape[0], n_open, 3))
         for p in range(prof_x.shape[0]):
@@ -540,7 +623,7 @@ def eventual_outcome_probabilities(
                 :, :3
             ]
         deal_x, deal_s = covariate_paths(
-            cov, x[idx], close_days[idx], age_days[idx], interval, stage[idx]
+            cov, x[idx], close_days[idx], age_days[idx], interval, stage[idx], delay=delay
         )
         for row, i in enumerate(idx):
             k = int(stage[i])

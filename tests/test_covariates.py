@@ -22,9 +22,16 @@ import forecast
 from forecast.data.readers import read_deal_log
 from forecast.data.stages import StageMap
 from forecast.datasets import SYNTHETIC_STAGES, generate_crm
+from forecast.deal_covariates import (
+    covariate_paths,
+    deal_covariate_values,
+    eventual_outcome_probabilities,
+)
 from forecast.errors import ParameterError
 from forecast.fit.competing_risks import CensoredSpells, aalen_johansen, fit_exit_curves
 from forecast.fit.covariates import (
+    CovariateModel,
+    CovariateSpec,
     baseline_steps,
     build_design,
     chain_win_probabilities,
@@ -421,3 +428,144 @@ def test_cox_fit_carries_recency_weights_and_delayed_entries():
             flat.fit(df.drop(columns="w"), id_col="id", event_col="event", start_col="start",
                      stop_col="stop", strata=["s"])  # fmt: skip
         assert abs(float(flat.params_.values[0]) - float(coef.beta[k, won][0])) > 1e-3
+
+
+# -- the timing covariate `overdue` ----------------------------------------------------------------
+
+
+def test_rows_split_where_the_close_date_passes():
+    data = FitData.from_log(tiny_log(), as_of="2024-01-20")
+    st = covariate_states(data.cut, data.spells, data.as_of, [], split_at_close=True)
+    sp = data.spells.with_row_index("_spell").select(
+        pl.col("_spell").cast(pl.Int64), "deal_id", "stage"
+    )
+    st = st.join(sp, on="_spell", how="left", maintain_order="left")
+    # d1 in A: close date 3 days after entry, pushed at day 4 (to 20) and 7 (to 30)
+    d1a = st.filter((pl.col("deal_id") == "d1") & (pl.col("stage") == "A"))
+    assert d1a["start"].to_list() == [-1.0, 3.0, 4.0, 7.0]
+    assert d1a["stop"].to_list() == [3.0, 4.0, 7.0, 10.0]
+    assert d1a["_overdue"].to_list() == [0.0, 1.0, 0.0, 0.0]
+    assert d1a["event"].to_list() == [-1, -1, -1, 1]  # the exit stays on the last piece
+    assert d1a["first"].to_list() == [True, False, False, False]
+    assert d1a["_pushes"].to_list() == [0.0, 0.0, 1.0, 2.0]
+    # d3 (open, close date 8 days after entry) is overdue at the as-of date
+    d3 = st.filter(pl.col("deal_id") == "d3")
+    assert d3["start"].to_list() == [-1.0, 8.0] and d3["_overdue"].to_list() == [0.0, 1.0]
+    assert d3["stop"].to_list() == [8.0, pytest.approx(18.0)] and d3["event"].to_list() == [-1, -1]
+    # d2 (close date after its loss) and d1 in B (won before its close date): never
+    assert st.filter(pl.col("deal_id") == "d2")["_overdue"].to_list() == [0.0]
+    assert st.filter((pl.col("deal_id") == "d1") & (pl.col("stage") == "B"))[
+        "_overdue"
+    ].to_list() == [0.0]
+    # without the split the rows are those of the other covariates, never overdue
+    plain = covariate_states(data.cut, data.spells, data.as_of, [])
+    assert plain.height == st.height - 2 and set(plain["_overdue"]) == {0.0}
+
+
+def test_overdue_design_and_cox_fit_agree_with_lifelines():
+    """The rows split at the close date, fitted per stage for the wins: the
+    coefficient of ``overdue`` is lifelines' on the same rows (with an unsplit
+    covariate alongside); each row's value is its definition, computed here."""
+    crm = generate_crm(seed=5, end="2024-07-01", scale=0.5)
+    log = forecast.read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+    data = FitData.from_log(log, as_of="2024-07-01", segment_by=["segment"])
+    design = build_design(data, ["pushes", "overdue"])
+    assert design.columns == ("pushes", "overdue")
+    s = np.maximum(design.start, 0.0)
+    c = design.close_offset
+    known = np.isfinite(c)
+    np.testing.assert_array_equal(design.x[:, 1], (known & (s >= c)).astype(float))
+    assert not np.any(known & (s < c) & (c < design.stop))  # no piece left unsplit
+    assert 0.02 < design.x[:, 1].mean() < 0.5
+    coef = fit_covariate_coefficients(data, design, ["pushes", "overdue"], penalty=0.0)
+    won = destination_groups(SYNTHETIC_STAGES.n_open)[SYNTHETIC_STAGES.WON]
+    for k in (2, 3):
+        r = design.stage == k
+        df = pd.DataFrame({
+            "id": design.spell[r], "start": design.start[r], "stop": design.stop[r],
+            "event": (design.event[r] == SYNTHETIC_STAGES.WON).astype(int),
+            "pushes": design.x[r, 0], "overdue": design.x[r, 1], "s": design.segment[r],
+        })  # fmt: skip
+        ctv = CoxTimeVaryingFitter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lifelines' notes on ties
+            ctv.fit(df, id_col="id", event_col="event", start_col="start", stop_col="stop",
+                    strata=["s"])  # fmt: skip
+        np.testing.assert_allclose(coef.beta[k, won], ctv.params_.values, rtol=1e-6, atol=1e-9)
+
+
+def _overdue_model(names: tuple[str, ...]) -> CovariateModel:
+    """A covariate model keeping ``names`` of the built-ins (zero effects; paths only)."""
+    specs = []
+    for n in names:
+        if n == "days_to_close":
+            specs.append(CovariateSpec(n, n, (n,), fill=(0.5, 0.5), centered=True))
+        else:
+            specs.append(CovariateSpec(n, n, (n,)))
+    d = len(names)
+    return CovariateModel(
+        candidates=names, selection=pl.DataFrame(), specs=tuple(specs), columns=names,
+        beta=np.zeros((2, 4, d)), covariance=np.zeros((2, 4, d, d)), n_events=np.zeros((2, 4)),
+        baseline={}, pooled_baseline={}, entry_values=np.zeros((1, 2, d)), new_deal_x={},
+        new_deal_amount={},
+    )  # fmt: skip
+
+
+def test_simulated_overdue_switches_when_the_data_rule_does():
+    """An open deal's expected path (close date in 10 days, pushed D days after it
+    passes to I days later) written as a log: the rows of that log, split by the data
+    rule, switch ``overdue`` and ``pushes`` at the path's instants."""
+    cov = _overdue_model(("pushes", "overdue", "days_to_close"))
+    age, c, delay, interval = 5.0, 10.0, 2.0, 30.0
+    x0 = np.array([[1.0, 0.0, 0.0]])
+    x, starts = covariate_paths(
+        cov, x0, np.array([c]), np.array([age]), interval, np.array([0]), delay=delay
+    )
+    np.testing.assert_allclose(starts[0], [0, 10, 12, 42, 44, 74, 76, 106, 108])
+    assert x[0, :, 1].tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0]
+    assert x[0, :, 0].tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5]
+    # the same path as a history: entry 5 days before now, a push every I + D days
+    now = dt.datetime(2024, 3, 1)
+    day = dt.timedelta(days=1)
+    entry = now - age * day
+    rows = [
+        ("p", entry - 3 * day, "A", 10.0, entry - 1 * day),
+        ("p", entry, "B", 10.0, now + c * day),  # pushed once on entering B
+    ]
+    for t in starts[0, 2::2]:
+        rows.append(("p", now + t * day, "B", 10.0, now + (t + interval) * day))
+    frame = pl.DataFrame(
+        rows, schema=["deal_id", "timestamp", "stage", "amount", "close_date"], orient="row"
+    )
+    end = now + 120 * day
+    cut = read_deal_log(frame, stages=STAGES).as_of(end)
+    spells = segment_labels(cut.spells(end), ()).filter(pl.col("stage") == "B")
+    st = covariate_states(cut, spells, end, [], split_at_close=True)
+    # time in stage -> days from now; the piece starting at the stage entry is -age
+    got = np.maximum(st["start"].to_numpy(), 0.0) - age
+    assert st["_overdue"].to_list() == x[0, :, 1].tolist()
+    np.testing.assert_allclose(got[1:9], starts[0, 1:], atol=1e-6)
+    assert st["_pushes"].to_list()[:9] == x[0, :, 0].tolist()
+    enc = cov.specs[2].close_months(st["_close_offset"].to_numpy()[:9], np.zeros(9, np.int64))
+    np.testing.assert_allclose(enc[2:], x[0, 2:, 2], atol=1e-6)
+
+
+def test_open_deals_start_overdue_when_their_close_date_has_passed():
+    """A fit that keeps ``overdue``: each open deal's value at the as-of date (the
+    simulation's start) is 1 exactly when its current close date lies before it, and
+    its eventual outcome probabilities are a distribution."""
+    crm = generate_crm(seed=1000, end="2024-10-01")
+    log = forecast.read_deal_log(crm.events, stages=SYNTHETIC_STAGES, segment_columns=["segment"])
+    model = forecast.fit(
+        log, as_of="2024-09-30", covariates=("pushes", "overdue"), n_draws=0, segment_by=["segment"]
+    )
+    cov = model.covariates
+    assert cov is not None and "overdue" in cov.kept
+    assert 0.0 < cov.push_delay["*"] < 3.0  # the generator pushes U(0, 3) days after
+    pipe = segment_labels(log.pipeline(model.as_of), ("segment",))
+    x = deal_covariate_values(cov, log, model.as_of, model.segment_by, pipe)
+    passed = (pipe["close_date"] < model.as_of).fill_null(False).to_numpy()
+    assert 0 < passed.sum() < pipe.height
+    np.testing.assert_array_equal(x[:, cov.columns.index("overdue")], passed.astype(float))
+    p = eventual_outcome_probabilities(model, log, pipe)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)

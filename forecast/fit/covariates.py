@@ -25,7 +25,8 @@ coefficient vector per stage and destination group, shared across segments.
   months of 30 days, centred on the stage's median at entry (at a given time in stage this is the signed time until, or
   past, the close date plus a constant, and the constant's effect is absorbed by
   the baseline, so the coefficient reads "per month later close date");
-  ``pushes`` — how often the close date has moved later so far; and the user's
+  ``pushes`` — how often the close date has moved later so far; ``overdue`` — 1
+  once the current close date has passed (rows split there); and the user's
   columns: categorical (segment columns; indicators against the most common
   level) or numeric (numeric columns, per standard deviation).
 - **Estimation.** Per stage and destination group, a Cox model stratified by
@@ -72,6 +73,7 @@ __all__ = [
     "CLOSE_DATE_COVARIATES",
     "DEFAULT_COVARIATES",
     "DESTINATION_GROUPS",
+    "TIMING_COVARIATES",
     "CovariateDesign",
     "CovariateModel",
     "CovariateSpec",
@@ -82,6 +84,7 @@ __all__ = [
     "destination_groups",
     "fit_covariate_coefficients",
     "select_covariates",
+    "split_at_close_date",
 ]
 
 #: Covariates a fit considers by default (each kept only where the data support it).
@@ -91,8 +94,14 @@ DEFAULT_COVARIATES: tuple[str, ...] = ("amount",)
 #: selection keeps them, and their proportional effects forecast worse than none
 #: (``docs/model.md``, "Deal covariates").
 CLOSE_DATE_COVARIATES: tuple[str, ...] = ("days_to_close", "pushes")
+#: The timing form of the close date, considered only when asked for by name:
+#: ``overdue`` is 1 from the instant the deal's current close date has passed until
+#: it is moved (the stay's rows split there).
+TIMING_COVARIATES: tuple[str, ...] = ("overdue",)
 #: Names of the built-in covariates (derived from the canonical columns).
-BUILTIN_COVARIATES: frozenset[str] = frozenset((*DEFAULT_COVARIATES, *CLOSE_DATE_COVARIATES))
+BUILTIN_COVARIATES: frozenset[str] = frozenset(
+    (*DEFAULT_COVARIATES, *CLOSE_DATE_COVARIATES, *TIMING_COVARIATES)
+)
 #: Destination groups sharing one coefficient vector per stage.
 DESTINATION_GROUPS: tuple[str, ...] = ("move", "won", "lost", "no_decision")
 #: Ridge penalty λ on every coefficient (a N(0, 1/λ) prior on each log hazard ratio).
@@ -149,7 +158,11 @@ def deal_states(cut: DealLog, columns: Sequence[str]) -> pl.DataFrame:
 
 
 def covariate_states(
-    cut: DealLog, spells: pl.DataFrame, as_of: dt.datetime, columns: Sequence[str] = ()
+    cut: DealLog,
+    spells: pl.DataFrame,
+    as_of: dt.datetime,
+    columns: Sequence[str] = (),
+    split_at_close: bool = False,
 ) -> pl.DataFrame:
     """Counting-process rows of the spells: each visit split at every change of its deal.
 
@@ -163,6 +176,9 @@ def covariate_states(
         The cut instant (censored visits end there).
     columns : sequence of str
         User columns of the log to carry (forward-filled within the deal).
+    split_at_close : bool, default False
+        Also split a piece at the instant its close date passes (the ``overdue``
+        covariate): the part up to it holds ``_overdue = 0``, the rest 1.
 
     Returns
     -------
@@ -174,7 +190,9 @@ def covariate_states(
         ended, else -1), ``first`` (the piece starting at the entry), the spell's
         ``stage_code`` and ``_segment``, and the values from the piece's start on:
         ``_amount``, ``_close_offset`` (close date minus stage entry, days),
-        ``_pushes`` and ``columns``.
+        ``_pushes``, ``_overdue`` (1.0 from the instant the close date has passed on,
+        :func:`split_at_close_date`; 0 when the pieces are not split there) and
+        ``columns``.
     """
     states = deal_states(cut, columns)
     end = pl.coalesce(pl.col("exited_at"), pl.lit(as_of, dtype=pl.Datetime("us")))
@@ -214,7 +232,7 @@ def covariate_states(
         .alias("event"),
         first.alias("first"),
     ).with_columns(pl.when(pl.col("first")).then(-1.0).otherwise(pl.col("start")).alias("start"))
-    return j.select(
+    out = j.select(
         "_spell",
         "start",
         "stop",
@@ -225,8 +243,46 @@ def covariate_states(
         "_amount",
         _days(pl.col("_close") - pl.col("entered_at")).alias("_close_offset"),
         pl.col("_pushes").cast(pl.Float64),
+        pl.lit(0.0).alias("_overdue"),
         *columns,
     ).collect()
+    return split_at_close_date(out) if split_at_close else out
+
+
+def split_at_close_date(rows: pl.DataFrame) -> pl.DataFrame:
+    """Pieces of :func:`covariate_states` split where their close date passes.
+
+    On the time-in-stage clock a piece ``(start, stop]`` with close date ``c`` days
+    after the stage entry (``_close_offset``) is overdue from ``c`` on: with
+    ``s = max(start, 0)`` (the first piece stands for the stage entry), a piece with
+    ``s < c < stop`` becomes ``(start, c]`` (not overdue, no event) and ``(c, stop]``
+    (overdue, the piece's event); any other piece is overdue when ``s >= c``. An exit
+    at the close date itself is not overdue (the value just before it holds), and a
+    piece without a close date never is. Returns the rows with ``_overdue`` set, in
+    the same order (grouped by spell, in time order).
+    """
+    c = pl.col("_close_offset")
+    s = pl.max_horizontal(pl.col("start"), pl.lit(0.0))
+    known = c.is_not_null() & c.is_not_nan()
+    split = (known & (s < c) & (c < pl.col("stop"))).fill_null(False)
+    base = rows.with_row_index("_row").with_columns(
+        (known & (s >= c)).fill_null(False).cast(pl.Float64).alias("_overdue"),
+        pl.lit(0, dtype=pl.Int8).alias("_part"),
+    )
+    before = base.filter(split).with_columns(
+        c.alias("stop"), pl.lit(-1, dtype=pl.Int64).alias("event")
+    )
+    after = base.filter(split).with_columns(
+        c.alias("start"),
+        pl.lit(False).alias("first"),
+        pl.lit(1.0).alias("_overdue"),
+        pl.lit(1, dtype=pl.Int8).alias("_part"),
+    )
+    return (
+        pl.concat([base.filter(~split), before, after])
+        .sort(["_row", "_part"])
+        .drop("_row", "_part")
+    )
 
 
 def _piece_rows(states: pl.DataFrame, spells: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -278,8 +334,8 @@ class CovariateSpec:
     Attributes
     ----------
     name : str
-        ``"amount"``, ``"days_to_close"``, ``"pushes"`` or a user column.
-    kind : {"amount", "days_to_close", "pushes", "categorical", "numeric"}
+        ``"amount"``, ``"days_to_close"``, ``"pushes"``, ``"overdue"`` or a user column.
+    kind : {"amount", "days_to_close", "pushes", "overdue", "categorical", "numeric"}
     columns : tuple of str
         Design column labels (one, or one per non-reference level).
     unit : str
@@ -316,7 +372,7 @@ class CovariateSpec:
     @property
     def time_varying(self) -> bool:
         """Whether the value at a future stage entry is unknown today (close-date values)."""
-        return self.kind == "days_to_close"
+        return self.kind in ("days_to_close", "overdue")
 
     def encode(self, raw: pl.DataFrame) -> np.ndarray:
         """Design columns of ``raw`` (rows of :func:`covariate_states`), shape (n, len(columns)).
@@ -343,6 +399,8 @@ class CovariateSpec:
             d = raw["_close_offset"].to_numpy().astype(np.float64)
             k = raw["stage_code"].to_numpy().astype(np.int64)
             return self.close_months(d, k)[:, None]
+        if self.kind == "overdue":
+            return raw["_overdue"].to_numpy().astype(np.float64)[:, None]
         if self.kind == "pushes":
             p = raw["_pushes"].to_numpy().astype(np.float64)
             return np.clip(np.nan_to_num(p, nan=0.0), 0.0, PUSH_CAP)[:, None]
@@ -456,6 +514,10 @@ def _spec_for(
         )
     if name == "pushes":
         return CovariateSpec(name, "pushes", ("pushes",), "one more push of the close date"), ""
+    if name == "overdue":
+        if states["_close_offset"].drop_nulls().len() == 0:
+            return None, "no close dates in the log"
+        return CovariateSpec(name, "overdue", ("overdue",), "close date passed"), ""
     if name in numeric:
         v = states[name].cast(pl.Float64).drop_nulls()
         vs = np.sort(v.to_numpy().astype(np.float64))
@@ -625,7 +687,9 @@ def build_design(
     if data.cut is None or data.spells is None or data.spell_arrays is None:
         raise ParameterError("Deal covariates need fit data built from a log (`FitData.from_log`).")
     user = [c for c in covariates if c not in BUILTIN_COVARIATES]
-    states = covariate_states(data.cut, data.spells, data.as_of, user)
+    states = covariate_states(
+        data.cut, data.spells, data.as_of, user, split_at_close="overdue" in covariates
+    )
     specs: list[CovariateSpec] = []
     unusable: dict[str, str] = {}
     for name in covariates:
@@ -1046,6 +1110,10 @@ class CovariateModel:
         close date then: a deal entering a stage in the future gets one of them
         (its ``days_to_close`` there, and when its close date is expected to pass;
         :func:`forecast.deal_covariates.entry_close_at`).
+    push_delay : dict segment -> float
+        Mean days from the instant a close date passes to its push (``"*"``: all
+        segments): how long a deal stays ``overdue`` before the push
+        (:func:`push_delays`; empty, 0, without ``overdue`` among the candidates).
     """
 
     candidates: tuple[str, ...]
@@ -1064,6 +1132,7 @@ class CovariateModel:
     draw_beta: np.ndarray | None = None
     push_interval: dict[str, float] = field(default_factory=dict)
     entry_close_days: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
+    push_delay: dict[str, float] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -1123,6 +1192,12 @@ class CovariateModel:
             "draw_beta": None if self.draw_beta is None else self.draw_beta.tolist(),
             "push_interval": {g: float(v) for g, v in sorted(self.push_interval.items())},
             "entry_close_days": self.entry_close_days.tolist(),
+            # only with `overdue` among the candidates (the JSON of other models unchanged)
+            **(
+                {"push_delay": {g: float(v) for g, v in sorted(self.push_delay.items())}}
+                if self.push_delay
+                else {}
+            ),
         }
 
     @classmethod
@@ -1178,6 +1253,7 @@ class CovariateModel:
             ),
             push_interval={str(g): float(v) for g, v in d.get("push_interval", {}).items()},
             entry_close_days=_entry_close_array(d.get("entry_close_days", []), n_open),
+            push_delay={str(g): float(v) for g, v in d.get("push_delay", {}).items()},
         )
 
 
@@ -1200,6 +1276,23 @@ def push_intervals(data: FitData) -> dict[str, float]:
     fewer than 10 pushes use all segments' mean (key ``"*"``);
     :data:`DEFAULT_PUSH_INTERVAL_DAYS` without any push.
     """
+    return _push_means(data, pl.col("close_date") - pl.col("timestamp"), DEFAULT_PUSH_INTERVAL_DAYS)
+
+
+def push_delays(data: FitData) -> dict[str, float]:
+    """Mean days from the instant a close date passes to its push, per segment.
+
+    Over the pushes of the history (close dates moved later), the days from the
+    close date they replace to the push (0 for a push before it passed). How long a
+    deal stays overdue before its next push in simulation (the ``overdue``
+    covariate, :func:`forecast.deal_covariates.covariate_paths`). Segments with
+    fewer than 10 pushes use all segments' mean (key ``"*"``); 0 without any push.
+    """
+    return _push_means(data, pl.col("timestamp") - pl.col("_prev"), 0.0)
+
+
+def _push_means(data: FitData, days: pl.Expr, default: float) -> dict[str, float]:
+    """Per segment (``"*"``: pooled) the mean of ``days`` (clipped at 0) over the pushes."""
     assert data.cut is not None and data.outcomes is not None
     ev = data.cut.events.select(
         "deal_id",
@@ -1207,10 +1300,10 @@ def push_intervals(data: FitData) -> dict[str, float]:
         "close_date",
         previous_close_date().alias("_prev"),
     ).filter(pl.col("close_date") > pl.col("_prev"))
-    ev = ev.with_columns(
-        _days(pl.col("close_date") - pl.col("timestamp")).clip(lower_bound=0.0).alias("_d")
-    ).join(data.outcomes.select("deal_id", SEGMENT_COLUMN), on="deal_id", how="left")
-    pooled = _stable_mean(ev["_d"].to_numpy()) if ev.height else DEFAULT_PUSH_INTERVAL_DAYS
+    ev = ev.with_columns(_days(days).clip(lower_bound=0.0).alias("_d")).join(
+        data.outcomes.select("deal_id", SEGMENT_COLUMN), on="deal_id", how="left"
+    )
+    pooled = _stable_mean(ev["_d"].to_numpy()) if ev.height else default
     out = {"*": pooled}
     for g in data.segments:
         v = ev.filter(pl.col(SEGMENT_COLUMN) == g)["_d"].to_numpy()
@@ -1430,6 +1523,8 @@ def _contrast_label(spec: CovariateSpec, column: int) -> str:
         return "close date a month later"
     if spec.kind == "pushes":
         return "one more close-date push"
+    if spec.kind == "overdue":
+        return "close date passed (overdue) instead of ahead"
     if spec.kind == "categorical":
         return f"{spec.name} {spec.levels[column]!r} instead of {spec.reference!r}"
     return f"{spec.name} one standard deviation ({spec.scale:.4g}) higher"

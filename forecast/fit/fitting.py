@@ -46,6 +46,7 @@ from forecast.fit.covariates import (
     entry_and_new_deal_values,
     entry_close_days,
     fit_covariate_coefficients,
+    push_delays,
     push_intervals,
     select_covariates,
 )
@@ -201,6 +202,7 @@ def fit_covariates(
         new_deal_amount=new_a,
         push_interval=push_intervals(data),
         entry_close_days=entry_close_days(data, design),
+        push_delay=push_delays(data) if "overdue" in design.candidates else {},
     )
     return model, coef
 
