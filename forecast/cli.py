@@ -686,7 +686,6 @@ def _print_risk(fc: Any, n: int = 5) -> None:
 
 
 def _fit_and_simulate(log: Any, args: argparse.Namespace, as_of: Any, segment_by: Any) -> Any:
-    ahead.start()  # first run after installing: a second process compiles the late kernels
     _status("Fitting the model ...")
     model = fit(
         log,
@@ -720,6 +719,7 @@ def _write_plots(fc: Any, directory: Path, targets: dict[str, list[float]]) -> N
 # -- subcommands ----------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    ahead.start()  # first run after installing: a second process compiles the late kernels
     log = load_sample()
     print(f"Sample history: {log}")
     model, fc = _fit_and_simulate(log, args, SAMPLE_PARAMETERS["end"], ("segment",))
@@ -884,6 +884,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    ahead.start()  # first run after installing: a second process compiles the late kernels
     _status(f"Reading {args.history} ...")
     log = _read(args)
     model, fc = _fit_and_simulate(log, args, args.as_of, tuple(args.segment))
@@ -906,6 +907,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    ahead.start()  # first run after installing: a second process compiles the late kernels
     _status(f"Reading {args.history} ...")
     log = _read(args)
     model, fc = _fit_and_simulate(log, args, args.as_of, tuple(args.segment))

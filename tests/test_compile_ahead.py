@@ -13,8 +13,8 @@ from forecast._kernels import ahead
 
 
 def test_ahead_signatures_are_those_a_fit_and_simulation_compile(sample_model, sample_forecast):
-    # The session fixtures fitted the sample (Cox partial likelihood, Aalen-Johansen
-    # summaries of the draws) and simulated it (sampling kernel): the signatures compiled
+    # The session fixtures fitted the sample (Aalen-Johansen summaries of the draws, exit
+    # densities of their curves) and simulated it (sampling kernel): the signatures compiled
     # ahead must be among those the real call paths compiled, or the run compiles them
     # again itself.
     for kernel, signature in ahead._signatures():
@@ -26,7 +26,7 @@ def test_ahead_signatures_are_those_a_fit_and_simulation_compile(sample_model, s
 
 
 def test_wait_reads_the_reports_until_the_kernel_and_stops_at_the_end(monkeypatch):
-    script = "print('_sample_block', flush=True); print('cox_efron', flush=True)"
+    script = "print('_sample_block', flush=True); print('aalen_johansen_summaries', flush=True)"
     process = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0
     )
@@ -35,10 +35,10 @@ def test_wait_reads_the_reports_until_the_kernel_and_stops_at_the_end(monkeypatc
     monkeypatch.setattr(ahead, "_DONE", done)
     monkeypatch.setattr(ahead, "_PENDING", [b""])
     try:
-        ahead.wait("cox_efron")
-        assert done == {"_sample_block", "cox_efron"}
-        # never reported: the process ends, and wait gives up on every kernel
         ahead.wait("aalen_johansen_summaries")
+        assert done == {"_sample_block", "aalen_johansen_summaries"}
+        # never reported: the process ends, and wait gives up on every kernel
+        ahead.wait("scaled_day_densities")
         assert done == set(ahead.KERNELS)
     finally:
         process.wait()
@@ -65,8 +65,8 @@ def test_the_second_process_compiles_every_kernel_into_the_cache(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == list(ahead.KERNELS)
     indexes = {p.name.split("-")[0] for p in tmp_path.rglob("*.nbi")}
-    assert {"sample._sample_block", "cox.cox_efron"} <= indexes
-    assert "estimators.aalen_johansen_summaries" in indexes
+    assert {"sample._sample_block", "estimators.aalen_johansen_summaries"} <= indexes
+    assert "densities.scaled_day_densities" in indexes
     # a process with this cache finds every signature fresh (and starts nothing)
     check = (
         "from forecast._kernels import ahead;"
@@ -76,3 +76,38 @@ def test_the_second_process_compiles_every_kernel_into_the_cache(tmp_path):
         [sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=120
     )
     assert found.stdout.strip() == "True", found.stderr
+
+
+def test_waiting_for_a_kernel_not_compiled_ahead_returns_at_once(monkeypatch):
+    # a kernel the run compiles itself (the Cox partial likelihood) is never reported
+    # by the second process: waiting for it must not block until that process ends
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        bufsize=0,
+    )
+    monkeypatch.setattr(ahead, "_PROCESS", process)
+    monkeypatch.setattr(ahead, "_DONE", set())
+    monkeypatch.setattr(ahead, "_PENDING", [b""])
+    try:
+        ahead.wait("cox_efron")
+        assert process.poll() is None  # returned while the process still runs
+        assert ahead._DONE == set()
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+
+def test_the_second_process_does_not_import_the_library(tmp_path):
+    # it imports the kernels only (bare ``forecast`` packages): not polars, not the library
+    script = ahead.command()[-1].replace(
+        "compile_all()\n",
+        "print(sorted(m for m in ('polars', 'scipy.stats', 'forecast.fit') if m in sys.modules))\n",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

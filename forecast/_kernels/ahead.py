@@ -2,14 +2,18 @@
 
 The first run after installing compiles every kernel it calls (Numba caches them on
 disk for the next runs), one after another: Numba compiles under one global lock, so
-threads cannot share the work. A command line run (``forecast demo``, ``forecast run``)
-that finds the kernels it will need late — the sampling kernel, the Cox partial
-likelihood, the Aalen–Johansen summaries of the parameter draws and the exit densities
-of every draw's curves — missing from the
-cache starts a second process (:func:`command`), which compiles them, in that order,
-into the same cache while the run imports, reads and starts fitting (which compiles the
-kernels it needs first). Before its first call of one of them, the run waits until
-the other process reports it compiled (:func:`wait`), then loads it from the cache.
+threads cannot share the work. A command line run (``forecast demo``, ``forecast run``,
+``forecast report``) that finds the kernels it will need late — the sampling kernel
+(first called by the automatic half-life backtest), the Aalen–Johansen summaries of
+the parameter draws and the exit densities of every draw's curves — missing from the
+cache starts a second process (:func:`command`) before it reads its input. That process
+compiles them, in that order, into the same cache while the run reads and starts
+fitting, compiling the kernels it needs first itself (the fit's estimators, the
+outcome probabilities of the backtest) and the Cox partial likelihood of the final fit:
+which kernel goes to which process balances the two processes' compile times on a
+first ``forecast demo`` (``benchmarks/compile_profile.py`` lists them). Before its first
+call of one of them, the run waits until the other process reports it compiled
+(:func:`wait`), then loads it from the cache.
 
 Nothing else changes: the same kernels with the same signatures and options, so the
 same machine code and the same numbers. It only saves time on a machine with a core
@@ -31,7 +35,6 @@ from typing import Any
 
 from numba import types
 
-from forecast._kernels.cox import cox_efron
 from forecast._kernels.densities import scaled_day_densities
 from forecast._kernels.estimators import aalen_johansen_summaries
 from forecast._kernels.sample import _sample_block
@@ -39,7 +42,7 @@ from forecast._kernels.sample import _sample_block
 __all__ = ["KERNELS", "command", "compile_all", "start", "wait"]
 
 #: The kernels compiled ahead, in the order a run first calls them, by name.
-KERNELS = ("_sample_block", "cox_efron", "aalen_johansen_summaries", "scaled_day_densities")
+KERNELS = ("_sample_block", "aalen_johansen_summaries", "scaled_day_densities")
 
 #: Seconds a run waits for one kernel at most (a compilation takes seconds).
 WAIT_LIMIT = 300.0
@@ -61,13 +64,10 @@ def _signatures() -> list[tuple[Any, tuple[Any, ...]]]:
     i1, i2, i3 = (arr(i64, n) for n in (1, 2, 3))
     sample = (f3, f2, f3, f1, i1, i2, f1, f3, f1, f4, f3, f4, i2, f1, f1)  # inputs
     sample += (i64,) * 5 + (f4, i3, i3)  # seed .. blk; outputs
-    rf1, ri1 = arr(f64, 1, True), arr(i64, 1, True)
-    cox = (rf1, rf1, i1, f1, f2, f1, ri1, ri1, ri1, f1, f2)
     aj = (f2, i1, f1, f1, i1, i1, f2, i1, f3, f2)
     dens = (arr(f64, 2, True), f2, f2, f3, f3, f3)
     return [
         (_sample_block, sample),
-        (cox_efron, cox),
         (aalen_johansen_summaries, aj),
         (scaled_day_densities, dens),
     ]
@@ -112,8 +112,10 @@ def start() -> bool:
 def wait(name: str) -> None:
     """Return once the second process has compiled kernel ``name`` (or has ended).
 
-    Does nothing when no process was started.
+    Does nothing when no process was started, or ``name`` is not one of :data:`KERNELS`.
     """
+    if name not in KERNELS:
+        return
     with _LOCK:
         process = _PROCESS
         if process is None or name in _DONE or process.stdout is None:
@@ -153,8 +155,25 @@ def _finish() -> None:
 
 
 def command() -> list[str]:
-    """The command line of the second process: :func:`compile_all` in this interpreter."""
-    return [sys.executable, "-c", "from forecast._kernels.ahead import compile_all; compile_all()"]
+    """The command line of the second process: :func:`compile_all` in this interpreter.
+
+    The process imports only the kernels it compiles: ``forecast`` and
+    ``forecast._kernels`` are registered as bare packages (their directories, without
+    running their ``__init__.py``, which import polars, scipy and the rest of the
+    library), so compiling starts about 0.8 s of CPU sooner. The kernels' source files,
+    and so their cache entries, are the same.
+    """
+    kernels = os.path.dirname(os.path.abspath(__file__))
+    packages = {"forecast": os.path.dirname(kernels), "forecast._kernels": kernels}
+    script = (
+        "import sys, types\n"
+        f"for name, path in {packages!r}.items():\n"
+        "    sys.modules[name] = package = types.ModuleType(name)\n"
+        "    package.__path__ = [path]\n"
+        "from forecast._kernels.ahead import compile_all\n"
+        "compile_all()\n"
+    )
+    return [sys.executable, "-c", script]
 
 
 def compile_all() -> None:

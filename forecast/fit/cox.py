@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from forecast._kernels import ahead
 from forecast._kernels.cox import cox_efron, risk_sums_at_events
 from forecast.errors import ParameterError
 
@@ -164,7 +163,6 @@ def _evaluate(rows: CoxRows, event: np.ndarray, weight: np.ndarray, beta: np.nda
     d = rows.d
     grad = np.zeros(d)
     hess = np.zeros((d, d))
-    ahead.wait("cox_efron")  # if a second process is compiling it (forecast._kernels.ahead)
     ll = cox_efron(
         rows.start, rows.stop, event, weight, rows.x, beta, rows.offsets,
         rows.order_stop, rows.order_start, grad, hess,
