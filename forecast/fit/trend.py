@@ -84,9 +84,9 @@ class StageTrend:
         m[won] = math.exp(self.win_log_odds_per_year * dx)
         return math.exp(self.pace_per_year * dx), m
 
-    def to_dict(self) -> dict[str, float]:
-        """JSON-ready fields."""
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, float | None]:
+        """JSON-ready fields (a standard error not computed is None)."""
+        return {k: None if math.isnan(v) else v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class TrendFit:
 
     stages: dict[int, StageTrend]
 
-    def to_dict(self, stage_names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    def to_dict(self, stage_names: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
         """JSON-ready: stage name -> fields."""
         return {stage_names[k]: t.to_dict() for k, t in sorted(self.stages.items())}
 
