@@ -13,6 +13,9 @@ and half-life (and over every origin: ``origin`` null), each part's relative bia
 Usage::
 
     python benchmarks/drift_split.py --generator step --worlds 8 --half-lives none 91
+
+A half-life followed by ``+trend`` (e.g. ``none+trend``) fits with the calendar
+trend of the exit curves (``fit(..., trend=True)``) at that half-life.
 """
 
 from __future__ import annotations
@@ -43,12 +46,18 @@ def _histories(generator: str, world: int) -> list[tuple[Any, tuple[str, ...]]]:
     return _worlds(generator, world)
 
 
-def _half_life(text: str) -> float | None:
-    return None if text == "none" else float(text)
+def _half_life(text: str) -> tuple[float | None, bool]:
+    """(half-life, trend) of a ``--half-lives`` entry such as ``91`` or ``none+trend``."""
+    h, trend = text.removesuffix("+trend"), text.endswith("+trend")
+    return (None if h == "none" else float(h)), trend
 
 
 def _world_rows(
-    world: int, generator: str, half_lives: tuple[float | None, ...], n_paths: int, n_draws: int
+    world: int,
+    generator: str,
+    half_lives: tuple[tuple[float | None, bool], ...],
+    n_paths: int,
+    n_draws: int,
 ) -> list[dict]:
     """Forecast and booked amounts of one world, split into pipeline and new deals."""
     cal = FiscalCalendar()
@@ -67,7 +76,7 @@ def _world_rows(
             booked_new = float(won.filter(new)["amount"].fill_null(0.0).sum())
             booked_pipe = float(won.filter(~new)["amount"].fill_null(0.0).sum())
             s = origin_seed(world, origin)
-            for h in half_lives:
+            for h, trend in half_lives:
                 model = forecast.fit(
                     log,
                     as_of=origin,
@@ -76,6 +85,7 @@ def _world_rows(
                     n_draws=n_draws,
                     seed=s,
                     half_life=h,
+                    trend=trend,
                 )
                 f = model.simulate(log, n_paths=n_paths, horizon=1, seed=s).quarterly()
                 rows.append(
@@ -83,7 +93,8 @@ def _world_rows(
                         "generator": generator,
                         "world": world,
                         "origin": origin,
-                        "half_life": "none" if h is None else f"{h:g}",
+                        "half_life": ("none" if h is None else f"{h:g}")
+                        + ("+trend" if trend else ""),
                         "fc_pipeline": float(f["booked_to_date"][0] + f["from_pipeline"][0]),
                         "fc_new": float(f["from_new_deals"][0]),
                         "booked_pipeline": booked_pipe,

@@ -62,6 +62,7 @@ from forecast.fit.recency import (
     select_half_life,
 )
 from forecast.fit.shocks import ShockLayout, ShockModel, fit_shocks
+from forecast.fit.trend import TrendFit, apply_trend, fit_trend
 from forecast.scores import crps_samples
 from forecast.simulate import simulate_quarter_totals
 
@@ -255,6 +256,7 @@ def fit(
     half_life: float | str | None = "auto",
     recorded_from: object | None = None,
     covariates: Sequence[str] = DEFAULT_COVARIATES,
+    trend: bool = False,
 ) -> PipelineModel:
     """Fit the pipeline model to the history known at ``as_of``.
 
@@ -323,6 +325,11 @@ def fit(
         close dates, ``[*forecast.DEFAULT_COVARIATES,
         *forecast.CLOSE_DATE_COVARIATES]``. ``()``
         switches covariates off (exactly the model without them).
+    trend : bool, default False
+        Fit a calendar trend of every stage's pace and win odds in the visits' stage
+        entry dates and move the exit curves to the market at ``as_of``
+        (``docs/model.md``, "Calendar trend"; :mod:`forecast.fit.trend`). For markets
+        that keep drifting; the slopes are in ``options["trend_fit"]``.
 
     Returns
     -------
@@ -375,6 +382,11 @@ def fit(
             point = dataclasses.replace(
                 point, covariates=dataclasses.replace(point.covariates, draw_beta=draw_beta)
             )
+    trend_fit = None
+    if check_bool(trend, "trend", caller):
+        # after the draws: their factors are relative to the point curves
+        trend_fit = fit_trend(data)
+        point = with_trend(point, trend_fit, data)
     return assemble_model(
         data,
         point,
@@ -391,12 +403,36 @@ def fit(
             "half_life": half_life,
             "recorded_from": None if recorded_from is None else data.recorded_from.isoformat(),  # type: ignore[union-attr]
             **({"covariates": list(names)} if names else {}),
+            **(
+                {"trend": True, "trend_fit": trend_fit.to_dict(data.stages.open)}  # type: ignore[union-attr]
+                if trend_fit is not None
+                else {}
+            ),
         },
         recency=choice,
         model_kind=kind,
         model_description=description,
         fingerprint=log.as_of(data.as_of).fingerprint if kind == "deal_level" else None,
     )
+
+
+def with_trend(point: PointFit, trend_fit: TrendFit, data: FitData) -> PointFit:
+    """``point`` with its exit curves (and covariate baselines) moved to the market at
+    the as-of instant by ``trend_fit`` (:func:`~forecast.fit.trend.apply_trend`)."""
+    C, won = int(data.n_codes), data.stages.WON  # type: ignore[arg-type, union-attr]
+    exits = dataclasses.replace(
+        point.exits,
+        curves=apply_trend(point.exits.curves, trend_fit, C, won),
+        pooled=apply_trend(point.exits.pooled, trend_fit, C, won),
+    )
+    cov = point.covariates
+    if cov is not None and cov.baseline:
+        cov = dataclasses.replace(
+            cov,
+            baseline=apply_trend(cov.baseline, trend_fit, C, won),
+            pooled_baseline=apply_trend(cov.pooled_baseline, trend_fit, C, won),
+        )
+    return dataclasses.replace(point, exits=exits, covariates=cov)
 
 
 def assemble_model(
