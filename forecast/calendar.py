@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from forecast._validation import as_datetime, check_int
 from forecast.errors import ParameterError
 
-__all__ = ["FiscalCalendar", "FiscalQuarter", "check_calendar"]
+#: Mean length of a calendar year in days (the Julian year), the unit of every trend in
+#: years (arrival trends, shock detrending, exit-curve calendar trends).
+DAYS_PER_YEAR = 365.25
+
+__all__ = ["DAYS_PER_YEAR", "FiscalCalendar", "FiscalQuarter", "check_calendar"]
 
 
 @dataclass(frozen=True, order=True)

@@ -54,14 +54,13 @@ import polars as pl
 from scipy.optimize import brentq
 
 from forecast._validation import as_datetime, check_int, check_seed, float_or_none, to_datetime64
-from forecast.calendar import FiscalCalendar, FiscalQuarter
+from forecast.calendar import DAYS_PER_YEAR, FiscalCalendar, FiscalQuarter
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.data import FitData
 from forecast.segments import SEGMENT_COLUMN
 
 __all__ = ["ArrivalModel", "SegmentArrivals", "fit_arrivals", "poisson_glm"]
 
-_DAYS_PER_YEAR = 365.25
 #: Exposures below this fraction of a quarter are left out (too noisy to inform the rate).
 MIN_EXPOSURE = 0.05
 #: Quarters observed at least this much count as "full" when deciding which terms to fit.
@@ -248,7 +247,7 @@ def _window_pieces(
         lo, hi = max(a, q.start), min(b, q.end)
         if hi > lo:
             mid = q.start + (q.end - q.start) / 2
-            t_years = np.array([(mid - as_of).total_seconds() / 86400.0 / _DAYS_PER_YEAR])
+            t_years = np.array([(mid - as_of).total_seconds() / 86400.0 / DAYS_PER_YEAR])
             out.append(((hi - lo) / (q.end - q.start), t_years, np.array([q.quarter])))
         q = calendar.shift(q, 1)
     return out
@@ -796,7 +795,7 @@ class ArrivalLayout:
             )
         exp_arr = np.asarray(exposure)
         mids = [q.start + (q.end - q.start) / 2 for q in quarters]
-        t_years = np.array([(m - t).total_seconds() / 86400.0 / _DAYS_PER_YEAR for m in mids])
+        t_years = np.array([(m - t).total_seconds() / 86400.0 / DAYS_PER_YEAR for m in mids])
         fiscal_q = np.array([q.quarter for q in quarters])
         edges = np.array(
             [np.datetime64(q.start, "us") for q in quarters]

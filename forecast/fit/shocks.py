@@ -51,6 +51,7 @@ from scipy.optimize import brentq, minimize_scalar
 from forecast._kernels import quarter_logistic_shifts
 from forecast._kernels.estimators import exit_cell_sums
 from forecast._validation import check_bool, check_int, float_or_none, to_datetime64
+from forecast.calendar import DAYS_PER_YEAR
 from forecast.errors import ParameterError
 from forecast.fit.calendar_effects import month_index_to_datetime, quarter_start_month_index
 from forecast.fit.data import FitData
@@ -65,7 +66,6 @@ __all__ = [
     "reml_shock_variance",
 ]
 
-_DAYS_PER_YEAR = 365.25
 #: Scale of the half-normal prior of the shock sigma (log-odds) that the parameter
 #: draws take when too few quarters are seen to estimate it: root mean square 0.3
 #: (win odds moving by a factor of about 1.35 from one quarter to the next). It is
@@ -572,7 +572,7 @@ class ShockLayout:
         month_used = months[used]
         starts = month_index_to_datetime(month_used)
         mids = starts + (month_index_to_datetime(month_used + 3) - starts) / 2
-        t_years = (mids - np.datetime64(t, "us")).astype(np.float64) / (86_400e6 * _DAYS_PER_YEAR)
+        t_years = (mids - np.datetime64(t, "us")).astype(np.float64) / (86_400e6 * DAYS_PER_YEAR)
         note = ""
         use_trend = bool(detrend) and n >= min_q_trend
         if detrend and not use_trend:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, special
 
+from forecast.calendar import DAYS_PER_YEAR
 from forecast.fit.competing_risks import ExitCurves
 from forecast.fit.data import FitData
 
@@ -44,8 +45,6 @@ MIN_TREND_EXITS = 30
 MIN_TREND_WINS = 10
 #: Largest slope magnitude accepted per year (log scale); beyond it the fit is unstable.
 MAX_SLOPE_PER_YEAR = 3.0
-
-_DAYS_PER_YEAR = 365.25
 
 
 @dataclass(frozen=True)
@@ -257,7 +256,7 @@ def fit_trend(data: FitData, standard_errors: bool = False) -> TrendFit:
     for k in range(int(data.n_open or 0)):
         rows = a.stage_order[a.stage_offsets[k] : a.stage_offsets[k + 1]]
         cs = data.stratum_spells(k)
-        years = -a.days_before_as_of[rows] / _DAYS_PER_YEAR
+        years = -a.days_before_as_of[rows] / DAYS_PER_YEAR
         out[k] = fit_stage_trend(
             years, cs.durations, cs.destinations, cs.weights, cs.entries, won, standard_errors
         )
