@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import optimize
 
 from forecast._kernels import ahead
 from forecast._kernels.densities import scaled_day_densities
+from forecast._solvers import find_root, minimize_bounded
 from forecast._validation import check_int
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.tails import TailFit, fit_tail
@@ -745,7 +745,7 @@ class ExitCurves:
             lo, hi = hi, 2.0 * hi
             if hi > 1e12:
                 return math.inf
-        return float(optimize.brentq(lambda x: float(self.survival(x)) - 0.5, lo, hi, xtol=1e-9))
+        return find_root(lambda x: float(self.survival(x)) - 0.5, lo, hi, xtol=1e-9)
 
     # -- transformations ---------------------------------------------------------------------
 
@@ -1018,10 +1018,8 @@ def _weighted_weibull(t: np.ndarray, d: np.ndarray, w: np.ndarray) -> tuple[floa
             - events
         )
 
-    res = optimize.minimize_scalar(
-        neg_profile, bounds=(math.log(0.05), math.log(20.0)), method="bounded"
-    )
-    c = math.exp(float(res.x))
+    log_c, _ = minimize_bounded(neg_profile, math.log(0.05), math.log(20.0))
+    c = math.exp(log_c)
     return c, math.exp((log_a(c) - math.log(events)) / c)
 
 
