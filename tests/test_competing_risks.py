@@ -440,3 +440,16 @@ def test_win_within_long_horizon_equals_eventual_win():
         within = win_probability(curves, 0, 2, age=age, within=3000.0)
         assert within <= eventual + 1e-12
         assert within == pytest.approx(eventual, abs=left + 1e-10)
+
+
+def test_whole_day_reading_is_the_interpolation_bit_for_bit(sample_model):
+    # exit_density and mixed read the grid's nodes directly instead of interpolating:
+    # numpy.interp returns the nodes exactly, so nothing may change by a bit, on the grid,
+    # across its end and in the tail (the fitted sample's curves, tails of every family)
+    for curves in sample_model.curves.values():
+        big_d = curves.max_day
+        for first, n in ((0, big_d + 1), (1, big_d + 40), (0, 1), (big_d, 3), (big_d + 2, 5)):
+            reference = curves._cif(np.arange(first, first + n, dtype=np.float64))
+            np.testing.assert_array_equal(
+                curves._cif_at_days(first, n).view(np.int64), reference.view(np.int64)
+            )

@@ -24,6 +24,8 @@ OPTIONAL = {"matplotlib", "distributed", "dask", "pandas"}
 DEFERRED = {
     "scipy.stats": "half a second at import; only the synthetic generator uses it",
     "pyarrow.dataset": "imports pandas (about a second); only reading a forecast back uses it",
+    "scipy.optimize": "imports scipy.linalg and scipy.sparse (about 0.3 s); only the opt-in "
+    "calendar trend uses it (forecast._solvers has the root finder and 1-d minimiser)",
     "pyarrow.parquet": "loads OpenSSL for its file systems (about 0.1 s); only writing a "
     "forecast's tables and comparing forecasts use it",
 }

@@ -140,8 +140,11 @@ def _check_dens(value: Any) -> np.ndarray:
             f"The `dens` array must have C = K + 3 = {n_open + 3} destination codes "
             f"(axis 3). Got {n_codes}."
         )
-    check_range("dens", dens, 0.0)
+    # Two passes over the (large) array: its minimum (NaN if any value is) and its row
+    # sums (infinite if any value is); the value-by-value check runs only to name a bad one.
     row_mass = dens.sum(axis=(3, 4))
+    if not (dens.size == 0 or dens.min() >= 0.0) or not np.all(row_mass <= 1.0 + PROB_TOL):
+        check_range("dens", dens, 0.0)
     if np.any(row_mass > 1.0 + PROB_TOL):
         idx = tuple(int(i) for i in np.argwhere(row_mass > 1.0 + PROB_TOL)[0])
         raise ParameterError(

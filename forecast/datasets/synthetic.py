@@ -45,8 +45,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import optimize, special
+from scipy import special
 
+from forecast._solvers import find_root
 from forecast._validation import as_datetime, check_bool, check_float, check_seed
 from forecast.calendar import FiscalCalendar, check_calendar
 from forecast.data.stages import StageMap
@@ -211,7 +212,7 @@ class SojournDistribution:
         if not 0.0 < q < 1.0:
             raise ParameterError(f"The `q` parameter of `ppf` must be in (0, 1). Got {q!r}.")
         hi = max(float(c.ppf(q)) for c in self.components) * self.time_factor
-        return float(optimize.brentq(lambda t: float(self.cdf(t)) - q, 0.0, hi, xtol=1e-10))
+        return find_root(lambda t: float(self.cdf(t)) - q, 0.0, hi, xtol=1e-10)
 
     def median(self) -> float:
         """Median sojourn in days."""

@@ -51,8 +51,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy.optimize import brentq
 
+from forecast._solvers import find_root
 from forecast._validation import as_datetime, check_int, check_seed, float_or_none, to_datetime64
 from forecast.calendar import DAYS_PER_YEAR, FiscalCalendar, FiscalQuarter
 from forecast.errors import ModelError, ParameterError
@@ -150,7 +150,7 @@ def _nb_alpha(y: np.ndarray, mu: np.ndarray, df: float, weights: np.ndarray | No
         hi *= 4.0
     if excess(hi) > 0:  # a quarter with arrivals where the fit expects almost none
         return hi  # at least this over-dispersed: the bracket's end
-    return float(brentq(excess, 0.0, hi, xtol=1e-12, rtol=1e-10))
+    return find_root(excess, 0.0, hi, xtol=1e-12, rtol=1e-10)
 
 
 @dataclass(frozen=True, eq=False)

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import optimize
 
 from forecast._kernels import ahead
 from forecast._kernels.densities import scaled_day_densities
+from forecast._solvers import find_root, minimize_bounded
 from forecast._validation import check_int
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.tails import TailFit, fit_tail
@@ -614,6 +614,21 @@ class ExitCurves:
             out[:, ~inside] = self.cif_grid[:, -1:] + add
         return out.reshape((self.n_codes, *t.shape))
 
+    def _cif_at_days(self, first: int, n: int) -> np.ndarray:
+        """:meth:`_cif` at the whole days ``first .. first + n - 1``, shape (C, n).
+
+        The same numbers as ``_cif(np.arange(first, first + n, dtype=float))``: on the
+        grid it reads the nodes, where :func:`numpy.interp` returns them exactly, instead
+        of interpolating (the tail beyond ``D`` is evaluated as there).
+        """
+        big_d = self.max_day
+        n_inside = max(0, min(n, big_d + 1 - first))  # days <= D
+        out = np.empty((self.n_codes, n))
+        out[:, :n_inside] = self.cif_grid[:, first : first + n_inside]
+        if n_inside < n:
+            out[:, n_inside:] = self._cif(np.arange(first + n_inside, first + n, dtype=np.float64))
+        return out
+
     def survival(self, t: Any) -> np.ndarray:
         """All-cause ``S(t) = P(T > t)``, tail included; same shape as ``t`` (days ≥ 0).
 
@@ -646,7 +661,7 @@ class ExitCurves:
         numpy.ndarray of float64, shape (C, max_days)
         """
         max_days = check_int(max_days, "max_days", "exit_density", minimum=1)
-        f = self.cif(np.arange(1, int(max_days) + 1, dtype=np.float64))
+        f = self._cif_at_days(1, int(max_days))
         return np.maximum(np.diff(f, axis=1, prepend=0.0), 0.0)
 
     def scaled_exit_densities(
@@ -745,7 +760,7 @@ class ExitCurves:
             lo, hi = hi, 2.0 * hi
             if hi > 1e12:
                 return math.inf
-        return float(optimize.brentq(lambda x: float(self.survival(x)) - 0.5, lo, hi, xtol=1e-9))
+        return find_root(lambda x: float(self.survival(x)) - 0.5, lo, hi, xtol=1e-9)
 
     # -- transformations ---------------------------------------------------------------------
 
@@ -824,8 +839,9 @@ class ExitCurves:
                 f"`weight` of `ExitCurves.mixed` must be in [0, 1]. Got {weight!r}."
             )
         big_d = max(self.max_day, other.max_day)
-        grid = np.arange(big_d + 1, dtype=np.float64)
-        cif_new = weight * self._cif(grid) + (1.0 - weight) * other._cif(grid)
+        cif_new = weight * self._cif_at_days(0, big_d + 1) + (1.0 - weight) * other._cif_at_days(
+            0, big_d + 1
+        )
         pieces = [
             TailPiece(weight * p.mass, p.offset, p.fit, p.shares) for p in self._pieces_at(big_d)
         ] + [
@@ -1018,10 +1034,8 @@ def _weighted_weibull(t: np.ndarray, d: np.ndarray, w: np.ndarray) -> tuple[floa
             - events
         )
 
-    res = optimize.minimize_scalar(
-        neg_profile, bounds=(math.log(0.05), math.log(20.0)), method="bounded"
-    )
-    c = math.exp(float(res.x))
+    log_c, _ = minimize_bounded(neg_profile, math.log(0.05), math.log(20.0))
+    c = math.exp(log_c)
     return c, math.exp((log_a(c) - math.log(events)) / c)
 
 

@@ -46,10 +46,10 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from scipy.optimize import brentq, minimize_scalar
 
 from forecast._kernels import quarter_logistic_shifts
 from forecast._kernels.estimators import exit_cell_sums
+from forecast._solvers import find_root, minimize_bounded
 from forecast._validation import check_bool, check_int, float_or_none, to_datetime64
 from forecast.calendar import DAYS_PER_YEAR
 from forecast.errors import ParameterError
@@ -165,15 +165,15 @@ def _reml_sigma(
     if i == 0:
         s_hat, best = 0.0, nll(0.0)
         # the optimum may still be interior but below the first grid step
-        res = minimize_scalar(nll, bounds=(0.0, grid[1]), method="bounded", options={"xatol": 1e-9})
-        if res.fun < best:
-            s_hat, best = float(res.x), float(res.fun)
+        x, fx = minimize_bounded(nll, 0.0, float(grid[1]), xatol=1e-9)
+        if fx < best:
+            s_hat, best = x, fx
         return s_hat, best
     lo, hi = grid[i - 1], grid[min(i + 1, grid.size - 1)]
-    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-9})
+    x, fx = minimize_bounded(nll, float(lo), float(hi), xatol=1e-9)
     at_grid = nll(float(grid[i]))
-    if res.fun <= at_grid:
-        return float(res.x), float(res.fun)
+    if fx <= at_grid:
+        return x, fx
     return float(grid[i]), at_grid
 
 
@@ -211,11 +211,11 @@ def reml_shock_variance(
     def gap(s: float) -> float:
         return -_reml_loglik(s * s, y, v, X, om) - target
 
-    ci_low = 0.0 if gap(0.0) <= 0 else float(brentq(gap, 0.0, s_hat)) if s_hat > 0 else 0.0
+    ci_low = 0.0 if gap(0.0) <= 0 else find_root(gap, 0.0, s_hat) if s_hat > 0 else 0.0
     hi = max(s_hat, 1e-3) * 2.0
     while gap(hi) < 0 and hi < 1e3:
         hi *= 2.0
-    ci_high = float(brentq(gap, s_hat, hi)) if gap(hi) > 0 else float(hi)
+    ci_high = find_root(gap, s_hat, hi) if gap(hi) > 0 else float(hi)
     return s_hat, ci_low, ci_high, -best
 
 

@@ -49,8 +49,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
+from forecast._solvers import minimize_bounded
 from forecast.errors import ParameterError
 
 __all__ = [
@@ -421,16 +422,13 @@ def _fit_weibull(t, d, w, u):
             events * math.log(c) - events * (la - math.log(events)) + (c - 1) * sum_dlogt - events
         )
 
-    res = optimize.minimize_scalar(
-        neg_profile, bounds=_LOG_SHAPE_BOUNDS, method="bounded", options={"xatol": 1e-11}
-    )
-    log_c = float(res.x)
+    log_c, neg_loglik = minimize_bounded(neg_profile, *_LOG_SHAPE_BOUNDS, xatol=1e-11)
     c = math.exp(log_c)
     code, message = "ok", "ok"
     if min(abs(log_c - b) for b in _LOG_SHAPE_BOUNDS) < 1e-6:
         code, message = "at_bound", f"shape at the search bound {c:.3g}"
     scale = math.exp((log_a(c) - math.log(events)) / c)
-    return {"shape": c, "scale": scale}, -float(res.fun), code, message
+    return {"shape": c, "scale": scale}, -neg_loglik, code, message
 
 
 def _lognormal_data(

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from forecast.calendar import DAYS_PER_YEAR
 from forecast.fit.competing_risks import ExitCurves
@@ -200,7 +200,9 @@ def fit_stage_trend(
                 ll[trunc] -= special.logsumexp(logpi[trunc] + special.log_ndtr(-ze), axis=1)
         return -float(np.dot(w, ll)) / float(w.sum())
 
-    res = optimize.minimize(nll, p0, method="L-BFGS-B")
+    from scipy.optimize import minimize  # deferred: the trend is opt-in (tests/test_imports.py)
+
+    res = minimize(nll, p0, method="L-BFGS-B")
     if not np.all(np.isfinite(res.x)):
         return StageTrend(reference_years=x_ref, n_exits=n_exits)
     a, b = float(res.x[-2]), float(res.x[-1]) if fit_b else 0.0
