@@ -25,7 +25,7 @@ import numpy as np
 
 from forecast._kernels._options import jit
 
-__all__ = ["cox_efron", "risk_sums_at_events"]
+__all__ = ["cox_efron", "cox_efron_draws", "risk_sums_at_events"]
 
 
 @jit
@@ -183,5 +183,155 @@ def risk_sums_at_events(start, stop, event, weight, eta, offsets, order_stop, or
                 i = order_stop[r]
                 if event[i] != 0:
                     out[i] = s0
+            p = p_end
+    return 0
+
+
+@jit
+def cox_efron_draws(
+    start, stop, event, weight, x, beta, draws, offsets, order_stop, order_start, ll, grad, hess
+):
+    """:func:`cox_efron` of several weightings of the same rows in one sweep.
+
+    Column ``b`` of ``weight`` holds the case weights of draw ``b``, ``beta[b]`` its
+    coefficients; the draws listed in ``draws`` are evaluated and their outputs
+    written. Each draw's numbers are computed in the same order as :func:`cox_efron`
+    computes them (same bits); the rows, their order and ``x`` are read once for all
+    the draws.
+
+    Parameters
+    ----------
+    start, stop, event, x, offsets, order_stop, order_start
+        As in :func:`cox_efron`.
+    weight : ndarray of float64, shape (n, B)
+        Case weights ≥ 0 of each row (row-major: a row's draws are adjacent).
+    beta : ndarray of float64, shape (B, d)
+    draws : ndarray of int64, shape (m,)
+        The draws to evaluate (distinct, in ``0 .. B-1``).
+    ll : ndarray of float64, shape (B,)
+        Output log partial likelihood of each evaluated draw.
+    grad : ndarray of float64, shape (B, d)
+        Output gradients.
+    hess : ndarray of float64, shape (B, d, d)
+        Output Hessians.
+
+    Returns
+    -------
+    int
+        0.
+    """
+    d = x.shape[1]
+    m = draws.shape[0]
+    for j in range(m):
+        bj = draws[j]
+        ll[bj] = 0.0
+        for a in range(d):
+            grad[bj, a] = 0.0
+            for c2 in range(d):
+                hess[bj, a, c2] = 0.0
+    s0 = np.zeros(m)
+    s1 = np.zeros((m, d))
+    s2 = np.zeros((m, d, d))
+    wsum = np.zeros(m)
+    tie0 = np.zeros(m)
+    t1 = np.zeros((m, d))
+    t2 = np.zeros((m, d, d))
+    xw = np.zeros((m, d))
+    num = np.zeros(d)
+    bt = np.empty((m, d))
+    for j in range(m):
+        for a in range(d):
+            bt[j, a] = beta[draws[j], a]
+    for s in range(offsets.shape[0] - 1):
+        lo = offsets[s]
+        hi = offsets[s + 1]
+        for j in range(m):
+            s0[j] = 0.0
+            for a in range(d):
+                s1[j, a] = 0.0
+                for c2 in range(d):
+                    s2[j, a, c2] = 0.0
+        q = lo
+        p = lo
+        while p < hi:
+            t = stop[order_stop[p]]
+            p_end = p
+            while p_end < hi and stop[order_stop[p_end]] == t:
+                i = order_stop[p_end]
+                for j in range(m):
+                    eta = 0.0
+                    for a in range(d):
+                        eta += x[i, a] * bt[j, a]
+                    wp = weight[i, draws[j]] * np.exp(eta)
+                    s0[j] += wp
+                    for a in range(d):
+                        s1[j, a] += wp * x[i, a]
+                        for c2 in range(d):
+                            s2[j, a, c2] += wp * x[i, a] * x[i, c2]
+                p_end += 1
+            while q < hi and start[order_start[q]] >= t:
+                i = order_start[q]
+                for j in range(m):
+                    eta = 0.0
+                    for a in range(d):
+                        eta += x[i, a] * bt[j, a]
+                    wp = weight[i, draws[j]] * np.exp(eta)
+                    s0[j] -= wp
+                    for a in range(d):
+                        s1[j, a] -= wp * x[i, a]
+                        for c2 in range(d):
+                            s2[j, a, c2] -= wp * x[i, a] * x[i, c2]
+                q += 1
+            # tied events at t (the event flags are the same for every draw)
+            c = 0
+            for r in range(p, p_end):
+                if event[order_stop[r]] == 1:
+                    c += 1
+            if c > 0:
+                for j in range(m):
+                    wsum[j] = 0.0
+                    tie0[j] = 0.0
+                    for a in range(d):
+                        t1[j, a] = 0.0
+                        xw[j, a] = 0.0
+                        for c2 in range(d):
+                            t2[j, a, c2] = 0.0
+                for r in range(p, p_end):
+                    i = order_stop[r]
+                    if event[i] == 1:
+                        for j in range(m):
+                            bj = draws[j]
+                            w = weight[i, bj]
+                            eta = 0.0
+                            for a in range(d):
+                                eta += x[i, a] * bt[j, a]
+                            wsum[j] += w
+                            wp = w * np.exp(eta)
+                            tie0[j] += wp
+                            ll[bj] += w * eta
+                            for a in range(d):
+                                xw[j, a] += w * x[i, a]
+                                t1[j, a] += wp * x[i, a]
+                                for c2 in range(d):
+                                    t2[j, a, c2] += wp * x[i, a] * x[i, c2]
+                for j in range(m):
+                    bj = draws[j]
+                    avg = wsum[j] / c
+                    for a in range(d):
+                        grad[bj, a] += xw[j, a]
+                    for tie in range(c):
+                        f = tie / c
+                        den = s0[j] - f * tie0[j]
+                        if not den > 0.0:
+                            continue
+                        ll[bj] -= avg * np.log(den)
+                        for a in range(d):
+                            num[a] = (s1[j, a] - f * t1[j, a]) / den
+                            grad[bj, a] -= avg * num[a]
+                        for a in range(d):
+                            for c2 in range(d):
+                                hess[bj, a, c2] += avg * (
+                                    num[a] * num[c2] - (s2[j, a, c2] - f * t2[j, a, c2]) / den
+                                )
             p = p_end
     return 0
