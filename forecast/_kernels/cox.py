@@ -197,7 +197,8 @@ def cox_efron_draws(
     coefficients; the draws listed in ``draws`` are evaluated and their outputs
     written. Each draw's numbers are computed in the same order as :func:`cox_efron`
     computes them (same bits); the rows, their order and ``x`` are read once for all
-    the draws.
+    the draws, and each row's ``w exp(xᵀβ)`` is computed once per draw (a scratch
+    array of ``n × m`` floats).
 
     Parameters
     ----------
@@ -220,37 +221,44 @@ def cox_efron_draws(
     int
         0.
     """
-    d = x.shape[1]
+    n, d = x.shape
     m = draws.shape[0]
-    for j in range(m):
-        bj = draws[j]
-        ll[bj] = 0.0
-        for a in range(d):
-            grad[bj, a] = 0.0
-            for c2 in range(d):
-                hess[bj, a, c2] = 0.0
+    # running sums with the draw index last: the per-row updates are elementwise loops
+    # over the draws (each draw's sums see the same operations in the same order)
     s0 = np.zeros(m)
-    s1 = np.zeros((m, d))
-    s2 = np.zeros((m, d, d))
+    s1 = np.zeros((d, m))
+    s2 = np.zeros((d, d, m))
     wsum = np.zeros(m)
     tie0 = np.zeros(m)
-    t1 = np.zeros((m, d))
-    t2 = np.zeros((m, d, d))
-    xw = np.zeros((m, d))
+    t1 = np.zeros((d, m))
+    t2 = np.zeros((d, d, m))
+    xw = np.zeros((d, m))
+    lls = np.zeros(m)
+    gs = np.zeros((d, m))
+    hs = np.zeros((d, d, m))
     num = np.zeros(d)
-    bt = np.empty((m, d))
+    bt = np.empty((d, m))
     for j in range(m):
         for a in range(d):
-            bt[j, a] = beta[draws[j], a]
+            bt[a, j] = beta[draws[j], a]
+    # w exp(xᵀβ) and xᵀβ of every row and draw, computed once (as cox_efron computes them)
+    wp_all = np.empty((n, m))
+    eta = np.empty(m)
+    for i in range(n):
+        for j in range(m):
+            eta[j] = 0.0
+        for a in range(d):
+            xa = x[i, a]
+            for j in range(m):
+                eta[j] += xa * bt[a, j]
+        for j in range(m):
+            wp_all[i, j] = weight[i, draws[j]] * np.exp(eta[j])
     for s in range(offsets.shape[0] - 1):
         lo = offsets[s]
         hi = offsets[s + 1]
-        for j in range(m):
-            s0[j] = 0.0
-            for a in range(d):
-                s1[j, a] = 0.0
-                for c2 in range(d):
-                    s2[j, a, c2] = 0.0
+        s0[:] = 0.0
+        s1[:] = 0.0
+        s2[:] = 0.0
         q = lo
         p = lo
         while p < hi:
@@ -259,28 +267,28 @@ def cox_efron_draws(
             while p_end < hi and stop[order_stop[p_end]] == t:
                 i = order_stop[p_end]
                 for j in range(m):
-                    eta = 0.0
-                    for a in range(d):
-                        eta += x[i, a] * bt[j, a]
-                    wp = weight[i, draws[j]] * np.exp(eta)
-                    s0[j] += wp
-                    for a in range(d):
-                        s1[j, a] += wp * x[i, a]
-                        for c2 in range(d):
-                            s2[j, a, c2] += wp * x[i, a] * x[i, c2]
+                    s0[j] += wp_all[i, j]
+                for a in range(d):
+                    xa = x[i, a]
+                    for j in range(m):
+                        s1[a, j] += wp_all[i, j] * xa
+                    for c2 in range(d):
+                        xc = x[i, c2]
+                        for j in range(m):
+                            s2[a, c2, j] += wp_all[i, j] * xa * xc
                 p_end += 1
             while q < hi and start[order_start[q]] >= t:
                 i = order_start[q]
                 for j in range(m):
-                    eta = 0.0
-                    for a in range(d):
-                        eta += x[i, a] * bt[j, a]
-                    wp = weight[i, draws[j]] * np.exp(eta)
-                    s0[j] -= wp
-                    for a in range(d):
-                        s1[j, a] -= wp * x[i, a]
-                        for c2 in range(d):
-                            s2[j, a, c2] -= wp * x[i, a] * x[i, c2]
+                    s0[j] -= wp_all[i, j]
+                for a in range(d):
+                    xa = x[i, a]
+                    for j in range(m):
+                        s1[a, j] -= wp_all[i, j] * xa
+                    for c2 in range(d):
+                        xc = x[i, c2]
+                        for j in range(m):
+                            s2[a, c2, j] -= wp_all[i, j] * xa * xc
                 q += 1
             # tied events at t (the event flags are the same for every draw)
             c = 0
@@ -288,50 +296,59 @@ def cox_efron_draws(
                 if event[order_stop[r]] == 1:
                     c += 1
             if c > 0:
-                for j in range(m):
-                    wsum[j] = 0.0
-                    tie0[j] = 0.0
-                    for a in range(d):
-                        t1[j, a] = 0.0
-                        xw[j, a] = 0.0
-                        for c2 in range(d):
-                            t2[j, a, c2] = 0.0
+                wsum[:] = 0.0
+                tie0[:] = 0.0
+                t1[:] = 0.0
+                xw[:] = 0.0
+                t2[:] = 0.0
                 for r in range(p, p_end):
                     i = order_stop[r]
-                    if event[i] == 1:
+                    if event[i] != 1:
+                        continue
+                    for j in range(m):
+                        eta[j] = 0.0
+                    for a in range(d):
+                        xa = x[i, a]
                         for j in range(m):
-                            bj = draws[j]
-                            w = weight[i, bj]
-                            eta = 0.0
-                            for a in range(d):
-                                eta += x[i, a] * bt[j, a]
-                            wsum[j] += w
-                            wp = w * np.exp(eta)
-                            tie0[j] += wp
-                            ll[bj] += w * eta
-                            for a in range(d):
-                                xw[j, a] += w * x[i, a]
-                                t1[j, a] += wp * x[i, a]
-                                for c2 in range(d):
-                                    t2[j, a, c2] += wp * x[i, a] * x[i, c2]
+                            eta[j] += xa * bt[a, j]
+                    for j in range(m):
+                        w = weight[i, draws[j]]
+                        wsum[j] += w
+                        tie0[j] += wp_all[i, j]
+                        lls[j] += w * eta[j]
+                    for a in range(d):
+                        xa = x[i, a]
+                        for j in range(m):
+                            xw[a, j] += weight[i, draws[j]] * xa
+                            t1[a, j] += wp_all[i, j] * xa
+                        for c2 in range(d):
+                            xc = x[i, c2]
+                            for j in range(m):
+                                t2[a, c2, j] += wp_all[i, j] * xa * xc
                 for j in range(m):
-                    bj = draws[j]
                     avg = wsum[j] / c
                     for a in range(d):
-                        grad[bj, a] += xw[j, a]
+                        gs[a, j] += xw[a, j]
                     for tie in range(c):
                         f = tie / c
                         den = s0[j] - f * tie0[j]
                         if not den > 0.0:
                             continue
-                        ll[bj] -= avg * np.log(den)
+                        lls[j] -= avg * np.log(den)
                         for a in range(d):
-                            num[a] = (s1[j, a] - f * t1[j, a]) / den
-                            grad[bj, a] -= avg * num[a]
+                            num[a] = (s1[a, j] - f * t1[a, j]) / den
+                            gs[a, j] -= avg * num[a]
                         for a in range(d):
                             for c2 in range(d):
-                                hess[bj, a, c2] += avg * (
-                                    num[a] * num[c2] - (s2[j, a, c2] - f * t2[j, a, c2]) / den
+                                hs[a, c2, j] += avg * (
+                                    num[a] * num[c2] - (s2[a, c2, j] - f * t2[a, c2, j]) / den
                                 )
             p = p_end
+    for j in range(m):
+        bj = draws[j]
+        ll[bj] = lls[j]
+        for a in range(d):
+            grad[bj, a] = gs[a, j]
+            for c2 in range(d):
+                hess[bj, a, c2] = hs[a, c2, j]
     return 0

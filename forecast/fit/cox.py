@@ -187,8 +187,10 @@ def _newton(d: int, lam: np.ndarray, beta: np.ndarray, max_iter: int, tol: float
     together), so both take the same steps.
     """
 
+    lam_diag = np.diag(lam)
+
     def penalised(b: np.ndarray, ll: float, g: np.ndarray, h: np.ndarray):
-        return ll - 0.5 * float(np.sum(lam * b * b)), g - lam * b, h - np.diag(lam), ll
+        return ll - 0.5 * float((lam * b * b).sum()), g - lam * b, h - lam_diag, ll
 
     obj, g, h, ll = penalised(beta, *(yield beta))
     converged = d == 0
