@@ -95,13 +95,17 @@ def test_a_shared_starting_point_and_one_thread_give_the_same_bits():
     np.testing.assert_array_equal(one, two)
 
 
-@pytest.mark.parametrize("half_life", [None, 180.0])
-def test_covariate_draws_equal_refits_on_reweighted_data(sample_log, monkeypatch, half_life):
+@pytest.mark.parametrize(("half_life", "cells"), [(None, None), (180.0, None), (None, 5000)])
+def test_covariate_draws_equal_refits_on_reweighted_data(sample_log, monkeypatch, half_life, cells):
     data = FitData.from_log(sample_log).with_half_life(half_life)
     data = data.with_covariate_design(build_design(data, ("amount",), ()))
     point = fit_components(data, FitOptions(covariates=("amount",)))
     assert point.covariates is not None and point.covariates.kept == ("amount",)
     monkeypatch.setattr(fitting, "DRAW_BLOCK", 2)  # several blocks, the last one short
+    if cells is not None:  # fewer draws per sweep on the larger stages
+        sizes = [data.covariate_design.stage_rows(k)[0].size for k in range(int(data.n_open))]
+        assert min(sizes) <= cells < 2 * max(sizes)
+        monkeypatch.setattr(fitting, "COX_DRAW_CELLS", cells)
     seed, n_draws = 3, 3
     batched = covariate_draws(data, point, n_draws, seed)
     assert batched.shape == (n_draws, *point.covariates.beta.shape)

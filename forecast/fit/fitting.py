@@ -70,6 +70,7 @@ from forecast.simulate import simulate_quarter_totals
 
 __all__ = [
     "BACKTEST_MAX_DEALS",
+    "COX_DRAW_CELLS",
     "DRAW_BLOCK",
     "FitOptions",
     "PointFit",
@@ -216,6 +217,12 @@ def _no_shrinkage(
     return own
 
 
+#: (row, draw) weights the covariates' Cox refits hold at once (each also takes a float of
+#: the kernel's scratch): 4M, 64 MB in all; a stage with more rows fits fewer draws per
+#: sweep.
+COX_DRAW_CELLS = 1 << 22
+
+
 def covariate_draws(
     data: FitData,
     point: PointFit,
@@ -231,9 +238,10 @@ def covariate_draws(
     starting from the point fit (``max_iter`` Newton steps): the coefficients of
     ``fit_covariate_coefficients(data.with_weights(...), ..., start=point fit)``, bit
     for bit. Each (stage, destination group)'s rows, events and orders are laid out
-    once, and a block of :data:`DRAW_BLOCK` draws is fitted together
+    once, and the draws of a block (:data:`DRAW_BLOCK`, fewer for a stage with more than
+    :data:`COX_DRAW_CELLS` / :data:`DRAW_BLOCK` rows) are fitted together
     (:func:`~forecast.fit.cox.fit_cox_draws`: one compiled sweep over the sorted rows
-    per Newton round for all the block's draws, split over ``threads``).
+    per Newton round for all of them, split over ``threads``).
     """
     cov = point.covariates
     if cov is None or not cov.active or point.coefficients is None:
@@ -250,19 +258,26 @@ def covariate_draws(
         deal_weights = bootstrap_weight_block(data, seed, range(lo, hi), threads=threads).T
         for k, (idx, rows, events) in enumerate(stages):
             at = idx[rows.index]  # design rows in the Cox rows' order
-            w = deal_weights[design.deal[at]]
-            if rec is not None:  # the deal's weight times the spell's recency (row_weights)
-                w *= rec[design.spell[at]][:, None]
-            for grp, event in enumerate(events):
-                out[lo:hi, k, grp] = fit_cox_draws(
-                    rows,
-                    event,
-                    w,
-                    point.coefficients.beta[k, grp],
-                    penalty=RIDGE_PENALTY,
-                    max_iter=max_iter,
-                    threads=threads,
-                )
+            deals = design.deal[at]
+            # the deal's weight times the spell's recency (as row_weights)
+            recency = None if rec is None else rec[design.spell[at]][:, None]
+            # draws fitted together: at most COX_DRAW_CELLS (row, draw) weights at once
+            step = max(1, min(hi - lo, COX_DRAW_CELLS // max(rows.n, 1)))
+            for a in range(lo, hi, step):
+                b = min(hi, a + step)
+                w = deal_weights[deals, a - lo : b - lo]
+                if recency is not None:
+                    w *= recency
+                for grp, event in enumerate(events):
+                    out[a:b, k, grp] = fit_cox_draws(
+                        rows,
+                        event,
+                        w,
+                        point.coefficients.beta[k, grp],
+                        penalty=RIDGE_PENALTY,
+                        max_iter=max_iter,
+                        threads=threads,
+                    )
     return out
 
 
