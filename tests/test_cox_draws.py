@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from forecast._kernels.cox import cox_efron, cox_efron_draws
+from forecast.errors import ParameterError
 from forecast.fit import fitting
 from forecast.fit.bootstrap import bootstrap_weights
 from forecast.fit.covariates import build_design, fit_covariate_coefficients
@@ -93,6 +94,12 @@ def test_a_shared_starting_point_and_one_thread_give_the_same_bits():
     one = fit_cox_draws(rows, event, weights, beta0, penalty=1.0, max_iter=4, threads=1)
     two = fit_cox_draws(rows, event, weights, np.tile(beta0, (5, 1)), penalty=1.0, max_iter=4)
     np.testing.assert_array_equal(one, two)
+
+
+def test_weights_of_another_shape_are_refused():
+    rows, event = toy_rows(8)
+    with pytest.raises(ParameterError, match=r"`weights` of shape \(400, B\).*\(399, 3\)"):
+        fit_cox_draws(rows, event, np.ones((rows.n - 1, 3)), np.zeros(rows.d))
 
 
 @pytest.mark.parametrize(("half_life", "cells"), [(None, None), (180.0, None), (None, 5000)])

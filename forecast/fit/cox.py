@@ -333,6 +333,11 @@ def fit_cox_draws(
     """
     event = np.ascontiguousarray(event, dtype=np.int64)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[0] != rows.n or event.shape != (rows.n,):
+        raise ParameterError(
+            f"`fit_cox_draws` needs `event` of shape ({rows.n},) and `weights` of shape "
+            f"({rows.n}, B), one row per Cox row. Got {event.shape} and {weights.shape}."
+        )
     n_draws, d = weights.shape[1], rows.d
     lam = np.broadcast_to(np.asarray(penalty, dtype=np.float64), (d,)).copy()
     start = np.broadcast_to(np.asarray(beta0, dtype=np.float64), (n_draws, d))
