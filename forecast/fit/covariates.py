@@ -815,9 +815,9 @@ def cause_rows(
     and its causes' events.
 
     Returns the stage's design rows (as :meth:`CovariateDesign.stage_rows`), their
-    :class:`~forecast.fit.cox.CoxRows` holding only ``cols``, and int64 (4, n): per
-    destination group, 1 on the rows (in the Cox rows' order) that end with an exit to
-    that group (a re-entry of the stage itself is a censoring), else 0.
+    :class:`~forecast.fit.cox.CoxRows` holding only ``cols``, and bool (4, n): per
+    destination group, True on the rows (in the Cox rows' order) that end with an exit
+    to that group (a re-entry of the stage itself is a censoring).
     """
     idx, rows = design.stage_rows(stage)
     sub = CoxRows(rows.start, rows.stop, np.ascontiguousarray(rows.x[:, cols]), rows.offsets,
@@ -825,7 +825,7 @@ def cause_rows(
     ev_dest = rows.take(design.event[idx])
     hit = ev_dest >= 0
     group = destination_groups(n_open)[ev_dest[hit]]
-    events = np.zeros((len(DESTINATION_GROUPS), rows.n), dtype=np.int64)
+    events = np.zeros((len(DESTINATION_GROUPS), rows.n), dtype=bool)
     for grp in range(len(DESTINATION_GROUPS)):
         events[grp, hit] = (group == grp) & (ev_dest[hit] != stage)
     return idx, sub, events
