@@ -79,6 +79,7 @@ __all__ = [
     "CovariateSpec",
     "baseline_steps",
     "build_design",
+    "cause_rows",
     "chain_win_probabilities",
     "covariate_states",
     "destination_groups",
@@ -807,6 +808,29 @@ class CoefficientFit:
         return -2.0 * self.loglik + 2.0 * self.edf
 
 
+def cause_rows(
+    design: CovariateDesign, cols: np.ndarray, stage: int, n_open: int
+) -> tuple[np.ndarray, CoxRows, np.ndarray]:
+    """The Cox rows of open stage ``stage`` (of ``n_open``) on the design columns ``cols``,
+    and its causes' events.
+
+    Returns the stage's design rows (as :meth:`CovariateDesign.stage_rows`), their
+    :class:`~forecast.fit.cox.CoxRows` holding only ``cols``, and bool (4, n): per
+    destination group, True on the rows (in the Cox rows' order) that end with an exit
+    to that group (a re-entry of the stage itself is a censoring).
+    """
+    idx, rows = design.stage_rows(stage)
+    sub = CoxRows(rows.start, rows.stop, np.ascontiguousarray(rows.x[:, cols]), rows.offsets,
+                  rows.order_stop, rows.order_start, rows.index)  # fmt: skip
+    ev_dest = rows.take(design.event[idx])
+    hit = ev_dest >= 0
+    group = destination_groups(n_open)[ev_dest[hit]]
+    events = np.zeros((len(DESTINATION_GROUPS), rows.n), dtype=bool)
+    for grp in range(len(DESTINATION_GROUPS)):
+        events[grp, hit] = (group == grp) & (ev_dest[hit] != stage)
+    return idx, sub, events
+
+
 def fit_covariate_coefficients(
     data: FitData,
     design: CovariateDesign,
@@ -836,7 +860,6 @@ def fit_covariate_coefficients(
     labels = tuple(design.columns[c] for c in cols)
     n_open = int(data.n_open or 0)
     d = cols.size
-    group_of = destination_groups(n_open)
     beta = np.zeros((n_open, 4, d))
     cov = np.zeros((n_open, 4, d, d))
     n_events = np.zeros((n_open, 4))
@@ -844,15 +867,9 @@ def fit_covariate_coefficients(
     edf = 0.0
     w_row = row_weights(data, design)
     for k in range(n_open):
-        idx, rows = design.stage_rows(k)
-        sub = CoxRows(rows.start, rows.stop, np.ascontiguousarray(rows.x[:, cols]), rows.offsets,
-                      rows.order_stop, rows.order_start, rows.index)  # fmt: skip
-        ev_dest = rows.take(design.event[idx])
-        w = rows.take(w_row[idx])
-        for grp in range(4):
-            ev = np.zeros(rows.n, dtype=np.int64)
-            hit = ev_dest >= 0
-            ev[hit] = (group_of[ev_dest[hit]] == grp) & (ev_dest[hit] != k)
+        idx, sub, events = cause_rows(design, cols, k, n_open)
+        w = sub.take(w_row[idx])
+        for grp, ev in enumerate(events):
             b0 = None if start is None else start.beta[k, grp]
             res = fit_cox(sub, ev, w, penalty=penalty, beta0=b0, max_iter=max_iter)
             beta[k, grp] = res.beta

@@ -19,10 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from forecast._kernels.cox import cox_efron, risk_sums_at_events
+from forecast._kernels import over_threads
+from forecast._kernels.cox import cox_efron, cox_efron_draws, risk_sums_at_events
 from forecast.errors import ParameterError
 
-__all__ = ["CoxResult", "CoxRows", "breslow_increments", "cox_loglik", "fit_cox"]
+__all__ = [
+    "CoxResult",
+    "CoxRows",
+    "breslow_increments",
+    "cox_loglik",
+    "fit_cox",
+    "fit_cox_draws",
+]
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -170,6 +178,50 @@ def _evaluate(rows: CoxRows, event: np.ndarray, weight: np.ndarray, beta: np.nda
     return float(ll), grad, hess
 
 
+def _newton(d: int, lam: np.ndarray, beta: np.ndarray, max_iter: int, tol: float):
+    """Newton–Raphson with step halving on the ridge-penalised likelihood, as a generator.
+
+    Yields each ``β`` to evaluate and receives ``(ℓ, ∇ℓ, ∇²ℓ)`` there (unpenalised);
+    returns ``(β̂, ∇²ℓ_λ(β̂), ℓ(β̂), converged, n_iter)``. One rule for
+    :func:`fit_cox` (one weighting) and :func:`fit_cox_draws` (many, evaluated
+    together), so both take the same steps.
+    """
+
+    lam_diag = np.diag(lam)
+
+    def penalised(b: np.ndarray, ll: float, g: np.ndarray, h: np.ndarray):
+        return ll - 0.5 * float((lam * b * b).sum()), g - lam * b, h - lam_diag, ll
+
+    obj, g, h, ll = penalised(beta, *(yield beta))
+    converged = d == 0
+    n_iter = 0
+    for step_no in range(1, max_iter + 1):
+        n_iter = step_no
+        if d == 0:
+            break
+        try:
+            step = np.linalg.solve(-h, g)
+        except np.linalg.LinAlgError:
+            step = np.linalg.lstsq(-h, g, rcond=None)[0]
+        decrement = 0.5 * float(g @ step)
+        if not np.isfinite(decrement):
+            break
+        if decrement < tol:
+            converged = True
+            break
+        scale = 1.0
+        while scale > 1e-6:
+            cand = beta + scale * step
+            c_obj, c_g, c_h, c_ll = penalised(cand, *(yield cand))
+            if np.isfinite(c_obj) and c_obj >= obj - 1e-12:
+                break
+            scale *= 0.5
+        else:
+            break
+        beta, obj, g, h, ll = cand, c_obj, c_g, c_h, c_ll
+    return beta, h, ll, converged, n_iter
+
+
 def cox_loglik(rows: CoxRows, event: np.ndarray, weight: np.ndarray, beta: np.ndarray) -> float:
     """Unpenalised Efron log partial likelihood at ``beta`` (``event``, ``weight`` in row order)."""
     return _evaluate(
@@ -219,38 +271,13 @@ def fit_cox(
     lam = np.broadcast_to(np.asarray(penalty, dtype=np.float64), (d,)).copy()
     beta = np.zeros(d) if beta0 is None else np.array(beta0, dtype=np.float64)
     n_events = float(weight[event == 1].sum())
-
-    def objective(b: np.ndarray):
-        ll, g, h = _evaluate(rows, event, weight, b)
-        return ll - 0.5 * float(np.sum(lam * b * b)), g - lam * b, h - np.diag(lam), ll
-
-    obj, g, h, ll = objective(beta)
-    converged = d == 0
-    n_iter = 0
-    for step_no in range(1, max_iter + 1):
-        n_iter = step_no
-        if d == 0:
-            break
-        try:
-            step = np.linalg.solve(-h, g)
-        except np.linalg.LinAlgError:
-            step = np.linalg.lstsq(-h, g, rcond=None)[0]
-        decrement = 0.5 * float(g @ step)
-        if not np.isfinite(decrement):
-            break
-        if decrement < tol:
-            converged = True
-            break
-        scale = 1.0
-        while scale > 1e-6:
-            cand = beta + scale * step
-            c_obj, c_g, c_h, c_ll = objective(cand)
-            if np.isfinite(c_obj) and c_obj >= obj - 1e-12:
-                break
-            scale *= 0.5
-        else:
-            break
-        beta, obj, g, h, ll = cand, c_obj, c_g, c_h, c_ll
+    steps = _newton(d, lam, beta, max_iter, tol)
+    candidate = next(steps)
+    try:
+        while True:
+            candidate = steps.send(_evaluate(rows, event, weight, candidate))
+    except StopIteration as done:
+        beta, h, ll, converged, n_iter = done.value
     info = -h
     try:
         inv = np.linalg.inv(info) if d else np.zeros((0, 0))
@@ -265,6 +292,82 @@ def fit_cox(
         converged=bool(converged),
         n_iter=int(n_iter),
     )
+
+
+def fit_cox_draws(
+    rows: CoxRows,
+    event: np.ndarray,
+    weights: np.ndarray,
+    beta0: np.ndarray,
+    *,
+    penalty: float | np.ndarray = 0.0,
+    max_iter: int = 50,
+    tol: float = 1e-9,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Coefficients of :func:`fit_cox` for many weightings of the same rows at once.
+
+    Draw ``b``'s coefficients equal ``fit_cox(rows, event, weights[:, b],
+    penalty=penalty, beta0=beta0[b], max_iter=max_iter, tol=tol).beta`` bit for bit:
+    each draw takes the same Newton steps, and every round evaluates the likelihood
+    of all the draws still iterating in one compiled sweep over the sorted rows
+    (:func:`~forecast._kernels.cox.cox_efron_draws`), the draws split over threads.
+
+    Parameters
+    ----------
+    rows : CoxRows
+    event : array_like of int, shape (n,)
+        As in :func:`fit_cox` (row order).
+    weights : ndarray of float, shape (n, B)
+        Case weights ≥ 0 of each row (row order) for each of ``B`` draws.
+    beta0 : array_like, shape (B, d) or (d,)
+        Starting point of each draw (or of all).
+    penalty, max_iter, tol
+        As in :func:`fit_cox`.
+    threads : int, optional
+        Threads over the draws (default: Numba's thread count).
+
+    Returns
+    -------
+    ndarray of float64, shape (B, d)
+    """
+    event = np.ascontiguousarray(event, dtype=np.int64)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[0] != rows.n or event.shape != (rows.n,):
+        raise ParameterError(
+            f"`fit_cox_draws` needs `event` of shape ({rows.n},) and `weights` of shape "
+            f"({rows.n}, B), one row per Cox row. Got {event.shape} and {weights.shape}."
+        )
+    n_draws, d = weights.shape[1], rows.d
+    lam = np.broadcast_to(np.asarray(penalty, dtype=np.float64), (d,)).copy()
+    start = np.broadcast_to(np.asarray(beta0, dtype=np.float64), (n_draws, d))
+    steps = [_newton(d, lam, np.array(start[b]), max_iter, tol) for b in range(n_draws)]
+    pending = {b: next(s) for b, s in enumerate(steps)}
+    out = np.empty((n_draws, d))
+    beta = np.zeros((n_draws, d))
+    ll = np.zeros(n_draws)
+    grad = np.zeros((n_draws, d))
+    hess = np.zeros((n_draws, d, d))
+    while pending:
+        draws = np.fromiter(pending, dtype=np.int64, count=len(pending))
+        for b, candidate in pending.items():
+            beta[b] = candidate
+
+        def run(lo: int, hi: int, draws: np.ndarray = draws) -> None:
+            cox_efron_draws(
+                rows.start, rows.stop, event, weights, rows.x, beta, draws[lo:hi],
+                rows.offsets, rows.order_stop, rows.order_start, ll, grad, hess,
+            )  # fmt: skip
+
+        over_threads(run, draws.size, threads)
+        following = {}
+        for b in pending:
+            try:
+                following[b] = steps[b].send((float(ll[b]), grad[b].copy(), hess[b].copy()))
+            except StopIteration as done:
+                out[b] = done.value[0]
+        pending = following
+    return out
 
 
 def breslow_increments(

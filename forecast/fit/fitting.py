@@ -28,7 +28,7 @@ from forecast.data.deal_log import DealLog
 from forecast.errors import ModelError, ParameterError
 from forecast.fit.amounts import AmountModel, fit_amounts
 from forecast.fit.arrivals import ArrivalLayout, ArrivalModel, fit_arrivals
-from forecast.fit.bootstrap import bootstrap_weight_block, bootstrap_weights
+from forecast.fit.bootstrap import bootstrap_weight_block
 from forecast.fit.borrowing import borrowed_draw
 from forecast.fit.calendar_effects import (
     QuarterEndEffect,
@@ -38,18 +38,20 @@ from forecast.fit.calendar_effects import (
 from forecast.fit.competing_risks import ExitCurves
 from forecast.fit.covariates import (
     DEFAULT_COVARIATES,
+    RIDGE_PENALTY,
     CoefficientFit,
     CovariateModel,
     baseline_curves,
     build_design,
+    cause_rows,
     check_covariates,
     entry_and_new_deal_values,
     entry_close_days,
-    fit_covariate_coefficients,
     push_delays,
     push_intervals,
     select_covariates,
 )
+from forecast.fit.cox import fit_cox_draws
 from forecast.fit.data import FitData
 from forecast.fit.diagnostics import Diagnostic, tail_diagnostics
 from forecast.fit.exits import ExitDrawLayout, ExitFit, fit_exits, shrink_toward
@@ -68,6 +70,7 @@ from forecast.simulate import simulate_quarter_totals
 
 __all__ = [
     "BACKTEST_MAX_DEALS",
+    "COX_DRAW_CELLS",
     "DRAW_BLOCK",
     "FitOptions",
     "PointFit",
@@ -214,28 +217,67 @@ def _no_shrinkage(
     return own
 
 
+#: (row, draw) weights the covariates' Cox refits hold at once (each also takes a float of
+#: the kernel's scratch): 4M, 64 MB in all; a stage with more rows fits fewer draws per
+#: sweep.
+COX_DRAW_CELLS = 1 << 22
+
+
 def covariate_draws(
-    data: FitData, point: PointFit, n_draws: int, seed: int, max_iter: int = 4
+    data: FitData,
+    point: PointFit,
+    n_draws: int,
+    seed: int,
+    max_iter: int = 4,
+    threads: int | None = None,
 ) -> np.ndarray | None:
     """Coefficients of each bootstrap draw, shape (B, K, 4, d), or None without covariates.
 
     Draw ``b`` refits the kept covariates' Cox models on the deals re-weighted by
     ``bootstrap_weights(data, seed, b)`` (the weights of :func:`parameter_draws`),
-    starting from the point fit (``max_iter`` Newton steps).
+    starting from the point fit (``max_iter`` Newton steps): the coefficients of
+    ``fit_covariate_coefficients(data.with_weights(...), ..., start=point fit)``, bit
+    for bit. Each (stage, destination group)'s rows, events and orders are laid out
+    once, and the draws of a block (:data:`DRAW_BLOCK`, fewer for a stage with more than
+    :data:`COX_DRAW_CELLS` / :data:`DRAW_BLOCK` rows) are fitted together
+    (:func:`~forecast.fit.cox.fit_cox_draws`: one compiled sweep over the sorted rows
+    per Newton round for all of them, split over ``threads``).
     """
     cov = point.covariates
     if cov is None or not cov.active or point.coefficients is None:
         return None
+    design = data.covariate_design
+    cols = np.concatenate([design.blocks[n] for n in cov.kept])
+    n_open = int(data.n_open or 0)
+    stages = [cause_rows(design, cols, k, n_open) for k in range(n_open)]
+    rec = data.spell_recency
     out = np.empty((n_draws, *cov.beta.shape))
-    for b in range(n_draws):
-        data_b = data.with_weights(bootstrap_weights(data, seed, b))
-        out[b] = fit_covariate_coefficients(
-            data_b,
-            data.covariate_design,
-            cov.kept,
-            start=point.coefficients,
-            max_iter=max_iter,
-        ).beta
+    for lo in range(0, n_draws, DRAW_BLOCK):
+        hi = min(n_draws, lo + DRAW_BLOCK)
+        # (n_deals, block): each deal's weights for the block's draws are adjacent
+        deal_weights = bootstrap_weight_block(data, seed, range(lo, hi), threads=threads).T
+        for k, (idx, rows, events) in enumerate(stages):
+            at = idx[rows.index]  # design rows in the Cox rows' order
+            deals = design.deal[at]
+            # the deal's weight times the spell's recency (as row_weights)
+            recency = None if rec is None else rec[design.spell[at]][:, None]
+            # draws fitted together: at most COX_DRAW_CELLS (row, draw) weights at once
+            step = max(1, min(hi - lo, COX_DRAW_CELLS // max(rows.n, 1)))
+            for a in range(lo, hi, step):
+                b = min(hi, a + step)
+                w = deal_weights[deals, a - lo : b - lo]
+                if recency is not None:
+                    w *= recency
+                for grp, event in enumerate(events):
+                    out[a:b, k, grp] = fit_cox_draws(
+                        rows,
+                        event,
+                        w,
+                        point.coefficients.beta[k, grp],
+                        penalty=RIDGE_PENALTY,
+                        max_iter=max_iter,
+                        threads=threads,
+                    )
     return out
 
 
