@@ -47,6 +47,7 @@ __all__ = [
     "cohort_factors",
     "fit_stage_trend",
     "fit_trend",
+    "shrunk_slope",
 ]
 
 #: Observed exits below which a stage's slopes are not estimated (kept at 0).
@@ -80,8 +81,11 @@ class StageTrend:
     n_exits : float
         Weighted observed exits the slopes were estimated from.
     pace_se, win_log_odds_se : float
-        Standard errors of the slopes (inverse observed information, weights read as
-        case counts); nan when not estimated.
+        Standard errors of the slope estimates (inverse observed information, weights
+        read as case counts); nan when not estimated.
+    pace_estimate, win_log_odds_estimate : float
+        The maximum-likelihood slopes when the slopes above are shrunk
+        (:func:`shrunk_slope`); nan otherwise.
     """
 
     pace_per_year: float = 0.0
@@ -90,6 +94,8 @@ class StageTrend:
     n_exits: float = 0.0
     pace_se: float = math.nan
     win_log_odds_se: float = math.nan
+    pace_estimate: float = math.nan
+    win_log_odds_estimate: float = math.nan
 
     def factors(self, at_years: float, n_codes: int, won: int) -> tuple[float, np.ndarray]:
         """``(time_factor, destination_multipliers (C,))`` moving the curves to ``at_years``."""
@@ -257,6 +263,7 @@ def fit_stage_trend(
     entries: np.ndarray | None,
     won: int,
     standard_errors: bool = False,
+    shrink: bool = False,
 ) -> StageTrend:
     """Maximum-likelihood slopes of one stage's visits (see the module docstring).
 
@@ -277,6 +284,10 @@ def fit_stage_trend(
     standard_errors : bool, default False
         Also compute the slopes' standard errors (the Hessian from central differences
         of the analytic gradient: two gradient evaluations per parameter).
+    shrink : bool, default False
+        Shrink each slope towards 0 by its standard error (:func:`shrunk_slope`;
+        computes the standard errors); the estimates are kept in ``pace_estimate``
+        and ``win_log_odds_estimate``.
 
     Returns
     -------
@@ -295,7 +306,7 @@ def fit_stage_trend(
     a, b = float(res.x[-2]), float(res.x[-1]) if fit_b else 0.0
     if abs(a) > MAX_SLOPE_PER_YEAR or abs(b) > MAX_SLOPE_PER_YEAR:
         return StageTrend(reference_years=x_ref, n_exits=n_exits)
-    if not standard_errors:
+    if not (standard_errors or shrink):
         return StageTrend(a, b, x_ref, n_exits)
     free = np.arange(res.x.size) if fit_b else np.arange(res.x.size - 1)
     cov = _inverse_information(lambda p: nll(p)[1], res.x, free)
@@ -304,14 +315,23 @@ def fit_stage_trend(
         if cov is not None
         else np.full(free.size, np.nan)
     )
+    se_a, se_b = float(se[-1] if not fit_b else se[-2]), float(se[-1]) if fit_b else math.nan
+    if not shrink:
+        return StageTrend(a, b, x_ref, n_exits, se_a, se_b)
     return StageTrend(
-        a,
-        b,
-        x_ref,
-        n_exits,
-        float(se[-1] if not fit_b else se[-2]),
-        float(se[-1]) if fit_b else math.nan,
+        shrunk_slope(a, se_a), shrunk_slope(b, se_b), x_ref, n_exits, se_a, se_b, a, b
     )
+
+
+def shrunk_slope(estimate: float, se: float) -> float:
+    """``estimate · max(0, 1 − (se / estimate)²)``: the slope that minimises the
+    expected squared error of ``s · estimate`` for a true slope ``s_true``,
+    ``s = s_true² / (s_true² + se²)``, with ``s_true²`` estimated by
+    ``estimate² − se²`` (0 when the slope is within one standard error of 0, nearly
+    the estimate when it is many standard errors away). 0 without a standard error."""
+    if not (math.isfinite(se) and se > 0) or estimate == 0.0:
+        return 0.0
+    return estimate * max(0.0, 1.0 - (se / estimate) ** 2)
 
 
 def _inverse_information(
@@ -333,9 +353,9 @@ def _inverse_information(
         return None
 
 
-def fit_trend(data: FitData, standard_errors: bool = False) -> TrendFit:
+def fit_trend(data: FitData, standard_errors: bool = False, shrink: bool = True) -> TrendFit:
     """The :class:`StageTrend` of every open stage of ``data`` (segments pooled;
-    ``standard_errors``: see :func:`fit_stage_trend`)."""
+    ``standard_errors``, ``shrink``: see :func:`fit_stage_trend`)."""
     a = data.spell_arrays
     assert a is not None and a.days_before_as_of is not None and data.stages is not None
     won = data.stages.WON
@@ -345,7 +365,14 @@ def fit_trend(data: FitData, standard_errors: bool = False) -> TrendFit:
         cs = data.stratum_spells(k)
         years = -a.days_before_as_of[rows] / DAYS_PER_YEAR
         out[k] = fit_stage_trend(
-            years, cs.durations, cs.destinations, cs.weights, cs.entries, won, standard_errors
+            years,
+            cs.durations,
+            cs.destinations,
+            cs.weights,
+            cs.entries,
+            won,
+            standard_errors,
+            shrink,
         )
     return TrendFit(out)
 
