@@ -19,6 +19,7 @@ from forecast.fit.trend import (
     cohort_factors,
     fit_stage_trend,
     fit_trend,
+    shrunk_slope,
     stage_likelihood,
 )
 from forecast.simulate import entry_dated_densities, model_arrays, prepare_simulation
@@ -76,6 +77,28 @@ def test_the_likelihoods_gradient_is_its_derivative(delayed):
     # forward differences of step 1.5e-8 are good to about 1e-7 of the gradient's scale
     assert err < 1e-5 * max(1.0, float(np.linalg.norm(grad)))
     assert np.all(grad[:-2] != 0.0) and grad[-2] != 0.0 and grad[-1] != 0.0
+
+
+def test_shrunk_slope():
+    # estimate · max(0, 1 − (se / estimate)²)
+    assert shrunk_slope(0.2, 0.1) == pytest.approx(0.2 * 0.75)
+    assert shrunk_slope(-0.3, 0.1) == pytest.approx(-0.3 * (1 - 1 / 9))
+    assert shrunk_slope(0.05, 0.1) == 0.0  # within one standard error of 0
+    assert shrunk_slope(0.2, math.nan) == 0.0 and shrunk_slope(0.0, 0.1) == 0.0
+
+
+def test_shrinking_keeps_a_clear_trend_and_the_estimates():
+    x, t, d = _toy(7, math.log(1.2), -0.3)
+    raw = fit_stage_trend(x, t, d, np.ones(x.size), None, WON, standard_errors=True)
+    st = fit_stage_trend(x, t, d, np.ones(x.size), None, WON, shrink=True)
+    assert (st.pace_estimate, st.win_log_odds_estimate) == (
+        raw.pace_per_year,
+        raw.win_log_odds_per_year,
+    )
+    assert st.pace_per_year == shrunk_slope(raw.pace_per_year, raw.pace_se)
+    # ten standard errors away: shrunk by 1 %
+    assert st.pace_per_year == pytest.approx(raw.pace_per_year, rel=0.02)
+    assert math.isnan(raw.pace_estimate)
 
 
 def test_too_few_exits_give_no_trend():
