@@ -8,7 +8,9 @@ quarter and splits both the
 forecast mean and what was booked into the deals open at the origin (``pipeline``)
 and the deals created after it (``new``). The table gives, per generator, origin
 and half-life (and over every origin: ``origin`` null), each part's relative bias
-(forecast mean over booked, minus 1) and its z with the worlds as clusters.
+(forecast mean over booked, minus 1) and its z with the worlds as clusters, and
+for the total its 80 % and 50 % interval coverage (the 10–90 % and 25–75 % quantiles
+of the paths), mean CRPS and the CRPS ratio to ``--ratio-to`` on the same cases.
 
 Usage::
 
@@ -27,6 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import numpy as np
 import polars as pl
 from accuracy import END, ORIGINS, _worlds
 
@@ -35,6 +38,7 @@ from forecast._validation import as_datetime
 from forecast.backtest import origin_seed
 from forecast.calendar import FiscalCalendar
 from forecast.datasets import SYNTHETIC_STAGES, MarketDrift, generate_crm
+from forecast.scores import crps_samples
 
 
 def _histories(generator: str, world: int) -> list[tuple[Any, tuple[str, ...]]]:
@@ -87,7 +91,11 @@ def _world_rows(
                     half_life=h,
                     trend=trend,
                 )
-                f = model.simulate(log, n_paths=n_paths, horizon=1, seed=s).quarterly()
+                fc = model.simulate(log, n_paths=n_paths, horizon=1, seed=s)
+                f = fc.quarterly()
+                total = fc.samples[:, 0]
+                realised = booked_pipe + booked_new
+                q = np.quantile(total, [0.1, 0.25, 0.75, 0.9])
                 rows.append(
                     {
                         "generator": generator,
@@ -99,6 +107,9 @@ def _world_rows(
                         "fc_new": float(f["from_new_deals"][0]),
                         "booked_pipeline": booked_pipe,
                         "booked_new": booked_new,
+                        "crps": float(crps_samples(total, realised)),
+                        "hit80": bool(q[0] <= realised <= q[3]),
+                        "hit50": bool(q[1] <= realised <= q[2]),
                     }
                 )
     return rows
@@ -112,8 +123,10 @@ def _bias(d: pl.DataFrame, fc: str, booked: str) -> tuple[float, float]:
     return rel, float(w.mean()) / (sd / math.sqrt(w.len()))  # type: ignore[arg-type]
 
 
-def table(frame: pl.DataFrame) -> pl.DataFrame:
-    """Relative bias and z of the pipeline part, the new-deal part and the total."""
+def table(frame: pl.DataFrame, reference: str = "none") -> pl.DataFrame:
+    """Relative bias and z of the pipeline part, the new-deal part and the total; the
+    total's 80 % and 50 % interval coverage, mean CRPS and its ratio to that of the
+    ``reference`` half-life on the same cases (when the rows have them)."""
     frame = frame.with_columns(
         fc_total=pl.col("fc_pipeline") + pl.col("fc_new"),
         booked_total=pl.col("booked_pipeline") + pl.col("booked_new"),
@@ -129,6 +142,18 @@ def table(frame: pl.DataFrame) -> pl.DataFrame:
             rel, z = _bias(d, f"fc_{part}", f"booked_{part}")
             row[f"{part}_bias"] = rel
             row[f"{part}_z"] = z
+        if "crps" in d.columns:
+            row["cov80"] = float(d["hit80"].mean())  # type: ignore[arg-type]
+            row["cov50"] = float(d["hit50"].mean())  # type: ignore[arg-type]
+            row["crps"] = float(d["crps"].mean())  # type: ignore[arg-type]
+            ref = frame.filter(
+                (pl.col("half_life") == reference)
+                & (pl.col("generator") == key[0])
+                & (pl.lit(True) if key[1] is None else pl.col("origin") == key[1])
+            )  # every variant is run on the same cases
+            row["crps_ratio"] = (
+                float(d["crps"].sum() / ref["crps"].sum()) if ref.height else math.nan
+            )
         out.append(row)
     return pl.DataFrame(out).sort(keys, nulls_last=True)
 
@@ -143,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paths", type=int, default=500)
     ap.add_argument("--draws", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ratio-to", default="none", help="half-life the CRPS ratios refer to")
     ap.add_argument("--save", default=None, help="write the rows to this Parquet file")
     ap.add_argument("--load", nargs="*", default=None, help="only tabulate these saved rows")
     args = ap.parse_args(argv)
@@ -164,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     pl.DataFrame(rows).write_parquet(args.save)
         frame = pl.DataFrame(rows)
     with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=220, float_precision=3):
-        print(table(frame))
+        print(table(frame, args.ratio_to))
     return 0
 
 

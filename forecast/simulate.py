@@ -27,6 +27,7 @@ from forecast._kernels import (
     OutcomeArrays,
     PathSamples,
     SamplingInputs,
+    dated_outcome_probabilities,
     outcome_probabilities,
     sample_paths,
     sampling_inputs,
@@ -38,6 +39,7 @@ from forecast.data.validation import INT64_MAX_CENTS
 from forecast.deal_covariates import covariate_arrays
 from forecast.errors import AmountError, ParameterError
 from forecast.fit.data import mid_stream_deals
+from forecast.fit.trend import COHORT_DAYS, MAX_COHORTS, cohort_factors
 from forecast.results import Forecast
 from forecast.segments import SEGMENT_COLUMN, segment_labels
 
@@ -49,6 +51,7 @@ __all__ = [
     "check_won_cents_fit",
     "condition_on_not_pulled_in",
     "early_window_days",
+    "entry_dated_densities",
     "model_arrays",
     "prepare_simulation",
     "quarter_bins",
@@ -226,6 +229,7 @@ def condition_on_not_pulled_in(
     outcomes: OutcomeArrays,
     early_days: int,
     covariates: CovariateArrays | None = None,
+    outcomes_of: Any = None,
 ) -> OutcomeArrays:
     """Condition today's open deals on not having been pulled into the closed quarter.
 
@@ -249,6 +253,10 @@ def condition_on_not_pulled_in(
         (:func:`early_window_days`); 0 leaves ``outcomes`` unchanged.
     covariates : CovariateArrays, optional
         The deals' own hazards, when the model has deal covariates.
+    outcomes_of : callable, optional
+        ``outcomes_of(arrays) -> OutcomeArrays``, the raw outcome probabilities of
+        ``arrays`` (default: :func:`~forecast._kernels.outcome_probabilities`, or the
+        tilted ones with ``covariates``).
 
     Returns
     -------
@@ -272,11 +280,12 @@ def condition_on_not_pulled_in(
         new_entry_mix=None,
         new_amount=None,
     )
-    r = (
-        outcome_probabilities(early)
-        if covariates is None
-        else tilted_outcome_probabilities(early, covariates)
-    ).p_win[:, :, 0]
+    if outcomes_of is not None:
+        r = outcomes_of(early).p_win[:, :, 0]
+    elif covariates is None:
+        r = outcome_probabilities(early).p_win[:, :, 0]
+    else:
+        r = tilted_outcome_probabilities(early, covariates).p_win[:, :, 0]
     pi = pull[:, np.asarray(arrays.deal_segment, dtype=np.int64)]  # (B, N)
     removed = pi * r
     denom = 1.0 - removed
@@ -568,6 +577,43 @@ def exit_densities(model: PipelineModel, n_bins: int) -> np.ndarray:
     return dens
 
 
+def entry_dated_densities(model: PipelineModel, n_bins: int, oldest: int) -> np.ndarray | None:
+    """Exit sub-densities of the open deals' current visits at their entry dates.
+
+    Under a calendar trend (``fit(..., trend=True)``) the model's curves describe the
+    market at the as-of instant, where the new deals' and the later visits enter; an
+    open deal's current visit entered ``age`` days earlier. Row ``[b, g, c · K + k]``
+    is the curve of segment ``g`` and stage ``k`` moved to the middle of age cohort
+    ``c`` (:func:`forecast.fit.trend.cohort_factors`) on top of draw ``b``'s
+    perturbation, shape (B, G, n_cohorts · K, C, n_bins) with ``n_cohorts`` enough
+    for ages up to ``oldest`` days (at most :data:`~forecast.fit.trend.MAX_COHORTS`).
+    With active deal covariates the curves are their baselines (the deals' own hazard
+    ratios tilt them). None without a trend.
+    """
+    slopes = model.options.get("trend_fit")
+    if not slopes:
+        return None
+    cov = model.covariates
+    curves = cov.baseline if cov is not None and cov.active else model.curves
+    stages, segs, draws = model.stages, list(model.segments), model.draws
+    K, C, G = stages.n_open, stages.n_codes, len(segs)
+    n_cohorts = min(MAX_COHORTS, oldest // COHORT_DAYS + 1)
+    factors = cohort_factors(slopes, tuple(stages.open), C, stages.WON, n_cohorts)
+    if factors is None:
+        return None
+    f, m = factors
+    B = 1 if draws is None else draws.n_draws
+    out = np.empty((B, G, n_cohorts * K, C, n_bins))
+    for g in range(G):
+        for k in range(K):
+            tf = np.ones(B) if draws is None else draws.time_factor[:, g, k]
+            dm = np.ones((B, C)) if draws is None else draws.destination_multiplier[:, g, k]
+            c = curves[(segs[g], k)]
+            for h in range(n_cohorts):
+                out[:, g, h * K + k] = c.scaled_exit_densities(n_bins, tf * f[h, k], dm * m[h, k])
+    return out
+
+
 def model_arrays(
     model: PipelineModel,
     log: DealLog,
@@ -756,9 +802,20 @@ def prepare_simulation(
             },
         )
 
+    oldest = max(int(np.max(arrays.deal_age, initial=0)), int(mixture.ages.max(initial=0)))
+    first = entry_dated_densities(model, arrays.shape["L"], oldest)
+
+    def raw_outcomes(a: ModelArrays) -> OutcomeArrays:
+        if cov is not None:
+            if first is None:
+                return tilted_outcome_probabilities(a, cov)
+            return tilted_outcome_probabilities(a, cov, first, COHORT_DAYS)
+        if first is not None:
+            return dated_outcome_probabilities(a, first, COHORT_DAYS)
+        return outcome_probabilities(a)
+
     def conditioned(a: ModelArrays) -> OutcomeArrays:
-        raw = outcome_probabilities(a) if cov is None else tilted_outcome_probabilities(a, cov)
-        return condition_on_not_pulled_in(a, raw, early, cov)
+        return condition_on_not_pulled_in(a, raw_outcomes(a), early, cov, raw_outcomes)
 
     outcomes = mix_ages(arrays, mixture, conditioned)
     arrays = dataclasses.replace(

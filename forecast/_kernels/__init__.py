@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from forecast._kernels.api import (
     aj_summaries,
+    dated_outcome_probabilities,
     outcome_probabilities,
     over_threads,
     quarter_logistic_shifts,
@@ -62,6 +63,7 @@ __all__ = [
     "PathSamples",
     "SamplingInputs",
     "aj_summaries",
+    "dated_outcome_probabilities",
     "outcome_probabilities",
     "over_threads",
     "quarter_logistic_shifts",

@@ -36,6 +36,7 @@ from forecast._kernels.arrays import (
 from forecast._kernels.estimators import aalen_johansen_summaries, logistic_shifts
 from forecast._kernels.outcomes import (
     STATUS_OK,
+    deal_quarter_probs,
     deal_quarter_probs_tilted,
     fresh_win_density,
     new_deal_quarter_probs,
@@ -48,6 +49,7 @@ from forecast.errors import ModelError, ParameterError
 
 __all__ = [
     "aj_summaries",
+    "dated_outcome_probabilities",
     "outcome_probabilities",
     "over_threads",
     "quarter_logistic_shifts",
@@ -139,6 +141,99 @@ def outcome_probabilities(arrays: ModelArrays, threads: int | None = None) -> Ou
     )
 
 
+def dated_outcome_probabilities(
+    arrays: ModelArrays, first: np.ndarray, cohort_days: int, threads: int | None = None
+) -> OutcomeArrays:
+    """:func:`outcome_probabilities` with the open deals' current visits read from
+    curves of their entry-date cohort.
+
+    A deal aged ``a`` days in stage ``k`` belongs to the cohort
+    ``c = min(a // cohort_days, n_cohorts - 1)`` and its current visit exits along
+    ``first[b, g, c * K + k]`` (conditioned on its age); every later visit, and the new
+    deals, along ``arrays.dens``.
+
+    Parameters
+    ----------
+    arrays : ModelArrays
+    first : ndarray of float64, shape (B, G, n_cohorts * K, C, L)
+        Exit sub-densities of the current visits, per cohort and stage, on the day
+        bins of ``arrays.dens``.
+    cohort_days : int
+        Width of a cohort in days of age (≥ 1).
+    threads : int, optional
+        Default: Numba's thread count.
+
+    Returns
+    -------
+    OutcomeArrays
+    """
+    sizes = arrays.shape
+    n_draws, n_seg, n_open, n_deals, n_q = (sizes[x] for x in ("B", "G", "K", "N", "H"))
+    cohort_days = check_int(cohort_days, "cohort_days", "dated_outcome_probabilities", minimum=1)
+    dens = arrays.dens
+    if (
+        first.ndim != 5
+        or first.shape[:2] != dens.shape[:2]
+        or first.shape[3:] != dens.shape[3:]
+        or first.shape[2] % n_open
+        or first.shape[2] == 0
+    ):
+        raise ParameterError(
+            f"`first` must have shape (B, G, n_cohorts * K, C, L) = ({n_draws}, {n_seg}, "
+            f"n * {n_open}, {dens.shape[3]}, {dens.shape[4]}). Got {first.shape}."
+        )
+    first = np.ascontiguousarray(first, dtype=np.float64)
+    n_curves = first.shape[2]
+    n_days = arrays.n_days
+    age = np.asarray(arrays.deal_age, dtype=np.int64)
+    cohort = np.minimum(age // cohort_days, n_curves // n_open - 1)
+    curve = cohort * n_open + np.asarray(arrays.deal_stage, dtype=np.int64)
+    max_age = int(age.max(initial=0)) + 1
+    key = (np.asarray(arrays.deal_segment, dtype=np.int64) * n_curves + curve) * max_age + age
+    u_key, inverse = np.unique(key, return_inverse=True)
+    group_age = np.ascontiguousarray(u_key % max_age, dtype=np.int64)
+    group_curve = np.ascontiguousarray((u_key // max_age) % n_curves, dtype=np.int64)
+    group_seg = u_key // (max_age * n_curves)
+    offsets = np.searchsorted(group_seg, np.arange(n_seg + 1))
+    u_win = np.zeros((n_draws, u_key.size, n_q))
+    u_qe = np.zeros((n_draws, u_key.size, n_q))
+    new_pmf = np.zeros((n_draws, n_seg, n_q, n_q))
+    new_qe = np.zeros((n_draws, n_seg, n_q, n_q))
+    fresh = np.empty((n_draws, n_open, n_days))
+    mix = np.broadcast_to(arrays.new_entry_mix, (n_draws, n_seg, n_open))
+
+    def run(lo: int, hi: int) -> None:
+        for b in range(lo, hi):
+            for g in range(n_seg):
+                _fresh_or_raise(dens[b, g], n_days, fresh[b], f"`dens[{b}, {g}]`")
+                g0, g1 = int(offsets[g]), int(offsets[g + 1])
+                window, pull = np.int64(arrays.qe_window[g]), float(arrays.pull_in[b, g])
+                if g1 > g0:
+                    deal_quarter_probs(
+                        first[b, g],
+                        fresh[b],
+                        group_curve[g0:g1],
+                        group_age[g0:g1],
+                        arrays.qb,
+                        window,
+                        pull,
+                        u_win[b, g0:g1],
+                        u_qe[b, g0:g1],
+                    )
+                new_deal_quarter_probs(
+                    fresh[b], mix[b, g], arrays.qb, window, pull, new_pmf[b, g], new_qe[b, g]
+                )
+
+    over_threads(run, n_draws, threads)
+    inverse = inverse.reshape(-1)
+    return OutcomeArrays(
+        p_win=u_win[:, inverse] if n_deals else np.zeros((n_draws, 0, n_q)),
+        p_qe=u_qe[:, inverse] if n_deals else np.zeros((n_draws, 0, n_q)),
+        new_pmf=new_pmf,
+        new_qe=new_qe,
+    )
+
+
 def _fresh_or_raise(dens: np.ndarray, n_days: int, out: np.ndarray, where: str) -> None:
     if fresh_win_density(dens, n_days, out) != STATUS_OK:
         # Unreachable for valid sub-densities (see outcome_probabilities).
@@ -154,7 +249,12 @@ def _group_ratios(x: np.ndarray, beta: np.ndarray, n_open: int) -> np.ndarray:
     return np.ascontiguousarray(np.exp(np.einsum("...d,...gd->...g", x, beta))[..., group_of])
 
 
-def tilted_outcome_probabilities(arrays: ModelArrays, covariates: CovariateArrays) -> OutcomeArrays:
+def tilted_outcome_probabilities(
+    arrays: ModelArrays,
+    covariates: CovariateArrays,
+    first_base: np.ndarray | None = None,
+    cohort_days: int = 1,
+) -> OutcomeArrays:
     """Exact per-deal and new-deal quarter probabilities when deals have their own hazards.
 
     Like :func:`outcome_probabilities`, but every open deal's current stage uses the
@@ -173,6 +273,13 @@ def tilted_outcome_probabilities(arrays: ModelArrays, covariates: CovariateArray
         entry mix.
     covariates : CovariateArrays
         Checked against ``arrays``.
+    first_base : ndarray of float64, shape (B, G, n_cohorts * K, C, L), optional
+        Baseline sub-densities of the current visits per entry-date cohort (as
+        ``first`` of :func:`dated_outcome_probabilities`): a deal aged ``a`` days in
+        stage ``k`` exits its current stage along ``first_base[b, g, c * K + k]``
+        tilted by its hazard ratios, ``c = min(a // cohort_days, n_cohorts - 1)``.
+    cohort_days : int, default 1
+        Width of a cohort in days of age (with ``first_base``).
 
     Returns
     -------
@@ -189,6 +296,27 @@ def tilted_outcome_probabilities(arrays: ModelArrays, covariates: CovariateArray
     new_qe = np.zeros((n_draws, n_seg, n_q, n_q))
     base = covariates.base_dens
     length = base.shape[-1]
+    if first_base is not None:
+        cohort_days = check_int(
+            cohort_days, "cohort_days", "tilted_outcome_probabilities", minimum=1
+        )
+        if (
+            first_base.ndim != 5
+            or first_base.shape[:2] != base.shape[:2]
+            or first_base.shape[3:] != base.shape[3:]
+            or first_base.shape[2] % n_open
+            or first_base.shape[2] == 0
+        ):
+            raise ParameterError(
+                "`first_base` must have shape (B, G, n_cohorts * K, C, L) = "
+                f"({n_draws}, {n_seg}, n * {n_open}, {base.shape[3]}, {length}). "
+                f"Got {first_base.shape}."
+            )
+        cohort_all = np.minimum(
+            np.asarray(arrays.deal_age, dtype=np.int64) // cohort_days,
+            first_base.shape[2] // n_open - 1,
+        )
+        hazards_c = np.empty((n_open, n_codes, length))
     n_prof = covariates.profile_x.shape[1]
     n_new = covariates.new_x.shape[1]
     fresh = np.empty((n_open, n_days))
@@ -229,20 +357,44 @@ def tilted_outcome_probabilities(arrays: ModelArrays, covariates: CovariateArray
                 ratios = _group_ratios(covariates.deal_x[idx], beta[st][:, None], n_open)
                 u_win = np.empty((idx.size, n_q))
                 u_qe = np.empty((idx.size, n_q))
-                deal_quarter_probs_tilted(
-                    hazards,
-                    cw,
-                    np.ascontiguousarray(st),
-                    np.ascontiguousarray(arrays.deal_age[idx]),
-                    ratios,
-                    np.ascontiguousarray(covariates.deal_starts[idx]),
-                    np.ascontiguousarray(covariates.deal_profile[idx]),
-                    arrays.qb,
-                    window,
-                    pull,
-                    u_win,
-                    u_qe,
-                )
+                if first_base is None:
+                    deal_quarter_probs_tilted(
+                        hazards,
+                        cw,
+                        np.ascontiguousarray(st),
+                        np.ascontiguousarray(arrays.deal_age[idx]),
+                        ratios,
+                        np.ascontiguousarray(covariates.deal_starts[idx]),
+                        np.ascontiguousarray(covariates.deal_profile[idx]),
+                        arrays.qb,
+                        window,
+                        pull,
+                        u_win,
+                        u_qe,
+                    )
+                else:  # each entry-date cohort's current visits on its own baseline
+                    coh = cohort_all[idx]
+                    for c in np.unique(coh):
+                        sub = np.flatnonzero(coh == c)
+                        for k in range(n_open):
+                            baseline_hazards(first_base[b, g, c * n_open + k], hazards_c[k])
+                        c_win = np.empty((sub.size, n_q))
+                        c_qe = np.empty((sub.size, n_q))
+                        deal_quarter_probs_tilted(
+                            hazards_c,
+                            cw,
+                            np.ascontiguousarray(st[sub]),
+                            np.ascontiguousarray(arrays.deal_age[idx[sub]]),
+                            np.ascontiguousarray(ratios[sub]),
+                            np.ascontiguousarray(covariates.deal_starts[idx[sub]]),
+                            np.ascontiguousarray(covariates.deal_profile[idx[sub]]),
+                            arrays.qb,
+                            window,
+                            pull,
+                            c_win,
+                            c_qe,
+                        )
+                        u_win[sub], u_qe[sub] = c_win, c_qe
                 p_win[b, idx] = u_win
                 p_qe[b, idx] = u_qe
             qe_mass = np.zeros((n_q, n_q))
