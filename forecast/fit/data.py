@@ -380,6 +380,11 @@ class FitData:
         outcomes = cut.outcomes(t)
         _check_fittable(spells, outcomes, log.stages, t)
         bookings = cut.bookings(cut.first_timestamp, t + dt.timedelta(microseconds=1))
+        # the open pipeline (what a simulation at `t` starts from) is the last view read
+        # from the visits: then the visits, as large as the event frame, are released
+        # (the views stay cached on the cut)
+        cut.pipeline(t)
+        cut.release_visits()
         if recorded_from is not None:
             recorded_from = as_datetime(recorded_from, "recorded_from", caller)
         start = recording_start(cut, recorded_from)
