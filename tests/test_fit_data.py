@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from forecast.data.deal_log import DealLog
 from forecast.errors import MissingColumnError, ModelError, ParameterError
 from forecast.fit.bootstrap import bootstrap_weights, dirichlet_deal_weights
 from forecast.fit.data import FitData
@@ -105,3 +106,24 @@ def test_hand_made_frames(data):
     bad = data.spells.with_columns(duration_days=pl.lit(-1.0))
     with pytest.raises(ParameterError, match=r"`duration_days`.*row 0"):
         FitData.from_frames(spells=bad.drop(SEGMENT_COLUMN), as_of=AS_OF, n_open_stages=4)
+
+
+def test_from_log_releases_the_visits_and_the_cut_views_stay_those_of_a_fresh_log(sample_log):
+    t = dt.datetime(2024, 7, 1)
+    data = FitData.from_log(sample_log, as_of=t, segment_by=["segment"])
+    cut = data.cut
+    assert "visits" not in cut._cache  # the table as large as the events is gone
+    # a log of the same rows with nothing cached computes every view from its visits
+    fresh = DealLog(cut.events, cut.stages, cut.segment_columns, cut=t, source=cut.source)
+    assert cut.spells(t).equals(fresh.spells(t))
+    assert cut.outcomes(t).equals(fresh.outcomes(t))
+    assert cut.pipeline(t).equals(fresh.pipeline(t))
+    q = dt.datetime(2024, 4, 1)
+    for start, end in ((cut.first_timestamp, t + dt.timedelta(microseconds=1)), (q, t)):
+        assert cut.bookings(start, end).equals(fresh.bookings(start, end))
+    assert cut.bookings(q, t).height > 0
+    assert "visits" not in cut._cache  # none of them rebuilt the visits
+    # a view at another instant is taken from the visits rebuilt, as before
+    later = t + dt.timedelta(days=3)
+    assert cut.spells(later).equals(fresh.spells(later))
+    assert "visits" in cut._cache
