@@ -11,7 +11,7 @@ import pytest
 from forecast.data.deal_log import DealLog
 from forecast.errors import MissingColumnError, ModelError, ParameterError
 from forecast.fit.bootstrap import bootstrap_weights, dirichlet_deal_weights
-from forecast.fit.data import FitData
+from forecast.fit.data import FRAMES, FitData
 from forecast.segments import POOLED_SEGMENT, SEGMENT_COLUMN
 
 AS_OF = "2024-07-01"
@@ -127,3 +127,21 @@ def test_from_log_releases_the_visits_and_the_cut_views_stay_those_of_a_fresh_lo
     later = t + dt.timedelta(days=3)
     assert cut.spells(later).equals(fresh.spells(later))
     assert "visits" in cut._cache
+
+
+def test_deal_table_of_a_log_is_that_of_the_general_sort_and_join(data):
+    # the views of a log come sorted by deal (binary search, no join); the same frames
+    # with the outcomes reversed take the general path (sort the ids, join on them)
+    frames = {name: getattr(data, name).drop(SEGMENT_COLUMN) for name in FRAMES}
+    frames["outcomes"] = frames["outcomes"].reverse()
+    general = FitData.from_frames(
+        as_of=AS_OF, segment_by=["segment"], n_open_stages=data.n_open, **frames
+    )
+    assert general.deal_ids.equals(data.deal_ids)
+    for name in ("spells", "bookings"):
+        np.testing.assert_array_equal(data.deal_index(name), general.deal_index(name))
+    n = data.n_deals
+    np.testing.assert_array_equal(general.deal_index("outcomes"), np.arange(n)[::-1])
+    for name in FRAMES:
+        ids = data.deal_ids.gather(data.deal_index(name))
+        assert ids.equals(getattr(data, name)["deal_id"], check_names=False)
