@@ -52,6 +52,21 @@ def instrument(mem: PhaseMemory) -> None:
         ("assemble_model", "fit: assemble"),
     ):
         setattr(fitting, name, mem.wrap(label, getattr(fitting, name)))
+    # steps inside the point fit and the draws (the half-life backtest calls some of them
+    # too: their rows cover every call); a name the fit no longer uses is skipped
+    for name, label in (
+        ("fit_exits", "  fit_exits"),
+        ("fit_covariates", "  fit_covariates"),
+        ("fit_amounts", "  fit_amounts"),
+        ("build_design", "  covariate design"),
+        ("bootstrap_weight_block", "  draws: weight block"),
+    ):
+        if hasattr(fitting, name):
+            setattr(fitting, name, mem.wrap(label, getattr(fitting, name)))
+    layout = getattr(fitting, "ExitDrawLayout", None)
+    if layout is not None and hasattr(layout, "from_fit"):
+        from_fit = layout.from_fit.__func__
+        layout.from_fit = classmethod(mem.wrap("  draws: exit layout", from_fit))
     from_log = fit_data.FitData.from_log.__func__  # type: ignore[attr-defined]
     fit_data.FitData.from_log = classmethod(mem.wrap("fit: FitData", from_log))  # type: ignore[method-assign]
     deal_log.DealLog.as_of = mem.wrap("cut (DealLog.as_of)", deal_log.DealLog.as_of)  # type: ignore[method-assign]

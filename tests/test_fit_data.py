@@ -8,9 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from forecast.data.deal_log import DealLog
 from forecast.errors import MissingColumnError, ModelError, ParameterError
 from forecast.fit.bootstrap import bootstrap_weights, dirichlet_deal_weights
-from forecast.fit.data import FitData
+from forecast.fit.data import FRAMES, FitData
 from forecast.segments import POOLED_SEGMENT, SEGMENT_COLUMN
 
 AS_OF = "2024-07-01"
@@ -105,3 +106,42 @@ def test_hand_made_frames(data):
     bad = data.spells.with_columns(duration_days=pl.lit(-1.0))
     with pytest.raises(ParameterError, match=r"`duration_days`.*row 0"):
         FitData.from_frames(spells=bad.drop(SEGMENT_COLUMN), as_of=AS_OF, n_open_stages=4)
+
+
+def test_from_log_releases_the_visits_and_the_cut_views_stay_those_of_a_fresh_log(sample_log):
+    t = dt.datetime(2024, 7, 1)
+    data = FitData.from_log(sample_log, as_of=t, segment_by=["segment"])
+    cut = data.cut
+    assert "visits" not in cut._cache  # the table as large as the events is gone
+    # a log of the same rows with nothing cached computes every view from its visits
+    fresh = DealLog(cut.events, cut.stages, cut.segment_columns, cut=t, source=cut.source)
+    assert cut.spells(t).equals(fresh.spells(t))
+    assert cut.outcomes(t).equals(fresh.outcomes(t))
+    assert cut.pipeline(t).equals(fresh.pipeline(t))
+    q = dt.datetime(2024, 4, 1)
+    for start, end in ((cut.first_timestamp, t + dt.timedelta(microseconds=1)), (q, t)):
+        assert cut.bookings(start, end).equals(fresh.bookings(start, end))
+    assert cut.bookings(q, t).height > 0
+    assert "visits" not in cut._cache  # none of them rebuilt the visits
+    # a view at another instant is taken from the visits rebuilt, as before
+    later = t + dt.timedelta(days=3)
+    assert cut.spells(later).equals(fresh.spells(later))
+    assert "visits" in cut._cache
+
+
+def test_deal_table_of_a_log_is_that_of_the_general_sort_and_join(data):
+    # the views of a log come sorted by deal (binary search, no join); the same frames
+    # with the outcomes reversed take the general path (sort the ids, join on them)
+    frames = {name: getattr(data, name).drop(SEGMENT_COLUMN) for name in FRAMES}
+    frames["outcomes"] = frames["outcomes"].reverse()
+    general = FitData.from_frames(
+        as_of=AS_OF, segment_by=["segment"], n_open_stages=data.n_open, **frames
+    )
+    assert general.deal_ids.equals(data.deal_ids)
+    for name in ("spells", "bookings"):
+        np.testing.assert_array_equal(data.deal_index(name), general.deal_index(name))
+    n = data.n_deals
+    np.testing.assert_array_equal(general.deal_index("outcomes"), np.arange(n)[::-1])
+    for name in FRAMES:
+        ids = data.deal_ids.gather(data.deal_index(name))
+        assert ids.equals(getattr(data, name)["deal_id"], check_names=False)

@@ -417,6 +417,9 @@ class DealLog:
             (``docs/internals.md`` §3). Durations in days, amounts in currency.
         """
         log, t = self._resolve(as_of)
+        cached = log._cache.get("spells")
+        if cached is not None and cached[0] == t:  # one instant kept: (t, view)
+            return cached[1]
         codes = self.stages.codes()
         v = log._visits().filter(pl.col("kind") == "open")
         out = v.select(
@@ -440,6 +443,7 @@ class DealLog:
             "created_at",
             *self.segment_columns,
         )
+        log._cache["spells"] = (t, out)
         return out
 
     def pipeline(self, as_of: object | None = None) -> pl.DataFrame:
@@ -455,6 +459,9 @@ class DealLog:
             ``close_date_pushes`` counts how often the rep's close date moved later.
         """
         log, t = self._resolve(as_of)
+        cached = log._cache.get("pipeline")
+        if cached is not None and cached[0] == t:  # one instant kept: (t, view)
+            return cached[1]
         tlit = pl.lit(t, dtype=pl.Datetime("us"))
         last = log._visits().group_by("deal_id", maintain_order=True).last()
         open_ = last.filter(pl.col("kind") == "open")
@@ -463,7 +470,7 @@ class DealLog:
             .group_by("deal_id")
             .agg(pl.col("_pushed").sum().cast(pl.Int32).alias("close_date_pushes"))
         )
-        return open_.join(pushes, on="deal_id", how="left", maintain_order="left").select(
+        out = open_.join(pushes, on="deal_id", how="left", maintain_order="left").select(
             "deal_id",
             "stage",
             "stage_code",
@@ -476,6 +483,8 @@ class DealLog:
             pl.col("close_date_pushes").fill_null(0),
             *self.segment_columns,
         )
+        log._cache["pipeline"] = (t, out)
+        return out
 
     def outcomes(self, as_of: object | None = None) -> pl.DataFrame:
         """Every deal that exists at ``as_of``, with its status then.
@@ -488,20 +497,27 @@ class DealLog:
             closed_at, amount, <segments>``; amounts in currency.
         """
         log, _ = self._resolve(as_of)
-        v = log._visits()
-        return v.group_by("deal_id", maintain_order=True).agg(
-            pl.col("created_at").first(),
-            pl.col("stage").first().alias("first_stage"),
-            pl.col("stage_code").first().alias("first_stage_code"),
-            pl.col("amount_at_entry").first().alias("amount_at_creation"),
-            pl.col("kind").last().alias("status"),
-            pl.when(pl.col("kind").last() != "open")
-            .then(pl.col("entered_at").last())
-            .otherwise(None)
-            .alias("closed_at"),
-            pl.col("amount_last").last().alias("amount"),
-            *[pl.col(c).first() for c in self.segment_columns],
+        if "outcomes" in log._cache:
+            return log._cache["outcomes"]
+        out = (
+            log._visits()
+            .group_by("deal_id", maintain_order=True)
+            .agg(
+                pl.col("created_at").first(),
+                pl.col("stage").first().alias("first_stage"),
+                pl.col("stage_code").first().alias("first_stage_code"),
+                pl.col("amount_at_entry").first().alias("amount_at_creation"),
+                pl.col("kind").last().alias("status"),
+                pl.when(pl.col("kind").last() != "open")
+                .then(pl.col("entered_at").last())
+                .otherwise(None)
+                .alias("closed_at"),
+                pl.col("amount_last").last().alias("amount"),
+                *[pl.col(c).first() for c in self.segment_columns],
+            )
         )
+        log._cache["outcomes"] = out
+        return out
 
     def bookings(self, start: object, end: object) -> pl.DataFrame:
         """Wins booked in ``[start, end)``: every transition into a won stage.
@@ -523,18 +539,37 @@ class DealLog:
                 f"end={t1:%Y-%m-%d %H:%M}."
             )
         if self.cut is not None and self.cut < t1:
-            v = self._visits()  # every row is already before `end`
+            wins = self._wins()  # every row is already before `end`
         else:
             ev = self.events.filter(pl.col("timestamp") < t1)
-            v = DealLog(ev, self.stages, self.segment_columns, self.report, cut=t1)._visits()
-        return v.filter(
-            (pl.col("kind") == "won") & (pl.col("entered_at") >= t0) & (pl.col("entered_at") < t1)
-        ).select(
-            "deal_id",
-            pl.col("entered_at").alias("won_at"),
-            pl.col("amount_at_entry").alias("amount"),
-            *self.segment_columns,
-        )
+            wins = DealLog(ev, self.stages, self.segment_columns, self.report, cut=t1)._wins()
+        return wins.filter((pl.col("won_at") >= t0) & (pl.col("won_at") < t1))
+
+    def _wins(self) -> pl.DataFrame:
+        """Every transition into a won stage of this log: ``deal_id, won_at, amount,
+        <segments>`` (cached: small beside the visits, and kept when they are released)."""
+        if "wins" not in self._cache:
+            self._cache["wins"] = (
+                self._visits()
+                .filter(pl.col("kind") == "won")
+                .select(
+                    "deal_id",
+                    pl.col("entered_at").alias("won_at"),
+                    pl.col("amount_at_entry").alias("amount"),
+                    *self.segment_columns,
+                )
+            )
+        return self._cache["wins"]
+
+    def release_visits(self) -> None:
+        """Drop the cached visit table (about the size of the event frame).
+
+        The views already taken stay cached (:meth:`spells`, :meth:`outcomes` and
+        :meth:`pipeline` per as-of instant, :meth:`bookings`' wins); a view not yet
+        taken rebuilds the visits. :meth:`forecast.fit.data.FitData.from_log` calls it
+        once it holds its views, so the visits do not outlive the fit's input.
+        """
+        self._cache.pop("visits", None)
 
     def booked_amount(self, start: object, end: object) -> float:
         """Total won amount (currency) booked in ``[start, end)``."""

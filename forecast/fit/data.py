@@ -380,6 +380,11 @@ class FitData:
         outcomes = cut.outcomes(t)
         _check_fittable(spells, outcomes, log.stages, t)
         bookings = cut.bookings(cut.first_timestamp, t + dt.timedelta(microseconds=1))
+        # the open pipeline (what a simulation at `t` starts from) is the last view read
+        # from the visits: then the visits, as large as the event frame, are released
+        # (the views stay cached on the cut)
+        cut.pipeline(t)
+        cut.release_visits()
         if recorded_from is not None:
             recorded_from = as_datetime(recorded_from, "recorded_from", caller)
         start = recording_start(cut, recorded_from)
@@ -494,19 +499,27 @@ class FitData:
         labelled = {name: segment_labels(f, segment_by) for name, f in frames.items()}
         # the deal table: sorted ids of every frame, then one entry per row of frames
         # without deal ids (the Bayesian bootstrap assigns its weights in sorted-id order)
-        with_ids = [f["deal_id"].cast(pl.Utf8) for f in labelled.values() if "deal_id" in f.columns]
-        ids = (
-            pl.concat(with_ids).unique().sort()
-            if with_ids
-            else pl.Series("deal_id", [], dtype=pl.Utf8)
-        )
+        sorted_index = _sorted_deal_index(labelled)
+        if sorted_index is not None:
+            ids, index = sorted_index
+        else:
+            with_ids = [
+                f["deal_id"].cast(pl.Utf8) for f in labelled.values() if "deal_id" in f.columns
+            ]
+            ids = (
+                pl.concat(with_ids).unique().sort()
+                if with_ids
+                else pl.Series("deal_id", [], dtype=pl.Utf8)
+            )
+            index = {}
         if ids.null_count():
             raise ParameterError(f"The frames passed to `{caller}` hold a null `deal_id`.")
         parts = [ids.alias("deal_id")]
-        index: dict[str, np.ndarray] = {}
         n = ids.len()
         table = pl.DataFrame({"deal_id": ids, "_deal": np.arange(n, dtype=np.int64)})
         for name, f in labelled.items():
+            if name in index:
+                continue
             if "deal_id" in f.columns:
                 joined = f.select(pl.col("deal_id").cast(pl.Utf8)).join(
                     table, on="deal_id", how="left", maintain_order="left"
@@ -533,15 +546,18 @@ class FitData:
         segments: tuple[str, ...] = ()
         arrays = None
         in_progress = None
+        if mid_stream is not None and _same_ids(mid_stream["deal_id"], ids):
+            # one row per deal of the table, in its order (the cut's events are sorted by
+            # deal): aligned, no join
+            mid_stream = mid_stream.with_columns(pl.int_range(n, dtype=pl.Int64).alias("_deal"))
+        elif mid_stream is not None:
+            mid_stream = mid_stream.join(
+                table, on="deal_id", how="left", maintain_order="left"
+            ).filter(pl.col("_deal").is_not_null())
         if mid_stream is not None:
-            flags = table.join(
-                mid_stream.select(pl.col("deal_id").cast(pl.Utf8), "in_progress"),
-                on="deal_id",
-                how="left",
-            )
             in_progress = np.zeros(n, dtype=bool)
-            in_progress[flags["_deal"].to_numpy()] = (
-                flags["in_progress"].fill_null(False).to_numpy()
+            in_progress[mid_stream["_deal"].to_numpy()] = (
+                mid_stream["in_progress"].fill_null(False).to_numpy()
             )
             in_progress = _readonly(in_progress)
         if sp is not None:
@@ -799,22 +815,23 @@ def _spell_arrays(
         days_before = np.nan_to_num((t0 - entered.astype(np.float64)) / _US_PER_DAY)
     entry = excluded = None
     if mid_stream is not None and "visit" in sp.columns and "deal_id" in sp.columns:
-        first = sp.select(pl.col("deal_id").cast(pl.Utf8), "visit").join(
-            mid_stream.select(
-                pl.col("deal_id").cast(pl.Utf8),
-                "in_progress",
-                "entry_known",
-                "days_before_first_event",
-            ),
-            on="deal_id",
-            how="left",
-            maintain_order="left",
-        )
-        truncated = (first["visit"] == 0).to_numpy() & first["in_progress"].fill_null(
-            False
-        ).to_numpy()
-        known = truncated & first["entry_known"].fill_null(False).to_numpy()
-        before = first["days_before_first_event"].fill_null(0.0).to_numpy().astype(np.float64)
+        # per deal of the deal table (`_deal`, from `FitData._build`), gathered per spell
+        # through its deal index: no join on the ids
+        n_deals = int(deal.max()) + 1 if deal.size else 0
+        rows = mid_stream["_deal"].to_numpy()
+        per_deal = {}
+        for column, fill in (
+            ("in_progress", False),
+            ("entry_known", False),
+            ("days_before_first_event", 0.0),
+        ):
+            values = np.full(n_deals, fill, dtype=type(fill))
+            keep = rows < n_deals
+            values[rows[keep]] = mid_stream[column].fill_null(fill).to_numpy()[keep]
+            per_deal[column] = values[deal]
+        truncated = (sp["visit"] == 0).to_numpy() & per_deal["in_progress"]
+        known = truncated & per_deal["entry_known"]
+        before = per_deal["days_before_first_event"].astype(np.float64)
         entry = np.where(known, before, 0.0)
         duration = duration + entry
         if days_before is not None:
@@ -838,6 +855,48 @@ def _spell_arrays(
         days_before_as_of=None if days_before is None else _readonly(days_before),
         excluded=excluded,
     )
+
+
+def _same_ids(a: pl.Series, b: pl.Series) -> bool:
+    """Whether two deal-id columns hold the same ids in the same order."""
+    return a.len() == b.len() and bool((a.cast(pl.Utf8) == b.cast(pl.Utf8)).all())
+
+
+def _sorted_deal_index(
+    frames: dict[str, pl.DataFrame],
+) -> tuple[pl.Series, dict[str, np.ndarray]] | None:
+    """The deal table and each frame's deal index without hashing the ids, or None.
+
+    The views of one :class:`DealLog` come in its deal order, sorted by ``deal_id``:
+    the outcomes hold every deal once, in that order, and the ids of every other view
+    are among them in the same order. Then the deal table is the outcomes' ids and each
+    other row's index is found by binary search, checked. Anything else (hand-made
+    frames) returns None and takes the general path (sort and join).
+    """
+    oc = frames.get("outcomes")
+    if oc is None or any(
+        "deal_id" not in f.columns or f["deal_id"].dtype != pl.Utf8 for f in frames.values()
+    ):
+        return None
+    ids = oc["deal_id"]
+    n = ids.len()
+    if ids.null_count() or (n > 1 and not bool((ids.slice(1) > ids.slice(0, n - 1)).all())):
+        return None  # not strictly increasing: not the deal order of a log
+    index = {"outcomes": _readonly(np.arange(n, dtype=np.int64))}
+    for name, f in frames.items():
+        if name == "outcomes":
+            continue
+        col = f["deal_id"]
+        if col.len() == 0:
+            index[name] = _readonly(np.zeros(0, dtype=np.int64))
+            continue
+        if n == 0 or col.null_count():
+            return None
+        pos = ids.search_sorted(col).cast(pl.Int64).to_numpy()
+        if pos.max() >= n or not bool((ids.gather(pos) == col).all()):
+            return None  # an id the outcomes do not hold
+        index[name] = _readonly(pos)
+    return ids.alias("deal_id"), index
 
 
 #: How far past the last event of a history an as-of date may lie, in days (a quarter).
