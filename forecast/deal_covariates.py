@@ -10,9 +10,11 @@ module packs what the outcome kernel needs (:class:`forecast._kernels.CovariateA
   pushes so far, the user's columns) give its own hazard ratios for its current
   stage, per parameter draw; its first exit is conditioned on its age.
 - **Later stages, by profile.** After its next move a deal enters a stage whose
-  close-date values are not known today: they are drawn from the segment's spread
-  at entry of that stage (:func:`entry_close_at`), while the amount, the pushes so far and the user's columns
-  carry over. Solving the renewal equations per deal would cost
+  close-date values are not known today: a deal with a close date carries its own,
+  pushed by the rule of :func:`covariate_paths` if it passes before the expected
+  entry (:func:`later_entries`, :func:`expected_entry_days`); without one they are
+  drawn from the segment's spread at entry of that stage (:func:`entry_close_at`).
+  The amount, the pushes so far and the user's columns carry over. Solving the renewal equations per deal would cost
   ``O(K² n_days²)`` per deal and draw, so deals are grouped into at most
   :data:`MAX_PROFILES` profiles per segment (k-means on the linear predictors
   ``β_{k,G} · x`` of the later stages; exact when there are fewer distinct
@@ -27,6 +29,7 @@ module packs what the outcome kernel needs (:class:`forecast._kernels.CovariateA
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,6 +52,7 @@ from forecast.segments import SEGMENT_COLUMN, segment_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from forecast.data.deal_log import DealLog
+    from forecast.fit.competing_risks import ExitCurves
     from forecast.fit.model import PipelineModel
 
 __all__ = [
@@ -58,7 +62,10 @@ __all__ = [
     "covariate_paths",
     "deal_covariate_values",
     "eventual_outcome_probabilities",
+    "expected_entry_days",
     "group_profiles",
+    "later_entries",
+    "own_entry_close",
     "sized_new_amounts",
 ]
 
@@ -81,8 +88,10 @@ def deal_covariate_values(
 ) -> np.ndarray:
     """Each open deal's covariates at ``as_of``, shape (N, d), in the rows of ``pipe``.
 
-    The values known at the as-of instant (the last counting-process row of the
-    deal's current stage visit, :func:`forecast.fit.covariates.covariate_states`),
+    The values known at the as-of instant, a change stamped exactly at it included
+    (as ``DealLog.as_of`` and ``DealLog.pipeline`` see it): the last counting-process
+    row of the deal's current stage visit
+    (:func:`forecast.fit.covariates.covariate_states` with ``known_at_as_of``),
     encoded as in the fit.
     """
     d = len(cov.columns)
@@ -100,7 +109,7 @@ def deal_covariate_values(
     cut = log.as_of(as_of)
     spells = segment_labels(cut.spells(as_of), segment_by).filter(pl.col("censored"))
     overdue = any(spec.kind == "overdue" for spec in cov.specs)
-    states = covariate_states(cut, spells, as_of, user, split_at_close=overdue)
+    states = covariate_states(cut, spells, as_of, user, split_at_close=overdue, known_at_as_of=True)
     last = states.group_by("_spell", maintain_order=True).last()
     x = cov.encode(last)
     ids = spells["deal_id"].to_numpy()[last["_spell"].to_numpy()]
@@ -315,42 +324,203 @@ def entry_close_at(cov: CovariateModel, n: int, g: int) -> np.ndarray:
     return np.ascontiguousarray(q[g][:, level].T)
 
 
+def expected_entry_days(
+    curves: Sequence[ExitCurves], stage: np.ndarray, age: np.ndarray
+) -> np.ndarray:
+    """Expected days from now until each row's next entry into every open stage, (n, K).
+
+    From the segment's baseline curves (``curves``, one per open stage): with ``P_kj``
+    the share of stage ``k``'s exits that go to open stage ``j`` and ``D_kj`` their
+    mean stay (days; mass beyond the grid at its end), the probability ``h_j`` of
+    reaching a target stage ``t`` from an entry into ``j`` and ``m_j = E[T 1{reach}]``
+    solve the first-step equations ``h = P_·t + A h`` and ``m = (P ∘ D) h̃ + A m``
+    (``A`` is ``P`` with the column of ``t`` zeroed, ``h̃`` is ``h`` with
+    ``h̃_t = 1``). A row in stage ``k`` at age ``a`` takes its first step from the
+    exits after ``a`` (shares and mean remaining stay conditioned on the age), so the
+    expected entry time given the stage is reached is
+    ``Σ_j p_j(a) (d_j(a) h̃_j + m̃_j) / Σ_j p_j(a) h̃_j`` (``m̃_t = 0``). NaN where the
+    stage cannot be reached.
+
+    Parameters
+    ----------
+    curves : sequence of ExitCurves, length K
+        Exit curves of the open stages (one segment).
+    stage : ndarray of int, shape (n,)
+        Each row's current open stage.
+    age : ndarray of float, shape (n,)
+        Days since the current stage entry.
+    """
+    n_open = len(curves)
+    n = stage.shape[0]
+    length = max(c.max_day for c in curves) + MAX_AGE_DAYS + 2
+    mid = np.arange(length, dtype=np.float64) + 0.5
+    mass = np.empty((n_open, n_open, length))  # stage, open destination, from day bin on
+    spent = np.empty((n_open, n_open, length))
+    for k in range(n_open):
+        dens = curves[k].exit_density(length)
+        beyond = max(1.0 - float(dens.sum()), 0.0) * curves[k].tail_shares[:n_open]
+        f = dens[:n_open]
+        mass[k] = np.cumsum(f[:, ::-1], axis=1)[:, ::-1] + beyond[:, None]
+        spent[k] = np.cumsum((f * mid)[:, ::-1], axis=1)[:, ::-1] + beyond[:, None] * length
+    share = mass[:, :, 0]  # P
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stay = np.where(share > 0, spent[:, :, 0] / share, 0.0)  # D
+    reach = np.ones((n_open, n_open))  # h̃[j, t]
+    time_in = np.zeros((n_open, n_open))  # m̃[j, t]
+    eye = np.eye(n_open)
+    for t in range(n_open):
+        a = share.copy()
+        a[:, t] = 0.0
+        try:
+            h = np.linalg.solve(eye - a, share[:, t])
+            h[t] = 1.0
+            m = np.linalg.solve(eye - a, (share * stay) @ h)
+        except np.linalg.LinAlgError:  # pragma: no cover - a closed loop without exits
+            h, m = np.full(n_open, np.nan), np.full(n_open, np.nan)
+        h[t], m[t] = 1.0, 0.0
+        reach[:, t], time_in[:, t] = h, m
+    b = np.minimum(np.floor(np.maximum(age, 0.0)).astype(np.int64), length - 1)
+    p = mass[stage, :, b]  # (n, K): exits after the age, by open destination
+    with np.errstate(invalid="ignore", divide="ignore"):
+        left = np.where(p > 0, spent[stage, :, b] / p - age[:, None], 0.0)
+        num = (p * np.maximum(left, 0.0)) @ reach + p @ time_in
+        den = p @ reach
+        out = np.where(den > 1e-12, num / den, np.nan)
+    return out if n else np.zeros((0, n_open))
+
+
+def own_entry_close(
+    close_days: np.ndarray, entry_days: np.ndarray, interval: float, delay: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A deal's own close date carried to a later stage entry, with the push rule.
+
+    The rule of :func:`covariate_paths`: the ``m``-th push is expected at
+    ``max(c + D, 0) + (m − 1)(I + D)`` days from now (``c`` the days until the
+    current close date, ``I`` the push interval, ``D`` the delay from a passed close
+    date to its push, 0 unless ``overdue`` is kept) and moves the close date to ``I``
+    days after it. At an entry ``T`` days from now the pushes so far are those
+    before ``T``, and the close date is the current one (none yet) or the last
+    push's.
+
+    Parameters
+    ----------
+    close_days : ndarray, shape (n,)
+        ``c``, days (NaN when unknown).
+    entry_days : ndarray, shape (n, K)
+        ``T`` per stage, days from now (NaN when unknown).
+    interval, delay : float
+        ``I`` and ``D``, days.
+
+    Returns
+    -------
+    close_at : ndarray, shape (n, K)
+        Days from the entry to the close date then (NaN where ``c`` or ``T`` is).
+    added : ndarray, shape (n, K)
+        Pushes between now and the entry.
+    """
+    c = close_days[:, None]
+    cycle = max(interval + delay, 1.0)
+    first = np.maximum(c + delay, 0.0)
+    with np.errstate(invalid="ignore"):
+        added = np.where(entry_days >= first, np.floor((entry_days - first) / cycle) + 1.0, 0.0)
+    close = np.where(added > 0, first + (added - 1.0) * cycle + interval, c)
+    close_at = close - entry_days
+    return close_at, np.where(np.isfinite(close_at), added, 0.0)
+
+
 def entry_values(
-    cov: CovariateModel, x: np.ndarray, stage: np.ndarray | None, g: int
+    cov: CovariateModel,
+    x: np.ndarray,
+    stage: np.ndarray | None,
+    g: int,
+    close_at: np.ndarray | None = None,
+    added_pushes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each row's expected covariates at a fresh entry into every stage, shape (n, K, d).
 
-    The time-invariant values (amount, user columns) carry over; the close date is
-    drawn from the stage's spread at entry (:func:`entry_close_at`), and with it
-    whether the deal is ``overdue`` at entry; pushes so far
-    grow by the typical number a deal collects between entering its current stage
-    and entering the later one (the difference of the stage means at entry, if
-    positive). ``stage`` is each row's current stage (None: rows are new deals,
-    whose pushes at entry are the stage means at entry).
+    The time-invariant values (amount, user columns) carry over; the close date at
+    entry is ``close_at`` (days from the entry, (n, K)) where finite, else drawn from
+    the stage's spread at entry (:func:`entry_close_at`), and with it whether the
+    deal is ``overdue`` at entry. Pushes so far grow by ``added_pushes`` where
+    ``close_at`` is finite (an open deal's own close date carried with the push
+    rule, :func:`own_entry_close`), else by the typical number a deal collects
+    between entering its current stage and entering the later one (the difference
+    of the stage means at entry, if positive). ``stage`` is each row's current stage
+    (None: rows are new deals, whose pushes at entry are the stage means at entry).
     """
     ip, idc, io = _timing_columns(cov)
     tv = cov.time_varying_columns()
     typical = cov.entry_values[g]  # (K, d)
     out = np.where(tv[None, None, :], typical[None], x[:, None, :])
-    if idc is not None and cov.entry_close_days.size:
-        out[:, :, idc] = _close_spec(cov).close_months(
-            entry_close_at(cov, x.shape[0], g), np.arange(out.shape[1])[None, :]
-        )
-    if io is not None and cov.entry_close_days.size:  # overdue at entry: close date passed
-        out[:, :, io] = (entry_close_at(cov, x.shape[0], g) <= 0.0).astype(np.float64)
+    n, n_open = x.shape[0], out.shape[1]
+    own = np.isfinite(close_at) if close_at is not None else np.zeros((n, n_open), dtype=bool)
+    have_spread = cov.entry_close_days.size > 0
+    if have_spread or own.any():
+        drawn = entry_close_at(cov, n, g)
+        days = np.where(own, close_at, drawn) if close_at is not None else drawn
+        fresh = own | have_spread
+        if idc is not None:
+            months = _close_spec(cov).close_months(days, np.arange(n_open)[None, :])
+            out[:, :, idc] = np.where(fresh, months, out[:, :, idc])
+        if io is not None:  # overdue at entry: close date passed
+            out[:, :, io] = np.where(fresh, (days <= 0.0).astype(np.float64), out[:, :, io])
     if ip is not None:
         if stage is None:
             out[:, :, ip] = np.maximum(typical[None, :, ip], out[:, :, ip])
         else:
             grow = np.maximum(typical[None, :, ip] - typical[stage, ip][:, None], 0.0)
+            if added_pushes is not None:
+                grow = np.where(own, added_pushes, grow)
             out[:, :, ip] = np.minimum(x[:, ip][:, None] + grow, PUSH_CAP)
     return out
+
+
+def later_entries(
+    cov: CovariateModel,
+    g: int,
+    curves: Sequence[ExitCurves],
+    x: np.ndarray,
+    stage: np.ndarray,
+    close_days: np.ndarray,
+    age: np.ndarray,
+    interval: float,
+    delay: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Open deals' covariates at entry into every stage and their close dates then.
+
+    A deal with a close date carries its own into later stages
+    (:func:`own_entry_close` at the expected entry time,
+    :func:`expected_entry_days` on segment ``g``'s baseline curves); a deal without
+    one, or a stage it cannot reach, takes the stage's spread at entry
+    (:func:`entry_close_at`). ``curves`` are the segment's baseline curves of the
+    open stages; the other arguments as in :func:`covariate_paths` (one segment).
+
+    Returns
+    -------
+    at_entry : ndarray, shape (n, K, d)
+        :func:`entry_values`.
+    close_at : ndarray, shape (n, K)
+        Days from each entry to the close date then.
+    """
+    n_open = cov.beta.shape[0]
+    n = x.shape[0]
+    drawn = entry_close_at(cov, n, g)
+    known = np.isfinite(close_days)
+    if n == 0 or _timing_columns(cov) == (None, None, None) or not known.any():
+        return entry_values(cov, x, stage, g), drawn
+    close_at = np.full((n, n_open), np.nan)
+    added = np.zeros((n, n_open))
+    sel = np.flatnonzero(known)
+    when = expected_entry_days(curves, stage[sel], age[sel])
+    close_at[sel], added[sel] = own_entry_close(close_days[sel], when, interval, delay)
+    at_entry = entry_values(cov, x, stage, g, close_at, added)
+    return at_entry, np.where(np.isfinite(close_at), close_at, drawn)
 
 
 def _profiles(
     cov: CovariateModel,
     at_entry: np.ndarray,
-    g: int,
+    close_at: np.ndarray,
     interval: float,
     max_profiles: int,
     delay: float = 0.0,
@@ -361,7 +531,7 @@ def _profiles(
     ``β_{k,G} · x_k`` of their values at entry into every stage; a profile's values
     are its members' mean, and its path in each stage starts from the entry
     (:func:`covariate_paths` with its members' mean days from entry to close date,
-    :func:`entry_close_at`).
+    ``close_at`` (n, K): :func:`later_entries` or :func:`entry_close_at`).
 
     Returns
     -------
@@ -376,7 +546,6 @@ def _profiles(
     n_prof = int(labels.max()) + 1 if labels.size else 1
     x_path = np.zeros((n_prof, n_open, PATH_PIECES, d))
     starts = np.zeros((n_prof, n_open, PATH_PIECES))
-    close_at = entry_close_at(cov, n, g)
     if close_at.shape[0] == 0:
         close_at = np.full((1, n_open), DEFAULT_PUSH_INTERVAL_DAYS)
     for p in range(n_prof):
@@ -467,8 +636,20 @@ def covariate_arrays(
     news: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for g, label in enumerate(segs):
         idx = np.flatnonzero(seg_of == g)
-        at_entry = entry_values(cov, x[idx], np.asarray(arrays.deal_stage)[idx], g)
-        lab, xp, sp = _profiles(cov, at_entry, g, float(interval[g]), MAX_PROFILES, float(delay[g]))
+        at_entry, close_at = later_entries(
+            cov,
+            g,
+            [cov.baseline[(label, k)] for k in range(n_open)],
+            x[idx],
+            np.asarray(arrays.deal_stage)[idx],
+            close_days[idx],
+            age[idx],
+            float(interval[g]),
+            float(delay[g]),
+        )
+        lab, xp, sp = _profiles(
+            cov, at_entry, close_at, float(interval[g]), MAX_PROFILES, float(delay[g])
+        )
         labels[idx] = lab
         prof.append((xp, sp))
         sample = cov.new_deal_x.get(label, np.zeros((0, x.shape[1])))
@@ -476,7 +657,12 @@ def covariate_arrays(
             sample = np.zeros((1, x.shape[1]))
         at_entry_n = entry_values(cov, sample, None, g)
         lab_n, xn, sn = _profiles(
-            cov, at_entry_n, g, float(interval[g]), MAX_NEW_PROFILES, float(delay[g])
+            cov,
+            at_entry_n,
+            entry_close_at(cov, sample.shape[0], g),
+            float(interval[g]),
+            MAX_NEW_PROFILES,
+            float(delay[g]),
         )
         news.append((xn, sn, np.bincount(lab_n, minlength=xn.shape[0]) / lab_n.size))
     d = x.shape[1]
@@ -607,8 +793,10 @@ def eventual_outcome_probabilities(
         hazards = np.empty((n_open, group_of.size, length))
         for k in range(n_open):
             baseline_hazards(np.ascontiguousarray(curves[k].exit_density(length)), hazards[k])
-        at_entry = entry_values(cov, x[idx], stage[idx], g)
-        labels, prof_x, prof_s = _profiles(cov, at_entry, g, interval, MAX_PROFILES, delay)
+        at_entry, close_at = later_entries(
+            cov, g, curves, x[idx], stage[idx], close_days[idx], age_days[idx], interval, delay
+        )
+        labels, prof_x, prof_s = _profiles(cov, at_entry, close_at, interval, MAX_PROFILES, delay)
         buf = np.empty((group_of.size, length))
         chains = np.empty((prof_x.shape[0], n_open, 3))
         for p in range(prof_x.shape[0]):

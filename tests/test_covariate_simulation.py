@@ -21,9 +21,18 @@ from forecast._kernels import (
     tilted_outcome_probabilities,
 )
 from forecast._oracle import random_model_arrays
-from forecast.deal_covariates import covariate_paths, entry_close_at, entry_values, group_profiles
+from forecast.deal_covariates import (
+    covariate_paths,
+    entry_close_at,
+    entry_values,
+    expected_entry_days,
+    group_profiles,
+    later_entries,
+    own_entry_close,
+)
 from forecast.errors import ParameterError
-from forecast.fit.covariates import CLOSE_CLIP, DAYS_PER_MONTH, tilt_density
+from forecast.fit.competing_risks import CensoredSpells, fit_exit_curves
+from forecast.fit.covariates import CLOSE_CLIP, DAYS_PER_MONTH, PUSH_CAP, tilt_density
 
 GROUP_OF = np.array([0, 0, 0, 1, 2, 3])  # K = 3 open stages, then won, lost, no decision
 
@@ -199,6 +208,86 @@ def test_future_entries_take_the_spread_of_close_dates_at_entry(close_date_model
     np.testing.assert_allclose(
         at_entry[:, :, idc], np.clip(close / DAYS_PER_MONTH, *CLOSE_CLIP) - center
     )
+
+
+def test_expected_entry_days_on_a_hand_worked_chain():
+    """Stage 0 moves to stage 1 after 10 or 20 days (half each), stage 1 to stage 2 or
+    won after 6 days, stage 2 wins or loses after 4. An exit at day ``T`` falls in the
+    day bin ``(T − 1, T]``, counted at its middle ``T − 0.5``."""
+    codes = 6  # open 0, 1, 2; won 3, lost 4, no decision 5
+    curves = [
+        fit_exit_curves(CensoredSpells([10.0, 20.0], [1, 1], codes)),
+        fit_exit_curves(CensoredSpells([6.0, 6.0], [2, 3], codes)),
+        fit_exit_curves(CensoredSpells([4.0, 4.0], [3, 4], codes)),
+    ]
+    got = expected_entry_days(curves, np.array([0, 0, 1]), np.array([0.0, 12.0, 0.0]))
+    # from stage 0 at age 0: stage 1 after 14.5 days, stage 2 another 5.5 later
+    np.testing.assert_allclose(got[0, 1:], [14.5, 20.0], atol=1e-9)
+    # at age 12 only the exit at day 20 is left: 19.5 − 12 days, then 5.5
+    np.testing.assert_allclose(got[1, 1:], [7.5, 13.0], atol=1e-9)
+    np.testing.assert_allclose(got[2, 2], 5.5, atol=1e-9)
+    # stages behind the deal are never reached again
+    assert np.isnan(got[0, 0]) and np.isnan(got[1, 0]) and np.isnan(got[2, :2]).all()
+
+
+def test_own_close_date_at_a_later_entry_follows_the_push_rule():
+    # close date in 10 days, pushed when it passes to 30 days later, and so on
+    close_at, added = own_entry_close(np.array([10.0]), np.array([[5.0, 10.0, 45.0]]), 30.0)
+    np.testing.assert_allclose(close_at[0], [5.0, 30.0, 25.0])  # 10 − 5; 40 − 10; 70 − 45
+    np.testing.assert_allclose(added[0], [0.0, 1.0, 2.0])
+    # passed 5 days ago: pushed now (to 30 days out); with a delay of 2 days the push
+    # comes after it, and an entry before the push finds the deal overdue
+    close_at, added = own_entry_close(np.array([-5.0]), np.array([[1.0]]), 30.0)
+    np.testing.assert_allclose([close_at[0, 0], added[0, 0]], [29.0, 1.0])
+    close_at, added = own_entry_close(np.array([-1.0]), np.array([[0.5, 1.5]]), 30.0, 2.0)
+    np.testing.assert_allclose(close_at[0], [-1.5, 29.5])  # first push at 1 day
+    np.testing.assert_allclose(added[0], [0.0, 1.0])
+    # unknown close date or unreachable stage: NaN, no pushes
+    close_at, added = own_entry_close(np.array([np.nan, 5.0]), np.array([[3.0], [np.nan]]), 30.0)
+    assert np.isnan(close_at).all() and np.all(added == 0.0)
+
+
+def test_open_deals_carry_their_own_close_date_into_later_stages(close_date_model):
+    """An open deal in the first stage with a close date 300 days out enters every
+    later stage with a far close date (its own, minus the expected time to get
+    there), not one drawn from the stage's spread; a deal without a close date keeps
+    the draws and the typical pushes."""
+    model = close_date_model
+    cov = model.covariates
+    idc, ip = cov.columns.index("days_to_close"), cov.columns.index("pushes")
+    label = model.segments[0]
+    n_open = cov.beta.shape[0]
+    curves = [cov.baseline[(label, k)] for k in range(n_open)]
+    interval = cov.push_interval.get(label, cov.push_interval["*"])
+    x = np.zeros((2, len(cov.columns)))
+    x[:, ip] = 1.0
+    stage, age = np.array([0, 0]), np.array([3.0, 3.0])
+    close = np.array([300.0, np.nan])
+    at_entry, close_at = later_entries(cov, 0, curves, x, stage, close, age, interval)
+    when = expected_entry_days(curves, stage, age)[0]
+    later = np.flatnonzero(np.isfinite(when))
+    assert later.size >= 2 and np.all(when[later] < 300.0)
+    np.testing.assert_allclose(close_at[0, later], 300.0 - when[later])
+    spec = next(s for s in cov.specs if s.name == "days_to_close")
+    np.testing.assert_allclose(
+        at_entry[0, later, idc], spec.close_months(300.0 - when[later], later)
+    )
+    # far beyond the stage's spread at entry: above its top quantile wherever that is
+    # below the carried date
+    top = cov.entry_close_days[0, later, -1]
+    assert np.all((close_at[0, later] > top) | (top >= 300.0 - when[later]))
+    assert np.all(at_entry[0, later, ip] == 1.0)  # no push before the close date passes
+    # without a close date: today's rule (the spread at entry and the typical pushes)
+    np.testing.assert_array_equal(at_entry[1], entry_values(cov, x, stage, 0)[1])
+    np.testing.assert_array_equal(close_at[1], entry_close_at(cov, 2, 0)[1])
+    # a close date that passes before the entry is pushed there, one more push each time
+    at_entry, close_at = later_entries(
+        cov, 0, curves, x, stage, np.array([1.0, 1.0]), age, interval
+    )
+    pushed = later[when[later] >= 1.0]
+    assert pushed.size and np.all(at_entry[:, pushed, ip] >= 2.0)
+    assert np.all(at_entry[:, pushed, ip] <= PUSH_CAP)
+    assert np.all((close_at[:, pushed] > 0.0) & (close_at[:, pushed] <= interval + 1e-9))
 
 
 def test_profiles_are_exact_for_few_values_and_deterministic():

@@ -511,6 +511,42 @@ def _overdue_model(names: tuple[str, ...]) -> CovariateModel:
     )  # fmt: skip
 
 
+def test_a_change_stamped_at_the_as_of_instant_is_known_then():
+    """``DealLog.as_of`` keeps rows with ``timestamp <= as_of`` and the pipeline shows
+    a close date pushed at that instant; the open deal's covariates (the simulation's
+    start) see it too, while the fit's rows are unchanged (it holds for no time)."""
+    now = dt.datetime(2024, 3, 1)
+    day = dt.timedelta(days=1)
+    rows = [
+        ("p", now - 20 * day, "A", 10.0, now - 2 * day),
+        ("p", now - 10 * day, "B", 10.0, now - 2 * day),
+        ("p", now, "B", 10.0, now + 45 * day),  # pushed at the as-of instant
+        ("q", now - 10 * day, "B", 10.0, now + 15 * day),
+    ]
+    frame = pl.DataFrame(
+        rows, schema=["deal_id", "timestamp", "stage", "amount", "close_date"], orient="row"
+    )
+    log = read_deal_log(frame, stages=STAGES)
+    cov = _overdue_model(("pushes", "days_to_close", "overdue"))
+    pipe = segment_labels(log.pipeline(now), ()).sort("deal_id")
+    assert pipe["close_date"].to_list() == [now + 45 * day, now + 15 * day]
+    assert pipe["close_date_pushes"].to_list() == [1, 0]
+    x = deal_covariate_values(cov, log, now, (), pipe)
+    assert x[:, 0].tolist() == [1.0, 0.0]  # pushes
+    assert x[:, 2].tolist() == [0.0, 0.0]  # no longer overdue
+    spec = cov.specs[1]
+    np.testing.assert_allclose(x[:, 1], spec.close_months(np.array([55.0, 25.0]), 1))
+    # the fit's rows: the censored stay ends at the instant of the push, without it
+    cut = log.as_of(now)
+    spells = segment_labels(cut.spells(now), ()).filter(pl.col("censored"))
+    fit_rows = covariate_states(cut, spells, now, [])
+    assert fit_rows.height == 2 and fit_rows["_pushes"].to_list() == [0.0, 0.0]
+    assert np.all(fit_rows["stop"].to_numpy() > fit_rows["start"].to_numpy())
+    at_end = covariate_states(cut, spells, now, [], known_at_as_of=True)
+    assert at_end.height == 3 and at_end["_pushes"].to_list() == [0.0, 1.0, 0.0]
+    np.testing.assert_allclose(at_end["start"].to_numpy()[1], at_end["stop"].to_numpy()[1])
+
+
 def test_simulated_overdue_switches_when_the_data_rule_does():
     """An open deal's expected path (close date in 10 days, pushed D days after it
     passes to I days later) written as a log: the rows of that log, split by the data

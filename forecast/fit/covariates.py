@@ -164,6 +164,7 @@ def covariate_states(
     as_of: dt.datetime,
     columns: Sequence[str] = (),
     split_at_close: bool = False,
+    known_at_as_of: bool = False,
 ) -> pl.DataFrame:
     """Counting-process rows of the spells: each visit split at every change of its deal.
 
@@ -180,6 +181,15 @@ def covariate_states(
     split_at_close : bool, default False
         Also split a piece at the instant its close date passes (the ``overdue``
         covariate): the part up to it holds ``_overdue = 0``, the rest 1.
+    known_at_as_of : bool, default False
+        A change stamped exactly at ``as_of`` is known at it (as in ``DealLog.as_of``,
+        which keeps rows with ``timestamp <= as_of``, and ``DealLog.pipeline``). With
+        True, a censored visit also takes such changes, as a last piece of zero
+        length ``(d, d]`` (``d`` its duration) holding the values at the as-of
+        instant: what the simulation starts from. False (the fit): the piece is left
+        out, as it holds for no time at risk (a row is at risk on ``(start, stop]``).
+        A visit that ended never takes a change stamped at its exit (the value just
+        before the exit holds for it).
 
     Returns
     -------
@@ -206,7 +216,9 @@ def covariate_states(
         pl.col("stage_code").cast(pl.Int64),
         SEGMENT_COLUMN,
     )
-    state_rows, spell_rows = _piece_rows(states, sp)
+    state_rows, spell_rows = _piece_rows(
+        states, sp, spells["exited_at"].is_null() if known_at_as_of else None
+    )
     j = pl.concat(
         [
             pl.DataFrame({"_spell": spell_rows}),
@@ -286,14 +298,17 @@ def split_at_close_date(rows: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _piece_rows(states: pl.DataFrame, spells: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _piece_rows(
+    states: pl.DataFrame, spells: pl.DataFrame, through_end: pl.Series | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The state rows each spell is split at, and the spell of each: int64 (n,) twice.
 
     For spell ``i`` of deal ``d`` (entered at ``e``, ended or censored at ``x``) the
     rows of ``d`` in ``states`` (the event frame's order: by deal, then time) before
-    ``x``, from the last one at or before ``e`` (the state at entry; the first row
-    when none is) on; grouped by spell, in time order. Found by binary search on
-    (deal, time) keys, without joining every spell to every state of its deal.
+    ``x`` (at or before ``x`` where ``through_end``, bool (n_spells,), is true), from
+    the last one at or before ``e`` (the state at entry; the first row when none is)
+    on; grouped by spell, in time order. Found by binary search on (deal, time) keys,
+    without joining every spell to every state of its deal.
     """
     n_states = states.height
     first = np.flatnonzero(states.select(first_row_of_deal())["deal_id"].to_numpy())
@@ -314,7 +329,10 @@ def _piece_rows(states: pl.DataFrame, spells: pl.DataFrame) -> tuple[np.ndarray,
     state_deal = np.repeat(np.arange(first.size), np.diff(np.append(first, n_states)))
     key = state_deal * span + rank[:n_states]
     n = entry_t.size
-    hi = np.searchsorted(key, deal * span + rank[n_states + n :], side="left")
+    end_key = deal * span + rank[n_states + n :]
+    hi = np.searchsorted(key, end_key, side="left")
+    if through_end is not None and through_end.any():
+        hi = np.where(through_end.to_numpy(), np.searchsorted(key, end_key, side="right"), hi)
     after_entry = np.searchsorted(key, deal * span + rank[n_states : n_states + n], side="right")
     start = first[deal] if first.size else np.zeros(n, dtype=np.int64)
     lo = np.maximum(start, np.minimum(after_entry, hi) - 1)
