@@ -56,6 +56,7 @@ __all__ = [
     "sample_paths",
     "sampling_inputs",
     "simulate_arrays",
+    "thread_count",
     "tilted_outcome_probabilities",
 ]
 
@@ -632,6 +633,11 @@ def simulate_arrays(
 
 
 # ----------------------------------------------------------------------------- fit draws
+def thread_count(threads: int | None = None) -> int:
+    """Threads a parallel step uses: ``threads``, or Numba's thread count (at least 1)."""
+    return max(1, int(threads or numba.get_num_threads()))
+
+
 def over_threads(run: Callable[[int, int], object], n: int, threads: int | None = None) -> None:
     """Call ``run(lo, hi)`` on contiguous parts of ``range(n)``, one per thread.
 
@@ -640,7 +646,7 @@ def over_threads(run: Callable[[int, int], object], n: int, threads: int | None 
     so the results do not depend on the thread count). ``threads`` defaults to
     Numba's thread count.
     """
-    n_threads = max(1, min(int(threads or numba.get_num_threads()), n))
+    n_threads = max(1, min(thread_count(threads), n))
     if n_threads == 1:
         run(0, n)
         return

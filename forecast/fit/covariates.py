@@ -717,28 +717,23 @@ def build_design(
             unusable[name] = why
         else:
             specs.append(spec)
-    parts = [s.encode(states) for s in specs]
-    x = np.hstack(parts) if parts else np.zeros((states.height, 0))
+    # each candidate's columns, checked for variation over every row; the kept ones are
+    # copied straight into x (rows kept below), each freed as soon as it is copied
+    parts: list[np.ndarray] = []
     blocks: dict[str, np.ndarray] = {}
     columns: list[str] = []
     pos = 0
     keep: list[CovariateSpec] = []
-    for s, part in zip(specs, parts):
-        cols = np.arange(pos, pos + part.shape[1], dtype=np.int64)
-        pos += part.shape[1]
+    for s in specs:
+        part = s.encode(states)
         if not np.any(np.ptp(part, axis=0) > 0) if part.size else True:
             unusable[s.name] = "no variation"
             continue
-        blocks[s.name] = cols
+        blocks[s.name] = np.arange(pos, pos + part.shape[1], dtype=np.int64)
+        pos += part.shape[1]
         columns.extend(s.columns)
         keep.append(s)
-    used = np.concatenate([blocks[s.name] for s in keep]) if keep else np.zeros(0, np.int64)
-    x = np.ascontiguousarray(x[:, used])
-    pos = 0
-    for s in keep:
-        n = blocks[s.name].size
-        blocks[s.name] = np.arange(pos, pos + n, dtype=np.int64)
-        pos += n
+        parts.append(part)
     spell = states["_spell"].to_numpy().astype(np.int64)
     arrays = data.spell_arrays
     start = states["start"].to_numpy().astype(np.float64)
@@ -754,15 +749,22 @@ def build_design(
         start = np.where(delayed, np.maximum(start, entry), start)
         first &= ~delayed
     close_offset = states["_close_offset"].fill_null(float("nan")).to_numpy().astype(np.float64)
-    if not rows_kept.all():
+    event = states["event"].to_numpy().astype(np.int64)
+    del states
+    every_row = bool(rows_kept.all())
+    x = np.empty((spell.size if every_row else int(np.count_nonzero(rows_kept)), pos))
+    for s in keep:
+        part = parts.pop(0)
+        x[:, blocks[s.name]] = part if every_row else part[rows_kept]
+        del part
+    if not every_row:
         spell, start, stop, first = (
             spell[rows_kept],
             start[rows_kept],
             stop[rows_kept],
             first[rows_kept],
         )
-        x, close_offset = np.ascontiguousarray(x[rows_kept]), close_offset[rows_kept]
-        states = states.filter(pl.Series(rows_kept))
+        close_offset, event = close_offset[rows_kept], event[rows_kept]
     return CovariateDesign(
         candidates=tuple(covariates),
         specs=tuple(keep),
@@ -772,7 +774,7 @@ def build_design(
         x=x,
         start=start,
         stop=stop,
-        event=states["event"].to_numpy().astype(np.int64),
+        event=event,
         first=first,
         stage=arrays.stage[spell],
         segment=arrays.segment[spell],
