@@ -673,7 +673,14 @@ def aj_summaries(
     the strata are dealt to the threads largest first, so each thread gets about the
     same number of spells.
     """
-    weights_t = np.array(np.asarray(weights).T, dtype=np.float64, order="C")  # writable
+    # the kernel reads (n_deals, B) rows: a block that is the transpose of a deal-major
+    # buffer (``bootstrap_weight_block``) is read in place, anything else copied (writable,
+    # the compiled signature's array type)
+    weights_t = np.asarray(weights).T
+    if not (
+        weights_t.dtype == np.float64 and weights_t.flags.c_contiguous and weights_t.flags.writeable
+    ):
+        weights_t = np.array(weights_t, dtype=np.float64, order="C")
     n_draws = weights_t.shape[1]
     n_strata, n_codes = tail_shares.shape
     shares = np.empty((n_draws, n_strata, n_codes))

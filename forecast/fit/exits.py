@@ -281,6 +281,7 @@ def fit_exits(
         if np.any(cs.observed & (cs.weights > 0)):
             pooled[k] = fit_exit_curves(cs, tail_families=tail_families, tail_mixture=tail_mixture)
     borrowed = borrow_missing_stages(pooled, pooled_spells, names, data.as_of)
+    del pooled_spells  # the segments' spells of every stage are held from here on
     for k in range(n_open):
         stage_spells[k] = {g: data.stratum_spells(k, gi) for gi, g in enumerate(segments)}
         for g in segments:
@@ -497,8 +498,9 @@ class ExitDrawLayout:
         if tail_draws is not None:
             left = shares[:, :, n_codes]
             shares = shares[:, :, :n_codes] + left[:, :, None] * (tail_draws - self.tail_shares)
-        delayed = np.r_[0, np.cumsum(self.entry > 0)]
-        for s in np.flatnonzero(delayed[self.offsets[1:]] > delayed[self.offsets[:-1]]):
+        # strata holding a delayed entry, ascending
+        delayed = np.unique(np.searchsorted(self.offsets, np.flatnonzero(self.entry > 0), "right"))
+        for s in delayed - 1:
             lo, hi = self.offsets[s], self.offsets[s + 1]
             for b in range(weights.shape[0]):
                 cs = CensoredSpells.trusted(
