@@ -324,23 +324,48 @@ def _piece_rows(
     state_t = states["timestamp"].to_physical().to_numpy()
     entry_t = spells["entered_at"].to_physical().to_numpy()
     end_t = spells["_end"].to_physical().to_numpy()
-    times, rank = np.unique(np.concatenate([state_t, entry_t, end_t]), return_inverse=True)
-    span = np.int64(times.size + 1)
-    state_deal = np.repeat(np.arange(first.size), np.diff(np.append(first, n_states)))
-    key = state_deal * span + rank[:n_states]
+    rank, n_times = _dense_ranks(np.concatenate([state_t, entry_t, end_t]))
+    span = np.int64(n_times + 1)
+    key = np.repeat(np.arange(first.size), np.diff(np.append(first, n_states)))
+    key *= span
+    key += rank[:n_states]
     n = entry_t.size
     end_key = deal * span + rank[n_states + n :]
     hi = np.searchsorted(key, end_key, side="left")
     if through_end is not None and through_end.any():
         hi = np.where(through_end.to_numpy(), np.searchsorted(key, end_key, side="right"), hi)
     after_entry = np.searchsorted(key, deal * span + rank[n_states : n_states + n], side="right")
+    del key, rank, end_key
     start = first[deal] if first.size else np.zeros(n, dtype=np.int64)
     lo = np.maximum(start, np.minimum(after_entry, hi) - 1)
     lengths = np.where(found, np.maximum(hi - lo, 0), 0)
     spell_rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
     offsets = np.cumsum(lengths) - lengths
-    state_rows = np.repeat(lo, lengths) + np.arange(spell_rows.size) - np.repeat(offsets, lengths)
-    return state_rows.astype(np.int64), spell_rows
+    # row r of spell i is state row lo[i] + (r - offsets[i])
+    state_rows = np.repeat((lo - offsets).astype(np.int64, copy=False), lengths)
+    state_rows += np.arange(spell_rows.size, dtype=np.int64)
+    return state_rows, spell_rows
+
+
+def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rank of each value among the distinct ``values`` (0 for the smallest), int64 (n,),
+    and the number of distinct values: ``np.unique(values, return_inverse=True)``'s
+    inverse and size, holding fewer full-length temporaries at once."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    del values
+    new = np.empty(ordered.size, dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    del ordered
+    dense = np.cumsum(new, dtype=np.int64)
+    del new
+    dense -= 1
+    rank = np.empty_like(dense)
+    rank[order] = dense
+    return rank, int(dense[-1]) + 1
 
 
 # ============================================================================================
