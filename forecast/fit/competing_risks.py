@@ -368,11 +368,12 @@ def aalen_johansen(spells: CensoredSpells) -> AalenJohansen:
     j = spells.destinations[order]
     # weight of the spells with duration >= d[i], read at the first row of each tie group
     tail_weight = np.cumsum(w[::-1])[::-1]
+    first_of_tie = np.r_[True, d[1:] != d[:-1]]
+    group_start = np.maximum.accumulate(np.where(first_of_tie, np.arange(d.size), 0))
     ev = np.flatnonzero((j >= 0) & (w > 0))
     if ev.size == 0:
         return empty
-    # first row of each exit row's tie group (d is sorted): identifies its distinct time
-    ev_start = np.searchsorted(d, d[ev], side="left")
+    ev_start = group_start[ev]  # identifies the distinct time of each exit row
     new_time = np.r_[True, ev_start[1:] != ev_start[:-1]]
     time_index = np.cumsum(new_time) - 1
     starts = ev_start[new_time]
