@@ -353,7 +353,7 @@ def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, int]:
     inverse and size, holding fewer full-length temporaries at once."""
     if values.size == 0:
         return np.zeros(0, dtype=np.int64), 0
-    order = np.argsort(values, kind="stable")
+    order = np.argsort(values)  # ties in any order: they share a rank
     ordered = values[order]
     del values
     new = np.empty(ordered.size, dtype=bool)
