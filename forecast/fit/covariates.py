@@ -681,6 +681,10 @@ class CovariateDesign:
             )
         return self._rows[key]
 
+    def release_rows(self) -> None:
+        """Drop the Cox rows :meth:`stage_rows` keeps (rebuilt, the same, if asked again)."""
+        self._rows.clear()
+
     def spec(self, name: str) -> CovariateSpec:
         """The spec of a usable candidate."""
         for s in self.specs:
