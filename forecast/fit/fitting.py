@@ -144,6 +144,8 @@ def fit_components(data: FitData, options: FitOptions) -> PointFit:
     covariates, coefficients = (
         fit_covariates(data, exits, options) if data.covariate_design is not None else (None, None)
     )
+    if data.covariate_design is not None and not (covariates is not None and covariates.active):
+        data.covariate_design.release_rows()  # the selection's Cox rows: nothing refits them
     amounts = fit_amounts(data, window_days=window)
     lookback = options.arrivals_lookback_quarters
     arrival_layout = ArrivalLayout.from_data(data, lookback_quarters=lookback)
