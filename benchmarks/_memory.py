@@ -71,6 +71,7 @@ class PhaseMemory:
         self.baseline_mb = rss_mb()
         self._stack: list[str] = ["(outside phases)"]
         self._peak: dict[str, float] = {}
+        self._anon_peak: dict[str, float] = {}
         #: Peak sampled anonymous memory (MB, :func:`anon_mb`) while sampling.
         self.anon_peak_mb = 0.0
         self._start_rss: dict[str, float] = {}
@@ -91,15 +92,18 @@ class PhaseMemory:
         if self._thread is not None:
             self._thread.join()
 
-    def _note(self, value: float) -> None:
+    def _note(self, value: float, anon: float | None = None) -> None:
         name = self._stack[-1]
         if value > self._peak.get(name, 0.0):
             self._peak[name] = value
+        if anon is not None and anon > self._anon_peak.get(name, 0.0):
+            self._anon_peak[name] = anon
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._note(rss_mb())
-            self.anon_peak_mb = max(self.anon_peak_mb, anon_mb())
+            anon = anon_mb()
+            self._note(rss_mb(), anon)
+            self.anon_peak_mb = max(self.anon_peak_mb, anon)
             time.sleep(self.interval_s)
 
     # -- phases -----------------------------------------------------------------------
@@ -138,7 +142,8 @@ class PhaseMemory:
         return {name: self._peak.get(name, 0.0) for name in self._order}
 
     def rows(self) -> list[dict[str, float | str]]:
-        """One dict per phase: name, seconds, RSS at entry, at exit and its peak (MB)."""
+        """One dict per phase: name, seconds, RSS at entry, at exit, its peak and its sampled
+        anonymous peak (MB, :func:`anon_mb`; 0 if no sample fell in the phase)."""
         return [
             {
                 "phase": name,
@@ -146,6 +151,7 @@ class PhaseMemory:
                 "rss_in_mb": self._start_rss.get(name, 0.0),
                 "rss_out_mb": self._end_rss.get(name, 0.0),
                 "peak_mb": self._peak.get(name, 0.0),
+                "anon_peak_mb": self._anon_peak.get(name, 0.0),
             }
             for name in self._order
         ]
@@ -164,7 +170,7 @@ class PhaseMemory:
         base = self.baseline_mb if import_mb is None else import_mb
         head = (
             f"{'phase':<28}{'s':>7}{'RSS in':>9}{'RSS out':>9}{'peak MB':>9}"
-            f"{'× frame':>9}{'(peak-import)× frame':>22}"
+            f"{'× frame':>9}{'(peak-import)× frame':>22}{'anon MB':>9}"
         )
         lines = [head]
         for r in self.rows():
@@ -172,6 +178,6 @@ class PhaseMemory:
             lines.append(
                 f"{r['phase']!s:<28}{r['seconds']:>7.1f}{r['rss_in_mb']:>9.0f}"
                 f"{r['rss_out_mb']:>9.0f}{peak:>9.0f}{peak / frame_mb:>9.1f}"
-                f"{(peak - base) / frame_mb:>22.1f}"
+                f"{(peak - base) / frame_mb:>22.1f}{float(r['anon_peak_mb']):>9.0f}"
             )
         return "\n".join(lines)

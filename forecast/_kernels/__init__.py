@@ -46,6 +46,7 @@ from forecast._kernels.api import (
     sample_paths,
     sampling_inputs,
     simulate_arrays,
+    thread_count,
     tilted_outcome_probabilities,
 )
 from forecast._kernels.arrays import (
@@ -70,5 +71,6 @@ __all__ = [
     "sample_paths",
     "sampling_inputs",
     "simulate_arrays",
+    "thread_count",
     "tilted_outcome_probabilities",
 ]

@@ -56,6 +56,7 @@ __all__ = [
     "sample_paths",
     "sampling_inputs",
     "simulate_arrays",
+    "thread_count",
     "tilted_outcome_probabilities",
 ]
 
@@ -632,6 +633,11 @@ def simulate_arrays(
 
 
 # ----------------------------------------------------------------------------- fit draws
+def thread_count(threads: int | None = None) -> int:
+    """Threads a parallel step uses: ``threads``, or Numba's thread count (at least 1)."""
+    return max(1, int(threads or numba.get_num_threads()))
+
+
 def over_threads(run: Callable[[int, int], object], n: int, threads: int | None = None) -> None:
     """Call ``run(lo, hi)`` on contiguous parts of ``range(n)``, one per thread.
 
@@ -640,7 +646,7 @@ def over_threads(run: Callable[[int, int], object], n: int, threads: int | None 
     so the results do not depend on the thread count). ``threads`` defaults to
     Numba's thread count.
     """
-    n_threads = max(1, min(int(threads or numba.get_num_threads()), n))
+    n_threads = max(1, min(thread_count(threads), n))
     if n_threads == 1:
         run(0, n)
         return
@@ -667,7 +673,14 @@ def aj_summaries(
     the strata are dealt to the threads largest first, so each thread gets about the
     same number of spells.
     """
-    weights_t = np.array(np.asarray(weights).T, dtype=np.float64, order="C")  # writable
+    # the kernel reads (n_deals, B) rows: a block that is the transpose of a deal-major
+    # buffer (``bootstrap_weight_block``) is read in place, anything else copied (writable,
+    # the compiled signature's array type)
+    weights_t = np.asarray(weights).T
+    if not (
+        weights_t.dtype == np.float64 and weights_t.flags.c_contiguous and weights_t.flags.writeable
+    ):
+        weights_t = np.array(weights_t, dtype=np.float64, order="C")
     n_draws = weights_t.shape[1]
     n_strata, n_codes = tail_shares.shape
     shares = np.empty((n_draws, n_strata, n_codes))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from forecast._kernels import over_threads
+from forecast._kernels import over_threads, thread_count
 from forecast._validation import check_int, check_seed
 from forecast.errors import ParameterError
 from forecast.fit.data import FitData
@@ -64,19 +64,24 @@ def bootstrap_weight_block(
 
     Row ``i`` is exactly ``bootstrap_weights(data, seed, draws[i])``. The array is
     the transpose of a deal-major buffer (each deal's weights for all the draws are
-    adjacent, as the compiled estimators read them); the draws' generators run on
-    threads (they release the GIL).
+    adjacent, as the compiled estimators read them). The draws' generators run on
+    threads (they release the GIL) a few draws at a time (one per thread), each few
+    copied into the buffer's columns at once: the block is never held twice.
     """
-    rows = np.empty((len(draws), data.n_deals))
+    n_draws = len(draws)
+    out = np.empty((data.n_deals, n_draws))
+    step = max(1, min(n_draws, thread_count(threads)))
+    rows = np.empty((step, data.n_deals))
+    for lo in range(0, n_draws, step):
+        hi = min(n_draws, lo + step)
 
-    def run(lo: int, hi: int) -> None:
-        for i in range(lo, hi):
-            rows[i] = bootstrap_weights(data, seed, int(draws[i]))
+        def run(a: int, b: int, lo: int = lo) -> None:
+            for i in range(a, b):
+                rows[i] = bootstrap_weights(data, seed, int(draws[lo + i]))
 
-    over_threads(run, len(draws), threads)
-    # one transposing copy into the deal-major buffer (cheaper than writing each draw's
-    # weights with a stride of the block size)
-    return np.ascontiguousarray(rows.T).T
+        over_threads(run, hi - lo, threads)
+        out[:, lo:hi] = rows[: hi - lo].T
+    return out.T
 
 
 def dirichlet_deal_weights(

@@ -391,7 +391,8 @@ def aalen_johansen(spells: CensoredSpells) -> AalenJohansen:
     hazard = np.minimum(all_exits / at_risk, 1.0)
     survival = np.cumprod(1.0 - hazard)
     lagged = np.r_[1.0, survival[:-1]]
-    cif = np.cumsum(exits * (lagged / at_risk), axis=1)
+    cif = exits * (lagged / at_risk)
+    np.cumsum(cif, axis=1, out=cif)
     return AalenJohansen(
         _readonly(times), _readonly(survival), _readonly(cif), _readonly(at_risk), _readonly(exits)
     )

@@ -324,23 +324,48 @@ def _piece_rows(
     state_t = states["timestamp"].to_physical().to_numpy()
     entry_t = spells["entered_at"].to_physical().to_numpy()
     end_t = spells["_end"].to_physical().to_numpy()
-    times, rank = np.unique(np.concatenate([state_t, entry_t, end_t]), return_inverse=True)
-    span = np.int64(times.size + 1)
-    state_deal = np.repeat(np.arange(first.size), np.diff(np.append(first, n_states)))
-    key = state_deal * span + rank[:n_states]
+    rank, n_times = _dense_ranks(np.concatenate([state_t, entry_t, end_t]))
+    span = np.int64(n_times + 1)
+    key = np.repeat(np.arange(first.size), np.diff(np.append(first, n_states)))
+    key *= span
+    key += rank[:n_states]
     n = entry_t.size
     end_key = deal * span + rank[n_states + n :]
     hi = np.searchsorted(key, end_key, side="left")
     if through_end is not None and through_end.any():
         hi = np.where(through_end.to_numpy(), np.searchsorted(key, end_key, side="right"), hi)
     after_entry = np.searchsorted(key, deal * span + rank[n_states : n_states + n], side="right")
+    del key, rank, end_key
     start = first[deal] if first.size else np.zeros(n, dtype=np.int64)
     lo = np.maximum(start, np.minimum(after_entry, hi) - 1)
     lengths = np.where(found, np.maximum(hi - lo, 0), 0)
     spell_rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
     offsets = np.cumsum(lengths) - lengths
-    state_rows = np.repeat(lo, lengths) + np.arange(spell_rows.size) - np.repeat(offsets, lengths)
-    return state_rows.astype(np.int64), spell_rows
+    # row r of spell i is state row lo[i] + (r - offsets[i])
+    state_rows = np.repeat((lo - offsets).astype(np.int64, copy=False), lengths)
+    state_rows += np.arange(spell_rows.size, dtype=np.int64)
+    return state_rows, spell_rows
+
+
+def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rank of each value among the distinct ``values`` (0 for the smallest), int64 (n,),
+    and the number of distinct values: ``np.unique(values, return_inverse=True)``'s
+    inverse and size, holding fewer full-length temporaries at once."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    order = np.argsort(values)  # ties in any order: they share a rank
+    ordered = values[order]
+    del values
+    new = np.empty(ordered.size, dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    del ordered
+    dense = np.cumsum(new, dtype=np.int64)
+    del new
+    dense -= 1
+    rank = np.empty_like(dense)
+    rank[order] = dense
+    return rank, int(dense[-1]) + 1
 
 
 # ============================================================================================
@@ -656,6 +681,10 @@ class CovariateDesign:
             )
         return self._rows[key]
 
+    def release_rows(self) -> None:
+        """Drop the Cox rows :meth:`stage_rows` keeps (rebuilt, the same, if asked again)."""
+        self._rows.clear()
+
     def spec(self, name: str) -> CovariateSpec:
         """The spec of a usable candidate."""
         for s in self.specs:
@@ -717,28 +746,23 @@ def build_design(
             unusable[name] = why
         else:
             specs.append(spec)
-    parts = [s.encode(states) for s in specs]
-    x = np.hstack(parts) if parts else np.zeros((states.height, 0))
+    # each candidate's columns, checked for variation over every row; the kept ones are
+    # copied straight into x (rows kept below), each freed as soon as it is copied
+    parts: list[np.ndarray] = []
     blocks: dict[str, np.ndarray] = {}
     columns: list[str] = []
     pos = 0
     keep: list[CovariateSpec] = []
-    for s, part in zip(specs, parts):
-        cols = np.arange(pos, pos + part.shape[1], dtype=np.int64)
-        pos += part.shape[1]
+    for s in specs:
+        part = s.encode(states)
         if not np.any(np.ptp(part, axis=0) > 0) if part.size else True:
             unusable[s.name] = "no variation"
             continue
-        blocks[s.name] = cols
+        blocks[s.name] = np.arange(pos, pos + part.shape[1], dtype=np.int64)
+        pos += part.shape[1]
         columns.extend(s.columns)
         keep.append(s)
-    used = np.concatenate([blocks[s.name] for s in keep]) if keep else np.zeros(0, np.int64)
-    x = np.ascontiguousarray(x[:, used])
-    pos = 0
-    for s in keep:
-        n = blocks[s.name].size
-        blocks[s.name] = np.arange(pos, pos + n, dtype=np.int64)
-        pos += n
+        parts.append(part)
     spell = states["_spell"].to_numpy().astype(np.int64)
     arrays = data.spell_arrays
     start = states["start"].to_numpy().astype(np.float64)
@@ -754,15 +778,22 @@ def build_design(
         start = np.where(delayed, np.maximum(start, entry), start)
         first &= ~delayed
     close_offset = states["_close_offset"].fill_null(float("nan")).to_numpy().astype(np.float64)
-    if not rows_kept.all():
+    event = states["event"].to_numpy().astype(np.int64)
+    del states
+    every_row = bool(rows_kept.all())
+    x = np.empty((spell.size if every_row else int(np.count_nonzero(rows_kept)), pos))
+    for s in keep:
+        part = parts.pop(0)
+        x[:, blocks[s.name]] = part if every_row else part[rows_kept]
+        del part
+    if not every_row:
         spell, start, stop, first = (
             spell[rows_kept],
             start[rows_kept],
             stop[rows_kept],
             first[rows_kept],
         )
-        x, close_offset = np.ascontiguousarray(x[rows_kept]), close_offset[rows_kept]
-        states = states.filter(pl.Series(rows_kept))
+        close_offset, event = close_offset[rows_kept], event[rows_kept]
     return CovariateDesign(
         candidates=tuple(covariates),
         specs=tuple(keep),
@@ -772,7 +803,7 @@ def build_design(
         x=x,
         start=start,
         stop=stop,
-        event=states["event"].to_numpy().astype(np.int64),
+        event=event,
         first=first,
         stage=arrays.stage[spell],
         segment=arrays.segment[spell],

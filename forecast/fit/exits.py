@@ -281,6 +281,7 @@ def fit_exits(
         if np.any(cs.observed & (cs.weights > 0)):
             pooled[k] = fit_exit_curves(cs, tail_families=tail_families, tail_mixture=tail_mixture)
     borrowed = borrow_missing_stages(pooled, pooled_spells, names, data.as_of)
+    del pooled_spells  # the segments' spells of every stage are held from here on
     for k in range(n_open):
         stage_spells[k] = {g: data.stratum_spells(k, gi) for gi, g in enumerate(segments)}
         for g in segments:
@@ -386,14 +387,20 @@ class ExitDrawLayout:
         segments = data.segments
         n_open, n_seg = int(data.n_open or 0), len(segments)
         # stable sorts: by duration, then (integer keys) by stratum; spells whose stage
-        # entry is unknown are in no stratum (as in FitData.stratum_spells)
+        # entry is unknown are in no stratum (as in FitData.stratum_spells). The stratum
+        # keys take the smallest integer type that holds them: a stable sort gives the
+        # same order whatever the type, and radix-sorts 16-bit keys
         by_duration = np.argsort(a.duration, kind="stable")
         if a.excluded is not None:
             by_duration = by_duration[~a.excluded[by_duration]]
-        key = (a.stage * n_seg + a.segment)[by_duration]
-        by_segment = by_duration[np.argsort(key, kind="stable")]
-        pooled = by_duration[np.argsort(a.stage[by_duration], kind="stable")]
-        rows = np.concatenate([by_segment, pooled])
+        key_type = np.min_scalar_type(-max(n_open * n_seg, 1))
+        stage = a.stage[by_duration].astype(key_type)
+        rows = np.empty(2 * by_duration.size, dtype=np.int64)
+        rows[by_duration.size :] = by_duration[np.argsort(stage, kind="stable")]
+        key = stage * key_type.type(n_seg) + a.segment[by_duration].astype(key_type)
+        del stage
+        rows[: by_duration.size] = by_duration[np.argsort(key, kind="stable")]
+        del key, by_duration
         offsets = np.concatenate([a.offsets, a.offsets[-1] + a.stage_offsets[1:]])
         curves = [exits.raw[(g, k)] for k in range(n_open) for g in segments]
         curves += [exits.pooled[k] for k in range(n_open)]
@@ -491,8 +498,9 @@ class ExitDrawLayout:
         if tail_draws is not None:
             left = shares[:, :, n_codes]
             shares = shares[:, :, :n_codes] + left[:, :, None] * (tail_draws - self.tail_shares)
-        delayed = np.r_[0, np.cumsum(self.entry > 0)]
-        for s in np.flatnonzero(delayed[self.offsets[1:]] > delayed[self.offsets[:-1]]):
+        # strata holding a delayed entry, ascending
+        delayed = np.unique(np.searchsorted(self.offsets, np.flatnonzero(self.entry > 0), "right"))
+        for s in delayed - 1:
             lo, hi = self.offsets[s], self.offsets[s + 1]
             for b in range(weights.shape[0]):
                 cs = CensoredSpells.trusted(

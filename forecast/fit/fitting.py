@@ -144,6 +144,8 @@ def fit_components(data: FitData, options: FitOptions) -> PointFit:
     covariates, coefficients = (
         fit_covariates(data, exits, options) if data.covariate_design is not None else (None, None)
     )
+    if data.covariate_design is not None and not (covariates is not None and covariates.active):
+        data.covariate_design.release_rows()  # the selection's Cox rows: nothing refits them
     amounts = fit_amounts(data, window_days=window)
     lookback = options.arrivals_lookback_quarters
     arrival_layout = ArrivalLayout.from_data(data, lookback_quarters=lookback)
@@ -417,9 +419,14 @@ def fit(
     if names:
         data = data.with_covariate_design(build_design(data, names, numeric))
     point = fit_components(data, options)
+    refit = point.covariates is not None and point.covariates.active and n_draws > 0
+    if data.covariate_design is not None and not refit:
+        data.covariate_design.release_rows()  # the selection's Cox rows: no draw refits them
     draws = parameter_draws(data, point, options, n_draws, seed) if n_draws > 0 else None
     if point.covariates is not None and n_draws > 0:
         draw_beta = covariate_draws(data, point, n_draws, seed)
+        if data.covariate_design is not None:
+            data.covariate_design.release_rows()
         if draw_beta is not None:
             point = dataclasses.replace(
                 point, covariates=dataclasses.replace(point.covariates, draw_beta=draw_beta)
