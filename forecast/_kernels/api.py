@@ -172,17 +172,7 @@ def dated_outcome_probabilities(
     n_draws, n_seg, n_open, n_deals, n_q = (sizes[x] for x in ("B", "G", "K", "N", "H"))
     cohort_days = check_int(cohort_days, "cohort_days", "dated_outcome_probabilities", minimum=1)
     dens = arrays.dens
-    if (
-        first.ndim != 5
-        or first.shape[:2] != dens.shape[:2]
-        or first.shape[3:] != dens.shape[3:]
-        or first.shape[2] % n_open
-        or first.shape[2] == 0
-    ):
-        raise ParameterError(
-            f"`first` must have shape (B, G, n_cohorts * K, C, L) = ({n_draws}, {n_seg}, "
-            f"n * {n_open}, {dens.shape[3]}, {dens.shape[4]}). Got {first.shape}."
-        )
+    _check_cohort_densities(first, dens, n_open, "first")
     first = np.ascontiguousarray(first, dtype=np.float64)
     n_curves = first.shape[2]
     n_days = arrays.n_days
@@ -233,6 +223,22 @@ def dated_outcome_probabilities(
         new_pmf=new_pmf,
         new_qe=new_qe,
     )
+
+
+def _check_cohort_densities(first: np.ndarray, dens: np.ndarray, n_open: int, name: str) -> None:
+    """Raise unless ``first`` is (B, G, n_cohorts * K, C, L) beside ``dens`` (B, G, K, C, L)."""
+    if (
+        first.ndim != 5
+        or first.shape[:2] != dens.shape[:2]
+        or first.shape[3:] != dens.shape[3:]
+        or first.shape[2] % n_open
+        or first.shape[2] == 0
+    ):
+        raise ParameterError(
+            f"`{name}` must have shape (B, G, n_cohorts * K, C, L) = ({dens.shape[0]}, "
+            f"{dens.shape[1]}, n * {n_open}, {dens.shape[3]}, {dens.shape[4]}). "
+            f"Got {first.shape}."
+        )
 
 
 def _fresh_or_raise(dens: np.ndarray, n_days: int, out: np.ndarray, where: str) -> None:
@@ -301,18 +307,7 @@ def tilted_outcome_probabilities(
         cohort_days = check_int(
             cohort_days, "cohort_days", "tilted_outcome_probabilities", minimum=1
         )
-        if (
-            first_base.ndim != 5
-            or first_base.shape[:2] != base.shape[:2]
-            or first_base.shape[3:] != base.shape[3:]
-            or first_base.shape[2] % n_open
-            or first_base.shape[2] == 0
-        ):
-            raise ParameterError(
-                "`first_base` must have shape (B, G, n_cohorts * K, C, L) = "
-                f"({n_draws}, {n_seg}, n * {n_open}, {base.shape[3]}, {length}). "
-                f"Got {first_base.shape}."
-            )
+        _check_cohort_densities(first_base, base, n_open, "first_base")
         cohort_all = np.minimum(
             np.asarray(arrays.deal_age, dtype=np.int64) // cohort_days,
             first_base.shape[2] // n_open - 1,
