@@ -13,6 +13,7 @@ import forecast
 from forecast._kernels import ModelArrays, dated_outcome_probabilities, outcome_probabilities
 from forecast.calendar import DAYS_PER_YEAR
 from forecast.datasets import SYNTHETIC_STAGES, MarketDrift, generate_crm
+from forecast.errors import ParameterError
 from forecast.fit.data import FitData
 from forecast.fit.trend import (
     COHORT_DAYS,
@@ -183,6 +184,20 @@ def test_open_deals_current_visit_reads_its_entry_cohorts_curve():
     # geometric stays forget their age: the older curve's quarter-one win is 0.5 (1 - 0.985^91)
     assert dated.p_win[0, 1, 0] == pytest.approx(0.5 * (1 - 0.985**91), rel=0.02)
     assert dated.p_win[0, 1, 0] > 2 * dated.p_win[0, 0, 0]
+
+
+def test_cohort_densities_of_the_wrong_shape_are_refused():
+    """The cohorts' densities must stack whole stages (n_cohorts * K) on the bins of
+    ``arrays.dens``; anything else is named in the error."""
+    n_bins = 200
+    dens = _one_stage_dens(0.01, 0.3, n_bins)
+    arrays = ModelArrays(
+        dens=dens, deal_segment=[0], deal_stage=[0], deal_age=[3], deal_amount=[1.0],
+        qb=np.array([0, 91]), qe_window=10, pull_in=0.0,
+    )  # fmt: skip
+    for bad in (dens[:, :, :0], dens[..., :-1], dens[0]):
+        with pytest.raises(ParameterError, match="`first` must have shape"):
+            dated_outcome_probabilities(arrays, bad, COHORT_DAYS)
 
 
 def test_cohort_factors_move_the_curves_back_to_the_entry_dates():
